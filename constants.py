@@ -1,0 +1,47 @@
+"""Constants of the reference Deep Speaker system and of Hive-MTL.
+
+Every number the pipeline depends on lives here, so the feature extractor, the model,
+the batchers and the CLI agree without passing magic numbers around.
+"""
+
+# Audio.
+SAMPLE_RATE = 16_000  # Hz; every file is resampled to this rate and downmixed to mono.
+AUDIO_EXTENSIONS = (".flac", ".wav")
+SILENCE_PERCENTILE = 95  # The trim keeps audio between the first and last sample louder than this.
+RESAMPLE_QUALITY = "HQ"  # soxr quality; librosa's default 'soxr_hq', so samples match the reference.
+
+# Filterbank features (python_speech_features.fbank defaults, except the number of filters).
+NUM_FBANKS = 64
+WINDOW_LENGTH_S = 0.025
+WINDOW_STEP_S = 0.01
+NFFT = 512
+PRE_EMPHASIS = 0.97
+NORMALISATION_STD_FLOOR = 1e-12
+NUM_FRAMES = 160  # Frames per training/inference window, about 1.6 s.
+
+# Model.
+EMBEDDING_SIZE = 512
+CLIP_RELU_MAX = 20.0
+CONV_WEIGHT_DECAY = 1e-4
+SOFTMAX_DROPOUT = 0.5
+MTL_SHARED_UNITS = 1024  # Hive-MTL: Dense 'shared' on top of the embedding.
+MTL_SPEAKER_UNITS = 1024  # Hive-MTL: Dense 'speaker_task' before the speaker softmax.
+
+# Training.
+BATCH_SIZE = 32 * 3  # Triplet batches are stacked anchors, positives, negatives.
+TRAIN_TEST_RATIO = 0.8
+TRIPLET_ALPHA = 0.1
+TRIPLET_STEPS_PER_EPOCH = 2_000
+
+# Evaluation (reference protocol).
+NUM_NEGATIVES_PER_SPEAKER = 99
+THRESHOLD_STEP = 0.001
+
+# Working directory layout.
+CACHE_DIR_NAME = "audio-fbanks"
+CHECKPOINTS_SOFTMAX_DIR = "checkpoints-softmax"
+CHECKPOINTS_TRIPLET_DIR = "checkpoints-triplets"
+CHECKPOINTS_MTL_DIR = "checkpoints-mtl"
+SPEAKERS_FILE_NAME = "SPEAKERS.TXT"
+
+VERSION = "0.1.0"
