@@ -1,0 +1,409 @@
+"""Audio decoding, the reference's filterbank features, the corpus index and the feature cache.
+
+Everything here is NumPy and plain Python (no TensorFlow), so the cache can be built in worker
+processes cheaply and the features can be reused by every Keras backend.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import re
+import tempfile
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import soxr
+from python_speech_features import get_filterbanks
+from tqdm import tqdm
+
+from constants import (
+    AUDIO_EXTENSIONS,
+    CACHE_DIR_NAME,
+    NFFT,
+    NORMALISATION_STD_FLOOR,
+    NUM_FBANKS,
+    PRE_EMPHASIS,
+    RESAMPLE_QUALITY,
+    SAMPLE_RATE,
+    SILENCE_PERCENTILE,
+    SPEAKERS_FILE_NAME,
+    WINDOW_LENGTH_S,
+    WINDOW_STEP_S,
+)
+
+logger = logging.getLogger(__name__)
+
+LIBRISPEECH_NAME = re.compile(r"^(?P<speaker>\d+)-(?P<chapter>\d+)-(?P<index>\d+)$")
+VCTK_SPEAKERS_FILE_NAME = "speaker-info.txt"
+CORPUS_INDEX_FILE_NAME = "corpus.json"
+
+
+class AudioError(ValueError):
+    """A file that cannot give features: empty, silent, corrupt, unsupported or too short."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class CorpusError(ValueError):
+    """A corpus or feature cache that cannot be used: no audio, unreadable layout, no cache."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoding and trimming.
+
+
+def read_audio(filename: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode a FLAC or WAV file to mono float32 at `sample_rate`, as `librosa.load` would.
+
+    soundfile decodes, channels are averaged, and soxr 'HQ' resamples (librosa's default), so the
+    samples are identical to the reference's.
+    """
+    path = Path(filename)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such audio file")
+    if path.suffix.lower() not in AUDIO_EXTENSIONS:
+        raise AudioError(path, f"unsupported format {path.suffix!r} (expected one of {', '.join(AUDIO_EXTENSIONS)})")
+    if path.stat().st_size == 0:
+        raise AudioError(path, "the file is empty (0 bytes)")
+    try:
+        samples, file_rate = soundfile.read(path, dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
+        raise AudioError(path, f"corrupt or not audio ({error})") from None
+    if samples.size == 0:
+        raise AudioError(path, "the file holds no audio samples")
+    mono = samples.mean(axis=1, dtype=np.float32)
+    if file_rate != sample_rate:
+        mono = soxr.resample(mono, file_rate, sample_rate, quality=RESAMPLE_QUALITY)
+        expected_length = int(np.ceil(len(samples) * sample_rate / file_rate))
+        mono = _fix_length(mono, expected_length)
+    return mono.astype(np.float32, copy=False)
+
+
+def _fix_length(samples: np.ndarray, length: int) -> np.ndarray:
+    """Pad with zeros or cut to `length`, as librosa does after resampling."""
+    if len(samples) >= length:
+        return samples[:length]
+    return np.pad(samples, (0, length - len(samples)))
+
+
+def trim_silence(samples: np.ndarray, source: str | os.PathLike = "<audio>") -> np.ndarray:
+    """Keep the samples between the first and the last one louder than the 95th percentile.
+
+    This is the reference's crude trim; it raises instead of crashing on silent audio.
+    """
+    if samples.size == 0:
+        raise AudioError(source, "the audio is empty")
+    magnitude = np.abs(samples)
+    threshold = np.percentile(magnitude, SILENCE_PERCENTILE)
+    loud = np.flatnonzero(magnitude > threshold)
+    if loud.size == 0:
+        raise AudioError(source, "the audio is silent (no sample louder than the rest)")
+    return samples[loud[0] : loud[-1]]
+
+
+# ----------------------------------------------------------------------------------------------
+# Filterbank features.
+
+
+@lru_cache(maxsize=4)
+def mel_filterbank(sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """The (NFFT//2+1, NUM_FBANKS) mel matrix of python_speech_features, built once per rate."""
+    return get_filterbanks(NUM_FBANKS, NFFT, sample_rate, 0, sample_rate / 2).T.copy()
+
+
+def frame_length_and_step(sample_rate: int = SAMPLE_RATE) -> tuple[int, int]:
+    """Window and hop in samples, rounded half up as python_speech_features does."""
+    return int(np.floor(WINDOW_LENGTH_S * sample_rate + 0.5)), int(np.floor(WINDOW_STEP_S * sample_rate + 0.5))
+
+
+def filterbank_energies(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Mel filterbank energies equal to python_speech_features `fbank(nfilt=64)[0]`, vectorised."""
+    frame_length, frame_step = frame_length_and_step(sample_rate)
+    emphasised = np.append(samples[0], samples[1:] - PRE_EMPHASIS * samples[:-1])
+    num_frames = 1 if len(emphasised) <= frame_length else 1 + int(np.ceil((len(emphasised) - frame_length) / frame_step))
+    padded = np.zeros((num_frames - 1) * frame_step + frame_length, dtype=np.float64)
+    padded[: len(emphasised)] = emphasised
+    frames = np.lib.stride_tricks.sliding_window_view(padded, frame_length)[::frame_step]
+    power = np.abs(np.fft.rfft(frames, NFFT)) ** 2 / NFFT
+    energies = power @ mel_filterbank(sample_rate)
+    return np.where(energies == 0, np.finfo(float).eps, energies)
+
+
+def normalize_frames(features: np.ndarray) -> np.ndarray:
+    """Per frame: subtract the mean, divide by max(std, 1e-12). Returns float32."""
+    mean = features.mean(axis=1, keepdims=True)
+    std = np.maximum(features.std(axis=1, keepdims=True), NORMALISATION_STD_FLOOR)
+    return ((features - mean) / std).astype(np.float32)
+
+
+def mfcc_from_samples(samples: np.ndarray, sample_rate: int = SAMPLE_RATE, source: str | os.PathLike = "<audio>") -> np.ndarray:
+    """Trim silence, compute 64 filterbanks and normalise each frame: shape (frames, 64)."""
+    voiced = trim_silence(samples, source)
+    frame_length, _ = frame_length_and_step(sample_rate)
+    if len(voiced) < frame_length:
+        raise AudioError(source, f"too short: {len(voiced)} samples of speech after trimming, need at least {frame_length}")
+    return normalize_frames(filterbank_energies(voiced, sample_rate))
+
+
+def read_mfcc(input_filename: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """The reference's features of one file: (frames, 64) normalised filterbanks, float32.
+
+    The name is the reference's; the values are filterbank energies, not cepstra.
+    """
+    return mfcc_from_samples(read_audio(input_filename, sample_rate), sample_rate, input_filename)
+
+
+def pad_mfcc(mfcc: np.ndarray, max_length: int) -> np.ndarray:
+    """Append zero frames until there are `max_length` (longer inputs are returned as they are)."""
+    missing = max_length - len(mfcc)
+    if missing <= 0:
+        return mfcc
+    return np.concatenate([mfcc, np.zeros((missing, mfcc.shape[1]), dtype=mfcc.dtype)])
+
+
+# ----------------------------------------------------------------------------------------------
+# Corpus index.
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One recording: `speaker` and `utterance` name its cache entry `<speaker>_<utterance>.npy`."""
+
+    speaker: str
+    utterance: str
+    path: Path
+
+    @property
+    def cache_name(self) -> str:
+        return f"{self.speaker}_{self.utterance}.npy"
+
+
+@dataclass
+class Corpus:
+    """The utterances of a corpus, grouped by speaker, with the gender labels that exist."""
+
+    root: Path
+    utterances: list[Utterance]
+    genders: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def speakers(self) -> list[str]:
+        return sorted({u.speaker for u in self.utterances}, key=natural_key)
+
+    def utterances_by_speaker(self) -> dict[str, list[Utterance]]:
+        grouped: dict[str, list[Utterance]] = defaultdict(list)
+        for utterance in self.utterances:
+            grouped[utterance.speaker].append(utterance)
+        return {speaker: sorted(grouped[speaker], key=lambda u: natural_key(u.utterance)) for speaker in self.speakers}
+
+
+def natural_key(text: str) -> list:
+    """Sort key that orders 'a2' before 'a10'."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def utterance_from_path(path: Path, root: Path) -> Utterance | None:
+    """Name a file: LibriSpeech `<spk>-<chapter>-<n>` anywhere, else `<root>/<speaker>/**/<file>`."""
+    match = LIBRISPEECH_NAME.match(path.stem)
+    if match:
+        return Utterance(match["speaker"], f"{match['chapter']}-{match['index']}", path)
+    relative = path.relative_to(root)
+    if len(relative.parts) < 2:
+        return None  # A file directly under the root belongs to no speaker folder.
+    speaker = relative.parts[0]
+    utterance = "-".join(relative.with_suffix("").parts[1:])
+    return Utterance(speaker, utterance, path)
+
+
+def read_gender_labels(path: str | os.PathLike) -> dict[str, str]:
+    """Speaker -> 'F'/'M' from LibriSpeech `SPEAKERS.TXT` or VCTK `speaker-info.txt`."""
+    path = Path(path)
+    genders: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        line = line.strip()
+        if not line or line.startswith(";"):
+            continue
+        if "|" in line:  # LibriSpeech: ID | SEX | SUBSET | MINUTES | NAME
+            fields = [part.strip() for part in line.split("|")]
+            speaker, sex = fields[0], fields[1] if len(fields) > 1 else ""
+        else:  # VCTK: ID AGE GENDER ACCENTS REGION, ids with or without the 'p'.
+            fields = line.split()
+            if len(fields) < 3 or fields[0] == "ID":
+                continue
+            speaker, sex = (fields[0] if fields[0].startswith("p") else f"p{fields[0]}"), fields[2]
+        if sex.upper() in ("F", "M"):
+            genders[speaker] = sex.upper()
+    return genders
+
+
+def find_gender_files(root: Path) -> list[Path]:
+    """Gender label files inside `root` and in its ancestors (LibriSpeech keeps SPEAKERS.TXT at its top)."""
+    names = (SPEAKERS_FILE_NAME, VCTK_SPEAKERS_FILE_NAME)
+    found = [p for name in names for p in sorted(root.rglob(name))]
+    for ancestor in root.resolve().parents:
+        found += [ancestor / name for name in names if (ancestor / name).is_file()]
+    return found
+
+
+def index_corpus(audio_dir: str | os.PathLike) -> Corpus:
+    """Find every FLAC/WAV under `audio_dir` and name its speaker and utterance; read genders."""
+    root = Path(audio_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such audio directory")
+    utterances: list[Utterance] = []
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()):
+        utterance = utterance_from_path(path, root)
+        if utterance is None:
+            logger.warning("%s: skipped, not inside a speaker folder and not LibriSpeech-named", path)
+            continue
+        utterances.append(utterance)
+    if not utterances:
+        raise CorpusError(f"{root}: no FLAC or WAV files found (expected <root>/<speaker>/**/<audio> or LibriSpeech layout)")
+    duplicates = _duplicate_cache_names(utterances)
+    if duplicates:
+        raise CorpusError(f"{root}: several files map to the same cache entry, e.g. {duplicates[0]}")
+    genders: dict[str, str] = {}
+    for gender_file in reversed(find_gender_files(root)):  # Nearest files win.
+        genders.update(read_gender_labels(gender_file))
+    speakers = {u.speaker for u in utterances}
+    return Corpus(root, utterances, {s: g for s, g in genders.items() if s in speakers})
+
+
+def _duplicate_cache_names(utterances: list[Utterance]) -> list[str]:
+    seen: dict[str, Path] = {}
+    duplicates = []
+    for utterance in utterances:
+        if utterance.cache_name in seen:
+            duplicates.append(f"{seen[utterance.cache_name]} and {utterance.path}")
+        seen[utterance.cache_name] = utterance.path
+    return duplicates
+
+
+# ----------------------------------------------------------------------------------------------
+# Feature cache.
+
+
+def cache_dir(working_dir: str | os.PathLike) -> Path:
+    return Path(working_dir) / CACHE_DIR_NAME
+
+
+def save_npy_atomically(path: Path, array: np.ndarray) -> None:
+    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as handle:
+        temporary = Path(handle.name)
+        try:
+            np.save(handle, array)
+            handle.flush()
+            os.fsync(handle.fileno())
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+    os.replace(temporary, path)
+
+
+def write_json_atomically(path: Path, payload: object) -> None:
+    """JSON twin of `save_npy_atomically`."""
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as handle:
+        json.dump(payload, handle, indent=2, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(handle.name, path)
+
+
+@dataclass
+class CacheReport:
+    """What a cache build did: entries written, entries already there, and files that failed."""
+
+    cache_dir: Path
+    written: int = 0
+    skipped_existing: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"{self.cache_dir}: {self.written} written, {self.skipped_existing} already cached, {len(self.failed)} failed."]
+        lines += [f"  skipped {path}: {problem}" for path, problem in self.failed]
+        return "\n".join(lines)
+
+
+def _cache_one(job: tuple[str, str]) -> tuple[str, str | None]:
+    """Worker: features of one file into its cache entry. Returns (audio path, problem or None)."""
+    audio_path, target = job
+    try:
+        save_npy_atomically(Path(target), read_mfcc(audio_path, SAMPLE_RATE))
+    except (AudioError, FileNotFoundError) as error:
+        return audio_path, getattr(error, "problem", str(error))
+    return audio_path, None
+
+
+def build_feature_cache(audio_dir: str | os.PathLike, working_dir: str | os.PathLike, workers: int | None = None, progress: bool = True) -> CacheReport:
+    """Compute features of every utterance into `<working_dir>/audio-fbanks/` in parallel.
+
+    Entries that exist are kept (so an interrupted build resumes); bad files are skipped and
+    reported; `corpus.json` records speakers, genders and where the audio came from.
+    """
+    corpus = index_corpus(audio_dir)
+    target_dir = cache_dir(working_dir)
+    target_dir.mkdir(parents=True, exist_ok=True)
+    report = CacheReport(target_dir)
+    jobs = []
+    for utterance in corpus.utterances:
+        target = target_dir / utterance.cache_name
+        if target.exists():
+            report.skipped_existing += 1
+        else:
+            jobs.append((str(utterance.path), str(target)))
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1))
+    if jobs:
+        bar = tqdm(total=len(jobs), desc="features", unit="file", disable=not progress)
+        if workers == 1:
+            results = map(_cache_one, jobs)
+        else:
+            executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            results = executor.map(_cache_one, jobs, chunksize=max(1, min(32, len(jobs) // (workers * 4))))
+        for audio_path, problem in results:
+            bar.update()
+            if problem is None:
+                report.written += 1
+            else:
+                report.failed.append((audio_path, problem))
+        bar.close()
+        if workers > 1:
+            executor.shutdown()
+    failed = {path for path, _ in report.failed}
+    cached = [u for u in corpus.utterances if str(u.path) not in failed]
+    write_corpus_index(working_dir, Corpus(corpus.root, cached, corpus.genders))
+    return report
+
+
+def write_corpus_index(working_dir: str | os.PathLike, corpus: Corpus) -> Path:
+    """Record the cached corpus (speaker -> utterances, genders) so training needs no audio."""
+    path = Path(working_dir) / CORPUS_INDEX_FILE_NAME
+    payload = {
+        "audio_dir": str(Path(corpus.root).resolve()),
+        "genders": corpus.genders,
+        "speakers": {s: [u.utterance for u in utts] for s, utts in corpus.utterances_by_speaker().items()},
+    }
+    write_json_atomically(path, payload)
+    return path
+
+
+def read_corpus_index(working_dir: str | os.PathLike) -> dict:
+    """The `corpus.json` written by `build_feature_cache`; says what to run when it is missing."""
+    path = Path(working_dir) / CORPUS_INDEX_FILE_NAME
+    if not path.is_file():
+        raise CorpusError(
+            f"{path}: no feature cache in {working_dir}. Run first: "
+            f"python cli.py build-mfcc-cache --working_dir {working_dir} --audio_dir <your audio folder>"
+        )
+    return json.loads(path.read_text())

@@ -1,0 +1,240 @@
+"""audio.py: decoding, trimming, features, corpus index and feature cache, on real recordings."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import librosa
+import numpy as np
+import pytest
+import soundfile
+from python_speech_features import fbank
+
+import audio
+from audio import AudioError, CorpusError
+from constants import NUM_FBANKS, SAMPLE_RATE
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "samples"
+SHARED_DATA = REPO.parent / "shared" / "data"
+PHILIPPE_001 = SAMPLES / "PhilippeRemy" / "PhilippeRemy_001.wav"  # 48 kHz WAV
+LIBRI_1255 = SAMPLES / "1255-90413-0001.flac"  # 16 kHz FLAC
+FSDD_GEORGE = SHARED_DATA / "FSDD" / "george" / "george-0-0040.wav"  # 8 kHz WAV
+
+
+def reference_features(path: Path) -> np.ndarray:
+    """The reference pipeline, written the straightforward way: librosa, 95th percentile trim, psf fbank, frame loop."""
+    samples, _ = librosa.load(path, sr=SAMPLE_RATE, mono=True)
+    magnitude = np.abs(samples)
+    loud = np.where(magnitude > np.percentile(magnitude, 95))[0]
+    energies = fbank(samples[loud[0] : loud[-1]], samplerate=SAMPLE_RATE, nfilt=NUM_FBANKS)[0]
+    return np.array([(row - np.mean(row)) / max(np.std(row), 1e-12) for row in energies], dtype=np.float32)
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int = SAMPLE_RATE) -> Path:
+    soundfile.write(path, samples, rate)
+    return path
+
+
+@pytest.mark.parametrize("path", [PHILIPPE_001, LIBRI_1255, FSDD_GEORGE], ids=["48k-wav", "16k-flac", "8k-wav"])
+def test_read_audio_gives_librosa_load_samples_exactly(path):
+    expected, _ = librosa.load(path, sr=SAMPLE_RATE, mono=True)
+    decoded = audio.read_audio(path)
+    assert decoded.dtype == np.float32
+    np.testing.assert_array_equal(decoded, expected)
+
+
+def test_read_audio_downmixes_stereo_and_resamples_any_rate(tmp_path):
+    mono, _ = librosa.load(LIBRI_1255, sr=22_050)
+    stereo = np.stack([mono, 0.5 * mono[::-1]], axis=1)
+    path = write_wav(tmp_path / "stereo_22k.wav", stereo, 22_050)
+    expected, _ = librosa.load(path, sr=SAMPLE_RATE, mono=True)
+    np.testing.assert_allclose(audio.read_audio(path), expected, atol=1e-7)
+
+
+@pytest.mark.parametrize("path", [PHILIPPE_001, LIBRI_1255, FSDD_GEORGE], ids=["48k-wav", "16k-flac", "8k-wav"])
+def test_read_mfcc_matches_reference_pipeline_within_1e5(path):
+    features = audio.read_mfcc(path, SAMPLE_RATE)
+    expected = reference_features(path)
+    assert features.shape == expected.shape and features.shape[1] == NUM_FBANKS
+    assert features.dtype == np.float32
+    assert np.abs(features - expected).max() < 1e-5
+
+
+def test_every_feature_frame_is_normalised():
+    features = audio.read_mfcc(LIBRI_1255)
+    np.testing.assert_allclose(features.mean(axis=1), 0, atol=1e-5)
+    np.testing.assert_allclose(features.std(axis=1), 1, atol=1e-4)
+
+
+def test_trim_silence_keeps_from_first_loud_sample_up_to_the_last_one_excluded():
+    samples = np.zeros(100, dtype=np.float32)
+    samples[[10, 50, 90]] = [1.0, 0.5, -1.0]
+    np.testing.assert_array_equal(audio.trim_silence(samples), samples[10:90])
+
+
+def test_pad_mfcc_appends_zero_frames_only_when_short():
+    mfcc = np.ones((3, NUM_FBANKS), dtype=np.float32)
+    padded = audio.pad_mfcc(mfcc, 5)
+    assert padded.shape == (5, NUM_FBANKS)
+    np.testing.assert_array_equal(padded[3:], 0)
+    assert audio.pad_mfcc(mfcc, 2) is mfcc
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+def test_missing_file_raises_file_not_found_naming_it(tmp_path):
+    missing = tmp_path / "nowhere.wav"
+    with pytest.raises(FileNotFoundError, match="nowhere.wav"):
+        audio.read_mfcc(missing)
+
+
+@pytest.mark.parametrize(
+    "name, content, problem",
+    [
+        ("empty.wav", b"", "empty"),
+        ("corrupt.flac", b"fLaC" + bytes(range(256)) * 8, "corrupt"),
+        ("notes.wav", b"these are meeting notes, not a recording\n" * 20, "corrupt or not audio"),
+        ("voice.mp3", b"ID3" + bytes(64), "unsupported format"),
+    ],
+)
+def test_unreadable_files_raise_audio_error_naming_file_and_problem(tmp_path, name, content, problem):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(AudioError, match=problem) as caught:
+        audio.read_mfcc(path)
+    assert name in str(caught.value)
+
+
+def test_silent_file_raises_audio_error(tmp_path):
+    path = write_wav(tmp_path / "silence.wav", np.zeros(SAMPLE_RATE, dtype=np.float32))
+    with pytest.raises(AudioError, match="silence.wav: the audio is silent"):
+        audio.read_mfcc(path)
+
+
+def test_wav_with_no_samples_raises_audio_error(tmp_path):
+    path = write_wav(tmp_path / "no_samples.wav", np.zeros(0, dtype=np.float32))
+    with pytest.raises(AudioError, match="no_samples.wav"):
+        audio.read_mfcc(path)
+
+
+def test_too_short_file_raises_audio_error(tmp_path):
+    speech = audio.read_audio(LIBRI_1255)[20_000:20_200]  # 12.5 ms of real speech
+    path = write_wav(tmp_path / "blip.wav", speech)
+    with pytest.raises(AudioError, match="blip.wav: too short"):
+        audio.read_mfcc(path)
+
+
+# ---------------------------------------------------------------------------------------------- corpus index
+
+
+def test_librispeech_index_names_speakers_utterances_and_genders():
+    corpus = audio.index_corpus(SAMPLES / "LibriSpeech")
+    assert corpus.speakers == ["19", "26", "27", "1688", "1998"]
+    by_speaker = corpus.utterances_by_speaker()
+    assert len(by_speaker["19"]) == 8
+    first = by_speaker["19"][0]
+    assert (first.speaker, first.utterance, first.cache_name) == ("19", "198-0000", "19_198-0000.npy")
+    assert corpus.genders == {"19": "F", "26": "M", "27": "M", "1688": "M", "1998": "F"}
+
+
+def test_librispeech_subset_folder_finds_speakers_txt_in_its_parent():
+    corpus = audio.index_corpus(SHARED_DATA / "LibriSpeech" / "test-other")
+    assert len(corpus.speakers) == 10
+    assert set(corpus.genders) == set(corpus.speakers)
+
+
+def test_plain_layout_uses_the_first_folder_as_speaker_and_reads_vctk_genders():
+    corpus = audio.index_corpus(SHARED_DATA / "VCTK")
+    assert corpus.speakers == ["p225", "p226", "p227", "p228"]
+    assert corpus.genders == {"p225": "F", "p226": "M", "p227": "M", "p228": "F"}
+    assert all(u.path.suffix == ".wav" for u in corpus.utterances)
+
+
+def test_plain_layout_names_nested_utterances_uniquely(tmp_path):
+    for relative in ["alice/day1/take.wav", "alice/day2/take.wav", "bob/take.flac"]:
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(LIBRI_1255, (tmp_path / relative).with_suffix(".flac") if relative.endswith("flac") else tmp_path / relative)
+    corpus = audio.index_corpus(tmp_path)
+    assert sorted(u.cache_name for u in corpus.utterances) == ["alice_day1-take.npy", "alice_day2-take.npy", "bob_take.npy"]
+    assert corpus.genders == {}
+
+
+def test_index_of_a_folder_without_audio_says_so(tmp_path):
+    (tmp_path / "readme.txt").write_text("no audio here")
+    with pytest.raises(CorpusError, match="no FLAC or WAV files"):
+        audio.index_corpus(tmp_path)
+
+
+def test_index_of_a_missing_folder_raises_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such audio directory"):
+        audio.index_corpus(tmp_path / "absent")
+
+
+# ---------------------------------------------------------------------------------------------- feature cache
+
+
+def test_cache_build_writes_reference_named_entries_and_corpus_index(tmp_path):
+    report = audio.build_feature_cache(SAMPLES / "LibriSpeech", tmp_path, workers=2, progress=False)
+    entries = sorted(p.name for p in (tmp_path / "audio-fbanks").iterdir())
+    assert report.written == 32 and not report.failed
+    assert len(entries) == 32 and "19_198-0000.npy" in entries
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "audio-fbanks" / "19_198-0000.npy"),
+        audio.read_mfcc(SAMPLES / "LibriSpeech/train-clean-100/19/198/19-198-0000.flac"),
+    )
+    index = json.loads((tmp_path / "corpus.json").read_text())
+    assert index["genders"]["19"] == "F"
+    assert index["speakers"]["27"][0] == "124992-0016"
+
+
+def test_cache_build_resumes_keeping_existing_entries(tmp_path):
+    audio.build_feature_cache(SAMPLES / "LibriSpeech", tmp_path, workers=1, progress=False)
+    removed = tmp_path / "audio-fbanks" / "26_495-0007.npy"
+    removed.unlink()
+    kept = tmp_path / "audio-fbanks" / "19_198-0000.npy"
+    kept_mtime = kept.stat().st_mtime_ns
+    report = audio.build_feature_cache(SAMPLES / "LibriSpeech", tmp_path, workers=1, progress=False)
+    assert (report.written, report.skipped_existing) == (1, 31)
+    assert removed.exists() and kept.stat().st_mtime_ns == kept_mtime
+
+
+def test_cache_build_skips_bad_files_lists_them_and_keeps_good_entries(tmp_path):
+    corpus = tmp_path / "corpus"
+    good = corpus / "alice" / "good.flac"
+    good.parent.mkdir(parents=True)
+    shutil.copy(LIBRI_1255, good)
+    shutil.copy(PHILIPPE_001, corpus / "alice" / "good2.wav")
+    (corpus / "bob").mkdir()
+    (corpus / "bob" / "empty.wav").write_bytes(b"")
+    write_wav(corpus / "bob" / "silent.wav", np.zeros(8000, dtype=np.float32))
+    (corpus / "bob" / "corrupt.flac").write_bytes(b"fLaC" + bytes(500))
+    report = audio.build_feature_cache(corpus, tmp_path / "work", workers=2, progress=False)
+    assert report.written == 2
+    assert sorted(Path(path).name for path, _ in report.failed) == ["corrupt.flac", "empty.wav", "silent.wav"]
+    assert "silent.wav: the audio is silent" in report.summary()
+    assert sorted(p.name for p in (tmp_path / "work" / "audio-fbanks").iterdir()) == ["alice_good.npy", "alice_good2.npy"]
+    assert json.loads((tmp_path / "work" / "corpus.json").read_text())["speakers"] == {"alice": ["good", "good2"]}
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise RuntimeError("disk pulled out mid-write")
+
+
+def test_atomic_save_leaves_no_partial_file_when_writing_fails(tmp_path):
+    target = tmp_path / "entry.npy"
+    broken = np.array([1, Unpicklable()], dtype=object)
+    with pytest.raises(RuntimeError, match="mid-write"):
+        audio.save_npy_atomically(target, broken)
+    assert list(tmp_path.iterdir()) == []
+    audio.save_npy_atomically(target, np.arange(3))
+    np.testing.assert_array_equal(np.load(target), np.arange(3))
+
+
+def test_reading_a_missing_corpus_index_says_which_command_to_run(tmp_path):
+    with pytest.raises(CorpusError, match="build-mfcc-cache"):
+        audio.read_corpus_index(tmp_path)
