@@ -45,3 +45,30 @@ CHECKPOINTS_MTL_DIR = "checkpoints-mtl"
 SPEAKERS_FILE_NAME = "SPEAKERS.TXT"
 
 VERSION = "0.1.0"
+
+# Model architecture (ResCNN). The filter table keeps the reference layer names
+# (`conv{filters}-s`) for every size; only 'full' matches the published checkpoint.
+MODEL_FILTERS = {
+    "full": (64, 128, 256, 512),  # The reference ResCNN: 24,185,728 weights.
+    "small": (16, 32, 64, 128),  # Same graph, 1/16 of the conv work, 1.7 M weights: CPU tests, quick runs.
+}
+STAGE_CONV_KERNEL = 5  # 'conv{filters}-s': 5x5, stride 2.
+STAGE_CONV_STRIDES = 2
+RES_CONV_KERNEL = 3  # Identity blocks: 3x3, stride 1.
+NUM_RES_BLOCKS = 3  # Identity blocks per stage.
+L2_NORMALIZE_EPSILON = 1e-12  # As Keras 2 K.l2_normalize: x / sqrt(max(sum(x^2), eps)).
+
+# Hard-negative triplet mining (the reference's history of recent embeddings).
+HARD_NEGATIVE_HISTORY_SPEAKERS = 640  # Speakers embedded at each refresh.
+HARD_NEGATIVE_HISTORY_UTTERANCES = 2  # Utterances of each of them.
+HARD_NEGATIVE_HISTORY_REFRESHES = 4  # Refreshes kept in the history.
+HARD_NEGATIVE_REFRESH_EVERY = 100  # Batches between refreshes.
+HARD_NEGATIVE_CANDIDATES = 1_280  # Random history rows searched for each anchor's hardest negative.
+
+# Verification metrics (eval_metrics.py): normalised minDCF as in NIST SRE / VoxCeleb.
+MIN_DCF_P_TARGETS = (0.01, 0.05)  # Prior of a same-speaker trial; reported as min_dcf_001 and min_dcf_005.
+DCF_COST_MISS = 1.0
+DCF_COST_FALSE_ALARM = 1.0
+
+# Plots (plots.py).
+PLOT_DPI = 120

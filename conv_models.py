@@ -1,0 +1,306 @@
+"""The Deep Speaker ResCNN and the Hive-MTL model built on the same trunk.
+
+Layer names follow the reference implementation exactly: the published Keras 2 checkpoint
+(`ResCNN_triplet_training_checkpoint_265.h5`) is loaded by layer name, so a renamed layer would
+silently keep its random weights. Where the reference used `Lambda` layers (which break across
+Keras versions and backends) this module uses small registered layers, so `.keras` files reload
+with `keras.models.load_model` on TensorFlow, JAX and torch without `custom_objects`, as long as
+this module has been imported.
+
+Only `keras.layers` and `keras.ops` are used: the same code runs on every Keras 3 backend.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import h5py
+import keras
+from keras import layers, ops
+
+from constants import (
+    CLIP_RELU_MAX,
+    CONV_WEIGHT_DECAY,
+    EMBEDDING_SIZE,
+    L2_NORMALIZE_EPSILON,
+    MODEL_FILTERS,
+    MTL_SHARED_UNITS,
+    MTL_SPEAKER_UNITS,
+    NUM_FBANKS,
+    NUM_RES_BLOCKS,
+    RES_CONV_KERNEL,
+    SOFTMAX_DROPOUT,
+    STAGE_CONV_KERNEL,
+    STAGE_CONV_STRIDES,
+)
+
+SERIALIZATION_PACKAGE = "hive_mtl"
+EMBEDDING_LAYER_NAME = "ln"  # Reference name of the L2 normalisation: the embedding.
+AFFINE_LAYER_NAME = "affine"
+SOFTMAX_LAYER_NAME = "softmax"
+SPEAKER_OUTPUT = "speaker_pred"
+GENDER_OUTPUT = "gender_pred"
+DEFAULT_INPUT_SHAPE = (None, None, NUM_FBANKS, 1)  # (batch, frames, filterbanks, channel).
+
+# Layers whose weights come from a reference checkpoint: stage convs, identity-block convs,
+# their batch norms, and the affine projection.
+_TRUNK_LAYER_PATTERN = re.compile(
+    r"^(conv\d+-s|res\d+_\d+_branch_2[ab])(_bn)?$|^" + AFFINE_LAYER_NAME + "$"
+)
+
+
+@keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
+class ClippedReLU(layers.Layer):
+    """min(max(x, 0), max_value): the reference activation; the clip keeps deep residual sums bounded."""
+
+    def __init__(self, max_value: float = CLIP_RELU_MAX, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_value = float(max_value)
+
+    def call(self, inputs):
+        return ops.minimum(ops.maximum(inputs, 0.0), self.max_value)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "max_value": self.max_value}
+
+
+@keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
+class TimeAverage(layers.Layer):
+    """(batch, frames, freq, channels) -> (batch, freq * channels), averaged over frames.
+
+    The reference reshapes to (batch, frames, freq * channels) and then averages over time.
+    Averaging first and flattening second gives the same numbers, and leaves only the batch
+    dimension dynamic, so any number of frames works on every backend.
+    """
+
+    def call(self, inputs):
+        freq, channels = inputs.shape[2], inputs.shape[3]
+        return ops.reshape(ops.mean(inputs, axis=1), (-1, freq * channels))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[2] * input_shape[3])
+
+
+@keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
+class L2Normalize(layers.Layer):
+    """x / sqrt(max(sum(x^2), epsilon)) along `axis`: exactly Keras 2's `K.l2_normalize`.
+
+    Embeddings are unit vectors, so cosine similarity is a dot product; the epsilon only guards
+    an all-zero vector.
+    """
+
+    def __init__(self, axis: int = -1, epsilon: float = L2_NORMALIZE_EPSILON, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.axis = int(axis)
+        self.epsilon = float(epsilon)
+
+    def call(self, inputs):
+        square_sum = ops.sum(ops.square(inputs), axis=self.axis, keepdims=True)
+        return inputs * ops.rsqrt(ops.maximum(square_sum, self.epsilon))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "axis": self.axis, "epsilon": self.epsilon}
+
+
+def _conv(filters: int, kernel_size: int, strides: int, name: str) -> layers.Conv2D:
+    return layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding="same",
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        kernel_regularizer=keras.regularizers.L2(CONV_WEIGHT_DECAY),
+        name=name,
+    )
+
+
+def _identity_block(x, filters: int, stage: int, block: int):
+    """Two 3x3 conv + BN + clipped ReLU, plus the block input: names `res{stage}_{block}_branch_2a|2b`."""
+    shortcut = x
+    for part in ("2a", "2b"):
+        name = f"res{stage}_{block}_branch_{part}"
+        x = _conv(filters, RES_CONV_KERNEL, 1, name)(x)
+        x = layers.BatchNormalization(name=f"{name}_bn")(x)
+        x = ClippedReLU(name=f"{name}_relu")(x)
+    x = layers.Add(name=f"res{stage}_{block}_add")([x, shortcut])
+    return ClippedReLU(name=f"res{stage}_{block}_relu")(x)
+
+
+def _stage(x, filters: int, stage: int):
+    """Strided 5x5 conv `conv{filters}-s` (halves time and frequency), then the identity blocks."""
+    name = f"conv{filters}-s"
+    x = _conv(filters, STAGE_CONV_KERNEL, STAGE_CONV_STRIDES, name)(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = ClippedReLU(name=f"{name}_relu")(x)
+    for block in range(NUM_RES_BLOCKS):
+        x = _identity_block(x, filters, stage, block)
+    return x
+
+
+def _res_cnn(inputs, filters: tuple[int, ...], dropout_rate: float = 0.0):
+    """The shared trunk: conv stages, average over time, optional dropout, `affine` (512-d)."""
+    x = inputs
+    for stage, stage_filters in enumerate(filters, start=1):
+        x = _stage(x, stage_filters, stage)
+    x = TimeAverage(name="time_average")(x)
+    if dropout_rate:
+        x = layers.Dropout(dropout_rate, name="dropout")(x)
+    return layers.Dense(EMBEDDING_SIZE, name=AFFINE_LAYER_NAME)(x)
+
+
+def _unified_embedding(inputs, filters: tuple[int, ...]):
+    """Trunk plus L2 normalisation `ln`: the embedding every task reads."""
+    return L2Normalize(name=EMBEDDING_LAYER_NAME)(_res_cnn(inputs, filters))
+
+
+def _filters(model_size: str) -> tuple[int, ...]:
+    if model_size not in MODEL_FILTERS:
+        raise ValueError(f"Unknown model_size {model_size!r}; expected one of {sorted(MODEL_FILTERS)}.")
+    return MODEL_FILTERS[model_size]
+
+
+def _input(batch_input_shape: tuple) -> keras.KerasTensor:
+    """Validates (batch, frames, freq, channels); frequency and channels must be known to flatten."""
+    shape = tuple(batch_input_shape)
+    if len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape[2:]):
+        raise ValueError(
+            f"batch_input_shape must be (batch, frames, freq, channels) with known freq and "
+            f"channels, e.g. {DEFAULT_INPUT_SHAPE}; got {batch_input_shape!r}."
+        )
+    return keras.Input(batch_shape=shape, name="input")
+
+
+def _check_class_count(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}.")
+    return value
+
+
+class DeepSpeakerModel:
+    """The reference ResCNN, held as `.m` like the reference so its callers read the same.
+
+    Embedding model (default): features -> 512-d unit vector, layer `ln`; 24,185,728 weights at
+    `model_size='full'`. Softmax model (`include_softmax=True`, for pre-training): dropout before
+    `affine` and a softmax Dense `softmax` on top of `affine` instead of `ln`. Its checkpoints are
+    used for embeddings by loading them into a fresh `DeepSpeakerModel()` by layer name (see
+    `load_weights_by_name`): the dropout and softmax layers are skipped.
+    """
+
+    def __init__(
+        self,
+        batch_input_shape: tuple = DEFAULT_INPUT_SHAPE,
+        include_softmax: bool = False,
+        num_speakers_softmax: int | None = None,
+        model_size: str = "full",
+    ) -> None:
+        filters = _filters(model_size)
+        if include_softmax:
+            _check_class_count("num_speakers_softmax", num_speakers_softmax, 2)
+        elif num_speakers_softmax is not None:
+            raise ValueError("num_speakers_softmax is only used with include_softmax=True.")
+        inputs = _input(batch_input_shape)
+        if include_softmax:
+            x = _res_cnn(inputs, filters, dropout_rate=SOFTMAX_DROPOUT)
+            outputs = layers.Dense(num_speakers_softmax, activation="softmax", name=SOFTMAX_LAYER_NAME)(x)
+        else:
+            outputs = _unified_embedding(inputs, filters)
+        self.batch_input_shape = tuple(batch_input_shape)
+        self.include_softmax = include_softmax
+        self.num_speakers_softmax = num_speakers_softmax
+        self.model_size = model_size
+        self.m = keras.Model(inputs, outputs, name="ResCNN")
+
+
+def build_mtl_model(
+    num_speakers: int,
+    *,
+    with_gender_head: bool = True,
+    model_size: str = "full",
+    shared_units: int = MTL_SHARED_UNITS,
+    speaker_units: int = MTL_SPEAKER_UNITS,
+    embedding_output: bool = False,
+    batch_input_shape: tuple = DEFAULT_INPUT_SHAPE,
+) -> keras.Model:
+    """Hive-MTL: the ResCNN trunk up to the unified embedding `ln`, with task heads on top.
+
+    `ln` -> Dense `shared` (relu) -> Dense `speaker_task` (relu) -> softmax `speaker_pred`, and
+    `shared` -> sigmoid `gender_pred` (1 unit). Outputs are a dict keyed by those layer names,
+    so losses and metrics are given per task by name.
+
+    The embedding is always reachable with `embedding_model(model)`. It is an output (key `ln`)
+    only with `embedding_output=True`, for a loss on the embedding such as the triplet loss:
+    Keras 3 (3.15) builds metrics for every output and then needs a `y` for each, so an output
+    without a loss would force callers to feed dummy targets for it.
+    Trunk layers keep the reference names, so a reference checkpoint loads by name.
+    """
+    _check_class_count("num_speakers", num_speakers, 2)
+    _check_class_count("shared_units", shared_units, 1)
+    _check_class_count("speaker_units", speaker_units, 1)
+    inputs = _input(batch_input_shape)
+    embedding = _unified_embedding(inputs, _filters(model_size))
+    shared = layers.Dense(shared_units, activation="relu", name="shared")(embedding)
+    speaker = layers.Dense(speaker_units, activation="relu", name="speaker_task")(shared)
+    outputs = {SPEAKER_OUTPUT: layers.Dense(num_speakers, activation="softmax", name=SPEAKER_OUTPUT)(speaker)}
+    if with_gender_head:
+        outputs[GENDER_OUTPUT] = layers.Dense(1, activation="sigmoid", name=GENDER_OUTPUT)(shared)
+    if embedding_output:
+        outputs[EMBEDDING_LAYER_NAME] = embedding
+    return keras.Model(inputs, outputs, name="HiveMTL")
+
+
+def embedding_model(model: keras.Model) -> keras.Model:
+    """The sub-model from the input to the embedding layer `ln`; it shares weights with `model`.
+
+    Works for the embedding model and the Hive-MTL model. A softmax-phase model has no `ln`:
+    load its checkpoint into `DeepSpeakerModel()` by name instead, as the reference does.
+    """
+    try:
+        embedding = model.get_layer(EMBEDDING_LAYER_NAME)
+    except ValueError:
+        raise ValueError(
+            f"Model {model.name!r} has no embedding layer {EMBEDDING_LAYER_NAME!r} (a softmax-phase "
+            "model?). Load its checkpoint into DeepSpeakerModel() with load_weights_by_name()."
+        ) from None
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs  # Keep the input structure.
+    return keras.Model(inputs, embedding.output, name=f"{model.name}_embedding")
+
+
+def load_weights_by_name(model: keras.Model, path: str | os.PathLike) -> list[str]:
+    """Loads a Keras 2 / legacy HDF5 checkpoint into `model` by layer name; returns what it skipped.
+
+    Plain `model.load_weights(path, by_name=True)` loads nothing, silently, when names do not
+    match. This checks first that the file holds every trunk layer the model has (convs, batch
+    norms, `affine`), and raises otherwise. Weights-only files (`save_weights`) and full-model
+    files (`save`, weights under `model_weights`) both work; shape mismatches raise. Returns the
+    names of the model's weighted layers the file does not have (task heads, a softmax head).
+    """
+    path = os.fspath(path)
+    if path.endswith(".weights.h5") or not path.endswith((".h5", ".hdf5")):
+        raise ValueError(
+            f"{path}: loading by name needs a legacy HDF5 checkpoint named *.h5 or *.hdf5 (Keras 3 "
+            "reads *.weights.h5 as its own format, by structure); rename the file."
+        )
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: checkpoint not found.")
+    with h5py.File(path, "r") as f:
+        group = f["model_weights"] if "layer_names" not in f.attrs and "model_weights" in f else f
+        names_in_file = set(group.keys())
+    weighted = [layer.name for layer in model.layers if layer.weights]
+    missing_trunk = [n for n in weighted if _TRUNK_LAYER_PATTERN.match(n) and n not in names_in_file]
+    if missing_trunk:
+        raise ValueError(
+            f"{path}: no weights for {len(missing_trunk)} trunk layers of model {model.name!r} "
+            f"(first: {missing_trunk[:3]}); not a checkpoint with the reference layer names. "
+            "Nothing was loaded."
+        )
+    model.load_weights(path, by_name=True)
+    return [n for n in weighted if n not in names_in_file]

@@ -1,0 +1,59 @@
+"""Shared fixtures: real filterbank windows from the bundled samples; a JAX-backend child environment."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from constants import NORMALISATION_STD_FLOOR, NUM_FBANKS, NUM_FRAMES, RESAMPLE_QUALITY, SAMPLE_RATE
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SAMPLES_DIR = REPO_ROOT / "samples"
+# Rows of `real_features`: two utterances of one speaker, then two other speakers (19 and 26),
+# so tests can stack real triplets (anchor, positive, negative).
+REAL_FEATURE_FILES = (
+    SAMPLES_DIR / "PhilippeRemy" / "PhilippeRemy_001.wav",
+    SAMPLES_DIR / "PhilippeRemy" / "PhilippeRemy_002.wav",
+    SAMPLES_DIR / "LibriSpeech" / "train-clean-100" / "19" / "198" / "19-198-0001.flac",
+    SAMPLES_DIR / "LibriSpeech" / "train-clean-100" / "26" / "495" / "26-495-0007.flac",
+)
+
+
+def _first_window(path: Path) -> np.ndarray:
+    """Reference features of the first NUM_FRAMES frames: (NUM_FRAMES, NUM_FBANKS, 1) float32."""
+    import python_speech_features
+    import soundfile
+    import soxr
+
+    signal, sample_rate = soundfile.read(path, dtype="float32", always_2d=True)
+    signal = signal.mean(axis=1)
+    if sample_rate != SAMPLE_RATE:
+        signal = soxr.resample(signal, sample_rate, SAMPLE_RATE, quality=RESAMPLE_QUALITY)
+    energies = python_speech_features.fbank(signal, samplerate=SAMPLE_RATE, nfilt=NUM_FBANKS)[0]
+    mean = energies.mean(axis=1, keepdims=True)
+    std = np.maximum(energies.std(axis=1, keepdims=True), NORMALISATION_STD_FLOOR)
+    window = ((energies - mean) / std).astype(np.float32)[:NUM_FRAMES]
+    assert window.shape == (NUM_FRAMES, NUM_FBANKS), path
+    return window[..., np.newaxis]
+
+
+@pytest.fixture(scope="session")
+def real_features() -> np.ndarray:
+    """(4, NUM_FRAMES, NUM_FBANKS, 1) float32 windows of REAL_FEATURE_FILES, in that order."""
+    return np.stack([_first_window(path) for path in REAL_FEATURE_FILES])
+
+
+@pytest.fixture(scope="session")
+def jax_subprocess_env() -> dict[str, str]:
+    """Environment for a child Python on the JAX backend; fails in CI (env CI set) if jax is missing."""
+    if importlib.util.find_spec("jax") is None:
+        message = "jax is not installed (pip install jax): the second-backend tests need it."
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": pythonpath, "TF_CPP_MIN_LOG_LEVEL": "2"}

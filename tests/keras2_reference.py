@@ -1,0 +1,125 @@
+"""Keras 2 oracle: builds the reference ResCNN in tf.keras 2, writes checkpoints and embeddings.
+
+Run in its own process with TF_USE_LEGACY_KERAS=1 (the test suite does). It imports neither
+Keras 3 nor this project's model code: it rebuilds the reference graph independently, with
+`Lambda` layers as the reference did, so the Keras 3 model is checked against it.
+
+Weights are random but deterministic (--seed), and batch-norm statistics and biases are moved
+away from their initial values, so loading every kind of weight is really exercised.
+
+    python tests/keras2_reference.py --input x.npy --output emb.npy \
+        --weights rescnn_weights.h5 --model rescnn_model.h5 [--softmax N] [--seed S]
+
+`--output` receives the L2-normalised output of `affine` (for the embedding model that is the
+model's own output, `ln`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tf_keras  # noqa: E402
+from tensorflow import keras  # noqa: E402  (tf_keras, Keras 2, because of TF_USE_LEGACY_KERAS)
+
+K = keras.backend
+L = keras.layers
+
+
+def clipped_relu(x):
+    return L.Lambda(lambda y: K.minimum(K.maximum(y, 0.0), 20.0))(x)
+
+
+def conv(filters: int, kernel: int, strides: int, name: str) -> L.Conv2D:
+    return L.Conv2D(
+        filters,
+        kernel_size=kernel,
+        strides=strides,
+        padding="same",
+        kernel_initializer="glorot_uniform",
+        kernel_regularizer=keras.regularizers.l2(1e-4),
+        name=name,
+    )
+
+
+def reference_rescnn(num_speakers_softmax: int | None) -> keras.Model:
+    inputs = L.Input(batch_shape=(None, None, 64, 1), name="input")
+    x = inputs
+    for stage, filters in enumerate((64, 128, 256, 512), start=1):
+        name = f"conv{filters}-s"
+        x = clipped_relu(L.BatchNormalization(name=name + "_bn")(conv(filters, 5, 2, name)(x)))
+        for block in range(3):
+            shortcut = x
+            for part in ("2a", "2b"):
+                name = f"res{stage}_{block}_branch_{part}"
+                x = clipped_relu(L.BatchNormalization(name=name + "_bn")(conv(filters, 3, 1, name)(x)))
+            x = clipped_relu(L.add([x, shortcut]))
+    x = L.Lambda(lambda y: K.reshape(y, (K.shape(y)[0], -1, 2048)), name="reshape")(x)
+    x = L.Lambda(lambda y: K.mean(y, axis=1), name="average")(x)
+    if num_speakers_softmax:
+        x = L.Dropout(0.5)(x)
+    x = L.Dense(512, name="affine")(x)
+    if num_speakers_softmax:
+        x = L.Dense(num_speakers_softmax, activation="softmax", name="softmax")(x)
+    else:
+        x = L.Lambda(lambda y: K.l2_normalize(y, axis=1), name="ln")(x)
+    return keras.Model(inputs, x, name="ResCNN")
+
+
+def randomise(model: keras.Model, seed: int) -> None:
+    """Deterministic weights: glorot-uniform kernels, small random biases, non-default BN state."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, L.BatchNormalization):
+            gamma, beta, mean, variance = (w.shape for w in layer.get_weights())
+            layer.set_weights([
+                rng.uniform(0.7, 1.3, gamma).astype(np.float32),
+                rng.normal(0.0, 0.1, beta).astype(np.float32),
+                rng.normal(0.0, 0.1, mean).astype(np.float32),
+                rng.uniform(0.5, 1.5, variance).astype(np.float32),
+            ])
+        elif isinstance(layer, (L.Conv2D, L.Dense)):
+            kernel, bias = layer.get_weights()
+            fan_in = int(np.prod(kernel.shape[:-1]))
+            fan_out = kernel.shape[-1] * int(np.prod(kernel.shape[:-2]))
+            limit = np.sqrt(6.0 / (fan_in + fan_out))
+            layer.set_weights([
+                rng.uniform(-limit, limit, kernel.shape).astype(np.float32),
+                rng.normal(0.0, 0.05, bias.shape).astype(np.float32),
+            ])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--input", required=True, help=".npy of shape (N, frames, 64, 1)")
+    parser.add_argument("--output", required=True, help=".npy for the (N, 512) embeddings")
+    parser.add_argument("--weights", required=True, help="model.save_weights target (*.h5)")
+    parser.add_argument("--model", required=True, help="model.save target (*.h5, full model)")
+    parser.add_argument("--softmax", type=int, default=None, help="number of softmax speakers")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    assert tf_keras.__version__.startswith("2.") and keras.Model.__module__.startswith("tf_keras"), (
+        "tensorflow.keras is not Keras 2 (tf_keras): is TF_USE_LEGACY_KERAS=1 set before TF loads?"
+    )
+    tf.random.set_seed(args.seed)
+    model = reference_rescnn(args.softmax)
+    randomise(model, args.seed)
+    model.save_weights(args.weights)  # *.h5 -> Keras 2 HDF5 weights file.
+    model.save(args.model)  # *.h5 -> Keras 2 HDF5 full-model file (weights under model_weights).
+
+    features = np.load(args.input).astype(np.float32)
+    affine = keras.Model(model.inputs, model.get_layer("affine").output)
+    embeddings = K.l2_normalize(affine(features, training=False), axis=1).numpy()
+    if not args.softmax:
+        np.testing.assert_array_equal(embeddings, model(features, training=False).numpy())
+    np.save(args.output, embeddings)
+
+
+if __name__ == "__main__":
+    main()

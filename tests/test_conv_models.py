@@ -1,0 +1,432 @@
+"""The ResCNN and Hive-MTL models: reference structure, Keras 2 checkpoints, saving, backends."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from constants import EMBEDDING_SIZE, MODEL_FILTERS, NUM_FBANKS
+from conv_models import (
+    ClippedReLU,
+    DeepSpeakerModel,
+    L2Normalize,
+    TimeAverage,
+    build_mtl_model,
+    embedding_model,
+    load_weights_by_name,
+)
+from triplet_loss import deep_speaker_loss
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
+REFERENCE_WEIGHT_COUNT = 24_185_728
+SOFTMAX_SPEAKERS = 7
+TOLERANCE = 1e-5  # Max abs difference allowed between embeddings of two implementations.
+
+
+def reference_weighted_layer_names(filters=MODEL_FILTERS["full"]) -> list[str]:
+    """The weighted layers of the reference ResCNN, in graph order."""
+    names = []
+    for stage, f in enumerate(filters, start=1):
+        names += [f"conv{f}-s", f"conv{f}-s_bn"]
+        for block in range(3):
+            for part in ("2a", "2b"):
+                names += [f"res{stage}_{block}_branch_{part}", f"res{stage}_{block}_branch_{part}_bn"]
+    return names + ["affine"]
+
+
+def embed(model: keras.Model, features: np.ndarray) -> np.ndarray:
+    return keras.ops.convert_to_numpy(model(features, training=False))
+
+
+def h5_layer_weights(path: Path) -> dict[str, list[np.ndarray]]:
+    """Weights per layer name read with h5py, from a weights file or a full-model file."""
+    with h5py.File(path, "r") as f:
+        group = f["model_weights"] if "model_weights" in f else f
+        weights = {}
+        for name in group:
+            names = [n.decode() if isinstance(n, bytes) else n for n in group[name].attrs["weight_names"]]
+            if names:
+                weights[name] = [np.asarray(group[name][n]) for n in names]
+        return weights
+
+
+def assert_layers_hold_file_weights(model: keras.Model, path: Path, layer_names: list[str]) -> None:
+    in_file = h5_layer_weights(path)
+    for name in layer_names:
+        values = [keras.ops.convert_to_numpy(w) for w in model.get_layer(name).weights]
+        assert len(values) == len(in_file[name]), name
+        for value, expected in zip(values, in_file[name]):
+            np.testing.assert_array_equal(value, expected, err_msg=name)
+
+
+def run_python(args: list[str], env: dict[str, str]) -> None:
+    result = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{args[0]} failed:\n{result.stderr[-4000:]}"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, real_features) -> SimpleNamespace:
+    """Keras 2 checkpoints and embeddings from tests/keras2_reference.py (embedding and softmax)."""
+    out = tmp_path_factory.mktemp("keras2")
+    features = out / "features.npy"
+    np.save(features, real_features)
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    jobs = {
+        "embedding": ["--seed", "0"],
+        "softmax": ["--seed", "1", "--softmax", str(SOFTMAX_SPEAKERS)],
+    }
+    processes = {
+        kind: subprocess.Popen(
+            [sys.executable, str(TESTS_DIR / "keras2_reference.py"), "--input", str(features),
+             "--output", str(out / f"{kind}_embeddings.npy"), "--weights", str(out / f"{kind}_weights.h5"),
+             "--model", str(out / f"{kind}_model.h5"), *extra],
+            cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        for kind, extra in jobs.items()
+    }
+    for kind, process in processes.items():
+        _, stderr = process.communicate()
+        assert process.returncode == 0, f"keras2_reference.py ({kind}) failed:\n{stderr[-4000:]}"
+    return SimpleNamespace(
+        features=features,
+        weights=out / "embedding_weights.h5",
+        model=out / "embedding_model.h5",
+        embeddings=np.load(out / "embedding_embeddings.npy"),
+        softmax_model=out / "softmax_model.h5",
+        softmax_embeddings=np.load(out / "softmax_embeddings.npy"),
+    )
+
+
+@pytest.fixture(scope="module")
+def fresh_model() -> DeepSpeakerModel:
+    """A full-size embedding model with random weights, for structure tests (not mutated)."""
+    return DeepSpeakerModel()
+
+
+@pytest.fixture(scope="module")
+def loaded_model(reference) -> DeepSpeakerModel:
+    model = DeepSpeakerModel()
+    load_weights_by_name(model.m, reference.weights)
+    return model
+
+
+# Structure.
+
+
+def test_embedding_model_has_the_reference_weight_count(fresh_model):
+    assert fresh_model.m.count_params() == REFERENCE_WEIGHT_COUNT
+
+
+def test_weighted_layers_have_the_reference_names_in_order(fresh_model):
+    weighted = [layer.name for layer in fresh_model.m.layers if layer.weights]
+    assert weighted == reference_weighted_layer_names()
+    assert isinstance(fresh_model.m.get_layer("ln"), L2Normalize)
+    assert fresh_model.m.layers[-1].name == "ln"
+
+
+def test_layers_use_the_reference_hyperparameters(fresh_model):
+    stage_conv = fresh_model.m.get_layer("conv128-s")
+    assert (stage_conv.kernel_size, stage_conv.strides, stage_conv.padding) == ((5, 5), (2, 2), "same")
+    block_conv = fresh_model.m.get_layer("res3_2_branch_2b")
+    assert (block_conv.kernel_size, block_conv.strides, block_conv.padding) == ((3, 3), (1, 1), "same")
+    for conv in (stage_conv, block_conv):
+        assert conv.use_bias
+        assert isinstance(conv.kernel_regularizer, keras.regularizers.L2)
+        assert conv.kernel_regularizer.l2 == pytest.approx(1e-4)
+        assert isinstance(conv.kernel_initializer, keras.initializers.GlorotUniform)
+    bn = fresh_model.m.get_layer("res3_2_branch_2b_bn")
+    assert (bn.momentum, bn.epsilon) == (0.99, 1e-3)
+    assert fresh_model.m.get_layer("affine").units == EMBEDDING_SIZE
+
+
+def test_embeddings_are_512_dimensional_unit_vectors(fresh_model, real_features):
+    embeddings = embed(fresh_model.m, real_features)
+    assert embeddings.shape == (len(real_features), EMBEDDING_SIZE)
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("num_frames", [100, 300, 17])
+def test_any_number_of_frames_gives_one_embedding(fresh_model, real_features, num_frames):
+    long_features = np.concatenate([real_features[:1], real_features[1:2]], axis=1)  # 320 frames.
+    embeddings = embed(fresh_model.m, long_features[:, :num_frames])
+    assert embeddings.shape == (1, EMBEDDING_SIZE)
+    assert np.linalg.norm(embeddings) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_small_model_keeps_the_graph_with_fewer_filters(real_features):
+    model = DeepSpeakerModel(model_size="small")
+    weighted = [layer.name for layer in model.m.layers if layer.weights]
+    assert weighted == reference_weighted_layer_names(MODEL_FILTERS["small"])
+    assert model.m.count_params() < REFERENCE_WEIGHT_COUNT / 10
+    assert embed(model.m, real_features).shape == (len(real_features), EMBEDDING_SIZE)
+
+
+def test_softmax_model_puts_dropout_before_affine_and_a_softmax_on_top(real_features):
+    model = DeepSpeakerModel(include_softmax=True, num_speakers_softmax=SOFTMAX_SPEAKERS)
+    assert [layer.name for layer in model.m.layers[-3:]] == ["dropout", "affine", "softmax"]
+    assert isinstance(model.m.layers[-3], keras.layers.Dropout) and model.m.layers[-3].rate == 0.5
+    assert "ln" not in [layer.name for layer in model.m.layers]
+    probabilities = embed(model.m, real_features)
+    assert probabilities.shape == (len(real_features), SOFTMAX_SPEAKERS)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"include_softmax": True},
+        {"include_softmax": True, "num_speakers_softmax": 1},
+        {"include_softmax": True, "num_speakers_softmax": 2.5},
+        {"num_speakers_softmax": 10},
+        {"model_size": "huge"},
+        {"batch_input_shape": (None, 160, NUM_FBANKS)},
+        {"batch_input_shape": (None, None, None, 1)},
+    ],
+)
+def test_invalid_model_arguments_raise_value_error(kwargs):
+    with pytest.raises(ValueError):
+        DeepSpeakerModel(**kwargs)
+
+
+# Custom layers.
+
+
+def test_clipped_relu_clips_to_zero_and_twenty():
+    x = np.array([[-5.0, 0.0, 3.5, 20.0, 25.0]], dtype=np.float32)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(ClippedReLU()(x)), [[0.0, 0.0, 3.5, 20.0, 20.0]])
+
+
+def test_l2_normalize_matches_keras2_epsilon_semantics():
+    x = np.array([[3.0, 4.0], [1e-7, 0.0], [0.0, 0.0]], dtype=np.float32)
+    # x / sqrt(max(sum(x^2), 1e-12)): unit length, except tiny vectors, scaled by 1e6, and zeros.
+    expected = np.array([[0.6, 0.8], [0.1, 0.0], [0.0, 0.0]], dtype=np.float32)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(L2Normalize()(x)), expected, rtol=1e-6)
+
+
+def test_time_average_equals_reshape_then_mean_over_time():
+    x = np.random.default_rng(0).normal(size=(2, 5, 4, 3)).astype(np.float32)
+    expected = x.reshape(2, 5, 12).mean(axis=1)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(TimeAverage()(x)), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "layer", [ClippedReLU(max_value=6.0), L2Normalize(axis=1, epsilon=1e-6), TimeAverage()]
+)
+def test_custom_layers_serialise_with_their_arguments(layer):
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(restored) is type(layer)
+    assert restored.get_config() == layer.get_config()
+
+
+# Keras 2 checkpoints.
+
+
+@pytest.mark.parametrize("file_kind", ["weights", "model"])
+@pytest.mark.parametrize(
+    "load",
+    [lambda model, path: model.load_weights(path, by_name=True), load_weights_by_name],
+    ids=["keras_load_weights_by_name", "load_weights_by_name"],
+)
+def test_keras2_checkpoint_gives_the_reference_embeddings(reference, real_features, file_kind, load):
+    model = DeepSpeakerModel()
+    path = getattr(reference, file_kind)
+    load(model.m, path)
+    assert_layers_hold_file_weights(model.m, path, reference_weighted_layer_names())
+    assert np.abs(embed(model.m, real_features) - reference.embeddings).max() < TOLERANCE
+
+
+def test_reference_embeddings_tell_inputs_apart(reference):
+    # Guards the comparison above: random reference weights must not map every input to one vector.
+    distances = np.linalg.norm(reference.embeddings[:, None] - reference.embeddings[None], axis=-1)
+    assert distances[~np.eye(len(distances), dtype=bool)].min() > 1000 * TOLERANCE
+
+
+def test_softmax_checkpoint_loads_into_the_embedding_model_skipping_its_head(reference, real_features):
+    model = DeepSpeakerModel()
+    skipped_model_layers = load_weights_by_name(model.m, reference.softmax_model)
+    assert skipped_model_layers == []
+    assert {"softmax", "dropout"} <= set(h5py.File(reference.softmax_model, "r")["model_weights"])
+    assert_layers_hold_file_weights(model.m, reference.softmax_model, reference_weighted_layer_names())
+    assert np.abs(embed(model.m, real_features) - reference.softmax_embeddings).max() < TOLERANCE
+
+
+def test_softmax_checkpoint_restores_the_softmax_model_including_its_head(reference):
+    model = DeepSpeakerModel(include_softmax=True, num_speakers_softmax=SOFTMAX_SPEAKERS)
+    assert load_weights_by_name(model.m, reference.softmax_model) == []
+    assert_layers_hold_file_weights(model.m, reference.softmax_model, ["softmax", "affine", "conv512-s_bn"])
+
+
+def test_load_weights_by_name_refuses_a_file_without_the_reference_layers(tmp_path):
+    other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="unrelated")])
+    path = tmp_path / "unrelated.h5"
+    other.save(path)  # Keras 3 writes the legacy HDF5 format for *.h5.
+    model = DeepSpeakerModel(model_size="small")
+    before = keras.ops.convert_to_numpy(model.m.get_layer("conv16-s").kernel)
+    # Keras itself loads nothing here, silently; that is why load_weights_by_name checks names.
+    model.m.load_weights(path, by_name=True)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(model.m.get_layer("conv16-s").kernel), before)
+    with pytest.raises(ValueError, match="unrelated.h5.*trunk layers"):
+        load_weights_by_name(model.m, path)
+
+
+def test_load_weights_by_name_refuses_keras3_weight_file_names_and_missing_files(tmp_path):
+    model = DeepSpeakerModel(model_size="small")
+    with pytest.raises(ValueError, match=r"\*\.weights\.h5"):
+        load_weights_by_name(model.m, tmp_path / "checkpoint.weights.h5")
+    with pytest.raises(FileNotFoundError, match="missing.h5"):
+        load_weights_by_name(model.m, tmp_path / "missing.h5")
+
+
+def test_full_size_checkpoint_does_not_load_into_the_small_model(reference):
+    # The small model's stage convs are named conv16-s ... conv128-s: the full file lacks them.
+    with pytest.raises(ValueError, match="conv16-s"):
+        load_weights_by_name(DeepSpeakerModel(model_size="small").m, reference.weights)
+
+
+# This project's checkpoints.
+
+
+def test_weights_file_round_trip_reproduces_embeddings(loaded_model, real_features, tmp_path):
+    path = tmp_path / "rescnn.weights.h5"
+    loaded_model.m.save_weights(path)
+    restored = DeepSpeakerModel()
+    restored.m.load_weights(path)
+    np.testing.assert_array_equal(embed(restored.m, real_features), embed(loaded_model.m, real_features))
+
+
+def test_keras_file_reloads_without_custom_objects(loaded_model, real_features, tmp_path):
+    path = tmp_path / "rescnn.keras"
+    loaded_model.m.save(path)
+    restored = keras.models.load_model(path)
+    assert isinstance(restored.get_layer("ln"), L2Normalize)
+    np.testing.assert_array_equal(embed(restored, real_features), embed(loaded_model.m, real_features))
+
+
+# Hive-MTL.
+
+
+@pytest.fixture(scope="module")
+def mtl_model(reference) -> tuple[keras.Model, list[str]]:
+    model = build_mtl_model(num_speakers=5)
+    skipped = load_weights_by_name(model, reference.weights)
+    return model, skipped
+
+
+def test_mtl_model_outputs_speaker_and_gender_probabilities(mtl_model, real_features):
+    model, _ = mtl_model
+    outputs = model.predict(real_features, verbose=0)
+    assert set(outputs) == {"speaker_pred", "gender_pred"}
+    assert outputs["speaker_pred"].shape == (len(real_features), 5)
+    np.testing.assert_allclose(outputs["speaker_pred"].sum(axis=1), 1.0, atol=1e-5)
+    assert outputs["gender_pred"].shape == (len(real_features), 1)
+    assert ((outputs["gender_pred"] > 0) & (outputs["gender_pred"] < 1)).all()
+
+
+def test_mtl_trunk_loads_a_reference_checkpoint_and_embeds_like_the_reference(
+    mtl_model, reference, real_features
+):
+    model, skipped = mtl_model
+    assert sorted(skipped) == ["gender_pred", "shared", "speaker_pred", "speaker_task"]
+    assert model.count_params() > REFERENCE_WEIGHT_COUNT
+    assert np.abs(embed(embedding_model(model), real_features) - reference.embeddings).max() < TOLERANCE
+
+
+def test_mtl_embedding_output_equals_the_extracted_embedding_model(real_features):
+    model = build_mtl_model(num_speakers=3, model_size="small", embedding_output=True)
+    outputs = model(real_features, training=False)
+    assert set(outputs) == {"speaker_pred", "gender_pred", "ln"}
+    extracted = embed(embedding_model(model), real_features)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(outputs["ln"]), extracted)
+
+
+def test_mtl_head_sizes_and_gender_head_are_configurable():
+    model = build_mtl_model(
+        num_speakers=3, model_size="small", shared_units=32, speaker_units=16, with_gender_head=False
+    )
+    assert model.get_layer("shared").kernel.shape == (EMBEDDING_SIZE, 32)
+    assert model.get_layer("speaker_task").kernel.shape == (32, 16)
+    assert model.get_layer("speaker_pred").kernel.shape == (16, 3)
+    assert "gender_pred" not in [layer.name for layer in model.layers]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"num_speakers": 1}, {"num_speakers": 3, "shared_units": 0}, {"num_speakers": 3, "model_size": "tiny"}],
+)
+def test_invalid_mtl_arguments_raise_value_error(kwargs):
+    with pytest.raises(ValueError):
+        build_mtl_model(**kwargs)
+
+
+def test_mtl_model_round_trips_through_a_keras_file(real_features, tmp_path):
+    model = build_mtl_model(num_speakers=3, model_size="small")
+    path = tmp_path / "mtl.keras"
+    model.save(path)
+    restored = keras.models.load_model(path)
+    expected, actual = model.predict(real_features, verbose=0), restored.predict(real_features, verbose=0)
+    for name in ("speaker_pred", "gender_pred"):
+        np.testing.assert_array_equal(actual[name], expected[name])
+
+
+def test_mtl_model_trains_on_its_heads_with_speaker_accuracy(real_features):
+    model = build_mtl_model(num_speakers=3, model_size="small")
+    model.compile(
+        optimizer="sgd",  # Adam triples TensorFlow's tracing time; the wiring is what is tested.
+        loss={"speaker_pred": "sparse_categorical_crossentropy", "gender_pred": "binary_crossentropy"},
+        metrics={"speaker_pred": ["accuracy"]},
+    )
+    targets = {"speaker_pred": np.array([0, 0, 1, 2]), "gender_pred": np.array([1.0, 1.0, 0.0, 1.0])}
+    history = model.fit(real_features, targets, epochs=1, batch_size=4, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert "speaker_pred_accuracy" in history.history
+
+
+def test_mtl_embedding_output_takes_a_triplet_loss_next_to_the_heads(real_features):
+    model = build_mtl_model(num_speakers=3, model_size="small", embedding_output=True)
+    model.compile(
+        optimizer="sgd",
+        loss={
+            "speaker_pred": "sparse_categorical_crossentropy",
+            "gender_pred": "binary_crossentropy",
+            "ln": deep_speaker_loss,
+        },
+        metrics={"speaker_pred": ["accuracy"]},
+    )
+    x = real_features[[0, 1, 1, 0, 2, 3]]  # Anchors, positives (same speaker), negatives.
+    targets = {"speaker_pred": np.array([0, 0, 0, 0, 1, 2]), "gender_pred": np.ones(6), "ln": np.zeros((6, 1))}
+    history = model.fit(x, targets, epochs=1, batch_size=6, shuffle=False, verbose=0)
+    assert np.isfinite(history.history["ln_loss"][0]) and history.history["ln_loss"][0] >= 0
+
+
+def test_embedding_model_refuses_a_softmax_model():
+    with pytest.raises(ValueError, match="no embedding layer"):
+        embedding_model(DeepSpeakerModel(model_size="small", include_softmax=True, num_speakers_softmax=3).m)
+
+
+# Second backend.
+
+JAX_EMBED = """
+import sys
+import keras
+import numpy as np
+assert keras.backend.backend() == "jax", keras.backend.backend()
+from conv_models import DeepSpeakerModel, load_weights_by_name
+model = DeepSpeakerModel()
+load_weights_by_name(model.m, sys.argv[1])
+np.save(sys.argv[3], keras.ops.convert_to_numpy(model.m.predict(np.load(sys.argv[2]), verbose=0)))
+"""
+
+
+def test_jax_backend_reproduces_the_reference_embeddings(reference, jax_subprocess_env, tmp_path):
+    output = tmp_path / "jax_embeddings.npy"
+    run_python(["-c", JAX_EMBED, str(reference.model), str(reference.features), str(output)], jax_subprocess_env)
+    assert np.abs(np.load(output) - reference.embeddings).max() < TOLERANCE
