@@ -1,0 +1,248 @@
+"""train.py and `cli.py train`: recipe tests in the manner of SpeechBrain's.
+
+Each mode trains end to end on real audio for a few steps with the small model, and each test
+checks the files the run must leave behind. One test kills a run mid-way and resumes it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import audio
+from audio import CorpusError
+from conv_models import DeepSpeakerModel, load_weights_by_name
+from train import TrainConfig, TrainingError, train, train_reference_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "samples"
+SHARED_DATA = REPO.parent / "shared" / "data"
+RUN_FILES = {"config.json", "speakers.json", "best.h5", "latest.weights.h5", "state.json", "metrics.csv", "tensorboard"}
+TINY = {"model_size": "small", "epochs": 2, "steps_per_epoch": 2, "validation_steps": 1, "batch_size": 12, "input_workers": 2}
+
+
+@pytest.fixture(scope="module")
+def samples_cache(tmp_path_factory) -> Path:
+    """Feature cache of the bundled LibriSpeech subset: 5 speakers, 32 utterances, all with genders."""
+    working_dir = tmp_path_factory.mktemp("samples_cache")
+    audio.build_feature_cache(SAMPLES / "LibriSpeech", working_dir, workers=2, progress=False)
+    return working_dir
+
+
+def fresh_copy(cache: Path, tmp_path: Path) -> Path:
+    """A working dir with the cache but no runs, so tests do not see each other's checkpoints."""
+    target = tmp_path / "work"
+    shutil.copytree(cache, target, ignore=shutil.ignore_patterns("checkpoints-*"))
+    return target
+
+
+def metrics_rows(run: Path) -> list[dict]:
+    with open(run / "metrics.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def conv_kernel(checkpoint: Path, layer: str) -> np.ndarray:
+    with h5py.File(checkpoint, "r") as f:
+        group = f["model_weights"][layer]
+        names = []
+        group.visit(names.append)
+        kernel = next(n for n in names if n.endswith("kernel") or n.endswith("kernel:0"))
+        return group[kernel][()]
+
+
+def test_softmax_run_writes_every_run_file_and_a_checkpoint_that_loads_by_name(samples_cache, tmp_path):
+    working_dir = fresh_copy(samples_cache, tmp_path)
+    run = train(working_dir, TrainConfig(mode="softmax", held_out_speakers=["1688"], **TINY))
+    assert run == working_dir / "checkpoints-softmax"
+    assert RUN_FILES <= {p.name for p in run.iterdir()}
+    assert [row["epoch"] for row in metrics_rows(run)] == ["0", "1"]
+    assert {"accuracy", "loss", "val_accuracy", "val_loss"} <= set(metrics_rows(run)[0])
+    speakers = json.loads((run / "speakers.json").read_text())
+    assert speakers["speakers"] == ["19", "26", "27", "1998"] and speakers["held_out_speakers"] == ["1688"]
+    assert speakers["genders"] == {"19": "F", "26": "M", "27": "M", "1998": "F"}
+    assert json.loads((run / "config.json").read_text())["mode"] == "softmax"
+    assert json.loads((run / "state.json").read_text())["finished"] is True
+    embedder = DeepSpeakerModel(model_size="small")
+    skipped = load_weights_by_name(embedder.m, run / "best.h5")
+    assert skipped == []
+    np.testing.assert_array_equal(embedder.m.get_layer("conv16-s").get_weights()[0], conv_kernel(run / "best.h5", "conv16-s"))
+
+
+def test_reference_recipe_starts_triplet_training_from_the_softmax_checkpoint(samples_cache, tmp_path):
+    working_dir = fresh_copy(samples_cache, tmp_path)
+    runs = train_reference_recipe(working_dir, TrainConfig(learning_rate=1e-12, **TINY))
+    assert [r.name for r in runs] == ["checkpoints-softmax", "checkpoints-triplets"]
+    softmax_best, triplet_best = runs[0] / "best.h5", runs[1] / "best.h5"
+    # SGD at 1e-12 cannot move a kernel: equal kernels prove the triplet run started from the softmax weights.
+    np.testing.assert_allclose(conv_kernel(triplet_best, "res2_1_branch_2a"), conv_kernel(softmax_best, "res2_1_branch_2a"), atol=1e-9)
+    assert {"loss", "val_loss"} <= set(metrics_rows(runs[1])[0])
+
+
+def test_mtl_run_trains_speaker_and_gender_heads_and_the_triplet_term_on_shared_librispeech(tmp_path):
+    working_dir = tmp_path / "work"
+    audio.build_feature_cache(SHARED_DATA / "LibriSpeech" / "test-other", working_dir, workers=2, progress=False)
+    run = train(working_dir, TrainConfig(mode="mtl", triplet_loss_weight=0.5, gender_loss_weight=0.3, held_out_speakers=["367", "533"], **TINY))
+    assert RUN_FILES <= {p.name for p in run.iterdir()}
+    row = metrics_rows(run)[-1]
+    for column in ("speaker_pred_accuracy", "gender_pred_binary_accuracy", "ln_loss", "val_speaker_pred_accuracy"):
+        assert np.isfinite(float(row[column])), column
+    assert len(json.loads((run / "speakers.json").read_text())["speakers"]) == 8
+
+
+def test_hard_negative_triplet_run_mines_from_embeddings(samples_cache, tmp_path):
+    working_dir = fresh_copy(samples_cache, tmp_path)
+    run = train(working_dir, TrainConfig(mode="triplet", hard_negative=True, **TINY))
+    assert RUN_FILES <= {p.name for p in run.iterdir()}
+    assert all(np.isfinite(float(r["loss"])) for r in metrics_rows(run))
+
+
+def test_mtl_on_own_data_without_gender_labels_trains_the_speaker_head_only(tmp_path, caplog):
+    corpus = tmp_path / "my_speakers"
+    for speaker in ("george", "jackson", "lucas"):
+        (corpus / speaker).mkdir(parents=True)
+        for path in sorted((SHARED_DATA / "FSDD" / speaker).glob("*.wav"))[:6]:
+            shutil.copy(path, corpus / speaker / path.name)
+    working_dir = tmp_path / "work"
+    audio.build_feature_cache(corpus, working_dir, workers=2, progress=False)
+    with caplog.at_level(logging.WARNING):
+        run = train(working_dir, TrainConfig(mode="mtl", **TINY))
+    assert "trains the speaker head only" in caplog.text
+    columns = set(metrics_rows(run)[0])
+    assert "speaker_pred_accuracy" in columns and not any(c.startswith("gender") for c in columns)
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(samples_cache, tmp_path):
+    working_dir = fresh_copy(samples_cache, tmp_path)
+    run = train(working_dir, TrainConfig(mode="softmax", **{**TINY, "epochs": 1}))
+    good = (run / "latest.weights.h5").read_bytes()
+    with pytest.raises(TrainingError, match="NaN or infinite in epoch 2; .* last good checkpoint, after epoch 1"):
+        train(working_dir, TrainConfig(mode="softmax", learning_rate=1e30, **{**TINY, "epochs": 2}))
+    assert (run / "latest.weights.h5").read_bytes() == good
+    assert json.loads((run / "state.json").read_text())["epoch"] == 1
+    assert [row["epoch"] for row in metrics_rows(run)] == ["0", "1"]  # The NaN epoch is logged, not saved.
+
+
+def test_nan_loss_in_the_first_epoch_says_nothing_was_saved(samples_cache, tmp_path):
+    working_dir = fresh_copy(samples_cache, tmp_path)
+    with pytest.raises(TrainingError, match="no epoch had finished, so nothing was saved"):
+        train(working_dir, TrainConfig(mode="softmax", learning_rate=1e30, **TINY))
+    assert not (working_dir / "checkpoints-softmax" / "latest.weights.h5").exists()
+
+
+def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "cli.py", *args], cwd=REPO, capture_output=True, text=True, timeout=900, **kwargs)
+
+
+def test_killed_run_resumes_after_its_last_finished_epoch(samples_cache, tmp_path):
+    working_dir = fresh_copy(samples_cache, tmp_path)
+    command = [sys.executable, "cli.py", "train", "--working_dir", str(working_dir), "--mode", "softmax", "--model_size", "small",
+               "--epochs", "5", "--steps_per_epoch", "3", "--batch_size", "12", "--validation_steps", "1"]
+    state = working_dir / "checkpoints-softmax" / "state.json"
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not state.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = json.loads(state.read_text())["epoch"]
+    assert 1 <= killed_at < 5, "the run must be killed mid-way for this test to mean anything"
+    resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {working_dir / 'checkpoints-softmax'} after epoch {killed_at} (optimizer step {3 * killed_at})" in resumed.stderr
+    epochs = [int(row["epoch"]) for row in metrics_rows(working_dir / "checkpoints-softmax")]
+    assert epochs == [0, 1, 2, 3, 4]
+    assert json.loads(state.read_text()) | {"best": None} == {"epoch": 5, "finished": True, "monitor": "val_accuracy", "best": None}
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert "has finished already" in again.stderr
+
+
+def test_one_shot_train_builds_the_cache_and_runs_the_reference_recipe(tmp_path):
+    result = run_cli("train", "--audio_dir", "samples", "--working_dir", str(tmp_path), "--model_size", "small",
+                     "--epochs", "1", "--steps_per_epoch", "1", "--batch_size", "12", "--validation_steps", "1")
+    assert result.returncode == 0, result.stderr
+    assert "37 written" in result.stdout
+    for name in ("checkpoints-softmax", "checkpoints-triplets"):
+        assert RUN_FILES <= {p.name for p in (tmp_path / name).iterdir()}
+
+
+def test_train_without_a_cache_says_to_build_it_first(tmp_path):
+    result = run_cli("train", "--working_dir", str(tmp_path))
+    assert result.returncode == 1
+    assert "build-mfcc-cache" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--mode", "triplet", "--batch_size", "10"], "multiple of 3"),
+        (["--mode", "mtl", "--gender_loss_weight", "-1"], "gender_loss_weight must be >= 0"),
+        (["--mode", "softmax", "--batch_size", "0"], "batch_size must be positive"),
+        (["--mode", "mtl", "--held_out_speakers", "19,nobody"], "held-out speakers not in the cache"),
+    ],
+)
+def test_impossible_settings_are_refused_before_training(samples_cache, tmp_path, options, message):
+    working_dir = fresh_copy(samples_cache, tmp_path)
+    result = run_cli("train", "--working_dir", str(working_dir), "--model_size", "small", *options)
+    assert result.returncode == 1 and message in result.stderr
+    assert not list(working_dir.glob("checkpoints-*"))
+
+
+def test_unknown_mode_is_refused():
+    result = run_cli("train", "--working_dir", "anywhere", "--mode", "siamese")
+    assert result.returncode == 2 and "siamese" in result.stderr
+
+
+def copy_speakers(tmp_path: Path, files_per_speaker: dict[str, int]) -> Path:
+    corpus = tmp_path / "corpus"
+    for speaker, count in files_per_speaker.items():
+        (corpus / speaker).mkdir(parents=True)
+        for path in sorted((SHARED_DATA / "VCTK" / speaker).glob("*.wav"))[:count]:
+            shutil.copy(path, corpus / speaker / path.name)
+    return corpus
+
+
+def test_a_single_speaker_corpus_is_refused_with_what_is_missing(tmp_path):
+    audio.build_feature_cache(copy_speakers(tmp_path, {"p225": 4}), tmp_path / "work", workers=1, progress=False)
+    with pytest.raises(CorpusError, match="at least 2 speakers"):
+        train(tmp_path / "work", TrainConfig(mode="softmax", **TINY))
+
+
+def test_triplets_from_speakers_with_one_utterance_each_are_refused(tmp_path):
+    audio.build_feature_cache(copy_speakers(tmp_path, {"p225": 1, "p226": 1}), tmp_path / "work", workers=1, progress=False)
+    with pytest.raises(CorpusError, match="at least 2 training utterances"):
+        train(tmp_path / "work", TrainConfig(mode="triplet", **TINY))
+
+
+def test_a_run_directory_of_another_configuration_is_not_overwritten(samples_cache, tmp_path):
+    working_dir = fresh_copy(samples_cache, tmp_path)
+    train(working_dir, TrainConfig(mode="softmax", **{**TINY, "epochs": 1}))
+    with pytest.raises(TrainingError, match="another configuration .*batch_size"):
+        train(working_dir, TrainConfig(mode="softmax", **{**TINY, "batch_size": 6}))
+
+
+def test_mirrored_strategy_trains_on_the_tensorflow_backend(samples_cache, tmp_path):
+    working_dir = fresh_copy(samples_cache, tmp_path)
+    run = train(working_dir, TrainConfig(mode="softmax", distribution="mirrored", **{**TINY, "epochs": 1}))
+    assert len(metrics_rows(run)) == 1
+
+
+def test_training_runs_on_the_jax_backend_with_data_parallel(samples_cache, tmp_path):
+    working_dir = fresh_copy(samples_cache, tmp_path)
+    result = run_cli("train", "--working_dir", str(working_dir), "--mode", "mtl", "--model_size", "small", "--epochs", "1",
+                     "--steps_per_epoch", "1", "--batch_size", "12", "--validation_steps", "1", "--triplet_loss_weight", "0.5",
+                     "--distribution", "data_parallel", env={**os.environ, "KERAS_BACKEND": "jax"})
+    assert result.returncode == 0, result.stderr
+    assert "DataParallel over" in result.stderr
+    assert len(metrics_rows(working_dir / "checkpoints-mtl")) == 1

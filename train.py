@@ -1,0 +1,432 @@
+"""Training: the reference recipe (softmax pre-training, then triplet loss) and Hive-MTL.
+
+A run lives in one directory, `<working_dir>/checkpoints-<mode>/`, holding everything needed to
+understand and resume it:
+
+    config.json       the TrainConfig that produced it
+    speakers.json     training speakers in class order, their genders, the held-out speakers
+    latest.weights.h5 model and optimizer state after the last finished epoch (for resuming)
+    state.json        last finished epoch, best monitored value, whether the run is finished
+    best.h5           the best model so far (legacy HDF5: loads by layer name, like the reference)
+    metrics.csv       one row of losses and metrics per epoch
+    tensorboard/      TensorBoard logs (TensorFlow backend)
+
+Every file is written atomically. Running the same command again after an interruption
+resumes after the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from audio import CorpusError, write_json_atomically
+from batcher import (
+    HardNegativeTripletBatches,
+    SoftmaxBatches,
+    TrainingData,
+    TripletBatches,
+    check_triplet_batch_size,
+    load_training_data,
+    triplet_speakers,
+)
+from constants import (
+    BATCH_SIZE,
+    CHECKPOINTS_MTL_DIR,
+    CHECKPOINTS_SOFTMAX_DIR,
+    CHECKPOINTS_TRIPLET_DIR,
+    TRIPLET_STEPS_PER_EPOCH,
+)
+from conv_models import (
+    EMBEDDING_LAYER_NAME,
+    GENDER_OUTPUT,
+    SPEAKER_OUTPUT,
+    DeepSpeakerModel,
+    build_mtl_model,
+    embedding_model,
+    load_weights_by_name,
+)
+from triplet_loss import deep_speaker_loss
+
+logger = logging.getLogger(__name__)
+
+MODES = ("softmax", "triplet", "mtl")
+RUN_DIRS = {"softmax": CHECKPOINTS_SOFTMAX_DIR, "triplet": CHECKPOINTS_TRIPLET_DIR, "mtl": CHECKPOINTS_MTL_DIR}
+DISTRIBUTIONS = ("none", "mirrored", "multi_worker", "data_parallel")
+DEFAULT_LEARNING_RATES = {"softmax": 1e-3, "triplet": 1e-2, "mtl": 1e-3}
+BEST_CHECKPOINT = "best.h5"
+LATEST_CHECKPOINT = "latest.weights.h5"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on: a NaN loss, or a run directory made by another configuration."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; saved as `config.json` in the run directory."""
+
+    mode: str = "softmax"
+    model_size: str = "full"
+    epochs: int = 1000
+    steps_per_epoch: int | None = None  # None: one pass over the training utterances (triplet: 2,000).
+    validation_steps: int = 10
+    batch_size: int = BATCH_SIZE
+    learning_rate: float | None = None  # None: Adam 1e-3 (softmax, mtl), SGD 1e-2 (triplet).
+    seed: int = 0
+    held_out_speakers: list[str] = field(default_factory=list)
+    hard_negative: bool = False  # Triplet mode: mine hard negatives instead of random triplets.
+    initial_checkpoint: str | None = None  # Triplet mode default: the softmax run's best.h5.
+    speaker_loss_weight: float = 1.0  # Hive-MTL per-head loss weights.
+    gender_loss_weight: float = 1.0
+    triplet_loss_weight: float = 0.0  # Hive-MTL: > 0 adds the triplet loss on the embedding.
+    early_stopping_patience: int = 20
+    reduce_lr_patience: int = 10
+    min_learning_rate: float = 1e-4
+    input_workers: int = 4  # Threads that read batches from the cache ahead of the model.
+    mixed_precision: bool = False
+    distribution: str = "none"
+
+    def validate(self) -> None:
+        """Refuse impossible settings before any work starts."""
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {self.mode!r}")
+        if self.distribution not in DISTRIBUTIONS:
+            raise ValueError(f"distribution must be one of {', '.join(DISTRIBUTIONS)}; got {self.distribution!r}")
+        for name in ("epochs", "validation_steps", "batch_size", "input_workers"):
+            if getattr(self, name) < (0 if name == "validation_steps" else 1):
+                raise ValueError(f"{name} must be positive; got {getattr(self, name)}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be positive; got {self.steps_per_epoch}")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive; got {self.learning_rate}")
+        for name in ("speaker_loss_weight", "gender_loss_weight", "triplet_loss_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0; got {getattr(self, name)}")
+        if self.uses_triplets:
+            check_triplet_batch_size(self.batch_size)
+        if self.hard_negative and self.mode != "triplet":
+            raise ValueError("hard_negative mining is a triplet-mode option")
+
+    @property
+    def uses_triplets(self) -> bool:
+        """Triplet mode and Hive-MTL both draw stacked triplet batches."""
+        return self.mode in ("triplet", "mtl")
+
+    @property
+    def optimizer_learning_rate(self) -> float:
+        return self.learning_rate or DEFAULT_LEARNING_RATES[self.mode]
+
+
+def run_dir(working_dir: str | os.PathLike, mode: str) -> Path:
+    return Path(working_dir) / RUN_DIRS[mode]
+
+
+# ----------------------------------------------------------------------------------------------
+# Models and their compilation.
+
+
+def build_model(config: TrainConfig, num_speakers: int, with_gender_head: bool) -> keras.Model:
+    """The model a mode trains, compiled with the reference's optimizer and losses."""
+    if config.mode == "softmax":
+        model = DeepSpeakerModel(include_softmax=True, num_speakers_softmax=num_speakers, model_size=config.model_size).m
+        model.compile(keras.optimizers.Adam(config.optimizer_learning_rate), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    elif config.mode == "triplet":
+        model = DeepSpeakerModel(model_size=config.model_size).m
+        model.compile(keras.optimizers.SGD(config.optimizer_learning_rate), deep_speaker_loss)
+    else:
+        model = build_mtl_model(num_speakers, with_gender_head=with_gender_head, model_size=config.model_size, embedding_output=config.triplet_loss_weight > 0)
+        losses = {SPEAKER_OUTPUT: "sparse_categorical_crossentropy"}
+        weights = {SPEAKER_OUTPUT: config.speaker_loss_weight}
+        weighted_metrics = {}
+        if with_gender_head:
+            losses[GENDER_OUTPUT] = "binary_crossentropy"
+            weights[GENDER_OUTPUT] = config.gender_loss_weight
+            weighted_metrics[GENDER_OUTPUT] = ["binary_accuracy"]  # Weighted: unlabelled speakers are masked.
+        if config.triplet_loss_weight > 0:
+            losses[EMBEDDING_LAYER_NAME] = deep_speaker_loss
+            weights[EMBEDDING_LAYER_NAME] = config.triplet_loss_weight
+        # Keras prefixes metric names with the output name only when there are several outputs.
+        accuracy_name = "accuracy" if len(losses) > 1 else f"{SPEAKER_OUTPUT}_accuracy"
+        metrics = {SPEAKER_OUTPUT: [keras.metrics.SparseCategoricalAccuracy(name=accuracy_name)]}
+        model.compile(keras.optimizers.Adam(config.optimizer_learning_rate), losses, loss_weights=weights, metrics=metrics, weighted_metrics=weighted_metrics or None)
+    return model
+
+
+def model_outputs(model: keras.Model) -> tuple[str, ...]:
+    """Names of a Hive-MTL model's outputs (its targets' keys)."""
+    return tuple(model.output.keys()) if isinstance(model.output, dict) else ()
+
+
+@contextlib.contextmanager
+def distribution_scope(name: str):
+    """Build and compile inside the engine that spreads batches over devices and machines.
+
+    TensorFlow backend: `mirrored` (all GPUs of one machine) and `multi_worker` (a cluster
+    described by TF_CONFIG). JAX backend: `data_parallel` (all local devices).
+    """
+    backend = keras.backend.backend()
+    if name == "none":
+        yield
+    elif name in ("mirrored", "multi_worker"):
+        if backend != "tensorflow":
+            raise ValueError(f"distribution {name!r} is tf.distribute: it needs KERAS_BACKEND=tensorflow, not {backend}")
+        import tensorflow as tf
+
+        strategy = tf.distribute.MirroredStrategy() if name == "mirrored" else tf.distribute.MultiWorkerMirroredStrategy()
+        logger.info("%s over %d replicas", type(strategy).__name__, strategy.num_replicas_in_sync)
+        with strategy.scope():
+            yield
+    elif name == "data_parallel":
+        if backend != "jax":
+            raise ValueError(f"distribution 'data_parallel' is keras.distribution: it needs KERAS_BACKEND=jax, not {backend}")
+        devices = keras.distribution.list_devices()
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+        logger.info("DataParallel over %d devices", len(devices))
+        try:
+            yield
+        finally:
+            keras.distribution.set_distribution(None)
+    else:
+        raise ValueError(f"unknown distribution {name!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Callbacks that make a run safe to interrupt.
+
+
+class RunCheckpoint(keras.callbacks.Callback):
+    """Atomic latest and best checkpoints plus `state.json`, only for epochs with a finite loss."""
+
+    def __init__(self, directory: Path, monitor: str, mode: str, best: float | None = None):
+        super().__init__()
+        self.directory = directory
+        self.monitor = monitor
+        self.sign = 1.0 if mode == "max" else -1.0
+        self.best = best
+        self.stopped_on_nan_epoch: int | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        if not all(math.isfinite(float(v)) for v in logs.values() if np.ndim(v) == 0):
+            self.stopped_on_nan_epoch = epoch + 1
+            self.model.stop_training = True
+            return
+        value = float(logs.get(self.monitor, logs.get("loss", np.nan)))
+        if self.best is None or self.sign * (value - self.best) > 0:
+            self.best = value
+            save_atomically(self.model, self.directory / BEST_CHECKPOINT)
+        save_atomically(self.model, self.directory / LATEST_CHECKPOINT)
+        write_state(self.directory, epoch + 1, self.monitor, self.best, finished=False)
+
+
+def save_atomically(model: keras.Model, path: Path) -> None:
+    """Save into a temporary file beside `path`, then rename over it."""
+    suffix = ".weights.h5" if path.name.endswith(".weights.h5") else path.suffix
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=suffix)
+    os.close(handle)
+    os.unlink(temporary)  # HDF5 writers want to create the file themselves.
+    try:
+        if suffix == ".weights.h5":
+            model.save_weights(temporary)
+        else:
+            with quiet_logger("absl"):  # Legacy HDF5 on purpose: it loads by layer name, like the reference's files.
+                model.save(temporary)
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def quiet_logger(name: str):
+    """Silence one library logger for the duration of a block."""
+    library_logger = logging.getLogger(name)
+    level = library_logger.level
+    library_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        library_logger.setLevel(level)
+
+
+def write_state(directory: Path, epoch: int, monitor: str, best: float | None, finished: bool) -> None:
+    write_json_atomically(directory / "state.json", {"epoch": epoch, "monitor": monitor, "best": best, "finished": finished})
+
+
+def read_state(directory: Path) -> dict | None:
+    path = directory / "state.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+# ----------------------------------------------------------------------------------------------
+# The training entry point.
+
+
+def train(working_dir: str | os.PathLike, config: TrainConfig) -> Path:
+    """Train one mode on the feature cache of `working_dir`; returns the run directory.
+
+    Resumes an interrupted run of the same configuration; a finished run is left as it is.
+    """
+    config.validate()
+    data = load_training_data(working_dir, config.held_out_speakers)
+    directory = run_dir(working_dir, config.mode)
+    directory.mkdir(parents=True, exist_ok=True)
+    state, saved_config = prepare_run_directory(directory, config, data)
+    if state and state["finished"]:
+        logger.info("%s: this run has finished already; nothing to do", directory)
+        return directory
+    first_epoch = state["epoch"] if state else 0
+    with_gender_head = config.mode == "mtl" and bool(data.genders.keys() & set(data.speakers))
+    if config.mode == "mtl" and not with_gender_head:
+        logger.warning("no gender labels for the training speakers (no SPEAKERS.TXT): Hive-MTL trains the speaker head only")
+    previous_policy = keras.mixed_precision.global_policy()
+    if config.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        with distribution_scope(config.distribution):
+            model = build_model(config, len(data.speakers), with_gender_head)
+            if state:
+                model.optimizer.build(model.trainable_variables)  # So its saved state has somewhere to go.
+                model.load_weights(directory / LATEST_CHECKPOINT)
+                logger.info("resuming %s after epoch %d (optimizer step %d)", directory, first_epoch, int(keras.ops.convert_to_numpy(model.optimizer.iterations)))
+                if saved_config.get("learning_rate") != config.learning_rate:  # E.g. a lower rate after a NaN loss.
+                    model.optimizer.learning_rate.assign(config.optimizer_learning_rate)
+            elif config.mode == "triplet":
+                load_initial_checkpoint(model, config, working_dir)
+            train_batches, validation_batches = make_batches(config, data, model, first_epoch)
+            monitor, monitor_mode = monitored_metric(config, validation_batches is not None)
+            checkpoint = RunCheckpoint(directory, monitor, monitor_mode, state["best"] if state else None)
+            model.fit(
+                train_batches,
+                validation_data=validation_batches,
+                epochs=config.epochs,
+                initial_epoch=first_epoch,
+                callbacks=make_callbacks(config, directory, monitor, monitor_mode, checkpoint),
+                verbose=2,
+            )
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+    if checkpoint.stopped_on_nan_epoch is not None:
+        last_good = read_state(directory)
+        kept = f"the last good checkpoint, after epoch {last_good['epoch']}, is {directory / LATEST_CHECKPOINT}" if last_good else "no epoch had finished, so nothing was saved"
+        raise TrainingError(
+            f"the loss became NaN or infinite in epoch {checkpoint.stopped_on_nan_epoch}; training stopped and {kept}. "
+            "Run again with a lower --learning_rate to continue from there."
+        )
+    last_state = read_state(directory) or {"epoch": first_epoch, "best": None}
+    write_state(directory, last_state["epoch"], monitor, last_state["best"], finished=True)
+    return directory
+
+
+def prepare_run_directory(directory: Path, config: TrainConfig, data: TrainingData) -> tuple[dict | None, dict]:
+    """Write config and speaker index of a new run; for an existing one check the config and return (state, saved config)."""
+    config_path = directory / "config.json"
+    state = read_state(directory)
+    if config_path.is_file() and state:
+        saved = json.loads(config_path.read_text())
+        current = dataclasses.asdict(config)
+        changed = sorted(k for k in current if saved.get(k) != current[k] and k not in RESUMABLE_CHANGES)
+        if changed:
+            raise TrainingError(f"{directory} holds a run with another configuration ({', '.join(changed)} differ); use another --working_dir or delete {directory}")
+        if saved.get("epochs") != config.epochs and state["finished"] and state["epoch"] < config.epochs:
+            state = {**state, "finished": False}  # More epochs asked for: continue the finished run.
+        write_json_atomically(config_path, current)
+        return state, saved
+    write_json_atomically(config_path, dataclasses.asdict(config))
+    write_json_atomically(
+        directory / "speakers.json",
+        {"speakers": data.speakers, "genders": {s: data.genders[s] for s in data.speakers if s in data.genders}, "held_out_speakers": sorted(data.held_out)},
+    )
+    return None, {}
+
+
+RESUMABLE_CHANGES = {"epochs", "input_workers", "learning_rate"}  # May differ when a run is resumed.
+
+
+def load_initial_checkpoint(model: keras.Model, config: TrainConfig, working_dir: str | os.PathLike) -> None:
+    """Triplet training starts from the softmax run's best checkpoint (by layer name) when there is one."""
+    path = Path(config.initial_checkpoint) if config.initial_checkpoint else run_dir(working_dir, "softmax") / BEST_CHECKPOINT
+    if not path.is_file():
+        if config.initial_checkpoint:
+            raise FileNotFoundError(f"{path}: initial checkpoint not found")
+        logger.warning("no softmax checkpoint at %s: triplet training starts from random weights", path)
+        return
+    skipped = load_weights_by_name(model, path)
+    logger.info("triplet training starts from %s%s", path, f" (not in it: {', '.join(skipped)})" if skipped else "")
+
+
+def make_batches(config: TrainConfig, data: TrainingData, model: keras.Model, first_epoch: int):
+    """Training and validation batch streams for the mode (validation None when the data allows none)."""
+    loader = {"workers": config.input_workers, "use_multiprocessing": False, "max_queue_size": 2 * config.input_workers}
+    num_utterances = sum(len(entries) for entries in data.train.values())
+    steps = config.steps_per_epoch or (TRIPLET_STEPS_PER_EPOCH if config.mode == "triplet" else max(1, num_utterances // config.batch_size))
+    seed = config.seed
+    if config.mode == "softmax":
+        train_batches = SoftmaxBatches(data.train, data.speakers, config.batch_size, steps, seed, first_epoch, **loader)
+        has_test = any(data.test.values())
+        validation = SoftmaxBatches({s: e for s, e in data.test.items() if e}, data.speakers, config.batch_size, config.validation_steps, seed + 1, **loader) if has_test else None
+        return train_batches, validation if config.validation_steps else None
+    if config.mode == "triplet":
+        if config.hard_negative:
+            embed_model = embedding_model(model)
+            embed = lambda windows: keras.ops.convert_to_numpy(embed_model(windows, training=False))  # noqa: E731
+            train_batches = HardNegativeTripletBatches(data.train, config.batch_size, steps, embed, seed, first_epoch, workers=1, use_multiprocessing=False)
+        else:
+            train_batches = TripletBatches(data.train, config.batch_size, steps, seed, first_epoch, **loader)
+        pool = triplet_pool(data.held_out) or triplet_pool(data.test)
+        validation = TripletBatches(pool, config.batch_size, config.validation_steps, seed + 1, **loader) if pool and config.validation_steps else None
+        return train_batches, validation
+    outputs = model_outputs(model)
+    genders = data.gender_labels(data.speakers)
+    train_batches = TripletBatches(data.train, config.batch_size, steps, seed, first_epoch, outputs=outputs, speakers=data.speakers, gender_labels=genders, **loader)
+    pool = triplet_pool(data.test)
+    validation = TripletBatches(pool, config.batch_size, config.validation_steps, seed + 1, outputs=outputs, speakers=data.speakers, gender_labels=genders, **loader) if pool and config.validation_steps else None
+    return train_batches, validation
+
+
+def triplet_pool(utterances: dict[str, list[Path]]) -> dict[str, list[Path]] | None:
+    """The speakers with utterances, when they can form triplets (2 speakers, one with 2 utterances)."""
+    pool = {speaker: entries for speaker, entries in utterances.items() if entries}
+    return pool if len(pool) >= 2 and triplet_speakers(pool) else None
+
+
+def monitored_metric(config: TrainConfig, has_validation: bool) -> tuple[str, str]:
+    """What 'best' means: validation accuracy (softmax), validation speaker accuracy (MTL), validation loss (triplet)."""
+    prefix = "val_" if has_validation else ""
+    if config.mode == "softmax":
+        return f"{prefix}accuracy", "max"
+    if config.mode == "mtl":
+        return f"{prefix}{SPEAKER_OUTPUT}_accuracy", "max"
+    return f"{prefix}loss", "min"
+
+
+def make_callbacks(config: TrainConfig, directory: Path, monitor: str, monitor_mode: str, checkpoint: RunCheckpoint) -> list:
+    callbacks = [keras.callbacks.TerminateOnNaN(), checkpoint, keras.callbacks.CSVLogger(str(directory / "metrics.csv"), append=True)]
+    if config.mode in ("softmax", "mtl"):
+        callbacks += [
+            keras.callbacks.EarlyStopping(monitor, min_delta=0.001, patience=config.early_stopping_patience, mode=monitor_mode),
+            keras.callbacks.ReduceLROnPlateau(monitor, factor=0.5, patience=config.reduce_lr_patience, min_lr=config.min_learning_rate, mode=monitor_mode),
+        ]
+    if keras.backend.backend() == "tensorflow":
+        callbacks.append(keras.callbacks.TensorBoard(str(directory / "tensorboard")))
+    return callbacks
+
+
+def train_reference_recipe(working_dir: str | os.PathLike, config: TrainConfig) -> list[Path]:
+    """Softmax pre-training, then triplet training from its best checkpoint: the reference recipe."""
+    softmax = train(working_dir, dataclasses.replace(config, mode="softmax"))
+    triplet = train(working_dir, dataclasses.replace(config, mode="triplet", initial_checkpoint=str(softmax / BEST_CHECKPOINT)))
+    return [softmax, triplet]
+
+
+__all__ = ["TrainConfig", "TrainingError", "CorpusError", "train", "train_reference_recipe", "run_dir", "MODES"]
