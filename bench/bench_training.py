@@ -1,0 +1,147 @@
+"""Training input pipeline at LibriSpeech scale: windows/s and peak RAM (a benchmark, not a test).
+
+Builds a synthetic feature cache of 921 speakers x 100 utterances (train-clean-100 + 360 size)
+with random features, then streams softmax, triplet and Hive-MTL batches from it as training
+does, and optionally trains a few steps. The cache entries are hard links to a pool of distinct
+random feature files of LibriSpeech-like lengths, so the benchmark needs a few hundred MB of
+disk instead of tens of GB; the pipeline opens every entry by its own name as with real data.
+
+The reference materialises every softmax training window (speakers x 600 windows x 160 x 64
+float32) in one array; the figure it would need for this corpus is printed beside ours.
+
+    python bench/bench_training.py --working_dir /tmp/bench_cache            # pipeline only
+    python bench/bench_training.py --working_dir /tmp/bench_cache --train_steps 5 --model_size small
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from audio import CORPUS_INDEX_FILE_NAME, cache_dir, write_json_atomically  # noqa: E402
+from batcher import SoftmaxBatches, TripletBatches, load_training_data  # noqa: E402
+from constants import BATCH_SIZE, NUM_FBANKS, NUM_FRAMES  # noqa: E402
+
+REFERENCE_WINDOWS_PER_SPEAKER = 600
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def build_synthetic_cache(working_dir: Path, speakers: int, utterances: int, pool_size: int, seed: int) -> None:
+    """Random (frames, 64) features, LibriSpeech-like lengths (2-35 s), linked under every entry name."""
+    directory = cache_dir(working_dir)
+    if (working_dir / CORPUS_INDEX_FILE_NAME).is_file():
+        return
+    pool = working_dir / "pool"
+    pool.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(pool_size):
+        frames = int(rng.integers(200, 3500))
+        np.save(pool / f"{i}.npy", rng.standard_normal((frames, NUM_FBANKS), dtype=np.float32))
+    index = {"audio_dir": "synthetic", "genders": {}, "speakers": {}}
+    for s in range(speakers):
+        speaker = str(10_000 + s)
+        index["genders"][speaker] = "F" if s % 2 else "M"
+        index["speakers"][speaker] = []
+        for u in range(utterances):
+            utterance = f"{s}-{u:04d}"
+            entry = directory / f"{speaker}_{utterance}.npy"
+            if not entry.exists():
+                os.link(pool / f"{(s * utterances + u) % pool_size}.npy", entry)
+            index["speakers"][speaker].append(utterance)
+    write_json_atomically(working_dir / CORPUS_INDEX_FILE_NAME, index)
+
+
+def time_batches(batches, num_batches: int) -> float:
+    """Windows per second of drawing `num_batches` batches through Keras's PyDataset machinery."""
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+    adapter = PyDatasetAdapter(batches, shuffle=False)
+    iterator = adapter.get_numpy_iterator()
+    windows = 0
+    start = time.perf_counter()
+    for i, batch in enumerate(iterator):
+        windows += len(batch[0])
+        if i + 1 >= num_batches:
+            break
+    elapsed = time.perf_counter() - start
+    adapter.on_epoch_end()
+    return windows / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--working_dir", type=Path, required=True)
+    parser.add_argument("--speakers", type=int, default=921)
+    parser.add_argument("--utterances", type=int, default=100)
+    parser.add_argument("--pool_size", type=int, default=2000, help="Distinct random feature files behind the entries.")
+    parser.add_argument("--batches", type=int, default=200, help="Batches drawn per batcher.")
+    parser.add_argument("--batch_size", type=int, default=BATCH_SIZE)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--train_steps", type=int, default=0, help="Also train this many steps (softmax mode) and report windows/s.")
+    parser.add_argument("--model_size", default="small", choices=["small", "full"])
+    args = parser.parse_args()
+
+    start = time.perf_counter()
+    build_synthetic_cache(args.working_dir, args.speakers, args.utterances, args.pool_size, seed=0)
+    print(f"synthetic cache: {args.speakers} speakers x {args.utterances} utterances ready in {time.perf_counter() - start:.1f} s")
+
+    data = load_training_data(args.working_dir)
+    loader = {"workers": args.workers, "use_multiprocessing": False, "max_queue_size": 2 * args.workers}
+    genders = data.gender_labels(data.speakers)
+    results = {
+        "softmax": time_batches(SoftmaxBatches(data.train, data.speakers, args.batch_size, args.batches, **loader), args.batches),
+        "triplet": time_batches(TripletBatches(data.train, args.batch_size, args.batches, **loader), args.batches),
+        "mtl": time_batches(TripletBatches(data.train, args.batch_size, args.batches, outputs=("speaker_pred", "gender_pred"), speakers=data.speakers, gender_labels=genders, **loader), args.batches),
+    }
+    pipeline_peak = peak_rss_mb()
+    reference_gb = args.speakers * REFERENCE_WINDOWS_PER_SPEAKER * NUM_FRAMES * NUM_FBANKS * 4 / 1e9
+    print(f"input pipeline ({args.workers} reader threads, batch {args.batch_size}):")
+    for mode, rate in results.items():
+        print(f"  {mode:8s} {rate:10.0f} windows/s")
+    print(f"peak RAM of this process (index + pipeline, TensorFlow loaded): {pipeline_peak:.0f} MB")
+    print(f"the reference's in-RAM softmax windows for this corpus: {reference_gb:.1f} GB (float32, {REFERENCE_WINDOWS_PER_SPEAKER} per speaker)")
+
+    summary = {"speakers": args.speakers, "utterances": args.utterances, "pipeline_windows_per_s": results, "peak_rss_mb": pipeline_peak, "reference_gb": reference_gb}
+    if args.train_steps:
+        from train import TrainConfig, build_model
+
+        model = build_model(TrainConfig(mode="softmax", model_size=args.model_size, batch_size=args.batch_size), len(data.speakers), False)
+        batches = SoftmaxBatches(data.train, data.speakers, args.batch_size, args.train_steps + 1, **loader)
+        timer = StepTimer()
+        model.fit(batches, epochs=1, verbose=0, callbacks=[timer])
+        rate = args.batch_size * (len(timer.times) - 1) / sum(timer.times[1:])  # The first step traces the graph.
+        print(f"training ({args.model_size} model, {keras.backend.backend()}): {rate:.1f} windows/s; peak RAM {peak_rss_mb():.0f} MB")
+        summary |= {"train_windows_per_s": rate, "model_size": args.model_size, "peak_rss_mb_training": peak_rss_mb()}
+    print(json.dumps(summary))
+
+
+class StepTimer(keras.callbacks.Callback):
+    """Records each training step's wall time."""
+
+    def __init__(self):
+        super().__init__()
+        self.times: list[float] = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.times.append(time.perf_counter() - self.start)
+
+
+if __name__ == "__main__":
+    main()
