@@ -387,14 +387,19 @@ def build_feature_cache(audio_dir: str | os.PathLike, working_dir: str | os.Path
 
 
 def write_corpus_index(working_dir: str | os.PathLike, corpus: Corpus) -> Path:
-    """Record the cached corpus (speaker -> utterances, genders) so training needs no audio."""
+    """Record the cached corpus (speaker -> utterances, genders) so training needs no audio.
+
+    Caches built from several corpora into one working dir add up: the index is merged.
+    """
     path = Path(working_dir) / CORPUS_INDEX_FILE_NAME
-    payload = {
-        "audio_dir": str(Path(corpus.root).resolve()),
-        "genders": corpus.genders,
-        "speakers": {s: [u.utterance for u in utts] for s, utts in corpus.utterances_by_speaker().items()},
-    }
-    write_json_atomically(path, payload)
+    index = json.loads(path.read_text()) if path.is_file() else {"audio_dirs": [], "genders": {}, "speakers": {}}
+    root = str(Path(corpus.root).resolve())
+    index["audio_dirs"] = sorted(set(index["audio_dirs"]) | {root})
+    index["genders"].update(corpus.genders)
+    for speaker, utterances in corpus.utterances_by_speaker().items():
+        merged = set(index["speakers"].get(speaker, [])) | {u.utterance for u in utterances}
+        index["speakers"][speaker] = sorted(merged, key=natural_key)
+    write_json_atomically(path, index)
     return path
 
 

@@ -272,14 +272,15 @@ def read_state(directory: Path) -> dict | None:
 # The training entry point.
 
 
-def train(working_dir: str | os.PathLike, config: TrainConfig) -> Path:
+def train(working_dir: str | os.PathLike, config: TrainConfig, run_root: str | os.PathLike | None = None) -> Path:
     """Train one mode on the feature cache of `working_dir`; returns the run directory.
 
+    The run goes to `<run_root>/checkpoints-<mode>/` (`run_root` defaults to `working_dir`).
     Resumes an interrupted run of the same configuration; a finished run is left as it is.
     """
     config.validate()
     data = load_training_data(working_dir, config.held_out_speakers)
-    directory = run_dir(working_dir, config.mode)
+    directory = run_dir(run_root or working_dir, config.mode)
     directory.mkdir(parents=True, exist_ok=True)
     state, saved_config = prepare_run_directory(directory, config, data)
     if state and state["finished"]:
@@ -294,6 +295,7 @@ def train(working_dir: str | os.PathLike, config: TrainConfig) -> Path:
         keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         with distribution_scope(config.distribution):
+            keras.utils.set_random_seed(config.seed)  # Same seed, same initial weights.
             model = build_model(config, len(data.speakers), with_gender_head)
             if state:
                 model.optimizer.build(model.trainable_variables)  # So its saved state has somewhere to go.

@@ -220,6 +220,15 @@ def test_cache_build_skips_bad_files_lists_them_and_keeps_good_entries(tmp_path)
     assert json.loads((tmp_path / "work" / "corpus.json").read_text())["speakers"] == {"alice": ["good", "good2"]}
 
 
+def test_caches_of_several_corpora_in_one_working_dir_add_up(tmp_path):
+    audio.build_feature_cache(SAMPLES / "LibriSpeech" / "test-other", tmp_path, workers=1, progress=False)
+    audio.build_feature_cache(SHARED_DATA / "VCTK", tmp_path, workers=2, progress=False)
+    index = json.loads((tmp_path / "corpus.json").read_text())
+    assert sorted(index["speakers"], key=audio.natural_key) == ["1688", "1998", "p225", "p226", "p227", "p228"]
+    assert index["genders"]["1998"] == "F" and index["genders"]["p226"] == "M"
+    assert len(index["audio_dirs"]) == 2
+
+
 class Unpicklable:
     def __reduce__(self):
         raise RuntimeError("disk pulled out mid-write")
