@@ -34,6 +34,9 @@ def cli(verbose: bool) -> None:
       python cli.py train --working_dir W --mode triplet
     or both phases in one go, building the cache when it is missing:
       python cli.py train --working_dir W --audio_dir LibriSpeech
+    then:
+      python cli.py test-model --working_dir W --checkpoint_file W/checkpoints-triplets/best.h5
+      python cli.py verify a.wav b.flac --checkpoint_file W/checkpoints-triplets/best.h5
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -114,6 +117,230 @@ def train(working_dir: str, audio_dir: str | None, mode: str, held_out_speakers:
         _fail(error)
     for directory in run_dirs:
         click.echo(f"run: {directory} (best checkpoint: {directory / 'best.h5'})")
+
+
+# ----------------------------------------------------------------------------------------------
+# Using a trained model: embed, verify, enroll, identify. Files, checkpoints and profiles are
+# checked before Keras starts, so bad input fails fast with one line.
+
+from constants import IDENTIFY_TOP, INFERENCE_BATCH_SIZE, VERIFY_THRESHOLD  # noqa: E402
+
+_checkpoint_option = click.option(
+    "--checkpoint_file", required=True,
+    help="Model to embed with: a reference Keras 2 .h5 (e.g. ResCNN_triplet_training_checkpoint_265.h5), a run's best.h5 "
+         "(softmax, triplet or mtl), or a .keras file.",
+)
+_batch_size_option = click.option("--batch_size", type=click.IntRange(min=1), default=INFERENCE_BATCH_SIZE, show_default=True,
+                                  help="160-frame windows per model call.")
+@cli.command("test-model")
+@click.option("--working_dir", required=True, type=click.Path(file_okay=False), help="Folder with the feature cache the model was trained on.")
+@click.option("--checkpoint_file", required=True, type=click.Path(dir_okay=False), help="best.h5 of a run, a reference .h5, or a .keras file.")
+@click.option("--eval_audio_dir", "eval_audio_dirs", multiple=True, type=click.Path(file_okay=False),
+              help="Corpus of speakers unseen in training to draw trials from (repeatable). Default: the run's held-out speakers.")
+@click.option("--trials", "trials_file", type=click.Path(dir_okay=False), help="Trial list in VoxCeleb format (label path1 path2) to score instead.")
+@click.option("--num_trials", type=int, help="Sample this many trials, half same-speaker (default: all pairs).")
+@click.option("--window", type=click.Choice(["mean", "random"]), default="mean", show_default=True, help="Embedding of a trial file: mean over sliding windows, or one random window.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Write score histograms, a DET curve and an embedding projection (PNG) here.")
+@click.option("--output", type=click.Path(dir_okay=False), help="JSON of every figure (default: test-model.json beside the checkpoint).")
+def test_model(working_dir: str, checkpoint_file: str, eval_audio_dirs: tuple[str, ...], trials_file: str | None, num_trials: int | None,
+               window: str, seed: int, plots_dir: str | None, output: str | None) -> None:
+    """Score a checkpoint: the reference's protocol and speaker-disjoint trials.
+
+    \b
+    Prints the reference's line (1 positive and 99 negatives per test speaker, threshold grid),
+    then EER and minDCF on trials between speakers never seen in training, the gender accuracy
+    of a probe on the embedding and, for a Hive-MTL checkpoint, of its heads.
+    """
+    from pathlib import Path
+
+    from audio import AudioError, CorpusError
+    from test import evaluate_checkpoint
+
+    try:
+        report = evaluate_checkpoint(working_dir, checkpoint_file, eval_audio_dirs, trials_file, num_trials, window, seed, plots_dir)
+    except (AudioError, CorpusError, ValueError, FileNotFoundError) as error:
+        _fail(error)
+    if report.reference:
+        click.echo(report.reference["line"])
+    if report.trials:
+        t = report.trials
+        click.echo(f"trials = {t['num_trials']} ({t['num_target']} same speaker), equal error rate = {t['eer']:.3f} "
+                   f"(threshold {t['eer_threshold']:.3f}), minDCF(0.01) = {t['min_dcf_001']:.3f}, minDCF(0.05) = {t['min_dcf_005']:.3f}")
+    for name, value in report.heads.items():
+        click.echo(f"{name.replace('_', ' ')} = {value:.3f}")
+    for note in report.notes:
+        click.echo(f"note: {note}")
+    written = report.to_json(output or Path(checkpoint_file).parent / "test-model.json")
+    click.echo(f"figures written to {written}")
+
+
+@cli.command()
+@click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False), help="Recipe file, e.g. recipes/mtl_vs_single.json.")
+@click.option("--working_dir", required=True, type=click.Path(file_okay=False), help="Feature cache and one run folder per configuration and seed.")
+@click.option("--readme", type=click.Path(dir_okay=False), help="Also put the results table into this README between <!-- mtl-results --> markers.")
+def experiment(config_file: str, working_dir: str, readme: str | None) -> None:
+    """Train and score every configuration x seed of a recipe; write the CSV, the table and the plot.
+
+    Runs that finished are skipped when the command runs again.
+    """
+    from audio import CorpusError
+    from experiment import results_table, run_experiment, update_readme_table
+    from train import TrainingError
+
+    try:
+        csv_path = run_experiment(config_file, working_dir)
+    except (CorpusError, TrainingError, ValueError, FileNotFoundError) as error:
+        _fail(error)
+    click.echo(results_table(csv_path))
+    click.echo(f"rows: {csv_path}")
+    if readme:
+        update_readme_table(csv_path, readme)
+
+
+@cli.command("results-table")
+@click.option("--csv", "csv_path", required=True, type=click.Path(exists=True, dir_okay=False), help="CSV written by the experiment verb.")
+@click.option("--readme", type=click.Path(exists=True, dir_okay=False), help="Replace the table between <!-- mtl-results --> markers in this file.")
+def results_table_command(csv_path: str, readme: str | None) -> None:
+    """Print the Markdown table (mean ± std over seeds) of an experiment's CSV."""
+    from experiment import results_table, update_readme_table
+
+    click.echo(results_table(csv_path))
+    if readme:
+        update_readme_table(csv_path, readme)
+
+
+@cli.command()
+@click.option("--checkpoint_file", required=True, type=click.Path(dir_okay=False), help="best.h5 of a run, a reference .h5, or a .keras file.")
+@click.option("--output_dir", required=True, type=click.Path(file_okay=False), help="New folder for saved_model/, embedding.tflite and export.json.")
+@click.option("--tflite/--no-tflite", default=True, show_default=True, help="Also convert to TensorFlow Lite.")
+def export(checkpoint_file: str, output_dir: str, tflite: bool) -> None:
+    """Export the embedding model as a SavedModel (and TFLite) that takes raw 16 kHz PCM.
+
+    Silence trim, filterbanks, normalisation, sliding windows and their mean all run in the
+    graph: feed float32 samples of any length, get the 512-d embedding. Needs TensorFlow.
+    """
+    from inference import inspect_checkpoint
+
+    try:
+        inspect_checkpoint(checkpoint_file)  # Fail fast, before TensorFlow loads.
+        from export import export_embedding_model
+
+        exported = export_embedding_model(checkpoint_file, output_dir, tflite)
+    except (OSError, ValueError) as error:
+        _fail(error)
+    for path in (exported.saved_model, exported.tflite, exported.metadata):
+        if path is not None:
+            click.echo(f"wrote {path}")
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+_profiles_option = click.option("--profiles", "profiles_path", required=True, type=click.Path(dir_okay=False),
+                                help="Profiles store P.npz (with its index P.json beside it).")
+
+
+@cli.command("embed")
+@click.argument("files_or_dirs", nargs=-1, required=True)
+@_checkpoint_option
+@click.option("--output", required=True, type=click.Path(dir_okay=False), help="NPZ to write: embeddings (n, 512) float32 and paths (n,).")
+@click.option("--window", type=click.Choice(["mean", "random"]), default="mean", show_default=True,
+              help="mean: whole utterance, the mean of sliding 160-frame windows; random: one random 160-frame window, as the reference.")
+@_batch_size_option
+def embed_command(files_or_dirs: tuple[str, ...], checkpoint_file: str, output: str, window: str, batch_size: int) -> None:
+    """Embed audio FILES_OR_DIRS (folders: every FLAC/WAV inside, recursively) into an NPZ of 512-d unit vectors."""
+    from inference import Embedder, expand_audio_paths, inspect_checkpoint, save_embeddings
+
+    try:
+        paths = expand_audio_paths(files_or_dirs)
+        inspect_checkpoint(checkpoint_file)
+        embeddings = Embedder.from_checkpoint(checkpoint_file, batch_size).embed_files(paths, window)
+        written = save_embeddings(output, embeddings, paths, checkpoint=checkpoint_file, window=window)
+    except (OSError, ValueError) as error:
+        _fail(error)
+    click.echo(f"embedded {_count(len(paths), 'file')} ({window} window, {checkpoint_file}) -> {written}")
+
+
+@cli.command("verify")
+@click.argument("file_a")
+@click.argument("file_b")
+@_checkpoint_option
+@click.option("--threshold", type=float, default=VERIFY_THRESHOLD, show_default=True,
+              help="Same speaker when the cosine score is at least this. The default is not tuned to any model: "
+                   "`python cli.py test-model` reports the EER threshold of a model, the better choice.")
+@_batch_size_option
+def verify_command(file_a: str, file_b: str, checkpoint_file: str, threshold: float, batch_size: int) -> None:
+    """Say whether FILE_A and FILE_B hold the same speaker: cosine score of their whole-utterance embeddings."""
+    from inference import Embedder, audio_file, inspect_checkpoint, read_features
+
+    try:
+        paths = [audio_file(file_a), audio_file(file_b)]
+        inspect_checkpoint(checkpoint_file)
+        features = read_features(paths)
+        embeddings = Embedder.from_checkpoint(checkpoint_file, batch_size).embed_mfccs(features)
+    except (OSError, ValueError) as error:
+        _fail(error)
+    score = float(embeddings[0] @ embeddings[1])
+    decision = "same speaker" if score >= threshold else "different speakers"
+    click.echo(f"score = {score:.3f} -> {decision} (threshold {threshold:.3f})")
+
+
+@cli.command("enroll")
+@click.argument("name")
+@click.argument("files", nargs=-1, required=True)
+@_checkpoint_option
+@_profiles_option
+@_batch_size_option
+def enroll_command(name: str, files: tuple[str, ...], checkpoint_file: str, profiles_path: str, batch_size: int) -> None:
+    """Enroll speaker NAME from audio FILES (or folders) into a profiles store, created when missing.
+
+    The profile is the normalised mean of the whole-utterance embeddings of all files enrolled
+    under NAME: enrolling NAME again adds to it. A store is tied to the checkpoint that made it.
+    """
+    from inference import Embedder, expand_audio_paths, inspect_checkpoint, read_features
+    from profiles import enroll, load_profiles, profiles_files
+
+    try:
+        paths = expand_audio_paths(files)
+        inspect_checkpoint(checkpoint_file)
+        if any(path.exists() for path in profiles_files(profiles_path)):
+            load_profiles(profiles_path, checkpoint_file, allow_empty=True)
+        features = read_features(paths)
+        embeddings = Embedder.from_checkpoint(checkpoint_file, batch_size).embed_mfccs(features)
+        result = enroll(profiles_path, name, embeddings, paths, checkpoint_file)
+    except (OSError, ValueError) as error:
+        _fail(error)
+    skipped = f", {len(result.already_enrolled)} already enrolled" if result.already_enrolled else ""
+    click.echo(f"{result.name}: profile of {_count(result.profile_files, 'file')} ({len(result.added)} added{skipped}) "
+               f"in {result.npz_path} ({_count(result.speakers, 'speaker')} enrolled)")
+
+
+@cli.command("identify")
+@click.argument("file")
+@_checkpoint_option
+@_profiles_option
+@click.option("--top", type=click.IntRange(min=1), default=IDENTIFY_TOP, show_default=True, help="How many names to print.")
+@_batch_size_option
+def identify_command(file: str, checkpoint_file: str, profiles_path: str, top: int, batch_size: int) -> None:
+    """Rank the speakers enrolled in a profiles store by cosine score against one audio FILE."""
+    from inference import Embedder, audio_file, inspect_checkpoint, read_features
+    from profiles import load_profiles, rank
+
+    try:
+        path = audio_file(file)
+        inspect_checkpoint(checkpoint_file)
+        store = load_profiles(profiles_path, checkpoint_file)
+        features = read_features([path])
+        embedding = Embedder.from_checkpoint(checkpoint_file, batch_size).embed_mfccs(features)[0]
+    except (OSError, ValueError) as error:
+        _fail(error)
+    ranking = rank(store, embedding, top)
+    click.echo(f"{path}: {len(ranking)} of {_count(len(store.names), 'enrolled speaker')}, best first")
+    width = max(len(name) for name, _ in ranking)
+    for position, (name, score) in enumerate(ranking, start=1):
+        click.echo(f"{position:3d}. {name:<{width}}  {score:.3f}")
 
 
 if __name__ == "__main__":

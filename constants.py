@@ -72,3 +72,13 @@ DCF_COST_FALSE_ALARM = 1.0
 
 # Plots (plots.py).
 PLOT_DPI = 120
+
+# Inference (inference.py) and the embed / verify / enroll / identify verbs.
+INFERENCE_BATCH_SIZE = 32  # Windows per compiled inference call; the last batch of a call is zero-padded.
+INFERENCE_WINDOW_HOP = 80  # Frames between the sliding windows of a whole-utterance ('mean') embedding.
+INFERENCE_FILES_PER_CHUNK = 256  # Files whose features are held in memory at once by Embedder.embed_files.
+VERIFY_THRESHOLD = 0.5  # Default cosine threshold of `verify`; a model's EER threshold (test-model) is better.
+IDENTIFY_TOP = 5  # Names `identify` prints by default.
+
+# Export (export.py): one TensorFlow graph from 16 kHz PCM to the whole-utterance embedding.
+EXPORT_WINDOWS_PER_CALL = 32  # Windows per model call inside the exported graph's loop; bounds memory on long audio.

@@ -1,0 +1,234 @@
+"""Feature extraction speed: the straightforward reference path vs `audio.read_mfcc` (a benchmark, not a test).
+
+Three figures, in audio seconds per wall-clock second:
+1. the reference path written the straightforward way, on one core: `librosa.load(path, sr=16000)`,
+   the 95th-percentile silence trim, python_speech_features `fbank(nfilt=64)`, and the
+   reference's per-frame Python loop `[(v - mean(v)) / max(std(v), 1e-12) for v in frames]`;
+2. this project's `audio.read_mfcc`, on the same core and the same files;
+3. `audio.build_feature_cache` over the same files with every core (worker processes), into a
+   temporary folder.
+Both one-core paths run after a warm-up (imports, caches, the files in the OS page cache), and
+every file's two results are compared: the largest difference is printed. Figures are also
+given per top-level folder (corpus), since decoding and resampling costs differ by format and
+rate. `--profile` adds where the time goes: decoding, trim, filterbanks, normalisation.
+
+    python bench/bench_features.py                        # ../shared/data, or samples/ when absent
+    python bench/bench_features.py --data_dir samples --profile
+    python bench/bench_features.py --limit 200 --skip_cache
+"""
+
+from __future__ import annotations
+
+import os
+
+# One core for the one-core figures: set before NumPy (and its BLAS) is imported. The cache's
+# worker processes inherit it, which is what one process per core wants anyway.
+for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS"):
+    os.environ[_variable] = "1"
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from contextlib import nullcontext  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import soundfile  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import audio  # noqa: E402
+from constants import NORMALISATION_STD_FLOOR, NUM_FBANKS, SAMPLE_RATE, SILENCE_PERCENTILE  # noqa: E402
+
+try:
+    from threadpoolctl import threadpool_limits
+except ImportError:  # The environment variables above already hold the pools to one thread.
+    threadpool_limits = None
+
+DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
+FALLBACK_DATA_DIR = REPO / "samples"
+AGREEMENT_TOLERANCE = 1e-5
+WARM_UP_FILES = 3
+
+
+# ----------------------------------------------------------------------------------------------
+# The reference path, stage by stage (so --profile can time each stage).
+
+
+# librosa and python_speech_features are imported where used: the cache's worker processes
+# (spawned) re-import this script, and librosa alone takes about a second to import.
+
+
+def reference_decode(path: Path) -> np.ndarray:
+    import librosa
+
+    return librosa.load(path, sr=SAMPLE_RATE, mono=True)[0]
+
+
+def reference_trim(samples: np.ndarray) -> np.ndarray:
+    magnitude = np.abs(samples)
+    loud = np.where(magnitude > np.percentile(magnitude, SILENCE_PERCENTILE))[0]
+    return samples[loud[0] : loud[-1]]
+
+
+def reference_filterbanks(voiced: np.ndarray) -> np.ndarray:
+    from python_speech_features import fbank
+
+    return fbank(voiced, samplerate=SAMPLE_RATE, nfilt=NUM_FBANKS)[0]
+
+
+def reference_normalise(energies: np.ndarray) -> np.ndarray:
+    return np.array([(v - np.mean(v)) / max(np.std(v), NORMALISATION_STD_FLOOR) for v in energies], dtype=np.float32)
+
+
+REFERENCE_STAGES = {"decode (librosa.load)": reference_decode, "trim": reference_trim,
+                    "filterbanks (psf fbank)": reference_filterbanks, "normalise (frame loop)": reference_normalise}
+PROJECT_STAGES = {"decode (read_audio)": audio.read_audio, "trim": audio.trim_silence,
+                  "filterbanks": audio.filterbank_energies, "normalise": audio.normalize_frames}
+
+
+def reference_features(path: Path) -> np.ndarray:
+    return reference_normalise(reference_filterbanks(reference_trim(reference_decode(path))))
+
+
+# ----------------------------------------------------------------------------------------------
+# Measurements.
+
+
+def corpus_files(data_dir: Path, limit: int | None) -> list[Path]:
+    """The files `build_feature_cache` would read, in its order; the first `limit` of them."""
+    return [u.path for u in audio.index_corpus(data_dir).utterances][:limit]
+
+
+def group_of(path: Path, data_dir: Path) -> str:
+    parts = path.relative_to(data_dir).parts
+    return parts[0] if len(parts) > 1 else "(top level)"
+
+
+def time_one_core(files: list[Path]) -> tuple[dict, dict, float, list]:
+    """Per-file wall times of each path (one whole pass each), the largest difference, and failures.
+
+    Each path runs over all files in one pass, so neither evicts the other's working set from
+    the CPU caches between files; only the calls are timed, not the comparison.
+    """
+    reference_times, expected = {}, {}
+    failures = []
+    for path in files:
+        try:
+            start = time.perf_counter()
+            expected[path] = reference_features(path)
+            reference_times[path] = time.perf_counter() - start
+        except (IndexError, ValueError) as error:  # The reference crashes on silent audio (IndexError).
+            failures.append((path, f"reference: {type(error).__name__}: {error}"))
+    project_times, max_difference = {}, 0.0
+    for path in list(expected):
+        try:
+            start = time.perf_counter()
+            features = audio.read_mfcc(path)
+            project_times[path] = time.perf_counter() - start
+        except audio.AudioError as error:
+            failures.append((path, f"read_mfcc: {error.problem}"))
+            del reference_times[path]
+            continue
+        if features.shape != expected[path].shape:
+            failures.append((path, f"shapes differ: {features.shape} vs {expected[path].shape}"))
+        else:
+            max_difference = max(max_difference, float(np.abs(features - expected[path]).max()))
+        del expected[path]
+    return reference_times, project_times, max_difference, failures
+
+
+def time_stages(files: list[Path], stages: dict) -> dict[str, float]:
+    """Seconds spent in each stage of a path, summed over the files (each stage feeds the next)."""
+    totals = dict.fromkeys(stages, 0.0)
+    for path in files:
+        value = path
+        for name, stage in stages.items():
+            start = time.perf_counter()
+            value = stage(value)
+            totals[name] += time.perf_counter() - start
+    return totals
+
+
+def time_cache(data_dir: Path, files: list[Path], workers: int) -> float:
+    """Wall seconds of `build_feature_cache` over `files` (a tree of links when they are a subset)."""
+    with tempfile.TemporaryDirectory(prefix="bench-features-") as scratch:
+        source = data_dir
+        if len(files) < len(corpus_files(data_dir, None)):
+            source = Path(scratch) / "audio"
+            for path in files:
+                link = source / path.relative_to(data_dir)
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(path.resolve())
+        start = time.perf_counter()
+        report = audio.build_feature_cache(source, Path(scratch) / "work", workers=workers, progress=False)
+        elapsed = time.perf_counter() - start
+    if report.failed:
+        print(f"  cache: {len(report.failed)} files failed, e.g. {report.failed[0]}")
+    return elapsed
+
+
+def print_rates(title: str, reference: dict, project: dict, durations: dict) -> None:
+    seconds = sum(durations[p] for p in reference)
+    reference_rate, project_rate = seconds / sum(reference.values()), seconds / sum(project.values())
+    print(f"{title:<22} {len(reference):>5} files {seconds:>8.0f} s audio | reference {reference_rate:>7.0f} x | "
+          f"read_mfcc {project_rate:>7.0f} x | ratio {project_rate / reference_rate:5.2f}")
+
+
+def print_stages(title: str, totals: dict[str, float], audio_seconds: float) -> None:
+    total = sum(totals.values())
+    print(f"{title}: {total:.2f} s for {audio_seconds:.0f} s of audio ({audio_seconds / total:.0f} x real time)")
+    for name, seconds in totals.items():
+        print(f"  {name:<26} {seconds:7.3f} s  {100 * seconds / total:5.1f} %")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data_dir", type=Path, default=None, help=f"Audio corpus (default {DEFAULT_DATA_DIR}, else {FALLBACK_DATA_DIR}).")
+    parser.add_argument("--limit", type=int, default=None, help="Only the first N files (default: all).")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="Processes of the cache build (default: every core).")
+    parser.add_argument("--profile", action="store_true", help="Also time each stage of both paths.")
+    parser.add_argument("--skip_cache", action="store_true", help="Skip the all-cores cache build.")
+    args = parser.parse_args()
+    data_dir = args.data_dir or (DEFAULT_DATA_DIR if DEFAULT_DATA_DIR.is_dir() else FALLBACK_DATA_DIR)
+    files = corpus_files(data_dir, args.limit)
+    durations = {path: soundfile.info(path).duration for path in files}
+    print(f"{len(files)} files, {sum(durations.values()) / 60:.1f} min of audio, in {data_dir}; {os.cpu_count()} cores")
+
+    for path in files:  # Every file in the page cache, so neither path pays the disk.
+        path.read_bytes()
+    limits = threadpool_limits(limits=1) if threadpool_limits else nullcontext()
+    with limits:
+        for path in files[:WARM_UP_FILES]:
+            reference_features(path), audio.read_mfcc(path)
+        reference_times, project_times, max_difference, failures = time_one_core(files)
+        print(f"\nOne core (audio seconds per wall second; ratio = read_mfcc / reference; target >= 10):")
+        print_rates("all", reference_times, project_times, durations)
+        by_group = defaultdict(list)
+        for path in reference_times:
+            by_group[group_of(path, data_dir)].append(path)
+        for group, paths in sorted(by_group.items()):
+            print_rates(f"  {group}", {p: reference_times[p] for p in paths}, {p: project_times[p] for p in paths}, durations)
+        agreed = "within" if max_difference <= AGREEMENT_TOLERANCE else "NOT within"
+        print(f"Largest |read_mfcc - reference| over {len(reference_times)} files: {max_difference:.3g} ({agreed} {AGREEMENT_TOLERANCE:g})")
+        for path, problem in failures:
+            print(f"  not compared: {path}: {problem}")
+        if args.profile:
+            timed = list(reference_times)
+            seconds = sum(durations[p] for p in timed)
+            print()
+            print_stages("Reference path, by stage", time_stages(timed, REFERENCE_STAGES), seconds)
+            print_stages("read_mfcc, by stage", time_stages(timed, PROJECT_STAGES), seconds)
+
+    if not args.skip_cache:
+        elapsed = time_cache(data_dir, files, args.workers)
+        seconds = sum(durations.values())
+        print(f"\nAll cores: build_feature_cache, {args.workers} workers: {elapsed:.1f} s wall, "
+              f"{seconds / elapsed:.0f} audio seconds per wall second (worker start-up included)")
+
+
+if __name__ == "__main__":
+    main()

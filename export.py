@@ -1,0 +1,305 @@
+"""Export the embedding model as one TensorFlow graph: raw 16 kHz PCM in, 512-d embedding out.
+
+    exported = export_embedding_model("ResCNN_triplet_training_checkpoint_265.h5", "exported/")
+    model = tf.saved_model.load(str(exported.saved_model))
+    result = model.embed(audio.read_audio("a.wav"))   # 1-D float32 at 16 kHz, any length
+    result["embedding"]                               # (512,) unit vector; zeros when no speech
+
+The graph does what `Embedder.embed_mfccs([read_mfcc(path)], mode='mean')` does after decoding:
+the reference's silence trim (95th percentile of |x| with NumPy's linear interpolation, so the
+same samples are kept), pre-emphasis 0.97, 25 ms / 10 ms frames with the last one zero-padded
+as python_speech_features pads it, |rfft(512)|^2 / 512, the 64 python_speech_features mel
+filters, per-frame normalisation, then the mean of the model's embeddings of the sliding
+160-frame windows of `inference.window_starts`, L2-normalised. Decoding and resampling stay
+outside the graph: feed it the samples of `audio.read_audio` (16 kHz; the graph cannot check the
+rate).
+
+Artefacts in the output folder:
+- `saved_model/`, signatures (each takes `samples`, 1-D float32):
+  `serving_default` (also `model.embed`): {'embedding': (512,), 'num_frames': ()}. Features in
+  float64 as audio.py computes them: identical to `audio.mfcc_from_samples`.
+  `features` (`model.features`): {'features': (frames, 64) float32, 'num_frames': ()}.
+  `embed_float32` (`model.embed_float32`): `serving_default` with float32 features.
+- `embedding.tflite`: `embed_float32` with TFLite builtin ops only (no Flex: the builtin FFT is
+  float32), signature `serving_default`, input length free (resize the input tensor per call).
+- `export.json`: the checkpoint, model size and feature settings it was made with.
+
+Audio without usable speech (empty, all silent or constant, non-finite samples, or under 400
+samples (25 ms) left after the trim: the cases where `audio.mfcc_from_samples` raises
+AudioError) gives `num_frames == 0`, an all-zero embedding and (0, 64) features: never NaN and
+never an exception, so a server or an app checks `num_frames` (or the norm: 0 instead of 1).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from audio import frame_length_and_step, mel_filterbank, write_json_atomically
+from constants import (
+    EMBEDDING_SIZE,
+    EXPORT_WINDOWS_PER_CALL,
+    INFERENCE_WINDOW_HOP,
+    L2_NORMALIZE_EPSILON,
+    NFFT,
+    NORMALISATION_STD_FLOOR,
+    NUM_FBANKS,
+    NUM_FRAMES,
+    PRE_EMPHASIS,
+    SAMPLE_RATE,
+    SILENCE_PERCENTILE,
+    VERSION,
+)
+from inference import CheckpointInfo, inspect_checkpoint, load_embedding_model
+
+SAVED_MODEL_DIR_NAME = "saved_model"
+TFLITE_FILE_NAME = "embedding.tflite"
+EXPORT_METADATA_FILE_NAME = "export.json"
+EMBED_SIGNATURE = "serving_default"  # samples -> {embedding (512,), num_frames ()}
+FEATURES_SIGNATURE = "features"  # samples -> {features (frames, 64), num_frames ()}; SavedModel only.
+FLOAT32_SIGNATURE = "embed_float32"  # As serving_default with float32 features; the TFLite file's signature.
+SAMPLES_SPEC = tf.TensorSpec([None], tf.float32, name="samples")
+
+FRAME_LENGTH, FRAME_STEP = frame_length_and_step(SAMPLE_RATE)
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    """What `export_embedding_model` wrote: SavedModel folder, `.tflite` file (None if not asked), `export.json`."""
+
+    saved_model: Path
+    tflite: Path | None
+    metadata: Path
+
+
+# ----------------------------------------------------------------------------------------------
+# The feature graph, step by step (each matches a function of audio.py).
+
+
+def percentile(values: tf.Tensor, percent: int) -> tf.Tensor:
+    """`np.percentile(values, percent)` of a non-empty 1-D float32 tensor, bit for bit.
+
+    NumPy's 'linear' method interpolates at index (n - 1) * percent / 100 between the two order
+    statistics around it, in float32, from the upper one when the weight is at least 0.5. The
+    index is split here with integers (q = num / den in lowest terms), so it is exact for any
+    length and needs no float64 (which TFLite lacks). Only the top n - index values are sorted.
+    """
+    fraction = Fraction(percent, 100)
+    num, den = fraction.numerator, fraction.denominator
+    last = tf.size(values) - 1
+    lower_index = (last // den) * num + (last % den) * num // den
+    weight_numerator = (last % den) * num % den
+    upper_index = tf.minimum(lower_index + 1, last)
+    largest = tf.math.top_k(values, k=last + 1 - lower_index, sorted=True).values  # Descending.
+    lower = largest[last - lower_index]
+    upper = largest[last - upper_index]
+    # The weights as NumPy rounds them, looked up so no graph rewrite can reorder the arithmetic.
+    weight = tf.gather(tf.constant([np.float32(r / den) for r in range(den)]), weight_numerator)
+    complement = tf.gather(tf.constant([np.float32(1 - r / den) for r in range(den)]), weight_numerator)
+    step = upper - lower
+    return tf.where(2 * weight_numerator >= den, upper - step * complement, lower + step * weight)
+
+
+def voiced_bounds(samples: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(first, last) of `audio.trim_silence`: samples[first:last] is kept. (0, 0) when nothing is loud."""
+    magnitude = tf.abs(samples)
+    magnitude = tf.pad(magnitude, [[0, tf.maximum(1 - tf.size(magnitude), 0)]])  # Empty: one silent sample.
+    loud = tf.cast(magnitude > percentile(magnitude, SILENCE_PERCENTILE), tf.int32)
+    any_loud = tf.reduce_any(loud > 0)
+    first = tf.argmax(loud, output_type=tf.int32)
+    last = tf.size(loud) - 1 - tf.argmax(tf.reverse(loud, [0]), output_type=tf.int32)
+    return tf.where(any_loud, first, 0), tf.where(any_loud, last, 0)
+
+
+def filterbank_energies(voiced: tf.Tensor, mel: tf.Tensor) -> tf.Tensor:
+    """`audio.filterbank_energies` of >= FRAME_LENGTH float32 samples: (frames, 64) in `mel`'s dtype.
+
+    Pre-emphasis in float32 as NumPy does it; framing, FFT and filters in float64 (as NumPy) or
+    float32 (the TFLite variant).
+    """
+    dtype = mel.dtype
+    emphasised = tf.concat([voiced[:1], voiced[1:] - tf.constant(PRE_EMPHASIS, tf.float32) * voiced[:-1]], axis=0)
+    length = tf.size(emphasised)
+    num_frames = 1 + (length - FRAME_LENGTH + FRAME_STEP - 1) // FRAME_STEP  # Ceil, as framesig.
+    padded = tf.pad(tf.cast(emphasised, dtype), [[0, (num_frames - 1) * FRAME_STEP + FRAME_LENGTH - length]])
+    frames = tf.signal.frame(padded, FRAME_LENGTH, FRAME_STEP)
+    spectrum = tf.signal.rfft(frames, fft_length=[NFFT])
+    power = (tf.square(tf.math.real(spectrum)) + tf.square(tf.math.imag(spectrum))) / NFFT
+    energies = tf.matmul(power, mel)
+    return tf.where(energies == 0.0, tf.constant(np.finfo(np.float64).eps, dtype), energies)
+
+
+def normalize_frames(energies: tf.Tensor) -> tf.Tensor:
+    """`audio.normalize_frames`: per frame, (x - mean) / max(std, 1e-12), as float32."""
+    mean = tf.reduce_mean(energies, axis=1, keepdims=True)
+    std = tf.sqrt(tf.reduce_mean(tf.square(energies - mean), axis=1, keepdims=True))
+    return tf.cast((energies - mean) / tf.maximum(std, NORMALISATION_STD_FLOOR), tf.float32)
+
+
+def window_starts(num_frames: tf.Tensor, hop: int = INFERENCE_WINDOW_HOP) -> tf.Tensor:
+    """`inference.window_starts`: every `hop` frames, plus one window ending at the last frame."""
+    last = tf.maximum(num_frames - NUM_FRAMES, 0)
+    starts = tf.range(0, last + 1, hop)
+    closing = tf.repeat(tf.reshape(last, [1]), tf.cast(last % hop != 0, tf.int32))
+    return tf.concat([starts, closing], axis=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# The exported module.
+
+
+class EmbeddingGraph(tf.Module):
+    """A Keras embedding model wrapped with the feature graph, as tf.functions of 1-D float32 samples.
+
+    - `embed`: {'embedding': (512,), 'num_frames': ()}, features in float64 like audio.py;
+    - `features`: {'features': (frames, 64), 'num_frames': ()}, `audio.mfcc_from_samples` in the graph;
+    - `embed_float32`: `embed` with float32 features, for TFLite (its builtin FFT is float32 only).
+
+    `windows_per_call` bounds memory on long audio: windows go through the model that many at a
+    time in a loop, and their embeddings are summed.
+    """
+
+    def __init__(self, model, window_hop: int = INFERENCE_WINDOW_HOP, windows_per_call: int = EXPORT_WINDOWS_PER_CALL):
+        super().__init__(name="deep_speaker_embedding")
+        self.model = model
+        self.window_hop = int(window_hop)
+        self.windows_per_call = int(windows_per_call)
+        self._mel = mel_filterbank(SAMPLE_RATE)
+        self.embed = tf.function(functools.partial(self._embed, dtype=tf.float64), input_signature=[SAMPLES_SPEC], autograph=False)
+        self.embed_float32 = tf.function(functools.partial(self._embed, dtype=tf.float32), input_signature=[SAMPLES_SPEC], autograph=False)
+        self.features = tf.function(self._features, input_signature=[SAMPLES_SPEC], autograph=False)
+
+    def _usable_speech(self, samples):
+        """The trimmed samples, and whether they give features (where audio.py raises AudioError)."""
+        first, last = voiced_bounds(samples)
+        usable = tf.logical_and(last - first >= FRAME_LENGTH, tf.reduce_all(tf.math.is_finite(samples)))
+        return samples[first:last], usable
+
+    def _mfcc(self, voiced, dtype):
+        return normalize_frames(filterbank_energies(voiced, tf.constant(self._mel, dtype)))
+
+    def _features(self, samples):
+        voiced, usable = self._usable_speech(samples)
+        features = tf.cond(usable, lambda: self._mfcc(voiced, tf.float64), lambda: tf.zeros([0, NUM_FBANKS], tf.float32))
+        return {"features": features, "num_frames": tf.shape(features)[0]}
+
+    def _embed(self, samples, dtype):
+        voiced, usable = self._usable_speech(samples)
+
+        def from_speech():
+            features = self._mfcc(voiced, dtype)
+            return self._mean_embedding(features, dtype), tf.shape(features)[0]
+
+        def no_speech():
+            return tf.zeros([EMBEDDING_SIZE], tf.float32), tf.constant(0, tf.int32)
+
+        embedding, num_frames = tf.cond(usable, from_speech, no_speech)
+        return {"embedding": embedding, "num_frames": num_frames}
+
+    def _mean_embedding(self, features, dtype):
+        """`Embedder.embed_mfccs([features], 'mean')[0]`: mean of the window embeddings, L2-normalised."""
+        num_frames = tf.shape(features)[0]
+        features = tf.pad(features, [[0, tf.maximum(NUM_FRAMES - num_frames, 0)], [0, 0]])  # One zero-padded window.
+        starts = window_starts(num_frames, self.window_hop)
+        num_windows = tf.size(starts)
+        offsets = tf.range(NUM_FRAMES)[tf.newaxis, :]
+
+        def add_chunk(i, total):
+            chunk = starts[i : i + self.windows_per_call]
+            windows = tf.expand_dims(tf.gather(features, chunk[:, tf.newaxis] + offsets), axis=-1)
+            embeddings = tf.cast(self.model(windows, training=False), dtype)
+            return i + self.windows_per_call, total + tf.reduce_sum(embeddings, axis=0)
+
+        _, total = tf.while_loop(
+            lambda i, _: i < num_windows, add_chunk, (tf.constant(0), tf.zeros([EMBEDDING_SIZE], dtype)), parallel_iterations=1
+        )
+        mean = tf.cast(total / tf.cast(num_windows, dtype), tf.float32)
+        return mean * tf.math.rsqrt(tf.maximum(tf.reduce_sum(tf.square(mean)), L2_NORMALIZE_EPSILON))
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing and running the artefacts.
+
+
+def export_embedding_model(checkpoint_file: str | os.PathLike, output_dir: str | os.PathLike, tflite: bool = True) -> ExportedModel:
+    """Write `saved_model/`, `embedding.tflite` (unless `tflite=False`) and `export.json` into `output_dir`.
+
+    Any checkpoint `inference.load_embedding_model` reads works (the reference `.h5`, a run's
+    `best.h5`, a `.keras` file); it raises FileNotFoundError or ValueError naming the file.
+    Existing artefacts are never overwritten (FileExistsError). Everything is written in a
+    temporary folder inside `output_dir` and renamed at the end: an interrupted export leaves
+    no half-written model behind.
+    """
+    output = Path(output_dir)
+    saved_model_dir = output / SAVED_MODEL_DIR_NAME
+    tflite_file = output / TFLITE_FILE_NAME if tflite else None
+    metadata_file = output / EXPORT_METADATA_FILE_NAME
+    for target in (saved_model_dir, tflite_file, metadata_file):
+        if target is not None and target.exists():
+            raise FileExistsError(f"{target}: already exists; remove it or choose another output folder")
+    info = inspect_checkpoint(checkpoint_file)
+    graph = EmbeddingGraph(load_embedding_model(checkpoint_file))
+    output.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=output, prefix=".export-") as scratch:
+        staged = Path(scratch) / SAVED_MODEL_DIR_NAME
+        signatures = {EMBED_SIGNATURE: graph.embed, FEATURES_SIGNATURE: graph.features, FLOAT32_SIGNATURE: graph.embed_float32}
+        tf.saved_model.save(graph, str(staged), signatures=signatures)
+        if tflite_file is not None:
+            (Path(scratch) / TFLITE_FILE_NAME).write_bytes(convert_to_tflite(staged))
+            os.replace(Path(scratch) / TFLITE_FILE_NAME, tflite_file)
+        os.replace(staged, saved_model_dir)
+    write_json_atomically(metadata_file, _export_metadata(info, graph, tflite_file))
+    return ExportedModel(saved_model_dir, tflite_file, metadata_file)
+
+
+def _export_metadata(info: CheckpointInfo, graph: EmbeddingGraph, tflite_file: Path | None) -> dict:
+    return {
+        "checkpoint": str(Path(info.path).resolve()),
+        "model_size": info.model_size,
+        "saved_model": SAVED_MODEL_DIR_NAME,
+        "tflite": tflite_file.name if tflite_file else None,
+        "input": {"samples": "1-D float32 PCM, mono", "sample_rate": SAMPLE_RATE},
+        "outputs": {"embedding": [EMBEDDING_SIZE], "num_frames": "0 when the audio has no usable speech"},
+        "signatures": {EMBED_SIGNATURE: "float64 features", FLOAT32_SIGNATURE: "float32 features (the .tflite file)",
+                       FEATURES_SIGNATURE: "(frames, 64) features"},
+        "features": {"num_fbanks": NUM_FBANKS, "nfft": NFFT, "frame_length": FRAME_LENGTH, "frame_step": FRAME_STEP,
+                     "pre_emphasis": PRE_EMPHASIS, "silence_percentile": SILENCE_PERCENTILE},
+        "windows": {"frames": NUM_FRAMES, "hop": graph.window_hop, "per_model_call": graph.windows_per_call},
+        "version": VERSION,
+    }
+
+
+def convert_to_tflite(saved_model_dir: str | os.PathLike) -> bytes:
+    """The `embed_float32` signature of an exported SavedModel as a TFLite flatbuffer, builtin ops only.
+
+    Converted from the signature's concrete function rather than `from_saved_model`: that path
+    freezes the variables read inside the graph's cond and loop into constants, which
+    `from_saved_model` leaves as resource variables the interpreter cannot read. The file's
+    signature is `serving_default`: samples -> embedding, num_frames.
+    """
+    loaded = tf.saved_model.load(os.fspath(saved_model_dir))
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([loaded.signatures[FLOAT32_SIGNATURE]], loaded)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    return converter.convert()
+
+
+def tflite_embedder(tflite_file: str | os.PathLike) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """samples (1-D float32, 16 kHz) -> {'embedding': (512,), 'num_frames': ()} with the TFLite interpreter.
+
+    The input length may change from call to call: the input tensor is resized each time.
+    """
+    interpreter = tf.lite.Interpreter(model_path=os.fspath(tflite_file))
+    runner = interpreter.get_signature_runner(EMBED_SIGNATURE)
+
+    def embed(samples: np.ndarray) -> dict[str, np.ndarray]:
+        return runner(samples=np.ascontiguousarray(samples, dtype=np.float32))
+
+    return embed
