@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from audio import AudioError, natural_key, pad_mfcc, read_mfcc
+from audio import AudioError, natural_key, pad_mfcc, read_mfcc, save_npz_atomically
 from constants import (
     AUDIO_EXTENSIONS,
     EMBEDDING_SIZE,
@@ -40,7 +40,6 @@ from constants import (
     NUM_FBANKS,
     NUM_FRAMES,
 )
-from profiles import save_npz_atomically
 
 if TYPE_CHECKING:
     import keras

@@ -22,14 +22,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from audio import write_json_atomically
+from audio import save_npz_atomically, write_json_atomically
 from constants import EMBEDDING_SIZE, IDENTIFY_TOP, L2_NORMALIZE_EPSILON
 
 PROFILES_FORMAT_VERSION = 1
@@ -38,21 +37,6 @@ _HASH_CHUNK_BYTES = 1 << 20
 
 class ProfilesError(ValueError):
     """A profiles store that cannot be used: empty, inconsistent, or made with another checkpoint."""
-
-
-def save_npz_atomically(path: str | os.PathLike, **arrays: np.ndarray) -> None:
-    """NPZ twin of `audio.save_npy_atomically`: a temporary file in the same folder, then a rename."""
-    path = Path(path)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as handle:
-        temporary = Path(handle.name)
-        try:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
-    os.replace(temporary, path)
 
 
 def profiles_files(profiles_path: str | os.PathLike) -> tuple[Path, Path]:

@@ -380,8 +380,9 @@ def make_batches(config: TrainConfig, data: TrainingData, model: keras.Model, fi
         return train_batches, validation if config.validation_steps else None
     if config.mode == "triplet":
         if config.hard_negative:
-            embed_model = embedding_model(model)
-            embed = lambda windows: keras.ops.convert_to_numpy(embed_model(windows, training=False))  # noqa: E731
+            from inference import Embedder  # The compiled inference path; it reads the weights as they train.
+
+            embed = Embedder(embedding_model(model)).embed_windows
             train_batches = HardNegativeTripletBatches(data.train, config.batch_size, steps, embed, seed, first_epoch, workers=1, use_multiprocessing=False)
         else:
             train_batches = TripletBatches(data.train, config.batch_size, steps, seed, first_epoch, **loader)
