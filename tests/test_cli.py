@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,3 +42,64 @@ def test_build_mfcc_cache_on_a_missing_folder_fails_with_one_line(tmp_path):
     result = run_cli("build-mfcc-cache", "--working_dir", str(tmp_path), "--audio_dir", str(tmp_path / "absent"))
     assert result.returncode != 0
     assert "absent" in result.stderr and "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------- evaluation verbs
+
+
+@pytest.fixture(scope="module")
+def trained_mtl(tmp_path_factory) -> Path:
+    """A working dir with a Hive-MTL run of the small model; test-other speakers held out."""
+    working_dir = tmp_path_factory.mktemp("cli_mtl")
+    result = run_cli("train", "--audio_dir", "samples/LibriSpeech", "--working_dir", str(working_dir), "--mode", "mtl", "--model_size", "small",
+                     "--epochs", "1", "--steps_per_epoch", "2", "--batch_size", "12", "--validation_steps", "1", "--held_out_speakers", "1688,1998")
+    assert result.returncode == 0, result.stderr
+    return working_dir
+
+
+def test_test_model_prints_the_reference_line_and_trial_figures_and_writes_json_and_plots(trained_mtl, tmp_path):
+    checkpoint = trained_mtl / "checkpoints-mtl" / "best.h5"
+    result = run_cli("test-model", "--working_dir", str(trained_mtl), "--checkpoint_file", str(checkpoint), "--plots", str(tmp_path / "plots"),
+                     "--output", str(tmp_path / "figures.json"))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert re.fullmatch(r"f-measure = [\d.]+, true positive rate = [\d.]+, accuracy = [\d.]+, equal error rate = [\d.]+", lines[0])
+    assert re.fullmatch(r"trials = 28 \(12 same speaker\), equal error rate = [\d.]+ \(threshold -?[\d.]+\), minDCF\(0.01\) = [\d.]+, minDCF\(0.05\) = [\d.]+", lines[1])
+    assert {"gender acc head", "gender acc probe", "speaker id acc", "speaker id acc head"} <= {line.split(" = ")[0] for line in lines[2:6]}
+    figures = json.loads((tmp_path / "figures.json").read_text())
+    assert figures["trials"]["num_trials"] == 28 and figures["reference"]["speakers"] == 3
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["det_curve.png", "embedding_projection.png", "score_histograms.png"]
+
+
+def test_test_model_with_a_missing_checkpoint_fails_with_one_line(trained_mtl):
+    result = run_cli("test-model", "--working_dir", str(trained_mtl), "--checkpoint_file", str(trained_mtl / "absent.h5"))
+    assert result.returncode == 1 and "absent.h5: no such checkpoint file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_export_writes_a_saved_model_from_a_run_checkpoint(trained_mtl, tmp_path):
+    result = run_cli("export", "--checkpoint_file", str(trained_mtl / "checkpoints-mtl" / "best.h5"), "--output_dir", str(tmp_path / "exported"), "--no-tflite")
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {tmp_path / 'exported' / 'saved_model'}" in result.stdout
+    assert (tmp_path / "exported" / "saved_model" / "saved_model.pb").is_file()
+
+
+def test_experiment_refuses_a_bad_recipe_naming_the_key(tmp_path):
+    recipe = json.loads((REPO / "recipes" / "mtl_vs_single.json").read_text())
+    recipe["configurations"]["mtl"]["gender_loss_weight"] = -1
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps(recipe).replace("../../shared", str(REPO.parent / "shared")))
+    result = run_cli("experiment", "--config", str(path), "--working_dir", str(tmp_path / "work"))
+    assert result.returncode == 1 and "'configurations.mtl.gender_loss_weight' must be a number >= 0" in result.stderr
+    assert not (tmp_path / "work").exists()
+
+
+def test_results_table_averages_seeds_of_a_csv(tmp_path):
+    csv_path = tmp_path / "results.csv"
+    csv_path.write_text(
+        "config,seed,model_size,backend,device,train_steps,eer,min_dcf,speaker_id_acc,gender_acc_head,gender_acc_probe\n"
+        "mtl,0,small,tensorflow,cpu,100,0.2,0.9,0.5,0.8,0.7\n"
+        "mtl,1,small,tensorflow,cpu,100,0.4,0.7,0.7,0.6,0.9\n"
+    )
+    result = run_cli("results-table", "--csv", str(csv_path))
+    assert result.returncode == 0, result.stderr
+    assert "| mtl | 2 | 0.300 ± 0.141 | 0.800 ± 0.141 | 0.600 ± 0.141 | 0.700 ± 0.141 | 0.800 ± 0.141 |" in result.stdout
