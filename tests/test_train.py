@@ -246,3 +246,13 @@ def test_training_runs_on_the_jax_backend_with_data_parallel(samples_cache, tmp_
     assert result.returncode == 0, result.stderr
     assert "DataParallel over" in result.stderr
     assert len(metrics_rows(working_dir / "checkpoints-mtl")) == 1
+
+
+def test_mixed_precision_training_keeps_float32_checkpoints_and_restores_the_policy(samples_cache, tmp_path):
+    import keras
+
+    working_dir = fresh_copy(samples_cache, tmp_path)
+    run = train(working_dir, TrainConfig(mode="mtl", mixed_precision=True, triplet_loss_weight=0.5, **{**TINY, "epochs": 1}))
+    assert keras.mixed_precision.global_policy().name == "float32"
+    assert all(np.isfinite(float(value)) for value in metrics_rows(run)[0].values())
+    assert conv_kernel(run / "best.h5", "conv16-s").dtype == np.float32
