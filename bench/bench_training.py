@@ -6,8 +6,9 @@ does, and optionally trains a few steps. The cache entries are hard links to a p
 random feature files of LibriSpeech-like lengths, so the benchmark needs a few hundred MB of
 disk instead of tens of GB; the pipeline opens every entry by its own name as with real data.
 
-The reference materialises every softmax training window (speakers x 600 windows x 160 x 64
-float32) in one array; the figure it would need for this corpus is printed beside ours.
+The straightforward path, the reference's, materialises every softmax training window (speakers
+x 600 windows x 160 x 64 float32) in one array: the script builds that array for a few speakers,
+measures it, and prints what it would take for the whole corpus beside this pipeline's figures.
 
     python bench/bench_training.py --working_dir /tmp/bench_cache            # pipeline only
     python bench/bench_training.py --working_dir /tmp/bench_cache --train_steps 5 --model_size small
@@ -29,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from audio import CORPUS_INDEX_FILE_NAME, cache_dir, write_json_atomically  # noqa: E402
-from batcher import SoftmaxBatches, TripletBatches, load_training_data  # noqa: E402
+from batcher import SoftmaxBatches, TripletBatches, load_training_data, read_window  # noqa: E402
 from constants import BATCH_SIZE, NUM_FBANKS, NUM_FRAMES  # noqa: E402
 
 REFERENCE_WINDOWS_PER_SPEAKER = 600
@@ -91,6 +92,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=200, help="Batches drawn per batcher.")
     parser.add_argument("--batch_size", type=int, default=BATCH_SIZE)
     parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--reference_speakers", type=int, default=40, help="Speakers whose windows the straightforward path materialises (then scaled up).")
     parser.add_argument("--train_steps", type=int, default=0, help="Also train this many steps (softmax mode) and report windows/s.")
     parser.add_argument("--model_size", default="small", choices=["small", "full"])
     args = parser.parse_args()
@@ -108,14 +110,18 @@ def main() -> None:
         "mtl": time_batches(TripletBatches(data.train, args.batch_size, args.batches, outputs=("speaker_pred", "gender_pred"), speakers=data.speakers, gender_labels=genders, **loader), args.batches),
     }
     pipeline_peak = peak_rss_mb()
-    reference_gb = args.speakers * REFERENCE_WINDOWS_PER_SPEAKER * NUM_FRAMES * NUM_FBANKS * 4 / 1e9
     print(f"input pipeline ({args.workers} reader threads, batch {args.batch_size}):")
     for mode, rate in results.items():
         print(f"  {mode:8s} {rate:10.0f} windows/s")
     print(f"peak RAM of this process (index + pipeline, TensorFlow loaded): {pipeline_peak:.0f} MB")
-    print(f"the reference's in-RAM softmax windows for this corpus: {reference_gb:.1f} GB (float32, {REFERENCE_WINDOWS_PER_SPEAKER} per speaker)")
 
-    summary = {"speakers": args.speakers, "utterances": args.utterances, "pipeline_windows_per_s": results, "peak_rss_mb": pipeline_peak, "reference_gb": reference_gb}
+    reference_rate, reference_gb = materialise_like_the_reference(data.train, args.reference_speakers)
+    array_gb = len(data.train) * REFERENCE_WINDOWS_PER_SPEAKER * NUM_FRAMES * NUM_FBANKS * 4 / 2**30
+    print(f"straightforward path (the reference's): every softmax window in one array, built at {reference_rate:.0f} windows/s; "
+          f"measured on {args.reference_speakers} speakers and scaled to {len(data.train)}: {reference_gb:.1f} GB of RAM while "
+          f"building ({reference_gb * 1024 / pipeline_peak:.0f}x this pipeline's peak; the finished array alone: {array_gb:.1f} GB)")
+    summary = {"speakers": args.speakers, "utterances": args.utterances, "pipeline_windows_per_s": results, "peak_rss_mb": pipeline_peak,
+               "reference_windows_per_s": reference_rate, "reference_gb": reference_gb}
     if args.train_steps:
         from train import TrainConfig, build_model
 
@@ -127,6 +133,31 @@ def main() -> None:
         print(f"training ({args.model_size} model, {keras.backend.backend()}): {rate:.1f} windows/s; peak RAM {peak_rss_mb():.0f} MB")
         summary |= {"train_windows_per_s": rate, "model_size": args.model_size, "peak_rss_mb_training": peak_rss_mb()}
     print(json.dumps(summary))
+
+
+def materialise_like_the_reference(utterances: dict[str, list[Path]], num_speakers: int) -> tuple[float, float]:
+    """Build the reference's array of all softmax windows for `num_speakers` speakers.
+
+    Returns windows/s of building it and the RAM the array would take for every speaker (GB),
+    scaled from the measured growth of this process.
+    """
+    speakers = list(utterances)[:num_speakers]
+    rng = np.random.default_rng(0)
+    before = current_rss_mb()
+    start = time.perf_counter()
+    windows = np.stack([
+        read_window(entries[rng.integers(len(entries))], rng)
+        for speaker in speakers for entries in [utterances[speaker]] for _ in range(REFERENCE_WINDOWS_PER_SPEAKER)
+    ])
+    elapsed = time.perf_counter() - start
+    grown_mb = max(current_rss_mb() - before, windows.nbytes / 2**20)
+    del windows
+    return len(speakers) * REFERENCE_WINDOWS_PER_SPEAKER / elapsed, grown_mb / 1024 * len(utterances) / len(speakers)
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 class StepTimer(keras.callbacks.Callback):
