@@ -30,7 +30,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from audio import CorpusError, write_json_atomically
+from audio import write_json_atomically
 from batcher import (
     HardNegativeTripletBatches,
     SoftmaxBatches,
@@ -432,4 +432,3 @@ def train_reference_recipe(working_dir: str | os.PathLike, config: TrainConfig) 
     return [softmax, triplet]
 
 
-__all__ = ["TrainConfig", "TrainingError", "CorpusError", "train", "train_reference_recipe", "run_dir", "MODES"]

@@ -205,7 +205,7 @@ def main() -> None:
         for path in files[:WARM_UP_FILES]:
             reference_features(path), audio.read_mfcc(path)
         reference_times, project_times, max_difference, failures = time_one_core(files)
-        print(f"\nOne core (audio seconds per wall second; ratio = read_mfcc / reference; target >= 10):")
+        print("\nOne core (audio seconds per wall second; ratio = read_mfcc / reference; target >= 10):")
         print_rates("all", reference_times, project_times, durations)
         by_group = defaultdict(list)
         for path in reference_times:
