@@ -430,5 +430,3 @@ def train_reference_recipe(working_dir: str | os.PathLike, config: TrainConfig) 
     softmax = train(working_dir, dataclasses.replace(config, mode="softmax"))
     triplet = train(working_dir, dataclasses.replace(config, mode="triplet", initial_checkpoint=str(softmax / BEST_CHECKPOINT)))
     return [softmax, triplet]
-
-
