@@ -286,3 +286,15 @@ def verification_metrics(scores: np.ndarray, labels: np.ndarray) -> Verification
         num_target=num_target,
         num_nontarget=int(labels.size - num_target),
     )
+
+
+def balanced_accuracy(predicted: np.ndarray, actual: np.ndarray) -> float:
+    """Mean over the classes present of the share of their items predicted right.
+
+    Unlike plain accuracy it does not reward predicting the majority class: on unseen speakers
+    that are mostly male, "always male" scores 0.5, not the male share.
+    """
+    predicted, actual = np.asarray(predicted), np.asarray(actual)
+    if predicted.shape != actual.shape or not len(actual):
+        raise ValueError(f"predicted and actual labels must be non-empty and of one shape; got {predicted.shape} and {actual.shape}")
+    return float(np.mean([np.mean(predicted[actual == label] == label) for label in np.unique(actual)]))

@@ -202,7 +202,10 @@ def run_experiment(config_path: str | os.PathLike, working_dir: str | os.PathLik
             run_root.mkdir(parents=True, exist_ok=True)
             start = time.monotonic()
             run = train_configuration(working_dir, run_root, settings, config, seed)
-            seconds = time.monotonic() - start
+            timing = run_root / "training.json"  # Kept apart, so scoring a trained run again keeps its time.
+            if not timing.is_file():
+                write_json_atomically(timing, {"train_seconds": round(time.monotonic() - start, 1)})
+            seconds = json.loads(timing.read_text())["train_seconds"]
             report = evaluate_checkpoint(working_dir, run / BEST_CHECKPOINT, eval_audio_dirs=held_out_dirs, num_trials=config.num_trials,
                                          seed=seed, extra_genders=config.speaker_genders, held_out_speakers=config.held_out_speakers)
             trials, heads = report.trials or {}, report.heads
@@ -211,7 +214,7 @@ def run_experiment(config_path: str | os.PathLike, working_dir: str | os.PathLik
                 "train_steps": train_steps(run_root), "eer": trials.get("eer"), "min_dcf": trials.get("min_dcf_001"),
                 "speaker_id_acc": heads.get("speaker_id_acc"), "gender_acc_head": heads.get("gender_acc_head"),
                 "gender_acc_probe": heads.get("gender_acc_probe"), "gender_loss_weight": settings.get("gender_loss_weight", 1.0) if settings["recipe"].startswith("mtl") else 0.0,
-                "triplet_loss_weight": settings.get("triplet_loss_weight", 1.0 if settings["recipe"] == "mtl_triplet" else 0.0), "train_seconds": round(seconds, 1),
+                "triplet_loss_weight": settings.get("triplet_loss_weight", 1.0 if settings["recipe"] == "mtl_triplet" else 0.0), "train_seconds": seconds,
             }
             write_json_atomically(result_file, {"row": row, "report": report.__dict__})
     csv_path = write_results_csv(config, working_dir)

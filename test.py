@@ -123,12 +123,14 @@ def evaluation_speakers(eval_audio_dirs, held_out: dict[str, list[Path]]) -> tup
 
 
 def gender_probe_accuracy(train_embeddings: np.ndarray, train_genders: list[str], test_embeddings: np.ndarray, test_genders: list[str]) -> float:
-    """Accuracy of a logistic-regression probe for gender on frozen embeddings (held-out speakers)."""
+    """Balanced accuracy of a logistic-regression probe for gender on frozen embeddings (held-out speakers)."""
     from sklearn.linear_model import LogisticRegression
+
+    from eval_metrics import balanced_accuracy
 
     probe = LogisticRegression(max_iter=1000)
     probe.fit(train_embeddings, np.array(train_genders) == "F")
-    return float(np.mean(probe.predict(test_embeddings) == (np.array(test_genders) == "F")))
+    return balanced_accuracy(probe.predict(test_embeddings), np.array(test_genders) == "F")
 
 
 def task_heads(checkpoint_file: str | os.PathLike):
@@ -184,9 +186,10 @@ def evaluate_checkpoint(
     - verification trials between speakers never seen in training (`trials_file`, else all or
       `num_trials` pairs among `eval_audio_dirs`, else among the run's held-out speakers):
       EER, minDCF, with whole-utterance embeddings (`window`);
-    - gender accuracy of a logistic-regression probe on the frozen embeddings (trained on the
-      training speakers, tested on the unseen ones), and for a Hive-MTL checkpoint the accuracy
-      of its speaker head (test utterances) and gender head (unseen speakers);
+    - gender balanced accuracy (mean of the female and male recall, so the majority class earns
+      nothing) of a logistic-regression probe on the frozen embeddings (trained on the training
+      speakers, tested on the unseen ones), and for a Hive-MTL checkpoint the accuracy of its
+      speaker head (test utterances) and the balanced accuracy of its gender head (unseen speakers);
     - closed-set speaker identification from the embedding (nearest training-speaker profile).
 
     `held_out_speakers` restricts the unseen speakers to those named; `extra_genders` adds
@@ -278,6 +281,7 @@ def speaker_id_accuracy(embed: EmbeddingsOnce, splits: dict[str, tuple[list, lis
 def head_accuracies(heads, embed: EmbeddingsOnce, splits, training_speakers, unseen, genders) -> dict:
     """Speaker-head accuracy on test utterances of training speakers; gender-head accuracy on unseen speakers."""
     from conv_models import GENDER_OUTPUT, SPEAKER_OUTPUT
+    from eval_metrics import balanced_accuracy
 
     figures = {}
     test_rows = [(p, training_speakers.index(s)) for s, (_, test) in splits.items() for p in test]
@@ -287,7 +291,7 @@ def head_accuracies(heads, embed: EmbeddingsOnce, splits, training_speakers, uns
     if unseen and GENDER_OUTPUT in heads.output:
         predictions = heads.predict(embed([p for p, _ in unseen]), verbose=0)
         is_female = predictions[GENDER_OUTPUT][:, 0] >= 0.5
-        figures["gender_acc_head"] = float(np.mean(is_female == np.array([genders[s] == "F" for _, s in unseen])))
+        figures["gender_acc_head"] = balanced_accuracy(is_female, np.array([genders[s] == "F" for _, s in unseen]))
     return figures
 
 

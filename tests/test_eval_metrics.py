@@ -250,3 +250,13 @@ def test_bad_inputs_are_refused_with_what_is_wrong(scores, labels, message):
 def test_verification_metrics_print_one_line():
     line = verification_metrics([0.5, 0.9] + [0.1] * 19, [1, 0] + [0] * 19).format()
     assert line.startswith("EER = 5.00% (threshold 0.5200), minDCF(p=0.01) = 1.0000, minDCF(p=0.05) = 0.9500")
+
+
+def test_balanced_accuracy_gives_always_the_majority_class_one_half():
+    from eval_metrics import balanced_accuracy
+
+    actual = np.array([False, False, False, True])  # Three male, one female.
+    assert balanced_accuracy(np.zeros(4, bool), actual) == 0.5
+    assert balanced_accuracy(np.array([False, True, False, True]), actual) == (2 / 3 + 1) / 2
+    with pytest.raises(ValueError, match="one shape"):
+        balanced_accuracy(np.zeros(3, bool), actual)
