@@ -318,7 +318,7 @@ def plot_gender_weight(rows: list[dict], configurations: list[str], path: Path) 
                                  (figure.add_subplot(1, 2, 2), ("gender_acc_head", "gender_acc_probe"), "gender accuracy, unseen speakers")):
         for metric in metrics:
             means = [(_values(g, metric).mean() if len(_values(g, metric)) else np.nan) for _, g in points]
-            spreads = [(_values(g, metric).std() if len(_values(g, metric)) else np.nan) for _, g in points]
+            spreads = [(_values(g, metric).std(ddof=1) if len(_values(g, metric)) > 1 else 0.0) for _, g in points]  # As the table.
             axis.errorbar(weights, means, yerr=spreads, marker="o", capsize=4, label=metric)
         axis.set_xlabel("gender loss weight")
         axis.set_title(title)
