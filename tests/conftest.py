@@ -57,3 +57,21 @@ def jax_subprocess_env() -> dict[str, str]:
         pytest.skip(message)
     pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
     return {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": pythonpath, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+@pytest.fixture(scope="session")
+def trained_mtl(tmp_path_factory) -> Path:
+    """A working dir holding a Hive-MTL run of the small model, trained with `cli.py train` on the
+    bundled LibriSpeech samples with the test-other speakers 1688 and 1998 held out."""
+    import subprocess
+    import sys
+
+    working_dir = tmp_path_factory.mktemp("trained_mtl")
+    result = subprocess.run(
+        [sys.executable, "cli.py", "train", "--audio_dir", "samples/LibriSpeech", "--working_dir", str(working_dir), "--mode", "mtl",
+         "--model_size", "small", "--epochs", "1", "--steps_per_epoch", "2", "--batch_size", "12", "--validation_steps", "1",
+         "--held_out_speakers", "1688,1998"],
+        cwd=SAMPLES_DIR.parent, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return working_dir

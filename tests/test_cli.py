@@ -47,16 +47,6 @@ def test_build_mfcc_cache_on_a_missing_folder_fails_with_one_line(tmp_path):
 # ---------------------------------------------------------------------------------------------- evaluation verbs
 
 
-@pytest.fixture(scope="module")
-def trained_mtl(tmp_path_factory) -> Path:
-    """A working dir with a Hive-MTL run of the small model; test-other speakers held out."""
-    working_dir = tmp_path_factory.mktemp("cli_mtl")
-    result = run_cli("train", "--audio_dir", "samples/LibriSpeech", "--working_dir", str(working_dir), "--mode", "mtl", "--model_size", "small",
-                     "--epochs", "1", "--steps_per_epoch", "2", "--batch_size", "12", "--validation_steps", "1", "--held_out_speakers", "1688,1998")
-    assert result.returncode == 0, result.stderr
-    return working_dir
-
-
 def test_test_model_prints_the_reference_line_and_trial_figures_and_writes_json_and_plots(trained_mtl, tmp_path):
     checkpoint = trained_mtl / "checkpoints-mtl" / "best.h5"
     result = run_cli("test-model", "--working_dir", str(trained_mtl), "--checkpoint_file", str(checkpoint), "--plots", str(tmp_path / "plots"),

@@ -8,10 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import audio
 from eval_metrics import reference_metrics
 from test import batch_cosine_similarity, evaluate_checkpoint, gender_probe_accuracy, nearest_profile_accuracy, reference_protocol_scores
-from train import TrainConfig, train
 
 
 def test_cosine_of_unit_vectors_is_their_row_wise_dot_product():
@@ -75,12 +73,9 @@ def test_gender_probe_separates_linearly_separable_embeddings():
 
 
 @pytest.fixture(scope="module")
-def mtl_run(tmp_path_factory) -> tuple[Path, Path]:
-    """A Hive-MTL run of the small model on the bundled samples, test-other speakers held out."""
-    working_dir = tmp_path_factory.mktemp("eval")
-    audio.build_feature_cache(SAMPLES / "LibriSpeech", working_dir, workers=2, progress=False)
-    config = TrainConfig(mode="mtl", model_size="small", epochs=1, steps_per_epoch=2, batch_size=12, validation_steps=1, held_out_speakers=["1688", "1998"])
-    return working_dir, train(working_dir, config) / "best.h5"
+def mtl_run(trained_mtl) -> tuple[Path, Path]:
+    """(working dir, best.h5) of the shared Hive-MTL run: test-other speakers held out."""
+    return trained_mtl, trained_mtl / "checkpoints-mtl" / "best.h5"
 
 
 def test_evaluation_of_an_mtl_checkpoint_reports_every_figure(mtl_run, tmp_path):
