@@ -418,6 +418,14 @@ def write_corpus_index(working_dir: str | os.PathLike, corpus: Corpus) -> Path:
     return path
 
 
+def cached_entries(working_dir: str | os.PathLike) -> tuple[dict[str, list[Path]], dict[str, str]]:
+    """Speaker -> cache entry files, and speaker -> gender, of the cache in `working_dir`."""
+    index = read_corpus_index(working_dir)
+    directory = cache_dir(working_dir)
+    entries = {s: [directory / f"{s}_{u}.npy" for u in utterances] for s, utterances in index["speakers"].items() if utterances}
+    return entries, index.get("genders", {})
+
+
 def read_corpus_index(working_dir: str | os.PathLike) -> dict:
     """The `corpus.json` written by `build_feature_cache`; says what to run when it is missing."""
     path = Path(working_dir) / CORPUS_INDEX_FILE_NAME

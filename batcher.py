@@ -11,7 +11,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from audio import CorpusError, cache_dir, natural_key, pad_mfcc, read_corpus_index
+from audio import CorpusError, cache_dir, cached_entries, natural_key, pad_mfcc
 from constants import (
     EMBEDDING_SIZE,
     HARD_NEGATIVE_CANDIDATES,
@@ -85,9 +85,7 @@ def load_training_data(
     train_test_ratio: float = TRAIN_TEST_RATIO,
 ) -> TrainingData:
     """Read `corpus.json` of a built cache and split it; raises CorpusError saying what is missing."""
-    index = read_corpus_index(working_dir)
-    directory = cache_dir(working_dir)
-    all_speakers = {s: [directory / f"{s}_{u}.npy" for u in utts] for s, utts in index["speakers"].items() if utts}
+    all_speakers, genders = cached_entries(working_dir)
     unknown = sorted(set(held_out_speakers) - set(all_speakers), key=natural_key)
     if unknown:
         raise CorpusError(f"held-out speakers not in the cache of {working_dir}: {', '.join(unknown)}")
@@ -100,7 +98,7 @@ def load_training_data(
     if len(train) < 2:
         raise CorpusError(f"{working_dir}: training needs at least 2 speakers, the cache has {len(train)} besides the held-out ones")
     held_out = {s: all_speakers[s] for s in held_out_speakers}
-    return TrainingData(directory, train, test, held_out, index.get("genders", {}))
+    return TrainingData(cache_dir(working_dir), train, test, held_out, genders)
 
 
 def read_window(entry: Path, rng: np.random.Generator, num_frames: int = NUM_FRAMES) -> np.ndarray:

@@ -123,9 +123,9 @@ def _window(mfcc: np.ndarray, start: int) -> np.ndarray:
     return pad_mfcc(np.asarray(mfcc[start : start + NUM_FRAMES], dtype=np.float32), NUM_FRAMES)[..., np.newaxis]
 
 
-def l2_normalize(x: np.ndarray) -> np.ndarray:
+def l2_normalize(x: np.ndarray, dtype: type = np.float32) -> np.ndarray:
     """Rows divided by their norm, with the embedding layer's epsilon (an all-zero row stays zero)."""
-    x = np.asarray(x, dtype=np.float32)
+    x = np.asarray(x, dtype=dtype)
     return x / np.sqrt(np.maximum(np.sum(np.square(x), axis=-1, keepdims=True), L2_NORMALIZE_EPSILON))
 
 

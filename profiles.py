@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from audio import save_npz_atomically, write_json_atomically
-from constants import EMBEDDING_SIZE, IDENTIFY_TOP, L2_NORMALIZE_EPSILON
+from inference import l2_normalize
+from constants import EMBEDDING_SIZE, IDENTIFY_TOP
 
 PROFILES_FORMAT_VERSION = 1
 _HASH_CHUNK_BYTES = 1 << 20
@@ -59,8 +60,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _normalize(x: np.ndarray) -> np.ndarray:
-    return x / np.sqrt(np.maximum(np.sum(np.square(x), axis=-1, keepdims=True), L2_NORMALIZE_EPSILON))
 
 
 @dataclass
@@ -85,7 +84,7 @@ class Profiles:
         """(k, 512) float32: per name, the L2-normalised mean of its enrollment embeddings."""
         sums = np.zeros((len(self.names), self.embeddings.shape[1]), dtype=np.float64)
         np.add.at(sums, self.owners, self.embeddings)
-        return _normalize(sums / np.maximum(self.counts, 1)[:, np.newaxis]).astype(np.float32)
+        return l2_normalize(sums / np.maximum(self.counts, 1)[:, np.newaxis], dtype=np.float64).astype(np.float32)
 
     def files_of(self, name: str) -> list[str]:
         index = self.names.index(name)
@@ -242,6 +241,6 @@ def rank(profiles: Profiles, embedding: np.ndarray, top: int = IDENTIFY_TOP) -> 
     embedding = np.asarray(embedding, dtype=np.float32).reshape(-1)
     if embedding.shape != (profiles.embeddings.shape[1],):
         raise ValueError(f"embedding must have {profiles.embeddings.shape[1]} values; got {embedding.size}")
-    scores = profiles.profiles @ _normalize(embedding)
+    scores = profiles.profiles @ l2_normalize(embedding)
     order = np.argsort(-scores, kind="stable")[:top]
     return [(profiles.names[i], float(scores[i])) for i in order]

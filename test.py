@@ -96,16 +96,6 @@ def read_run_info(checkpoint_file: str | os.PathLike) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def cached_speaker_entries(working_dir: str | os.PathLike) -> tuple[dict[str, list[Path]], dict[str, str]]:
-    """Speaker -> cache entries, and genders, from the cache's `corpus.json`."""
-    from audio import cache_dir, read_corpus_index
-
-    index = read_corpus_index(working_dir)
-    directory = cache_dir(working_dir)
-    entries = {s: [directory / f"{s}_{u}.npy" for u in utterances] for s, utterances in index["speakers"].items()}
-    return entries, index.get("genders", {})
-
-
 def evaluation_speakers(eval_audio_dirs, held_out: dict[str, list[Path]]) -> tuple[dict[str, list[Path]], dict[str, str]]:
     """Speakers for verification trials: the corpora given, else the run's held-out speakers from the cache."""
     from audio import index_corpus
@@ -195,6 +185,7 @@ def evaluate_checkpoint(
     `held_out_speakers` restricts the unseen speakers to those named; `extra_genders` adds
     gender labels that no label file gives.
     """
+    from audio import cached_entries
     from batcher import split_utterances
     from eval_metrics import reference_metrics, verification_metrics
     from inference import Embedder
@@ -204,7 +195,7 @@ def evaluate_checkpoint(
     report = EvaluationReport(str(checkpoint_file))
     rng = np.random.default_rng(seed)
     embed = EmbeddingsOnce(embedder, window, rng)
-    entries, genders = cached_speaker_entries(working_dir)
+    entries, genders = cached_entries(working_dir)
     run = read_run_info(checkpoint_file)
     if run is None:
         report.notes.append("no speakers.json beside the checkpoint: every cached speaker counts as a training speaker")

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from audio import Corpus, Utterance, natural_key
-from constants import L2_NORMALIZE_EPSILON
+from inference import l2_normalize
 
 PathLike = str | os.PathLike
 
@@ -258,8 +258,7 @@ def score_trials(trials: Sequence[Trial], embeddings: Mapping[PathLike, np.ndarr
     sizes = {len(vector) for vector in vectors}
     if len(sizes) != 1:
         raise ValueError(f"embeddings must all have the same size, got sizes {sorted(sizes)}")
-    matrix = np.stack(vectors)
-    matrix /= np.sqrt(np.maximum(np.sum(matrix**2, axis=1, keepdims=True), L2_NORMALIZE_EPSILON))
+    matrix = l2_normalize(np.stack(vectors), dtype=np.float64)
     first = np.fromiter((rows[t.path1] for t in trials), dtype=np.int64, count=len(trials))
     second = np.fromiter((rows[t.path2] for t in trials), dtype=np.int64, count=len(trials))
     labels = np.fromiter((t.label for t in trials), dtype=np.int8, count=len(trials))
