@@ -90,8 +90,11 @@ def audio_file(path: str | os.PathLike) -> Path:
 
 
 def read_features(paths: Sequence[str | os.PathLike]) -> list[np.ndarray]:
-    """`audio.read_mfcc` of each file; a bad file raises AudioError (or FileNotFoundError) naming it."""
-    return [read_mfcc(path) for path in paths]
+    """Features of each file: a feature-cache entry (`.npy`) as cached, audio by `audio.read_mfcc`.
+
+    A bad audio file raises AudioError (or FileNotFoundError) naming it.
+    """
+    return [np.load(path) if str(path).endswith(".npy") else read_mfcc(path) for path in paths]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -388,7 +391,7 @@ class Embedder:
         rng: np.random.Generator | None = None,
         files_per_chunk: int = INFERENCE_FILES_PER_CHUNK,
     ) -> np.ndarray:
-        """One embedding per audio file (features by `audio.read_mfcc`): (n, 512) float32.
+        """One embedding per audio file or feature-cache entry (`read_features`): (n, 512) float32.
 
         Files are read `files_per_chunk` at a time, so a long list needs little memory; a bad
         file raises AudioError (or FileNotFoundError) naming it.

@@ -75,21 +75,6 @@ class EvaluationReport:
 # Evaluating a checkpoint.
 
 
-def load_features(path: str | os.PathLike) -> np.ndarray:
-    """Features of a cache entry (.npy) or of an audio file (computed with `audio.read_mfcc`)."""
-    from audio import read_mfcc
-
-    return np.load(path) if str(path).endswith(".npy") else read_mfcc(path)
-
-
-def embed_paths(embedder, paths: list, mode: str, rng: np.random.Generator, chunk: int = 64) -> np.ndarray:
-    """Embeddings of cache entries or audio files, `chunk` files in memory at a time."""
-    from constants import EMBEDDING_SIZE
-
-    parts = [embedder.embed_mfccs([load_features(p) for p in paths[i : i + chunk]], mode, rng) for i in range(0, len(paths), chunk)]
-    return np.concatenate(parts) if parts else np.zeros((0, EMBEDDING_SIZE), np.float32)
-
-
 def read_run_info(checkpoint_file: str | os.PathLike) -> dict | None:
     """`speakers.json` of the run a checkpoint belongs to (training speakers, genders, held-out speakers)."""
     path = Path(checkpoint_file).parent / "speakers.json"
@@ -153,7 +138,7 @@ class EmbeddingsOnce:
     def __call__(self, paths: list) -> np.ndarray:
         keys = [str(p) for p in paths]
         missing = [k for k in dict.fromkeys(keys) if k not in self.known]
-        self.known.update(zip(missing, embed_paths(self.embedder, missing, self.mode, self.rng)))
+        self.known.update(zip(missing, self.embedder.embed_files(missing, self.mode, self.rng)))
         return np.stack([self.known[k] for k in keys])
 
 
@@ -203,7 +188,7 @@ def evaluate_checkpoint(
     held_out = {s: entries[s] for s in (run["held_out_speakers"] if run else []) if s in entries}
     splits = {s: split_utterances(entries[s]) for s in training_speakers}
 
-    test_embeddings = {s: embed_paths(embedder, test, "random", rng) for s, (_, test) in splits.items() if test}
+    test_embeddings = {s: embedder.embed_files(test, "random", rng) for s, (_, test) in splits.items() if test}
     if len(test_embeddings) >= 2 and any(len(e) >= 2 for e in test_embeddings.values()):
         metrics = reference_metrics(reference_protocol_scores(test_embeddings, rng))
         report.reference = {**metrics.__dict__, "speakers": sum(len(e) >= 2 for e in test_embeddings.values()), "line": metrics.format()}
