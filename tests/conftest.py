@@ -13,6 +13,14 @@ from constants import NORMALISATION_STD_FLOOR, NUM_FBANKS, NUM_FRAMES, RESAMPLE_
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLES_DIR = REPO_ROOT / "samples"
+SHARED_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
+
+
+def pytest_configure(config) -> None:
+    """The suite reads real speech from ../shared/data: say so once instead of failing test by test."""
+    if not SHARED_DATA_DIR.is_dir():
+        pytest.exit(f"{SHARED_DATA_DIR}: missing. The tests read real speech from the shared data folder beside the "
+                    "repository (../shared/data, see README): clone the repository next to it.", returncode=4)
 # Rows of `real_features`: two utterances of one speaker, then two other speakers (19 and 26),
 # so tests can stack real triplets (anchor, positive, negative).
 REAL_FEATURE_FILES = (
