@@ -30,6 +30,8 @@ from tqdm import tqdm
 from constants import (
     AUDIO_EXTENSIONS,
     CACHE_DIR_NAME,
+    ENERGY_TRIM_TOP_DB,
+    GENDER_TABLE_NAMES,
     NFFT,
     NORMALISATION_STD_FLOOR,
     NUM_FBANKS,
@@ -38,6 +40,9 @@ from constants import (
     SAMPLE_RATE,
     SILENCE_PERCENTILE,
     SPEAKERS_FILE_NAME,
+    TRIM_MODES,
+    PAD_MODES,
+    WAVEFORM_CACHE_DIR_NAME,
     WINDOW_LENGTH_S,
     WINDOW_STEP_S,
 )
@@ -67,7 +72,7 @@ class CorpusError(ValueError):
 
 
 def read_audio(filename: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode a FLAC or WAV file to mono float32 at `sample_rate`, as `librosa.load` would.
+    """Decode a FLAC, WAV, MP3 or OGG file to mono float32 at `sample_rate`, as `librosa.load` would.
 
     soundfile decodes, channels are averaged, and soxr 'HQ' resamples (librosa's default), so the
     samples are identical to the reference's.
@@ -115,6 +120,35 @@ def trim_silence(samples: np.ndarray, source: str | os.PathLike = "<audio>") -> 
     return samples[loud[0] : loud[-1]]
 
 
+def trim_energy(samples: np.ndarray, source: str | os.PathLike = "<audio>") -> np.ndarray:
+    """Drop leading and trailing audio more than 30 dB below the loudest frame (librosa's trim).
+
+    Unlike the reference's trim it keeps quiet speech at the edges of a clip, which matters on
+    clips that are already cut to one word.
+    """
+    import librosa  # Imported here: it is slow to import and only this trim needs it.
+
+    if samples.size == 0:
+        raise AudioError(source, "the audio is empty")
+    if not np.any(samples):
+        raise AudioError(source, "the audio is silent (all samples are zero)")
+    voiced, _ = librosa.effects.trim(samples, top_db=ENERGY_TRIM_TOP_DB)
+    return voiced
+
+
+def trim(samples: np.ndarray, mode: str = "reference", source: str | os.PathLike = "<audio>") -> np.ndarray:
+    """Silence trim of one of TRIM_MODES: `reference` (95th percentile), `energy`, or `none`."""
+    if mode == "reference":
+        return trim_silence(samples, source)
+    if mode == "energy":
+        return trim_energy(samples, source)
+    if mode == "none":
+        if samples.size == 0 or not np.any(samples):
+            raise AudioError(source, "the audio is empty or silent")
+        return samples
+    raise ValueError(f"trim must be one of {', '.join(TRIM_MODES)}; got {mode!r}")
+
+
 # ----------------------------------------------------------------------------------------------
 # Filterbank features.
 
@@ -157,28 +191,40 @@ def normalize_frames(features: np.ndarray) -> np.ndarray:
     return ((features - mean) / std).astype(np.float32)
 
 
-def mfcc_from_samples(samples: np.ndarray, sample_rate: int = SAMPLE_RATE, source: str | os.PathLike = "<audio>") -> np.ndarray:
+def mfcc_from_samples(samples: np.ndarray, sample_rate: int = SAMPLE_RATE, source: str | os.PathLike = "<audio>", trim_mode: str = "reference") -> np.ndarray:
     """Trim silence, compute 64 filterbanks and normalise each frame: shape (frames, 64)."""
-    voiced = trim_silence(samples, source)
+    voiced = trim(samples, trim_mode, source)
+    return features_of_voiced(voiced, sample_rate, source)
+
+
+def features_of_voiced(voiced: np.ndarray, sample_rate: int = SAMPLE_RATE, source: str | os.PathLike = "<audio>") -> np.ndarray:
+    """Filterbanks of audio already trimmed, each frame normalised: shape (frames, 64)."""
     frame_length, _ = frame_length_and_step(sample_rate)
     if len(voiced) < frame_length:
         raise AudioError(source, f"too short: {len(voiced)} samples of speech after trimming, need at least {frame_length}")
     return normalize_frames(filterbank_energies(voiced, sample_rate))
 
 
-def read_mfcc(input_filename: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def read_mfcc(input_filename: str | os.PathLike, sample_rate: int = SAMPLE_RATE, trim_mode: str = "reference") -> np.ndarray:
     """The reference's features of one file: (frames, 64) normalised filterbanks, float32.
 
-    The name is the reference's; the values are filterbank energies, not cepstra.
+    The name is the reference's; the values are filterbank energies, not cepstra. `trim_mode`
+    other than `reference` is this project's choice for trained models (see TRIM_MODES).
     """
-    return mfcc_from_samples(read_audio(input_filename, sample_rate), sample_rate, input_filename)
+    return mfcc_from_samples(read_audio(input_filename, sample_rate), sample_rate, input_filename, trim_mode)
 
 
-def pad_mfcc(mfcc: np.ndarray, max_length: int) -> np.ndarray:
-    """Append zero frames until there are `max_length` (longer inputs are returned as they are)."""
+def pad_mfcc(mfcc: np.ndarray, max_length: int, mode: str = "zeros") -> np.ndarray:
+    """Fill up to `max_length` frames: zero frames at the end (the reference), or the clip's own
+    frames repeated (`repeat`), so a short clip's window holds speech, not zeros. Longer inputs
+    are returned as they are."""
     missing = max_length - len(mfcc)
     if missing <= 0:
         return mfcc
+    if mode == "repeat" and len(mfcc):
+        return np.resize(mfcc, (max_length, mfcc.shape[1])).astype(mfcc.dtype, copy=False)
+    if mode not in PAD_MODES:
+        raise ValueError(f"pad must be one of {', '.join(PAD_MODES)}; got {mode!r}")
     return np.concatenate([mfcc, np.zeros((missing, mfcc.shape[1]), dtype=mfcc.dtype)])
 
 
@@ -236,11 +282,36 @@ def utterance_from_path(path: Path, root: Path) -> Utterance | None:
     return Utterance(speaker, utterance, path)
 
 
+def read_gender_table(path: Path, text: str) -> dict[str, str]:
+    """A plain speaker table: a header row naming `speaker` and `gender` columns (tab or comma)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    delimiter = "\t" if "\t" in lines[0] else ","
+    header = [name.strip().lower() for name in lines[0].split(delimiter)]
+    if "speaker" not in header or not ({"gender", "sex"} & set(header)):
+        raise CorpusError(f"{path}: a speaker table needs a header with 'speaker' and 'gender' columns; got {lines[0]!r}")
+    speaker_column = header.index("speaker")
+    gender_column = header.index("gender" if "gender" in header else "sex")
+    genders = {}
+    for line in lines[1:]:
+        fields = [part.strip() for part in line.split(delimiter)]
+        sex = fields[gender_column].upper()[:1] if len(fields) > gender_column else ""
+        if sex in ("F", "M"):
+            genders[fields[speaker_column]] = sex
+    return genders
+
+
 def read_gender_labels(path: str | os.PathLike) -> dict[str, str]:
-    """Speaker -> 'F'/'M' from LibriSpeech `SPEAKERS.TXT` or VCTK `speaker-info.txt`."""
+    """Speaker -> 'F'/'M' from LibriSpeech `SPEAKERS.TXT`, VCTK `speaker-info.txt`, or a speaker
+    table with `speaker` and `gender` columns (Common Voice style `speakers.tsv`, or CSV)."""
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such gender label file")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    first = next((line for line in text.splitlines() if line.strip() and not line.startswith(";")), "")
+    if "speaker" in first.lower() and ("\t" in first or "," in first):
+        return read_gender_table(path, text)
     genders: dict[str, str] = {}
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith(";"):
             continue
@@ -259,15 +330,19 @@ def read_gender_labels(path: str | os.PathLike) -> dict[str, str]:
 
 def find_gender_files(root: Path) -> list[Path]:
     """Gender label files inside `root` and in its ancestors (LibriSpeech keeps SPEAKERS.TXT at its top)."""
-    names = (SPEAKERS_FILE_NAME, VCTK_SPEAKERS_FILE_NAME)
+    names = (SPEAKERS_FILE_NAME, VCTK_SPEAKERS_FILE_NAME, *GENDER_TABLE_NAMES)
     found = [p for name in names for p in sorted(root.rglob(name))]
     for ancestor in root.resolve().parents:
         found += [ancestor / name for name in names if (ancestor / name).is_file()]
     return found
 
 
-def index_corpus(audio_dir: str | os.PathLike) -> Corpus:
-    """Find every FLAC/WAV under `audio_dir` and name its speaker and utterance; read genders."""
+def index_corpus(audio_dir: str | os.PathLike, genders_file: str | os.PathLike | None = None) -> Corpus:
+    """Find every audio file under `audio_dir` and name its speaker and utterance; read genders.
+
+    Genders come from the label files found in and above the corpus (SPEAKERS.TXT,
+    speaker-info.txt, speakers.tsv), then from `genders_file`, which wins.
+    """
     root = Path(audio_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such audio directory")
@@ -279,13 +354,15 @@ def index_corpus(audio_dir: str | os.PathLike) -> Corpus:
             continue
         utterances.append(utterance)
     if not utterances:
-        raise CorpusError(f"{root}: no FLAC or WAV files found (expected <root>/<speaker>/**/<audio> or LibriSpeech layout)")
+        raise CorpusError(f"{root}: no {'/'.join(e[1:].upper() for e in AUDIO_EXTENSIONS)} files found (expected <root>/<speaker>/**/<audio> or LibriSpeech layout)")
     duplicates = _duplicate_cache_names(utterances)
     if duplicates:
         raise CorpusError(f"{root}: several files map to the same cache entry, e.g. {duplicates[0]}")
     genders: dict[str, str] = {}
     for gender_file in reversed(find_gender_files(root)):  # Nearest files win.
         genders.update(read_gender_labels(gender_file))
+    if genders_file is not None:
+        genders.update(read_gender_labels(genders_file))
     speakers = {u.speaker for u in utterances}
     return Corpus(root, utterances, {s: g for s, g in genders.items() if s in speakers})
 
@@ -306,6 +383,11 @@ def _duplicate_cache_names(utterances: list[Utterance]) -> list[str]:
 
 def cache_dir(working_dir: str | os.PathLike) -> Path:
     return Path(working_dir) / CACHE_DIR_NAME
+
+
+def waveform_cache_dir(working_dir: str | os.PathLike, trim_mode: str) -> Path:
+    """Decoded, trimmed 16 kHz audio (float16 `.npy`, same names as the feature cache), one folder per trim."""
+    return Path(working_dir) / f"{WAVEFORM_CACHE_DIR_NAME}-{trim_mode}"
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[IO], object], text: bool = False) -> None:
@@ -351,33 +433,61 @@ class CacheReport:
         return "\n".join(lines)
 
 
-def _cache_one(job: tuple[str, str]) -> tuple[str, str | None]:
-    """Worker: features of one file into its cache entry. Returns (audio path, problem or None)."""
-    audio_path, target = job
+def _cache_one(job: tuple[str, str | None, str | None, str]) -> tuple[str, str | None]:
+    """Worker: features (and trimmed audio) of one file into its cache entries.
+
+    Returns (audio path, problem or None). The audio is decoded once for both entries.
+    """
+    audio_path, feature_target, waveform_target, waveform_trim = job
     try:
-        save_npy_atomically(Path(target), read_mfcc(audio_path, SAMPLE_RATE))
+        samples = read_audio(audio_path, SAMPLE_RATE)
+        if feature_target:
+            save_npy_atomically(Path(feature_target), mfcc_from_samples(samples, SAMPLE_RATE, audio_path))
+        if waveform_target:
+            voiced = trim(samples, waveform_trim, audio_path)
+            frame_length, _ = frame_length_and_step(SAMPLE_RATE)
+            if len(voiced) < frame_length:
+                raise AudioError(audio_path, f"too short: {len(voiced)} samples of speech after trimming, need at least {frame_length}")
+            save_npy_atomically(Path(waveform_target), voiced.astype(np.float16))
     except (AudioError, FileNotFoundError) as error:
         return audio_path, getattr(error, "problem", str(error))
     return audio_path, None
 
 
-def build_feature_cache(audio_dir: str | os.PathLike, working_dir: str | os.PathLike, workers: int | None = None, progress: bool = True) -> CacheReport:
+def build_feature_cache(
+    audio_dir: str | os.PathLike,
+    working_dir: str | os.PathLike,
+    workers: int | None = None,
+    progress: bool = True,
+    genders_file: str | os.PathLike | None = None,
+    waveform_trim: str | None = None,
+) -> CacheReport:
     """Compute features of every utterance into `<working_dir>/audio-fbanks/` in parallel.
 
-    Entries that exist are kept (so an interrupted build resumes); bad files are skipped and
-    reported; `corpus.json` records speakers, genders and where the audio came from.
+    With `waveform_trim`, also keep the decoded audio trimmed that way in
+    `<working_dir>/audio-waveforms-<trim>/`, for training with augmentation. Entries that exist
+    are kept (so an interrupted build resumes); bad files are skipped and reported;
+    `corpus.json` records speakers, genders and where the audio came from.
     """
-    corpus = index_corpus(audio_dir)
+    corpus = index_corpus(audio_dir, genders_file)
     target_dir = cache_dir(working_dir)
     target_dir.mkdir(parents=True, exist_ok=True)
+    waveform_dir = waveform_cache_dir(working_dir, waveform_trim) if waveform_trim else None
+    if waveform_dir:
+        if waveform_trim not in TRIM_MODES:
+            raise ValueError(f"waveform trim must be one of {', '.join(TRIM_MODES)}; got {waveform_trim!r}")
+        waveform_dir.mkdir(parents=True, exist_ok=True)
     report = CacheReport(target_dir)
     jobs = []
     for utterance in corpus.utterances:
         target = target_dir / utterance.cache_name
-        if target.exists():
+        waveform_target = waveform_dir / utterance.cache_name if waveform_dir else None
+        feature_job = None if target.exists() else str(target)
+        waveform_job = None if waveform_target is None or waveform_target.exists() else str(waveform_target)
+        if feature_job is None and waveform_job is None:
             report.skipped_existing += 1
         else:
-            jobs.append((str(utterance.path), str(target)))
+            jobs.append((str(utterance.path), feature_job, waveform_job, waveform_trim or "none"))
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1))
     if jobs:
         bar = tqdm(total=len(jobs), desc="features", unit="file", disable=not progress)

@@ -98,7 +98,8 @@ def test_missing_file_raises_file_not_found_naming_it(tmp_path):
         ("empty.wav", b"", "empty"),
         ("corrupt.flac", b"fLaC" + bytes(range(256)) * 8, "corrupt"),
         ("notes.wav", b"these are meeting notes, not a recording\n" * 20, "corrupt or not audio"),
-        ("voice.mp3", b"ID3" + bytes(64), "unsupported format"),
+        ("voice.mp3", b"ID3" + bytes(64), "corrupt or not audio|holds no audio samples"),
+        ("voice.m4a", b"\x00\x00\x00\x20ftypM4A " + bytes(64), "unsupported format"),
     ],
 )
 def test_unreadable_files_raise_audio_error_naming_file_and_problem(tmp_path, name, content, problem):
@@ -165,7 +166,7 @@ def test_plain_layout_names_nested_utterances_uniquely(tmp_path):
 
 def test_index_of_a_folder_without_audio_says_so(tmp_path):
     (tmp_path / "readme.txt").write_text("no audio here")
-    with pytest.raises(CorpusError, match="no FLAC or WAV files"):
+    with pytest.raises(CorpusError, match="no FLAC/WAV/MP3/OGG files"):
         audio.index_corpus(tmp_path)
 
 
@@ -247,3 +248,82 @@ def test_atomic_save_leaves_no_partial_file_when_writing_fails(tmp_path):
 def test_reading_a_missing_corpus_index_says_which_command_to_run(tmp_path):
     with pytest.raises(CorpusError, match="build-mfcc-cache"):
         audio.read_corpus_index(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- more formats, speaker tables, front ends
+
+CV_SAMPLES = SAMPLES / "CommonVoice-fa"
+CV_CLIP = next((CV_SAMPLES / "fbc91278").glob("*.mp3"))  # 32 kHz MP3
+
+
+def test_mp3_decodes_to_16_khz_mono_with_the_files_duration():
+    samples = audio.read_audio(CV_CLIP)
+    info = soundfile.info(CV_CLIP)
+    assert info.format == "MP3" and info.samplerate == 32_000
+    assert samples.dtype == np.float32 and samples.ndim == 1
+    assert len(samples) == pytest.approx(info.duration * SAMPLE_RATE, abs=SAMPLE_RATE // 50)  # MP3 decoders differ by an encoder delay.
+    assert audio.read_mfcc(CV_CLIP).shape[1] == NUM_FBANKS
+
+
+def test_ogg_is_accepted_like_wav(tmp_path):
+    speech = audio.read_audio(LIBRI_1255)
+    path = tmp_path / "speech.ogg"
+    soundfile.write(path, speech, SAMPLE_RATE, format="OGG", subtype="VORBIS")
+    decoded = audio.read_audio(path)
+    assert abs(len(decoded) - len(speech)) < SAMPLE_RATE // 100
+    assert audio.read_mfcc(path).shape[1] == NUM_FBANKS
+
+
+def test_a_corpus_speakers_tsv_gives_genders_of_a_speaker_folder_corpus():
+    corpus = audio.index_corpus(CV_SAMPLES)
+    assert corpus.speakers == ["00243bfe", "0874d76d", "fbc91278"]
+    assert corpus.genders == {"00243bfe": "M", "fbc91278": "F"}  # 0874d76d has no label.
+    assert all(u.path.suffix == ".mp3" for u in corpus.utterances)
+
+
+def test_a_genders_file_adds_labels_and_wins_over_the_corpus_table(tmp_path):
+    table = tmp_path / "genders.csv"
+    table.write_text("speaker,gender\n0874d76d,female\nfbc91278,M\n")
+    corpus = audio.index_corpus(CV_SAMPLES, genders_file=table)
+    assert corpus.genders == {"00243bfe": "M", "0874d76d": "F", "fbc91278": "M"}
+
+
+def test_a_speaker_table_without_gender_column_is_refused_naming_it(tmp_path):
+    table = tmp_path / "people.tsv"
+    table.write_text("speaker\tage\nx\t30\n")
+    with pytest.raises(CorpusError, match="people.tsv.*'speaker' and 'gender'"):
+        audio.read_gender_labels(table)
+
+
+def test_energy_trim_keeps_quiet_speech_at_the_edges_of_a_short_clip():
+    samples = audio.read_audio(FSDD_GEORGE)
+    reference, energy = audio.trim(samples, "reference"), audio.trim(samples, "energy")
+    assert len(energy) > 2 * len(reference)  # The 95th-percentile trim keeps only the loudest stretch of a digit.
+    assert len(audio.trim(samples, "none")) == len(samples)
+    np.testing.assert_array_equal(audio.read_mfcc(FSDD_GEORGE, trim_mode="energy"), audio.features_of_voiced(energy))
+
+
+def test_every_trim_refuses_all_zero_audio():
+    for mode in ("reference", "energy", "none"):
+        with pytest.raises(AudioError, match="silent"):
+            audio.trim(np.zeros(SAMPLE_RATE, dtype=np.float32), mode, "zeros.wav")
+
+
+def test_repeat_padding_tiles_the_frames_of_a_short_clip():
+    mfcc = np.arange(3 * NUM_FBANKS, dtype=np.float32).reshape(3, NUM_FBANKS)
+    padded = audio.pad_mfcc(mfcc, 8, "repeat")
+    assert padded.shape == (8, NUM_FBANKS)
+    np.testing.assert_array_equal(padded[[0, 3, 6]], mfcc[[0, 0, 0]])
+    np.testing.assert_array_equal(padded[[2, 5]], mfcc[[2, 2]])
+
+
+def test_mp3_corpus_and_its_waveforms_go_through_the_cache(tmp_path):
+    report = audio.build_feature_cache(CV_SAMPLES, tmp_path, workers=1, progress=False, waveform_trim="energy")
+    assert report.failed == [] and report.written == 12
+    index = json.loads((tmp_path / "corpus.json").read_text())
+    assert index["genders"] == {"00243bfe": "M", "fbc91278": "F"}
+    waveform = np.load(audio.waveform_cache_dir(tmp_path, "energy") / f"fbc91278_{CV_CLIP.stem}.npy")
+    assert waveform.dtype == np.float16
+    np.testing.assert_allclose(waveform, audio.trim(audio.read_audio(CV_CLIP), "energy"), atol=1e-3)
+    again = audio.build_feature_cache(CV_SAMPLES, tmp_path, workers=1, progress=False, waveform_trim="energy")
+    assert again.written == 0 and again.skipped_existing == 12
