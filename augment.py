@@ -1,0 +1,175 @@
+"""Waveform and feature augmentation for training windows: seeded, training only, NumPy.
+
+A training window is cut from the cached, trimmed 16 kHz audio of an utterance, changed in
+ways a speaker's voice survives, and only then turned into the 160 normalised filterbank
+frames the model reads:
+
+- speed perturbation (0.9 / 1.1): resampling changes tempo and pitch together, so each
+  perturbed speaker is a new class (the Kaldi and WeSpeaker practice);
+- additive noise at a random SNR: babble (a sum of other training utterances) or coloured
+  noise (white, pink or brown);
+- band limiting: through 8 kHz and back, as telephone and FSDD audio are;
+- time and frequency masking of the normalised filterbanks (SpecAugment), masked cells set to
+  0, the mean of a normalised frame.
+
+No random gain: each frame is normalised to zero mean and unit variance, so a gain applied to
+the whole window leaves the features unchanged (up to the 1e-12 floor); it would cost time and
+change nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import soxr
+
+from audio import features_of_voiced, frame_length_and_step
+from constants import (
+    AUGMENT_BABBLE_SNR_DB,
+    AUGMENT_BABBLE_SPEAKERS,
+    AUGMENT_BAND_LIMIT_RATE,
+    AUGMENT_NOISE_SNR_DB,
+    AUGMENT_SPEEDS,
+    NUM_FRAMES,
+    SAMPLE_RATE,
+    SPEC_MASK_MAX_BANDS,
+    SPEC_MASK_MAX_FRAMES,
+)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Which augmentations a run uses and how often; each is switchable for ablations."""
+
+    speed_perturb: bool = False  # Speeds AUGMENT_SPEEDS, each a class of its own.
+    noise_probability: float = 0.0  # Chance of additive noise (half babble, half coloured).
+    band_limit_probability: float = 0.0  # Chance of passing the window through 8 kHz.
+    spec_mask_probability: float = 0.0  # Chance of one time mask and one frequency mask.
+
+    @property
+    def speeds(self) -> tuple[float, ...]:
+        return AUGMENT_SPEEDS if self.speed_perturb else (1.0,)
+
+    @property
+    def changes_waveform(self) -> bool:
+        return self.speed_perturb or self.noise_probability > 0 or self.band_limit_probability > 0
+
+    def validate(self) -> None:
+        for name in ("noise_probability", "band_limit_probability", "spec_mask_probability"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1; got {getattr(self, name)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+NO_AUGMENTATION = AugmentConfig()
+
+
+def window_samples(num_frames: int = NUM_FRAMES, sample_rate: int = SAMPLE_RATE) -> int:
+    """Samples that give exactly `num_frames` frames."""
+    frame_length, frame_step = frame_length_and_step(sample_rate)
+    return (num_frames - 1) * frame_step + frame_length
+
+
+def change_speed(samples: np.ndarray, speed: float) -> np.ndarray:
+    """Play `samples` `speed` times faster (tempo and pitch), as sox's `speed` effect does."""
+    if speed == 1.0:
+        return samples
+    return soxr.resample(samples, SAMPLE_RATE * speed, SAMPLE_RATE, quality="MQ")
+
+
+def band_limit(samples: np.ndarray) -> np.ndarray:
+    """Remove everything above 4 kHz by resampling through 8 kHz, as a telephone channel does."""
+    narrow = soxr.resample(samples, SAMPLE_RATE, AUGMENT_BAND_LIMIT_RATE, quality="MQ")
+    wide = soxr.resample(narrow, AUGMENT_BAND_LIMIT_RATE, SAMPLE_RATE, quality="MQ")
+    return _fit(wide, len(samples))
+
+
+def coloured_noise(length: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian noise whose power falls as 1/f^exponent: 0 white, 1 pink, 2 brown."""
+    spectrum = np.fft.rfft(rng.standard_normal(length))
+    frequencies = np.fft.rfftfreq(length)
+    frequencies[0] = frequencies[1] if length > 1 else 1.0
+    noise = np.fft.irfft(spectrum / frequencies ** (exponent / 2), length)
+    return noise.astype(np.float32)
+
+
+def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
+    """speech + noise scaled so that the speech-to-noise power ratio is `snr_db`."""
+    speech_power = float(np.mean(np.square(speech, dtype=np.float64)))
+    noise_power = float(np.mean(np.square(noise, dtype=np.float64)))
+    if speech_power == 0 or noise_power == 0:
+        return speech
+    scale = np.sqrt(speech_power / (noise_power * 10 ** (snr_db / 10)))
+    return (speech + scale * noise).astype(np.float32)
+
+
+def spec_mask(features: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One random block of frames and one of filterbank bands set to 0 (a copy)."""
+    masked = features.copy()
+    width = int(rng.integers(1, SPEC_MASK_MAX_FRAMES + 1))
+    start = int(rng.integers(0, max(1, len(masked) - width + 1)))
+    masked[start : start + width] = 0.0
+    bands = int(rng.integers(1, SPEC_MASK_MAX_BANDS + 1))
+    first = int(rng.integers(0, masked.shape[1] - bands + 1))
+    masked[:, first : first + bands] = 0.0
+    return masked
+
+
+def _fit(samples: np.ndarray, length: int) -> np.ndarray:
+    if len(samples) >= length:
+        return samples[:length]
+    return np.pad(samples, (0, length - len(samples)))
+
+
+def random_segment(samples: np.ndarray, length: int, rng: np.random.Generator, align: int = 1) -> np.ndarray:
+    """A random stretch of `length` samples starting at a multiple of `align`, or all of a shorter clip."""
+    if len(samples) <= length:
+        return np.asarray(samples, dtype=np.float32)
+    start = align * int(rng.integers(0, (len(samples) - length) // align + 1))
+    return np.asarray(samples[start : start + length], dtype=np.float32)
+
+
+def augmented_window_features(
+    samples: np.ndarray,
+    speed: float,
+    config: AugmentConfig,
+    rng: np.random.Generator,
+    babble_source: Callable[[int, np.random.Generator], list[np.ndarray]],
+    num_frames: int = NUM_FRAMES,
+) -> np.ndarray:
+    """Normalised filterbanks (at most `num_frames` frames) of one augmented random window.
+
+    `samples` is the whole trimmed utterance (a memory map is fine: only the window is read);
+    `babble_source(length, rng)` returns that many samples of a few other utterances.
+    """
+    needed = window_samples(num_frames)
+    _, frame_step = frame_length_and_step(SAMPLE_RATE)
+    # Windows start on a frame boundary: unaugmented, they are frames of the whole utterance's features.
+    segment = change_speed(random_segment(samples, int(np.ceil(needed * speed)) + 1, rng, frame_step), speed)[:needed]
+    if rng.random() < config.noise_probability:
+        if rng.random() < 0.5:
+            babble = np.sum(_fit_all(babble_source(len(segment), rng), len(segment)), axis=0)
+            segment = mix_at_snr(segment, babble, rng.uniform(*AUGMENT_BABBLE_SNR_DB))
+        else:
+            noise = coloured_noise(len(segment), float(rng.integers(0, 3)), rng)
+            segment = mix_at_snr(segment, noise, rng.uniform(*AUGMENT_NOISE_SNR_DB))
+    if rng.random() < config.band_limit_probability:
+        segment = band_limit(segment)
+    features = features_of_voiced(segment)
+    if rng.random() < config.spec_mask_probability:
+        features = spec_mask(features, rng)
+    return features
+
+
+def _fit_all(segments: list[np.ndarray], length: int) -> np.ndarray:
+    return np.stack([_fit(np.asarray(s, dtype=np.float32), length) for s in segments])
+
+
+def babble_speakers(rng: np.random.Generator) -> int:
+    """How many other utterances make one babble noise."""
+    low, high = AUGMENT_BABBLE_SPEAKERS
+    return int(rng.integers(low, high + 1))

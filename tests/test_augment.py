@@ -1,0 +1,125 @@
+"""Augmentation of training windows: each transform does what it says, on real speech, seeded."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import audio
+from augment import (
+    AugmentConfig,
+    augmented_window_features,
+    band_limit,
+    change_speed,
+    coloured_noise,
+    mix_at_snr,
+    spec_mask,
+    window_samples,
+)
+from batcher import AugmentedBatches, UtteranceSampler
+from constants import AUGMENT_SPEEDS, NUM_FBANKS, NUM_FRAMES, SAMPLE_RATE
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+LIBRI_19 = SAMPLES / "LibriSpeech" / "train-clean-100" / "19" / "198" / "19-198-0001.flac"
+
+
+@pytest.fixture(scope="module")
+def speech() -> np.ndarray:
+    return audio.read_audio(LIBRI_19)
+
+
+def test_speed_perturbation_shortens_faster_speech_and_lengthens_slower(speech):
+    assert len(change_speed(speech, 1.1)) == pytest.approx(len(speech) / 1.1, abs=2)
+    assert len(change_speed(speech, 0.9)) == pytest.approx(len(speech) / 0.9, abs=2)
+    assert change_speed(speech, 1.0) is speech
+
+
+def band_energy_above(samples: np.ndarray, hertz: float) -> float:
+    power = np.abs(np.fft.rfft(samples)) ** 2
+    frequencies = np.fft.rfftfreq(len(samples), 1 / SAMPLE_RATE)
+    return float(power[frequencies > hertz].sum() / power.sum())
+
+
+def test_band_limiting_removes_what_lies_above_4_khz_and_keeps_the_length(speech):
+    limited = band_limit(speech)
+    assert len(limited) == len(speech)
+    assert band_energy_above(speech, 4_100) > 1e-3
+    assert band_energy_above(limited, 4_100) < 1e-5
+
+
+def test_mixing_at_an_snr_gives_that_snr(speech):
+    rng = np.random.default_rng(0)
+    noise = coloured_noise(len(speech), 1.0, rng)
+    mixed = mix_at_snr(speech, noise, 10.0)
+    added = mixed - speech
+    measured = 10 * np.log10(np.mean(speech.astype(np.float64) ** 2) / np.mean(added.astype(np.float64) ** 2))
+    assert measured == pytest.approx(10.0, abs=0.01)
+
+
+def test_brown_noise_puts_more_power_in_low_frequencies_than_white_noise():
+    rng = np.random.default_rng(0)
+    white, brown = coloured_noise(SAMPLE_RATE, 0.0, rng), coloured_noise(SAMPLE_RATE, 2.0, rng)
+    assert band_energy_above(white, 4_000) == pytest.approx(0.5, abs=0.05)
+    assert band_energy_above(brown, 4_000) < 0.01
+
+
+def test_spec_mask_zeroes_one_block_of_frames_and_one_of_bands_in_a_copy():
+    features = np.ones((NUM_FRAMES, NUM_FBANKS), dtype=np.float32)
+    masked = spec_mask(features, np.random.default_rng(3))
+    assert features.min() == 1.0  # The input is untouched.
+    zero_rows = np.flatnonzero((masked == 0).all(axis=1))
+    zero_columns = np.flatnonzero((masked == 0).all(axis=0))
+    assert 1 <= len(zero_rows) <= 20 and np.all(np.diff(zero_rows) == 1)
+    assert 1 <= len(zero_columns) <= 8 and np.all(np.diff(zero_columns) == 1)
+
+
+def test_augmented_window_is_a_normalised_window_and_the_same_for_the_same_seed(speech):
+    config = AugmentConfig(speed_perturb=True, noise_probability=1.0, band_limit_probability=1.0, spec_mask_probability=1.0)
+
+    def babble(length, rng):
+        return [speech[:length], speech[-length:]]
+
+    first = augmented_window_features(speech, 1.1, config, np.random.default_rng(7), babble)
+    again = augmented_window_features(speech, 1.1, config, np.random.default_rng(7), babble)
+    other = augmented_window_features(speech, 1.1, config, np.random.default_rng(8), babble)
+    assert first.shape == (NUM_FRAMES, NUM_FBANKS)
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+    unmasked = first[(first != 0).any(axis=1)]
+    np.testing.assert_allclose(unmasked.mean(axis=1), 0, atol=0.2)  # Each frame normalised (masked bands are 0).
+    assert window_samples() == 25_840
+
+
+def test_without_augmentation_a_window_is_the_reference_features_of_that_stretch(speech):
+    features = augmented_window_features(speech, 1.0, AugmentConfig(), np.random.default_rng(0), lambda n, r: [])
+    whole = audio.features_of_voiced(speech)
+    # All frames but the first, whose pre-emphasis has no previous sample inside the window.
+    matches = [start for start in range(len(whole) - NUM_FRAMES) if np.allclose(whole[start + 1 : start + NUM_FRAMES], features[1:], atol=1e-4)]
+    assert matches, "the window is not a stretch of the utterance's own features"
+
+
+def test_speaker_balanced_sampling_draws_speakers_uniformly_not_utterances():
+    utterances = {"big": [Path(f"big_{i}") for i in range(98)], "small": [Path("small_0")], "medium": [Path("m0"), Path("m1")]}
+    rng = np.random.default_rng(0)
+    balanced = UtteranceSampler(utterances, balanced=True).draw(30_000, rng)
+    plain = UtteranceSampler(utterances, balanced=False).draw(30_000, rng)
+    speaker_of_row = np.array([0] * 98 + [1] + [2] * 2)
+    assert np.bincount(speaker_of_row[balanced], minlength=3) / 30_000 == pytest.approx([1 / 3] * 3, abs=0.02)
+    assert np.bincount(speaker_of_row[plain], minlength=3)[0] / 30_000 == pytest.approx(98 / 101, abs=0.01)
+
+
+def test_augmented_batches_give_speed_classes_and_are_seeded(tmp_path):
+    audio.build_feature_cache(SAMPLES / "LibriSpeech" / "train-clean-100", tmp_path, workers=1, progress=False, waveform_trim="energy")
+    waveforms = audio.waveform_cache_dir(tmp_path, "energy")
+    entries, _ = audio.cached_entries(tmp_path)
+    speakers = sorted(entries)
+    utterances = {s: [waveforms / e.name for e in entries[s]] for s in speakers}
+    config = AugmentConfig(speed_perturb=True, noise_probability=0.5, band_limit_probability=0.5, spec_mask_probability=0.5)
+    batches = AugmentedBatches(utterances, speakers, 24, 2, config, seed=1)
+    windows, labels = batches[0]
+    assert windows.shape == (24, NUM_FRAMES, NUM_FBANKS, 1) and windows.dtype == np.float32
+    assert labels.min() >= 0 and labels.max() < len(speakers) * len(AUGMENT_SPEEDS)
+    assert len(set(labels // len(speakers))) > 1  # Several speeds in one batch.
+    again_windows, again_labels = AugmentedBatches(utterances, speakers, 24, 2, config, seed=1)[0]
+    np.testing.assert_array_equal(windows, again_windows)
+    np.testing.assert_array_equal(labels, again_labels)
