@@ -20,6 +20,7 @@ import h5py
 import keras
 from keras import layers, ops
 
+from margin_softmax import CosineClassifier
 from constants import (
     CLIP_RELU_MAX,
     CONV_WEIGHT_DECAY,
@@ -40,6 +41,8 @@ SERIALIZATION_PACKAGE = "hive_mtl"
 EMBEDDING_LAYER_NAME = "ln"  # Reference name of the L2 normalisation: the embedding.
 AFFINE_LAYER_NAME = "affine"
 SOFTMAX_LAYER_NAME = "softmax"
+AAM_LAYER_NAME = "speaker_cosine"  # The AAM head: cosines to each speaker's weight vector.
+SPEAKER_HEADS = ("softmax", "aam")
 SPEAKER_OUTPUT = "speaker_pred"
 GENDER_OUTPUT = "gender_pred"
 DEFAULT_INPUT_SHAPE = (None, None, NUM_FBANKS, 1)  # (batch, frames, filterbanks, channel).
@@ -95,11 +98,13 @@ class L2Normalize(layers.Layer):
     """
 
     def __init__(self, axis: int = -1, epsilon: float = L2_NORMALIZE_EPSILON, **kwargs: Any) -> None:
+        kwargs.setdefault("dtype", "float32")  # In float16 the sum of squares overflows past a norm of 256.
         super().__init__(**kwargs)
         self.axis = int(axis)
         self.epsilon = float(epsilon)
 
     def call(self, inputs):
+        inputs = ops.cast(inputs, "float32")
         square_sum = ops.sum(ops.square(inputs), axis=self.axis, keepdims=True)
         return inputs * ops.rsqrt(ops.maximum(square_sum, self.epsilon))
 
@@ -193,6 +198,10 @@ class DeepSpeakerModel:
     `affine` and a softmax Dense `softmax` on top of `affine` instead of `ln`. Its checkpoints are
     used for embeddings by loading them into a fresh `DeepSpeakerModel()` by layer name (see
     `load_weights_by_name`): the dropout and softmax layers are skipped.
+
+    `head='aam'` (this project's recipe, not the reference's) trains the embedding `ln` itself
+    through a cosine classifier `speaker_cosine` with an additive angular margin loss
+    (margin_softmax.py); no dropout. Its checkpoints load into `DeepSpeakerModel()` the same way.
     """
 
     def __init__(
@@ -201,22 +210,28 @@ class DeepSpeakerModel:
         include_softmax: bool = False,
         num_speakers_softmax: int | None = None,
         model_size: str = "full",
+        head: str = "softmax",
     ) -> None:
         filters = _filters(model_size)
+        if head not in SPEAKER_HEADS:
+            raise ValueError(f"head must be one of {', '.join(SPEAKER_HEADS)}; got {head!r}.")
         if include_softmax:
             _check_class_count("num_speakers_softmax", num_speakers_softmax, 2)
         elif num_speakers_softmax is not None:
             raise ValueError("num_speakers_softmax is only used with include_softmax=True.")
         inputs = _input(batch_input_shape)
-        if include_softmax:
+        if include_softmax and head == "aam":
+            outputs = CosineClassifier(num_speakers_softmax, name=AAM_LAYER_NAME)(_unified_embedding(inputs, filters))
+        elif include_softmax:
             x = _res_cnn(inputs, filters, dropout_rate=SOFTMAX_DROPOUT)
-            outputs = layers.Dense(num_speakers_softmax, activation="softmax", name=SOFTMAX_LAYER_NAME)(x)
+            outputs = layers.Dense(num_speakers_softmax, activation="softmax", name=SOFTMAX_LAYER_NAME, dtype="float32")(x)
         else:
             outputs = _unified_embedding(inputs, filters)
         self.batch_input_shape = tuple(batch_input_shape)
         self.include_softmax = include_softmax
         self.num_speakers_softmax = num_speakers_softmax
         self.model_size = model_size
+        self.head = head
         self.m = keras.Model(inputs, outputs, name="ResCNN")
 
 
@@ -249,9 +264,9 @@ def build_mtl_model(
     embedding = _unified_embedding(inputs, _filters(model_size))
     shared = layers.Dense(shared_units, activation="relu", name="shared")(embedding)
     speaker = layers.Dense(speaker_units, activation="relu", name="speaker_task")(shared)
-    outputs = {SPEAKER_OUTPUT: layers.Dense(num_speakers, activation="softmax", name=SPEAKER_OUTPUT)(speaker)}
+    outputs = {SPEAKER_OUTPUT: layers.Dense(num_speakers, activation="softmax", name=SPEAKER_OUTPUT, dtype="float32")(speaker)}
     if with_gender_head:
-        outputs[GENDER_OUTPUT] = layers.Dense(1, activation="sigmoid", name=GENDER_OUTPUT)(shared)
+        outputs[GENDER_OUTPUT] = layers.Dense(1, activation="sigmoid", name=GENDER_OUTPUT, dtype="float32")(shared)
     if embedding_output:
         outputs[EMBEDDING_LAYER_NAME] = embedding
     return keras.Model(inputs, outputs, name="HiveMTL")
