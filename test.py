@@ -1,7 +1,8 @@
 """Evaluation of a checkpoint: the reference protocol, speaker-disjoint trials and the Hive-MTL heads.
 
 `evaluate_checkpoint` is what `python cli.py test-model` runs. Every embedding goes through
-`inference.Embedder`, the same path `embed`, `verify` and `identify` use.
+`inference.Embedder`, the same path `embed`, `verify` and `identify` use. Verification figures come
+per held-out corpus (trials among its own speakers), with the pooled figure beside them.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +60,8 @@ class EvaluationReport:
 
     checkpoint: str
     reference: dict | None = None
-    trials: dict | None = None
+    trials: dict | None = None  # Pooled over every corpus, or the given trial list.
+    corpora: dict[str, dict] = field(default_factory=dict)  # Corpus name -> its own verification figures.
     heads: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -69,6 +72,24 @@ class EvaluationReport:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomically(path, self.__dict__)
         return path
+
+    def verification_lines(self) -> list[str]:
+        """One line per held-out corpus, then the pooled (or trial-list) line: what test-model prints."""
+        rows = list(self.corpora.items())
+        if self.trials:
+            trials_file = self.trials.get("trials_file")
+            rows.append((f"trial list {Path(trials_file).name}" if trials_file else "pooled (all corpora)", self.trials))
+        width = max((len(name) for name, _ in rows), default=0)
+        return [f"{name:<{width}}  {verification_line(figures)}" for name, figures in rows]
+
+
+def verification_line(figures: dict) -> str:
+    """`speakers = 2, trials = 28 (12 same speaker), EER = 25.00%, threshold = 0.412, minDCF(0.01) = ..., minDCF(0.05) = ...`."""
+    speakers = f"speakers = {len(figures['speakers'])}, " if figures.get("speakers") is not None else ""
+    return (
+        f"{speakers}trials = {figures['num_trials']} ({figures['num_target']} same speaker), EER = {100 * figures['eer']:.2f}%, "
+        f"threshold = {figures['eer_threshold']:.3f}, minDCF(0.01) = {figures['min_dcf_001']:.3f}, minDCF(0.05) = {figures['min_dcf_005']:.3f}"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -81,20 +102,102 @@ def read_run_info(checkpoint_file: str | os.PathLike) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def evaluation_speakers(eval_audio_dirs, held_out: dict[str, list[Path]]) -> tuple[dict[str, list[Path]], dict[str, str]]:
-    """Speakers for verification trials: the corpora given, else the run's held-out speakers from the cache."""
+HELD_OUT_CORPUS = "held_out"
+
+
+@dataclass(frozen=True)
+class HeldOutCorpus:
+    """The speakers of one held-out corpus: one `--eval_audio_dir`, or the run's held-out speakers."""
+
+    name: str
+    directory: str | None
+    speakers: dict[str, list[Path]]
+    genders: dict[str, str] = field(default_factory=dict)
+
+
+def corpus_names(directories: Sequence[str | os.PathLike]) -> list[str]:
+    """A short, unique, stable name per folder: its own name (`test-other`, `VCTK`), lengthened with
+    parent folders (`a/test-other`, `b/test-other`) only where two different folders share it.
+
+    The names key `EvaluationReport.corpora`, so they must not depend on the order of the options
+    or on how a path was spelled; the same folder given twice gets the same name.
+    """
+    paths = [Path(d).resolve() for d in directories]
+    depth = {path: 1 for path in paths}
+
+    def name(path: Path) -> str:
+        return Path(*path.parts[-depth[path]:]).as_posix()
+
+    while True:
+        owners: dict[str, set[Path]] = {}
+        for path in depth:
+            owners.setdefault(name(path), set()).add(path)
+        clashing = [path for group in owners.values() if len(group) > 1 for path in group if depth[path] < len(path.parts)]
+        if not clashing:
+            return [name(path) for path in paths]
+        for path in clashing:
+            depth[path] += 1
+
+
+def evaluation_corpora(eval_audio_dirs: Sequence[str | os.PathLike], held_out: dict[str, list[Path]]) -> list[HeldOutCorpus]:
+    """One corpus per folder given (a folder given twice counts once), else the run's held-out speakers as `held_out`."""
     from audio import index_corpus
 
     if not eval_audio_dirs:
-        return held_out, {}
+        return [HeldOutCorpus(HELD_OUT_CORPUS, None, held_out)] if held_out else []
+    corpora: dict[str, HeldOutCorpus] = {}
+    for name, directory in zip(corpus_names(eval_audio_dirs), eval_audio_dirs):
+        if name not in corpora:
+            corpus = index_corpus(directory)
+            speakers = {speaker: [u.path for u in utterances] for speaker, utterances in corpus.utterances_by_speaker().items()}
+            corpora[name] = HeldOutCorpus(name, str(directory), speakers, dict(corpus.genders))
+    return list(corpora.values())
+
+
+def pooled_speakers(corpora: Sequence[HeldOutCorpus]) -> tuple[dict[str, list[Path]], dict[str, str]]:
+    """Speakers and genders of all corpora together; a speaker name found in two corpora becomes one speaker."""
     speakers: dict[str, list[Path]] = {}
     genders: dict[str, str] = {}
-    for directory in eval_audio_dirs:
-        corpus = index_corpus(directory)
-        for speaker, utterances in corpus.utterances_by_speaker().items():
-            speakers.setdefault(speaker, []).extend(u.path for u in utterances)
+    for corpus in corpora:
+        for speaker, paths in corpus.speakers.items():
+            speakers.setdefault(speaker, []).extend(paths)
         genders.update(corpus.genders)
     return speakers, genders
+
+
+def corpus_verification(
+    corpora: Sequence[HeldOutCorpus], embed: Callable[[list], np.ndarray], num_trials: int | None, seed: int
+) -> tuple[dict[str, dict], list[str]]:
+    """EER and minDCF of each corpus on trials among its own speakers only, and notes on corpora skipped or cut.
+
+    Pooled trials also pair files of different corpora, and such a pair (another channel, often
+    another language) is an easy rejection that flatters the pooled EER; a corpus's own figure is
+    what compares across models and with published results. `num_trials` applies to each corpus;
+    a corpus with fewer pairs gets as many as it has, still half same-speaker.
+    """
+    from eval_metrics import verification_metrics
+    from trials import count_pairs, generate_trials, score_trials
+
+    figures: dict[str, dict] = {}
+    notes: list[str] = []
+    for corpus in corpora:
+        speakers = {s: [str(p) for p in paths] for s, paths in corpus.speakers.items() if paths}
+        num_target, num_nontarget = count_pairs(speakers)
+        if not num_target or not num_nontarget:
+            notes.append(f"{corpus.name}: no trials of its own: it needs 2 speakers, one with 2 utterances")
+            continue
+        wanted = num_trials
+        if num_trials is not None and num_trials > 2 * min(num_target, num_nontarget):
+            wanted = 2 * min(num_target, num_nontarget)
+            notes.append(f"{corpus.name}: {wanted} trials instead of {num_trials}: it has {num_target} same-speaker and {num_nontarget} different-speaker pairs")
+        trials = generate_trials(speakers, wanted, seed)
+        paths = sorted({str(p) for trial in trials for p in (trial.path1, trial.path2)})
+        metrics = verification_metrics(*score_trials(trials, dict(zip(paths, embed(paths)))))
+        figures[corpus.name] = {
+            **metrics.__dict__, "num_trials": len(trials), "num_target_trials": metrics.num_target,
+            "speakers": sorted(speakers), "directory": corpus.directory,
+        }
+    return figures, notes
 
 
 def gender_probe_accuracy(train_embeddings: np.ndarray, train_genders: list[str], test_embeddings: np.ndarray, test_genders: list[str]) -> float:
@@ -143,7 +246,7 @@ class EmbeddingsOnce:
 
 
 def evaluate_checkpoint(
-    working_dir: str | os.PathLike,
+    working_dir: str | os.PathLike | None,
     checkpoint_file: str | os.PathLike,
     eval_audio_dirs: tuple[str, ...] = (),
     trials_file: str | os.PathLike | None = None,
@@ -160,7 +263,8 @@ def evaluate_checkpoint(
       utterance, 1 positive and 99 negatives per speaker), as the reference reports it;
     - verification trials between speakers never seen in training (`trials_file`, else all or
       `num_trials` pairs among `eval_audio_dirs`, else among the run's held-out speakers):
-      EER, minDCF, with whole-utterance embeddings (`window`);
+      EER, minDCF, with whole-utterance embeddings (`window`); without `trials_file`, for each
+      corpus on its own (`report.corpora`, see `corpus_verification`) and pooled (`report.trials`);
     - gender balanced accuracy (mean of the female and male recall, so the majority class earns
       nothing) of a logistic-regression probe on the frozen embeddings (trained on the training
       speakers, tested on the unseen ones), and for a Hive-MTL checkpoint the accuracy of its
@@ -180,7 +284,7 @@ def evaluate_checkpoint(
     report = EvaluationReport(str(checkpoint_file))
     rng = np.random.default_rng(seed)
     embed = EmbeddingsOnce(embedder, window, rng)
-    entries, genders = cached_entries(working_dir)
+    entries, genders = cached_entries(working_dir) if working_dir is not None else ({}, {})
     run = read_run_info(checkpoint_file)
     if run is None:
         report.notes.append("no speakers.json beside the checkpoint: every cached speaker counts as a training speaker")
@@ -195,13 +299,18 @@ def evaluate_checkpoint(
     else:
         report.notes.append("reference protocol skipped: it needs 2 speakers with test utterances, one with at least 2")
 
-    trial_speakers, trial_genders = evaluation_speakers(eval_audio_dirs, held_out)
+    corpora = evaluation_corpora(eval_audio_dirs, held_out)
+    trial_speakers, trial_genders = pooled_speakers(corpora)
     if held_out_speakers is not None:
         trial_speakers = {s: trial_speakers[s] for s in held_out_speakers if s in trial_speakers}
+        corpora = [replace(c, speakers={s: p for s, p in c.speakers.items() if s in trial_speakers}) for c in corpora]
     genders = {**genders, **trial_genders, **(extra_genders or {})}
     seen = sorted(set(trial_speakers) & set(training_speakers))
     if seen:
         report.notes.append(f"trial speakers seen in training (the figures are not speaker-disjoint): {', '.join(seen)}")
+    shared = sorted(s for s in trial_speakers if sum(s in c.speakers for c in corpora) > 1)
+    if shared:
+        report.notes.append(f"speakers in more than one corpus, one speaker each in the pooled trials: {', '.join(shared)}")
     trials = read_trials(trials_file) if trials_file else None
     if trials is None and len(trial_speakers) >= 2:
         trials = generate_trials({s: [str(p) for p in paths] for s, paths in trial_speakers.items()}, num_trials, seed)
@@ -209,9 +318,15 @@ def evaluate_checkpoint(
         paths = sorted({str(p) for trial in trials for p in (trial.path1, trial.path2)})
         scores, labels = score_trials(trials, dict(zip(paths, embed(paths))))
         metrics = verification_metrics(scores, labels)
-        report.trials = {**metrics.__dict__, "num_trials": len(trials), "speakers": None if trials_file else sorted(trial_speakers), "window": window}
+        report.trials = {
+            **metrics.__dict__, "num_trials": len(trials), "speakers": None if trials_file else sorted(trial_speakers), "window": window,
+            "trials_file": str(trials_file) if trials_file else None,
+        }
         if plots_dir:
             write_score_plots(plots_dir, scores, labels, metrics.eer_threshold)
+        if not trials_file:
+            report.corpora, notes = corpus_verification(corpora, embed, num_trials, seed)
+            report.notes.extend(notes)
     else:
         report.notes.append("no speaker-disjoint trials: train with --held_out_speakers, or pass --eval_audio_dir or --trials")
 

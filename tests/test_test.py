@@ -9,7 +9,18 @@ import numpy as np
 import pytest
 
 from eval_metrics import reference_metrics
-from test import batch_cosine_similarity, evaluate_checkpoint, gender_probe_accuracy, nearest_profile_accuracy, reference_protocol_scores
+from test import (
+    EvaluationReport,
+    HeldOutCorpus,
+    batch_cosine_similarity,
+    corpus_verification,
+    corpus_names,
+    evaluate_checkpoint,
+    gender_probe_accuracy,
+    nearest_profile_accuracy,
+    reference_protocol_scores,
+)
+from trials import generate_trials, write_trials
 
 
 def test_cosine_of_unit_vectors_is_their_row_wise_dot_product():
@@ -84,6 +95,8 @@ def test_evaluation_of_an_mtl_checkpoint_reports_every_figure(mtl_run, tmp_path)
     assert report.reference["speakers"] == 3 and report.reference["line"].startswith("f-measure = ")
     assert report.trials["speakers"] == ["1688", "1998"]
     assert report.trials["num_trials"] == 28  # 8 utterances: 12 same-speaker and 16 different-speaker pairs.
+    assert list(report.corpora) == ["held_out"]  # The run's held-out speakers are one corpus: the same trials as pooled.
+    assert {k: report.corpora["held_out"][k] for k in ("speakers", "num_trials", "eer")} == {k: report.trials[k] for k in ("speakers", "num_trials", "eer")}
     assert set(report.heads) == {"speaker_id_acc", "speaker_id_acc_head", "gender_acc_head", "gender_acc_probe"}
     assert all(0.0 <= value <= 1.0 for value in report.heads.values())
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["det_curve.png", "embedding_projection.png", "score_histograms.png"]
@@ -95,4 +108,70 @@ def test_evaluation_on_unseen_corpora_says_when_trial_speakers_were_seen_in_trai
     working_dir, checkpoint = mtl_run
     report = evaluate_checkpoint(working_dir, checkpoint, eval_audio_dirs=(str(SAMPLES / "LibriSpeech" / "train-clean-100"),), num_trials=20)
     assert report.trials["num_trials"] == 20
+    assert report.corpora["train-clean-100"]["num_trials"] == 20  # --num_trials applies to each corpus.
     assert any("seen in training" in note and "19, 26, 27" in note for note in report.notes)
+
+
+# ---------------------------------------------------------------------------------------------- figures per held-out corpus
+
+TEST_OTHER = SAMPLES / "LibriSpeech" / "test-other"  # 1688 and 1998, 4 utterances each.
+TRAIN_CLEAN = SAMPLES / "LibriSpeech" / "train-clean-100"  # 19, 26 and 27, 8 utterances each.
+
+
+def test_each_eval_corpus_is_scored_on_trials_among_its_own_speakers_beside_the_pooled_figure(mtl_run, tmp_path):
+    working_dir, checkpoint = mtl_run
+    report = evaluate_checkpoint(working_dir, checkpoint, eval_audio_dirs=(str(TEST_OTHER), str(TRAIN_CLEAN)))
+    assert list(report.corpora) == ["test-other", "train-clean-100"]
+    assert report.corpora["test-other"]["speakers"] == ["1688", "1998"]
+    assert report.corpora["train-clean-100"]["speakers"] == ["19", "26", "27"]
+    assert [c["num_trials"] for c in report.corpora.values()] == [28, 276]  # All pairs of 8 and of 24 utterances.
+    assert [c["num_target_trials"] for c in report.corpora.values()] == [12, 84]
+    # Pooled: the pairs within each corpus and the 8 x 24 pairs across them.
+    assert report.trials["num_trials"] == 28 + 276 + 8 * 24 >= sum(c["num_trials"] for c in report.corpora.values())
+    for figures in report.corpora.values():
+        assert 0.0 <= figures["eer"] <= 1.0 and 0.0 <= figures["min_dcf_001"] <= 1.0 and 0.0 <= figures["min_dcf_005"] <= 1.0
+        assert figures["num_target"] + figures["num_nontarget"] == figures["num_trials"]
+    assert report.corpora["test-other"]["directory"] == str(TEST_OTHER)
+    written = json.loads(report.to_json(tmp_path / "report.json").read_text())
+    assert written["corpora"] == report.corpora and written["trials"]["eer"] == report.trials["eer"]
+
+
+def test_a_trial_list_is_scored_as_it_is_without_a_split_by_corpus(mtl_run, tmp_path):
+    working_dir, checkpoint = mtl_run
+    trials_file = write_trials(tmp_path / "trials.txt", generate_trials({"1688": sorted(TEST_OTHER.glob("1688/*/*.flac")),
+                                                                         "1998": sorted(TEST_OTHER.glob("1998/*/*.flac"))}, 6, seed=0))
+    report = evaluate_checkpoint(working_dir, checkpoint, eval_audio_dirs=(str(TEST_OTHER),), trials_file=trials_file)
+    assert report.corpora == {}
+    assert report.trials["num_trials"] == 6 and report.trials["trials_file"] == str(trials_file)
+    assert report.verification_lines()[0].startswith("trial list trials.txt  trials = 6 (3 same speaker), EER = ")
+
+
+def test_a_small_corpus_gets_all_the_balanced_trials_it_has_and_a_note():
+    corpus = HeldOutCorpus("tiny", None, {"a": ["a1", "a2", "a3"], "b": ["b1"]})  # 3 same-speaker, 3 different-speaker pairs.
+    embed = {"a1": [1.0, 0.0], "a2": [0.9, 0.1], "a3": [0.8, 0.3], "b1": [0.0, 1.0]}
+    figures, notes = corpus_verification([corpus], lambda paths: np.array([embed[p] for p in paths]), 100, seed=0)
+    assert (figures["tiny"]["num_trials"], figures["tiny"]["num_target_trials"], figures["tiny"]["eer"]) == (6, 3, 0.0)
+    assert notes == ["tiny: 6 trials instead of 100: it has 3 same-speaker and 3 different-speaker pairs"]
+
+
+def test_a_corpus_without_a_same_speaker_pair_is_skipped_with_a_note():
+    figures, notes = corpus_verification([HeldOutCorpus("singles", None, {"a": ["a1"], "b": ["b1"]})], None, None, seed=0)
+    assert figures == {} and notes == ["singles: no trials of its own: it needs 2 speakers, one with 2 utterances"]
+
+
+def test_corpora_are_named_by_their_folder_and_by_parents_only_where_names_clash(tmp_path):
+    folders = [tmp_path / "a" / "test-other", tmp_path / "VCTK", tmp_path / "b" / "test-other", tmp_path / "a" / "test-other" / ".." / "test-other"]
+    assert corpus_names(folders) == ["a/test-other", "VCTK", "b/test-other", "a/test-other"]
+
+
+def test_verification_lines_show_each_corpus_then_the_pooled_figure_labelled_pooled():
+    def figures(speakers: int, trials: int, target: int, eer: float) -> dict:
+        return {"speakers": [str(s) for s in range(speakers)], "num_trials": trials, "num_target": target, "eer": eer,
+                "eer_threshold": 0.4123, "min_dcf_001": 1.0, "min_dcf_005": 0.8}
+
+    report = EvaluationReport("best.h5", trials=figures(5, 496, 96, 0.1), corpora={"test-other": figures(2, 28, 12, 0.25), "VCTK": figures(3, 276, 84, 0.05)})
+    assert report.verification_lines() == [
+        "test-other            speakers = 2, trials = 28 (12 same speaker), EER = 25.00%, threshold = 0.412, minDCF(0.01) = 1.000, minDCF(0.05) = 0.800",
+        "VCTK                  speakers = 3, trials = 276 (84 same speaker), EER = 5.00%, threshold = 0.412, minDCF(0.01) = 1.000, minDCF(0.05) = 0.800",
+        "pooled (all corpora)  speakers = 5, trials = 496 (96 same speaker), EER = 10.00%, threshold = 0.412, minDCF(0.01) = 1.000, minDCF(0.05) = 0.800",
+    ]
