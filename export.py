@@ -5,14 +5,23 @@
     result = model.embed(audio.read_audio("a.wav"))   # 1-D float32 at 16 kHz, any length
     result["embedding"]                               # (512,) unit vector; zeros when no speech
 
-The graph does what `Embedder.embed_mfccs([read_mfcc(path)], mode='mean')` does after decoding:
-the reference's silence trim (95th percentile of |x| with NumPy's linear interpolation, so the
-same samples are kept), pre-emphasis 0.97, 25 ms / 10 ms frames with the last one zero-padded
-as python_speech_features pads it, |rfft(512)|^2 / 512, the 64 python_speech_features mel
-filters, per-frame normalisation, then the mean of the model's embeddings of the sliding
-160-frame windows of `inference.window_starts`, L2-normalised. Decoding and resampling stay
-outside the graph: feed it the samples of `audio.read_audio` (16 kHz; the graph cannot check the
-rate).
+The graph does what `Embedder.from_checkpoint(checkpoint).embed_files([path])` does after
+decoding, with the checkpoint's front end (`inference.FrontEnd.of_checkpoint`: the `config.json`
+beside it, else the reference's): its silence trim, then pre-emphasis 0.97, 25 ms / 10 ms
+frames with the last one zero-padded as python_speech_features pads it, |rfft(512)|^2 / 512,
+the 64 python_speech_features mel filters, per-frame normalisation, then the mean of the
+model's embeddings of the sliding 160-frame windows of `inference.window_starts` (a clip under
+160 frames: one window, padded with zeros or with its own frames repeated, as the front end's
+`pad` says), L2-normalised. The trims:
+- `reference`: the 95th percentile of |x| with NumPy's linear interpolation, so the same samples
+  are kept;
+- `energy`: `librosa.effects.trim(top_db=30)`: RMS of centred 2048-sample frames every 512
+  samples, summed in NumPy's float32 order (bit for bit), dB relative to the loudest frame;
+  only a frame within about 1e-5 dB of the threshold could be judged otherwise, as float32
+  logarithms may differ in the last bit;
+- `none`: all samples.
+Decoding and resampling stay outside the graph: feed it the samples of `audio.read_audio`
+(16 kHz; the graph cannot check the rate).
 
 Artefacts in the output folder:
 - `saved_model/`, signatures (each takes `samples`, 1-D float32):
@@ -22,12 +31,13 @@ Artefacts in the output folder:
   `embed_float32` (`model.embed_float32`): `serving_default` with float32 features.
 - `embedding.tflite`: `embed_float32` with TFLite builtin ops only (no Flex: the builtin FFT is
   float32), signature `serving_default`, input length free (resize the input tensor per call).
-- `export.json`: the checkpoint, model size and feature settings it was made with.
+- `export.json`: the checkpoint, model size, front end and feature settings it was made with.
 
-Audio without usable speech (empty, all silent or constant, non-finite samples, or under 400
-samples (25 ms) left after the trim: the cases where `audio.mfcc_from_samples` raises
-AudioError) gives `num_frames == 0`, an all-zero embedding and (0, 64) features: never NaN and
-never an exception, so a server or an app checks `num_frames` (or the norm: 0 instead of 1).
+Audio without usable speech (empty, all zeros, non-finite samples, or under 400 samples (25 ms)
+left after the trim, e.g. constant audio with the reference trim: the cases where
+`audio.mfcc_from_samples` raises AudioError) gives `num_frames == 0`, an all-zero embedding and
+(0, 64) features: never NaN and never an exception, so a server or an app checks `num_frames`
+(or the norm: 0 instead of 1).
 """
 
 from __future__ import annotations
@@ -35,7 +45,7 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable
@@ -46,6 +56,7 @@ import tensorflow as tf
 from audio import frame_length_and_step, mel_filterbank, write_json_atomically
 from constants import (
     EMBEDDING_SIZE,
+    ENERGY_TRIM_TOP_DB,
     EXPORT_WINDOWS_PER_CALL,
     INFERENCE_WINDOW_HOP,
     L2_NORMALIZE_EPSILON,
@@ -53,12 +64,14 @@ from constants import (
     NORMALISATION_STD_FLOOR,
     NUM_FBANKS,
     NUM_FRAMES,
+    PAD_MODES,
     PRE_EMPHASIS,
     SAMPLE_RATE,
     SILENCE_PERCENTILE,
+    TRIM_MODES,
     VERSION,
 )
-from inference import CheckpointInfo, inspect_checkpoint, load_embedding_model
+from inference import REFERENCE_FRONTEND, CheckpointInfo, FrontEnd, inspect_checkpoint, load_embedding_model
 
 SAVED_MODEL_DIR_NAME = "saved_model"
 TFLITE_FILE_NAME = "embedding.tflite"
@@ -69,6 +82,12 @@ FLOAT32_SIGNATURE = "embed_float32"  # As serving_default with float32 features;
 SAMPLES_SPEC = tf.TensorSpec([None], tf.float32, name="samples")
 
 FRAME_LENGTH, FRAME_STEP = frame_length_and_step(SAMPLE_RATE)
+# librosa.effects.trim's defaults, which audio.trim_energy keeps: frames of 4 hops, and
+# amplitude_to_db's floor. NumPy sums float32 in blocks of 128 (8 running sums of 16 values).
+ENERGY_HOP_LENGTH = 512
+ENERGY_FRAME_LENGTH = 4 * ENERGY_HOP_LENGTH
+ENERGY_AMPLITUDE_FLOOR = 1e-5
+NUMPY_SUM_BLOCK, NUMPY_SUM_LANES = 128, 8
 
 
 @dataclass(frozen=True)
@@ -119,6 +138,63 @@ def voiced_bounds(samples: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return tf.where(any_loud, first, 0), tf.where(any_loud, last, 0)
 
 
+def numpy_float32_sums(values: tf.Tensor) -> tf.Tensor:
+    """Sums over the last axis (a length of 128 * 2**k) rounded as NumPy's float32 `np.sum` rounds them.
+
+    NumPy's pairwise summation: blocks of 128 values go into 8 running sums (value i into sum
+    i % 8, in order), which are added as ((s0+s1)+(s2+s3))+((s4+s5)+(s6+s7)); blocks are added
+    in pairs, halves first. Each step is a separate float32 add, so the result is the same bit
+    for bit (`librosa.feature.rms` sums 2048 squares so). The running sums are a loop, not a
+    chain of adds: Grappler's arithmetic optimizer turns a chain of adds of known shapes into
+    one AddN, which adds in another order.
+    """
+    length = values.shape[-1]
+    assert length % NUMPY_SUM_BLOCK == 0 and (length // NUMPY_SUM_BLOCK).bit_count() == 1, length
+    steps = NUMPY_SUM_BLOCK // NUMPY_SUM_LANES
+    lanes = tf.reshape(values, [-1, length // NUMPY_SUM_BLOCK, steps, NUMPY_SUM_LANES])
+
+    def add_step(step, sums):
+        return step + 1, sums + tf.gather(lanes, step, axis=2)
+
+    _, sums = tf.while_loop(lambda step, _: step < steps, add_step, (tf.constant(1), lanes[:, :, 0]), parallel_iterations=1)
+    while sums.shape[-1] > 1:  # The 8 running sums of each block, then the blocks: neighbours in pairs.
+        sums = sums[..., 0::2] + sums[..., 1::2]
+    while sums.shape[-2] > 1:
+        sums = sums[..., 0::2, :] + sums[..., 1::2, :]
+    return tf.reshape(sums, tf.shape(values)[:-1])
+
+
+def energy_bounds(samples: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(start, end) of `audio.trim_energy` (`librosa.effects.trim(top_db=30)`): samples[start:end] is kept.
+
+    librosa's arithmetic in float32: the signal padded with 1024 zeros at each end, the RMS of
+    2048-sample frames every 512 samples, 10 log10(max(1e-10, rms^2)) relative to the loudest
+    frame, frames above -30 dB kept from the first to the last, as samples. A 2048-sample frame
+    is four 512-sample hops, so each hop is summed once and each frame adds four hop sums in
+    NumPy's order. (0, 0) when no frame is loud enough (non-finite samples).
+    """
+    length = tf.size(samples)
+    num_frames = 1 + length // ENERGY_HOP_LENGTH
+    num_hops = num_frames + ENERGY_FRAME_LENGTH // ENERGY_HOP_LENGTH - 1
+    padded = tf.pad(samples, [[ENERGY_FRAME_LENGTH // 2, ENERGY_FRAME_LENGTH // 2]])[: num_hops * ENERGY_HOP_LENGTH]
+    hop_sums = numpy_float32_sums(tf.reshape(tf.square(padded), [num_hops, ENERGY_HOP_LENGTH]))
+    pair_sums = hop_sums[:-1] + hop_sums[1:]
+    frame_sums = pair_sums[:-2] + pair_sums[2:]  # (h0 + h1) + (h2 + h3).
+    power = tf.square(tf.sqrt(frame_sums / ENERGY_FRAME_LENGTH))  # rms, then amplitude_to_db squares it.
+    floor = tf.constant(ENERGY_AMPLITUDE_FLOOR**2, tf.float32)
+
+    def decibels(x):
+        return 10.0 * (tf.math.log(tf.maximum(floor, x)) / tf.math.log(tf.constant(10.0)))
+
+    loud = tf.cast(decibels(power) - decibels(tf.reduce_max(power)) > -ENERGY_TRIM_TOP_DB, tf.int32)
+    any_loud = tf.reduce_any(loud > 0)
+    first = tf.argmax(loud, output_type=tf.int32)
+    last = num_frames - 1 - tf.argmax(tf.reverse(loud, [0]), output_type=tf.int32)
+    start = first * ENERGY_HOP_LENGTH
+    end = tf.minimum(length, (last + 1) * ENERGY_HOP_LENGTH)
+    return tf.where(any_loud, start, 0), tf.where(any_loud, end, 0)
+
+
 def filterbank_energies(voiced: tf.Tensor, mel: tf.Tensor) -> tf.Tensor:
     """`audio.filterbank_energies` of >= FRAME_LENGTH float32 samples: (frames, 64) in `mel`'s dtype.
 
@@ -152,6 +228,15 @@ def window_starts(num_frames: tf.Tensor, hop: int = INFERENCE_WINDOW_HOP) -> tf.
     return tf.concat([starts, closing], axis=0)
 
 
+def check_frontend(frontend: FrontEnd) -> FrontEnd:
+    """`frontend` if the graph can do its trim and padding, else ValueError."""
+    if frontend.trim not in TRIM_MODES:
+        raise ValueError(f"trim must be one of {', '.join(TRIM_MODES)}; got {frontend.trim!r}")
+    if frontend.pad not in PAD_MODES:
+        raise ValueError(f"pad must be one of {', '.join(PAD_MODES)}; got {frontend.pad!r}")
+    return frontend
+
+
 # ----------------------------------------------------------------------------------------------
 # The exported module.
 
@@ -163,13 +248,16 @@ class EmbeddingGraph(tf.Module):
     - `features`: {'features': (frames, 64), 'num_frames': ()}, `audio.mfcc_from_samples` in the graph;
     - `embed_float32`: `embed` with float32 features, for TFLite (its builtin FFT is float32 only).
 
-    `windows_per_call` bounds memory on long audio: windows go through the model that many at a
-    time in a loop, and their embeddings are summed.
+    `frontend` is the trim and the padding of short clips (`inference.FrontEnd`). `windows_per_call`
+    bounds memory on long audio: windows go through the model that many at a time in a loop, and
+    their embeddings are summed.
     """
 
-    def __init__(self, model, window_hop: int = INFERENCE_WINDOW_HOP, windows_per_call: int = EXPORT_WINDOWS_PER_CALL):
+    def __init__(self, model, window_hop: int = INFERENCE_WINDOW_HOP, windows_per_call: int = EXPORT_WINDOWS_PER_CALL,
+                 frontend: FrontEnd = REFERENCE_FRONTEND):
         super().__init__(name="deep_speaker_embedding")
         self.model = model
+        self.frontend = check_frontend(frontend)
         self.window_hop = int(window_hop)
         self.windows_per_call = int(windows_per_call)
         self._mel = mel_filterbank(SAMPLE_RATE)
@@ -179,8 +267,13 @@ class EmbeddingGraph(tf.Module):
 
     def _usable_speech(self, samples):
         """The trimmed samples, and whether they give features (where audio.py raises AudioError)."""
-        first, last = voiced_bounds(samples)
-        usable = tf.logical_and(last - first >= FRAME_LENGTH, tf.reduce_all(tf.math.is_finite(samples)))
+        if self.frontend.trim == "reference":
+            first, last = voiced_bounds(samples)  # All zeros: (0, 0).
+            usable = tf.logical_and(last - first >= FRAME_LENGTH, tf.reduce_all(tf.math.is_finite(samples)))
+            return samples[first:last], usable
+        first, last = energy_bounds(samples) if self.frontend.trim == "energy" else (0, tf.size(samples))
+        speech = tf.logical_and(last - first >= FRAME_LENGTH, tf.reduce_any(samples != 0.0))
+        usable = tf.logical_and(speech, tf.reduce_all(tf.math.is_finite(samples)))
         return samples[first:last], usable
 
     def _mfcc(self, voiced, dtype):
@@ -207,14 +300,20 @@ class EmbeddingGraph(tf.Module):
     def _mean_embedding(self, features, dtype):
         """`Embedder.embed_mfccs([features], 'mean')[0]`: mean of the window embeddings, L2-normalised."""
         num_frames = tf.shape(features)[0]
-        features = tf.pad(features, [[0, tf.maximum(NUM_FRAMES - num_frames, 0)], [0, 0]])  # One zero-padded window.
         starts = window_starts(num_frames, self.window_hop)
         num_windows = tf.size(starts)
         offsets = tf.range(NUM_FRAMES)[tf.newaxis, :]
+        if self.frontend.pad == "zeros":
+            features = tf.pad(features, [[0, tf.maximum(NUM_FRAMES - num_frames, 0)], [0, 0]])  # One zero-padded window.
+
+        def frame_indices(chunk):
+            indices = chunk[:, tf.newaxis] + offsets
+            # repeat: a short clip's one window cycles through its frames (np.resize); longer ones never wrap.
+            return indices if self.frontend.pad == "zeros" else indices % num_frames
 
         def add_chunk(i, total):
             chunk = starts[i : i + self.windows_per_call]
-            windows = tf.expand_dims(tf.gather(features, chunk[:, tf.newaxis] + offsets), axis=-1)
+            windows = tf.expand_dims(tf.gather(features, frame_indices(chunk)), axis=-1)
             embeddings = tf.cast(self.model(windows, training=False), dtype)
             return i + self.windows_per_call, total + tf.reduce_sum(embeddings, axis=0)
 
@@ -233,7 +332,9 @@ def export_embedding_model(checkpoint_file: str | os.PathLike, output_dir: str |
     """Write `saved_model/`, `embedding.tflite` (unless `tflite=False`) and `export.json` into `output_dir`.
 
     Any checkpoint `inference.load_embedding_model` reads works (the reference `.h5`, a run's
-    `best.h5`, a `.keras` file); it raises FileNotFoundError or ValueError naming the file.
+    `best.h5`, a `.keras` file); it raises FileNotFoundError or ValueError naming the file. The
+    graph trims and pads as the checkpoint's front end says (`FrontEnd.of_checkpoint`); a
+    `config.json` naming a trim or padding it does not know raises ValueError naming that file.
     Existing artefacts are never overwritten (FileExistsError). Everything is written in a
     temporary folder inside `output_dir` and renamed at the end: an interrupted export leaves
     no half-written model behind.
@@ -246,7 +347,12 @@ def export_embedding_model(checkpoint_file: str | os.PathLike, output_dir: str |
         if target is not None and target.exists():
             raise FileExistsError(f"{target}: already exists; remove it or choose another output folder")
     info = inspect_checkpoint(checkpoint_file)
-    graph = EmbeddingGraph(load_embedding_model(checkpoint_file))
+    frontend = FrontEnd.of_checkpoint(checkpoint_file)
+    try:
+        check_frontend(frontend)
+    except ValueError as error:
+        raise ValueError(f"{Path(checkpoint_file).parent / 'config.json'}: {error}") from None
+    graph = EmbeddingGraph(load_embedding_model(checkpoint_file), frontend=frontend)
     output.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output, prefix=".export-") as scratch:
         staged = Path(scratch) / SAVED_MODEL_DIR_NAME
@@ -270,11 +376,22 @@ def _export_metadata(info: CheckpointInfo, graph: EmbeddingGraph, tflite_file: P
         "outputs": {"embedding": [EMBEDDING_SIZE], "num_frames": "0 when the audio has no usable speech"},
         "signatures": {EMBED_SIGNATURE: "float64 features", FLOAT32_SIGNATURE: "float32 features (the .tflite file)",
                        FEATURES_SIGNATURE: "(frames, 64) features"},
+        "frontend": _frontend_metadata(graph.frontend),
         "features": {"num_fbanks": NUM_FBANKS, "nfft": NFFT, "frame_length": FRAME_LENGTH, "frame_step": FRAME_STEP,
-                     "pre_emphasis": PRE_EMPHASIS, "silence_percentile": SILENCE_PERCENTILE},
+                     "pre_emphasis": PRE_EMPHASIS},
         "windows": {"frames": NUM_FRAMES, "hop": graph.window_hop, "per_model_call": graph.windows_per_call},
         "version": VERSION,
     }
+
+
+def _frontend_metadata(frontend: FrontEnd) -> dict:
+    """The trim and padding, with the settings of the trim."""
+    settings = {
+        "reference": {"silence_percentile": SILENCE_PERCENTILE},
+        "energy": {"top_db": ENERGY_TRIM_TOP_DB, "frame_length": ENERGY_FRAME_LENGTH, "hop_length": ENERGY_HOP_LENGTH},
+        "none": {},
+    }
+    return {**asdict(frontend), **settings[frontend.trim]}
 
 
 def convert_to_tflite(saved_model_dir: str | os.PathLike) -> bytes:

@@ -36,9 +36,13 @@ from constants import (
     INFERENCE_FILES_PER_CHUNK,
     INFERENCE_WINDOW_HOP,
     L2_NORMALIZE_EPSILON,
+    MODEL_CARD_FILE_NAME,
     MODEL_FILTERS,
     NUM_FBANKS,
     NUM_FRAMES,
+    PRETRAINED_CHECKPOINT_NAME,
+    PRETRAINED_DIR_NAME,
+    VERIFY_THRESHOLD,
 )
 
 if TYPE_CHECKING:
@@ -89,12 +93,41 @@ def audio_file(path: str | os.PathLike) -> Path:
     return expand_audio_paths([path])[0]
 
 
-def read_features(paths: Sequence[str | os.PathLike]) -> list[np.ndarray]:
-    """Features of each file: a feature-cache entry (`.npy`) as cached, audio by `audio.read_mfcc`.
+@dataclass(frozen=True)
+class FrontEnd:
+    """How audio becomes model input: the silence trim and the padding of short clips.
+
+    The reference (and any checkpoint without a run configuration) trims at the 95th percentile
+    and pads with zeros; a run trained otherwise records its choice in `config.json`, and
+    embedding must do the same.
+    """
+
+    trim: str = "reference"
+    pad: str = "zeros"
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint_file: str | os.PathLike) -> FrontEnd:
+        """The front end in `config.json` beside a checkpoint (a run directory, `pretrained/`), else the reference's."""
+        config_path = Path(checkpoint_file).parent / "config.json"
+        if not config_path.is_file():
+            return cls()
+        try:
+            config = json.loads(config_path.read_text())
+        except ValueError:
+            raise ValueError(f"{config_path}: not valid JSON; it should hold the run configuration of {checkpoint_file}") from None
+        return cls(config.get("trim", "reference"), config.get("pad", "zeros"))
+
+
+REFERENCE_FRONTEND = FrontEnd()
+
+
+def read_features(paths: Sequence[str | os.PathLike], frontend: FrontEnd = REFERENCE_FRONTEND) -> list[np.ndarray]:
+    """Features of each file: a feature-cache entry (`.npy`) as cached, audio by `audio.read_mfcc`
+    with the front end's trim.
 
     A bad audio file raises AudioError (or FileNotFoundError) naming it.
     """
-    return [np.load(path) if str(path).endswith(".npy") else read_mfcc(path) for path in paths]
+    return [np.load(path) if str(path).endswith(".npy") else read_mfcc(path, trim_mode=frontend.trim) for path in paths]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -106,7 +139,7 @@ def window_starts(num_frames: int, hop: int = INFERENCE_WINDOW_HOP, window: int 
 
     Windows start every `hop` frames; when the last one stops short of the end, one more window
     ends exactly at the last frame, so every frame is seen. An utterance shorter than `window`
-    gives one window at 0 (zero-padded, as `sample_from_mfcc` pads).
+    gives one window at 0 (padded as `sample_from_mfcc` pads).
     """
     if hop < 1:
         raise ValueError(f"hop must be a positive number of frames; got {hop}")
@@ -117,13 +150,13 @@ def window_starts(num_frames: int, hop: int = INFERENCE_WINDOW_HOP, window: int 
     return starts if starts[-1] == last else np.append(starts, last)
 
 
-def utterance_windows(mfcc: np.ndarray, hop: int = INFERENCE_WINDOW_HOP) -> np.ndarray:
+def utterance_windows(mfcc: np.ndarray, hop: int = INFERENCE_WINDOW_HOP, pad: str = "zeros") -> np.ndarray:
     """All windows of `window_starts` of one utterance: (num_windows, 160, 64, 1) float32."""
-    return np.stack([_window(mfcc, start) for start in window_starts(len(mfcc), hop)])
+    return np.stack([_window(mfcc, start, pad) for start in window_starts(len(mfcc), hop)])
 
 
-def _window(mfcc: np.ndarray, start: int) -> np.ndarray:
-    return pad_mfcc(np.asarray(mfcc[start : start + NUM_FRAMES], dtype=np.float32), NUM_FRAMES)[..., np.newaxis]
+def _window(mfcc: np.ndarray, start: int, pad: str = "zeros") -> np.ndarray:
+    return pad_mfcc(np.asarray(mfcc[start : start + NUM_FRAMES], dtype=np.float32), NUM_FRAMES, pad)[..., np.newaxis]
 
 
 def l2_normalize(x: np.ndarray, dtype: type = np.float32) -> np.ndarray:
@@ -140,6 +173,31 @@ def segment_means(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------
 # Checkpoints.
+
+
+def pretrained_checkpoint() -> Path:
+    """The model shipped in this repository (`pretrained/model.h5`), used when no checkpoint is given."""
+    path = Path(__file__).resolve().parent / PRETRAINED_DIR_NAME / PRETRAINED_CHECKPOINT_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the shipped model is missing from this checkout; pass --checkpoint_file")
+    return path
+
+
+def model_card(checkpoint_file: str | os.PathLike) -> dict | None:
+    """The `model_card.json` beside a checkpoint (its figures and EER threshold), or None."""
+    path = Path(checkpoint_file).parent / MODEL_CARD_FILE_NAME
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        raise ValueError(f"{path}: not valid JSON; it should be the model card of {checkpoint_file}") from None
+
+
+def verification_threshold(checkpoint_file: str | os.PathLike) -> float:
+    """The EER threshold of the checkpoint's model card, else the untuned VERIFY_THRESHOLD."""
+    card = model_card(checkpoint_file)
+    return float(card["eer_threshold"]) if card and "eer_threshold" in card else VERIFY_THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -289,12 +347,14 @@ class Embedder:
     call on JAX, `predict_on_batch` on other backends. The last batch of a call is zero-padded,
     so the function is traced once (`traces` counts it) and each call costs only the model.
     Variables are read at every call, so an Embedder follows a model that is still training.
-    `jit_compile` applies to TensorFlow only (JAX always compiles with XLA).
+    `jit_compile` applies to TensorFlow only (JAX always compiles with XLA). `frontend` says how
+    files are trimmed and short clips padded; `from_checkpoint` reads it beside the checkpoint.
     """
 
-    def __init__(self, model: keras.Model, batch_size: int = INFERENCE_BATCH_SIZE, jit_compile: bool = False) -> None:
+    def __init__(self, model: keras.Model, batch_size: int = INFERENCE_BATCH_SIZE, jit_compile: bool = False, frontend: FrontEnd = REFERENCE_FRONTEND) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+        self.frontend = frontend
         self.model = model
         self.batch_size = batch_size
         self.jit_compile = jit_compile
@@ -303,7 +363,7 @@ class Embedder:
 
     @classmethod
     def from_checkpoint(cls, checkpoint_file: str | os.PathLike, batch_size: int = INFERENCE_BATCH_SIZE, jit_compile: bool = False) -> Embedder:
-        return cls(load_embedding_model(checkpoint_file), batch_size, jit_compile)
+        return cls(load_embedding_model(checkpoint_file), batch_size, jit_compile, FrontEnd.of_checkpoint(checkpoint_file))
 
     def _compile(self) -> Callable[[np.ndarray], np.ndarray]:
         import keras
@@ -371,7 +431,7 @@ class Embedder:
             from batcher import sample_from_mfcc
 
             rng = rng or np.random.default_rng()
-            return self.embed_windows(np.stack([sample_from_mfcc(np.asarray(m, np.float32), NUM_FRAMES, rng) for m in mfccs]))
+            return self.embed_windows(np.stack([sample_from_mfcc(np.asarray(m, np.float32), NUM_FRAMES, rng, self.frontend.pad) for m in mfccs]))
         starts = [window_starts(len(mfcc)) for mfcc in mfccs]
         counts = np.array([len(s) for s in starts])
         owners = np.repeat(np.arange(len(mfccs)), counts)
@@ -382,7 +442,7 @@ class Embedder:
     def _window_batches(self, mfccs: Sequence[np.ndarray], owners: np.ndarray, starts: np.ndarray) -> Iterator[np.ndarray]:
         """Windows of all utterances, `batch_size` at a time: never all of them in memory."""
         for i in range(0, len(owners), self.batch_size):
-            yield np.stack([_window(mfccs[o], s) for o, s in zip(owners[i : i + self.batch_size], starts[i : i + self.batch_size])])
+            yield np.stack([_window(mfccs[o], s, self.frontend.pad) for o, s in zip(owners[i : i + self.batch_size], starts[i : i + self.batch_size])])
 
     def embed_files(
         self,
@@ -400,7 +460,7 @@ class Embedder:
             raise ValueError(f"mode must be one of {', '.join(WINDOW_MODES)}; got {mode!r}")
         paths = list(paths)
         rng = rng or np.random.default_rng()
-        parts = [self.embed_mfccs(read_features(paths[i : i + files_per_chunk]), mode, rng) for i in range(0, len(paths), files_per_chunk)]
+        parts = [self.embed_mfccs(read_features(paths[i : i + files_per_chunk], self.frontend), mode, rng) for i in range(0, len(paths), files_per_chunk)]
         return np.concatenate(parts) if parts else np.zeros((0, EMBEDDING_SIZE), dtype=np.float32)
 
 

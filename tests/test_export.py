@@ -4,10 +4,12 @@ SavedModel and a TFLite file, giving the Python pipeline's features and embeddin
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
 import keras
+import librosa
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -15,9 +17,9 @@ import tensorflow as tf
 import audio
 import export
 from audio import AudioError, read_audio, read_mfcc
-from constants import EMBEDDING_SIZE, NUM_FBANKS, SAMPLE_RATE
+from constants import EMBEDDING_SIZE, ENERGY_TRIM_TOP_DB, NUM_FBANKS, NUM_FRAMES, SAMPLE_RATE, SILENCE_PERCENTILE
 from conv_models import DeepSpeakerModel
-from inference import Embedder, load_embedding_model, window_starts
+from inference import Embedder, FrontEnd, load_embedding_model, window_starts
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated:UserWarning")
 
@@ -29,6 +31,8 @@ SPEAKER_19 = SAMPLES / "LibriSpeech" / "train-clean-100" / "19" / "198"
 LONG_FILE = SPEAKER_19 / "19-198-0001.flac"  # 1080 frames: 13 windows.
 SHORT_FILE = SPEAKER_19 / "19-198-0000.flac"  # 91 frames: one zero-padded window.
 REAL_FILES = [*PHILIPPE, LIBRI_1255, LONG_FILE, SHORT_FILE]
+FSDD_GEORGE = REPO.parent / "shared" / "data" / "FSDD" / "george" / "george-0-0040.wav"  # 8 kHz WAV, one spoken digit.
+ENERGY_FILES = [FSDD_GEORGE, LIBRI_1255, LONG_FILE, SHORT_FILE]
 FEATURE_TOLERANCE = 1e-5
 EMBEDDING_TOLERANCE = 1e-4
 
@@ -140,6 +144,27 @@ def test_windows_go_through_the_model_in_chunks_without_changing_the_mean(export
     np.testing.assert_allclose(embedding, python_embeddings[LONG_FILE], rtol=0, atol=EMBEDDING_TOLERANCE)
 
 
+def test_numpy_float32_sums_round_as_numpy_sums():
+    sums = tf.function(export.numpy_float32_sums, autograph=False)
+    rng = np.random.default_rng(0)
+    for shape in [(37, 128), (5, 512), (3, 2048)]:
+        values = (rng.standard_normal(shape) * rng.uniform(0, 10, shape)).astype(np.float32) ** 2
+        np.testing.assert_array_equal(sums(values).numpy(), np.sum(values, axis=-1), err_msg=str(shape))
+
+
+def test_energy_bounds_are_librosas_trim_interval():
+    """Noise under a bump, sometimes after digital silence: the interval `librosa.effects.trim` keeps."""
+    bounds = tf.function(export.energy_bounds, input_signature=[export.SAMPLES_SPEC], autograph=False)
+    rng = np.random.default_rng(0)
+    for length in [1, 2, 300, 511, 512, 513, 2047, 2048, 2049, 5000, 16_000, 100_003]:
+        for silent_start in (False, True):
+            bump = np.exp(-(((np.arange(length) - rng.uniform(0, length)) / (rng.uniform(0.05, 0.5) * length + 1)) ** 2))
+            samples = (rng.standard_normal(length) * bump * rng.uniform(0.01, 1)).astype(np.float32)
+            samples[: length // 3 if silent_start else 0] = 0
+            expected = librosa.effects.trim(samples, top_db=ENERGY_TRIM_TOP_DB)[1]
+            assert [int(b) for b in bounds(samples)] == list(expected), (length, silent_start)
+
+
 # The TFLite file.
 
 
@@ -190,6 +215,85 @@ def test_audio_without_usable_speech_gives_zeros_and_no_frames_never_nan(exporte
         assert embedding.shape == (EMBEDDING_SIZE,) and not np.any(embedding), name
     features = exported.saved_model.features(samples)
     assert features["features"].shape == (0, NUM_FBANKS) and int(features["num_frames"]) == 0
+
+
+# A model trained with another front end: energy trim, short clips padded with their own frames.
+
+
+@pytest.fixture(scope="module")
+def energy_exported(exported, tmp_path_factory) -> SimpleNamespace:
+    """The small model in a run folder whose config.json says trim 'energy' and pad 'repeat', exported."""
+    run_dir = tmp_path_factory.mktemp("energy_run")
+    checkpoint = Path(shutil.copy(exported.checkpoint, run_dir / "best.h5"))
+    (run_dir / "config.json").write_text(json.dumps({"trim": "energy", "pad": "repeat"}))
+    paths = export.export_embedding_model(checkpoint, run_dir / "exported")
+    return SimpleNamespace(
+        checkpoint=checkpoint,
+        paths=paths,
+        saved_model=tf.saved_model.load(str(paths.saved_model)),
+        tflite=tf.lite.Interpreter(model_path=str(paths.tflite)),
+        embedder=Embedder.from_checkpoint(checkpoint),
+    )
+
+
+@pytest.mark.parametrize("path", ENERGY_FILES, ids=file_id)
+def test_energy_front_end_features_are_mfcc_from_samples_with_energy_trim(energy_exported, path):
+    samples = read_audio(path)
+    result = energy_exported.saved_model.features(samples)
+    expected = audio.mfcc_from_samples(samples, trim_mode="energy")
+    assert result["features"].shape == expected.shape and int(result["num_frames"]) == len(expected)
+    np.testing.assert_allclose(result["features"].numpy(), expected, rtol=0, atol=FEATURE_TOLERANCE)
+
+
+@pytest.mark.parametrize("path", [FSDD_GEORGE, LONG_FILE], ids=["short-repeat-padded", "long"])
+def test_energy_front_end_embedding_is_the_embedders(energy_exported, path):
+    """A spoken digit under 160 frames (one window of its frames repeated) and a 13-window utterance."""
+    samples = read_audio(path)
+    expected = energy_exported.embedder.embed_files([path])[0]
+    num_frames = len(audio.mfcc_from_samples(samples, trim_mode="energy"))
+    assert (num_frames < NUM_FRAMES) == (path == FSDD_GEORGE)
+    result = energy_exported.saved_model.embed(samples)
+    assert int(result["num_frames"]) == num_frames
+    np.testing.assert_allclose(result["embedding"].numpy(), expected, rtol=0, atol=FEATURE_TOLERANCE)
+    for name, other in [("float32", energy_exported.saved_model.embed_float32(samples)),
+                        ("tflite", run_tflite_resized(energy_exported.tflite, samples))]:
+        assert int(other["num_frames"]) == num_frames, name
+        np.testing.assert_allclose(np.asarray(other["embedding"]), expected, rtol=0, atol=EMBEDDING_TOLERANCE, err_msg=name)
+
+
+@pytest.mark.parametrize("case", [case for case in NO_SPEECH if case != "constant"])  # Constant audio passes the energy trim.
+def test_energy_front_end_without_usable_speech_gives_no_frames(energy_exported, case):
+    samples = NO_SPEECH[case]()
+    with pytest.raises(AudioError):
+        audio.mfcc_from_samples(samples, trim_mode="energy")
+    for name, result in [("saved_model", energy_exported.saved_model.embed(samples)),
+                         ("tflite", run_tflite_resized(energy_exported.tflite, samples))]:
+        assert int(result["num_frames"]) == 0 and not np.any(np.asarray(result["embedding"])), name
+
+
+def test_energy_front_end_export_records_it_and_needs_only_builtin_ops(exported, energy_exported):
+    metadata = json.loads(energy_exported.paths.metadata.read_text())
+    assert metadata["frontend"] == {"trim": "energy", "pad": "repeat", "top_db": ENERGY_TRIM_TOP_DB,
+                                    "frame_length": 2048, "hop_length": 512}
+    assert json.loads(exported.paths.metadata.read_text())["frontend"] == {"trim": "reference", "pad": "zeros",
+                                                                        "silence_percentile": SILENCE_PERCENTILE}
+    assert b"Flex" not in energy_exported.paths.tflite.read_bytes()
+
+
+def test_no_trim_front_end_features_are_mfcc_from_samples_untrimmed(exported):
+    graph = export.EmbeddingGraph(load_embedding_model(exported.checkpoint), frontend=FrontEnd("none", "zeros"))
+    samples = read_audio(FSDD_GEORGE)
+    expected = audio.mfcc_from_samples(samples, trim_mode="none")
+    assert len(expected) == 1 + (len(samples) - 400 + 159) // 160  # Every sample kept.
+    np.testing.assert_allclose(graph.features(samples)["features"].numpy(), expected, rtol=0, atol=FEATURE_TOLERANCE)
+
+
+def test_export_refuses_a_front_end_it_does_not_know_naming_the_config(exported, tmp_path):
+    checkpoint = Path(shutil.copy(exported.checkpoint, tmp_path / "best.h5"))
+    (tmp_path / "config.json").write_text(json.dumps({"trim": "vad", "pad": "zeros"}))
+    with pytest.raises(ValueError, match="config.json: trim must be one of"):
+        export.export_embedding_model(checkpoint, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 # The export itself.
