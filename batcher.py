@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -24,21 +25,27 @@ from constants import (
     TRAIN_TEST_RATIO,
 )
 
+if TYPE_CHECKING:
+    from augment import AugmentConfig
 
-def sample_from_mfcc(mfcc: np.ndarray, max_length: int, rng: np.random.Generator | None = None) -> np.ndarray:
-    """A random window of `max_length` frames (uniform start), zero-padded when too short: (max_length, 64, 1)."""
+
+def sample_from_mfcc(mfcc: np.ndarray, max_length: int, rng: np.random.Generator | None = None, pad: str = "zeros") -> np.ndarray:
+    """A random window of `max_length` frames (uniform start), padded when too short: (max_length, 64, 1).
+
+    `pad='zeros'` is the reference; `pad='repeat'` repeats a short clip's frames instead.
+    """
     rng = rng or np.random.default_rng()
     if len(mfcc) >= max_length:
         start = int(rng.integers(0, len(mfcc) - max_length + 1))
         window = mfcc[start : start + max_length]
     else:
-        window = pad_mfcc(mfcc, max_length)
+        window = pad_mfcc(np.asarray(mfcc), max_length, pad)
     return np.expand_dims(window, axis=-1)
 
 
-def sample_from_mfcc_file(utterance_file: str | os.PathLike, max_length: int, rng: np.random.Generator | None = None) -> np.ndarray:
+def sample_from_mfcc_file(utterance_file: str | os.PathLike, max_length: int, rng: np.random.Generator | None = None, pad: str = "zeros") -> np.ndarray:
     """`sample_from_mfcc` on a cached `.npy` feature file."""
-    return sample_from_mfcc(np.load(utterance_file), max_length, rng)
+    return sample_from_mfcc(np.load(utterance_file), max_length, rng, pad)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -101,13 +108,13 @@ def load_training_data(
     return TrainingData(cache_dir(working_dir), train, test, held_out, genders)
 
 
-def read_window(entry: Path, rng: np.random.Generator, num_frames: int = NUM_FRAMES) -> np.ndarray:
+def read_window(entry: Path, rng: np.random.Generator, num_frames: int = NUM_FRAMES, pad: str = "zeros") -> np.ndarray:
     """A random window of one cached utterance, reading only those frames from disk (memory map)."""
-    return sample_from_mfcc(np.load(entry, mmap_mode="r"), num_frames, rng).astype(np.float32)
+    return sample_from_mfcc(np.load(entry, mmap_mode="r"), num_frames, rng, pad).astype(np.float32)
 
 
-def read_windows(entries: list[Path], rng: np.random.Generator, num_frames: int = NUM_FRAMES) -> np.ndarray:
-    return np.stack([read_window(entry, rng, num_frames) for entry in entries])
+def read_windows(entries: list[Path], rng: np.random.Generator, num_frames: int = NUM_FRAMES, pad: str = "zeros") -> np.ndarray:
+    return np.stack([read_window(entry, rng, num_frames, pad) for entry in entries])
 
 
 class _EpochSeededBatches(keras.utils.PyDataset):
@@ -130,21 +137,140 @@ class _EpochSeededBatches(keras.utils.PyDataset):
 
 
 class SoftmaxBatches(_EpochSeededBatches):
-    """(windows, speaker index) batches: each row a random utterance of a random speaker."""
+    """(windows, speaker index) batches from the feature cache.
 
-    def __init__(self, utterances: dict[str, list[Path]], speakers: list[str], batch_size: int, steps_per_epoch: int, seed: int = 0, first_epoch: int = 0, **kwargs):
+    Each row is a random utterance of the whole pool (the reference: speakers with many
+    utterances fill most batches) or, with `balanced`, a uniformly drawn speaker and then one
+    of its utterances.
+    """
+
+    def __init__(
+        self,
+        utterances: dict[str, list[Path]],
+        speakers: list[str],
+        batch_size: int,
+        steps_per_epoch: int,
+        seed: int = 0,
+        first_epoch: int = 0,
+        balanced: bool = False,
+        pad: str = "zeros",
+        **kwargs,
+    ):
         super().__init__(steps_per_epoch, seed, first_epoch, **kwargs)
         class_of = {speaker: i for i, speaker in enumerate(speakers)}
         self.entries = [entry for speaker in utterances for entry in utterances[speaker]]
         self.labels = np.array([class_of[speaker] for speaker in utterances for _ in utterances[speaker]], dtype=np.int32)
         if not self.entries:
             raise CorpusError("no utterances to draw softmax batches from")
+        self.sampler = UtteranceSampler(utterances, balanced)
         self.batch_size = batch_size
+        self.pad = pad
 
     def __getitem__(self, index: int):
         rng = self.rng(index)
-        rows = rng.integers(0, len(self.entries), self.batch_size)
-        return read_windows([self.entries[i] for i in rows], rng), self.labels[rows]
+        rows = self.sampler.draw(self.batch_size, rng)
+        return read_windows([self.entries[i] for i in rows], rng, pad=self.pad), self.labels[rows]
+
+
+class UtteranceSampler:
+    """Rows of a flat utterance list: uniform over utterances, or speaker-balanced.
+
+    Speaker-balanced: each row draws a speaker uniformly, then one of its utterances uniformly,
+    so a speaker with 120 utterances is seen as often as one with a single utterance.
+    """
+
+    def __init__(self, utterances: dict[str, list[Path]], balanced: bool):
+        counts = np.array([len(entries) for entries in utterances.values()], dtype=np.int64)
+        self.first_row = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        self.counts = counts[counts > 0]
+        self.first_row = self.first_row[counts > 0]
+        self.total = int(counts.sum())
+        self.balanced = balanced
+
+    def draw(self, size: int, rng: np.random.Generator) -> np.ndarray:
+        if not self.balanced:
+            return rng.integers(0, self.total, size)
+        speakers = rng.integers(0, len(self.counts), size)
+        return self.first_row[speakers] + (rng.random(size) * self.counts[speakers]).astype(np.int64)
+
+
+class AugmentedBatches(_EpochSeededBatches):
+    """(windows, class) batches cut from cached audio and augmented, for softmax and AAM training.
+
+    Features are computed per window after augmentation (augment.py). With speed perturbation,
+    speaker s at speed index k is class `s + k * len(speakers)`. Memory stays bounded: only the
+    windows of one batch (and the babble it mixes in) are read, through memory maps.
+    """
+
+    def __init__(
+        self,
+        waveforms: dict[str, list[Path]],
+        speakers: list[str],
+        batch_size: int,
+        steps_per_epoch: int,
+        augment: "AugmentConfig",
+        seed: int = 0,
+        first_epoch: int = 0,
+        balanced: bool = True,
+        pad: str = "repeat",
+        **kwargs,
+    ):
+        super().__init__(steps_per_epoch, seed, first_epoch, **kwargs)
+        class_of = {speaker: i for i, speaker in enumerate(speakers)}
+        self.entries = [entry for speaker in waveforms for entry in waveforms[speaker]]
+        self.labels = np.array([class_of[speaker] for speaker in waveforms for _ in waveforms[speaker]], dtype=np.int32)
+        if not self.entries:
+            raise CorpusError("no utterances to draw training batches from")
+        missing = [str(p) for p in self.entries if not p.is_file()]
+        if missing:
+            raise CorpusError(f"{len(missing)} cached waveforms are missing (e.g. {missing[0]}); build the cache with waveforms (train --audio_dir, or build-mfcc-cache --waveforms)")
+        self.sampler = UtteranceSampler(waveforms, balanced)
+        self.num_speakers = len(speakers)
+        self.batch_size = batch_size
+        self.augment = augment
+        self.pad = pad
+
+    def babble(self, length: int, rng: np.random.Generator) -> list[np.ndarray]:
+        from augment import babble_speakers, random_segment
+
+        rows = rng.integers(0, len(self.entries), babble_speakers(rng))
+        return [random_segment(np.load(self.entries[r], mmap_mode="r"), length, rng) for r in rows]
+
+    def __getitem__(self, index: int):
+        from augment import augmented_window_features
+
+        rng = self.rng(index)
+        rows = self.sampler.draw(self.batch_size, rng)
+        speeds = self.augment.speeds
+        speed_index = rng.integers(0, len(speeds), self.batch_size)
+        windows = np.empty((self.batch_size, NUM_FRAMES, NUM_FBANKS, 1), dtype=np.float32)
+        for i, (row, k) in enumerate(zip(rows, speed_index)):
+            samples = np.load(self.entries[row], mmap_mode="r")
+            features = augmented_window_features(samples, speeds[k], self.augment, rng, self.babble)
+            windows[i, :, :, 0] = pad_mfcc(features[:NUM_FRAMES], NUM_FRAMES, self.pad)
+        return windows, self.labels[rows] + speed_index.astype(np.int32) * self.num_speakers
+
+
+class FixedBatches(keras.utils.PyDataset):
+    """Batches drawn once and kept: a validation set that does not change between epochs.
+
+    Best checkpoint, early stopping and learning-rate halving then follow the model, not
+    sampling noise.
+    """
+
+    def __init__(self, batches: list[tuple], **kwargs):
+        super().__init__(**kwargs)
+        self.batches = batches
+
+    @classmethod
+    def draw(cls, source: keras.utils.PyDataset, steps: int) -> "FixedBatches":
+        return cls([source[i] for i in range(steps)])
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int):
+        return self.batches[index]
 
 
 def triplet_speakers(utterances: dict[str, list[Path]]) -> list[str]:
@@ -152,9 +278,30 @@ def triplet_speakers(utterances: dict[str, list[Path]]) -> list[str]:
     return [speaker for speaker, entries in utterances.items() if len(entries) >= 2]
 
 
-def check_triplet_batch_size(batch_size: int) -> None:
-    if batch_size < 3 or batch_size % 3:
-        raise ValueError(f"triplet batches stack anchors, positives and negatives: batch size must be a positive multiple of 3, got {batch_size}")
+def check_triplet_batch_size(batch_size: int, replicas: int = 1) -> None:
+    """Every replica must get whole triplets: its slice of the batch is a stacked [anchors; positives; negatives]."""
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
+        raise ValueError(f"replicas must be a positive integer; got {replicas!r}")
+    if batch_size < 3 * replicas or batch_size % (3 * replicas):
+        if replicas == 1:
+            raise ValueError(f"triplet batches stack anchors, positives and negatives: batch size must be a positive multiple of 3, got {batch_size}")
+        raise ValueError(
+            f"triplet batches stack anchors, positives and negatives on each of {replicas} replicas: batch size must be a "
+            f"positive multiple of 3 x {replicas} = {3 * replicas}, got {batch_size}"
+        )
+
+
+def replica_order(num_triplets: int, replicas: int) -> np.ndarray:
+    """Row order that turns one stacked batch [a; p; n] into `replicas` consecutive stacked blocks.
+
+    tf.distribute gives each replica a contiguous slice of the batch, and the triplet loss splits
+    what it sees in thirds; so each slice must be the [a; p; n] of its own triplets, or every
+    replica pairs anchors with the wrong rows. With 2 triplets per replica and 2 replicas, rows
+    [a0 a1 a2 a3 p0 p1 p2 p3 n0 n1 n2 n3] become [a0 a1 p0 p1 n0 n1 | a2 a3 p2 p3 n2 n3].
+    """
+    triplets = np.arange(num_triplets).reshape(replicas, num_triplets // replicas)
+    thirds = num_triplets * np.arange(3)
+    return (triplets[:, None, :] + thirds[None, :, None]).reshape(-1)
 
 
 class TripletBatches(_EpochSeededBatches):
@@ -164,6 +311,10 @@ class TripletBatches(_EpochSeededBatches):
     of another speaker. For the Hive-MTL model, `outputs` names the model outputs to give targets
     for (`speaker_pred`, `gender_pred`, `ln`), and batches come with per-output sample weights
     that mask the gender loss of speakers without a gender label.
+
+    With `replicas` > 1 (tf.distribute), the rows of a batch (windows, targets and weights alike)
+    are `replicas` consecutive stacked blocks of batch_size / replicas / 3 triplets each, so the
+    loss is the same as on one device; see `replica_order`.
     """
 
     def __init__(
@@ -176,10 +327,11 @@ class TripletBatches(_EpochSeededBatches):
         outputs: tuple[str, ...] = (),
         speakers: list[str] | None = None,
         gender_labels: np.ndarray | None = None,
+        replicas: int = 1,
         **kwargs,
     ):
         super().__init__(steps_per_epoch, seed, first_epoch, **kwargs)
-        check_triplet_batch_size(batch_size)
+        check_triplet_batch_size(batch_size, replicas)
         self.utterances = utterances
         self.speaker_names = list(utterances)
         self.anchor_speakers = np.array([self.speaker_names.index(s) for s in triplet_speakers(utterances)], dtype=np.int64)
@@ -188,6 +340,8 @@ class TripletBatches(_EpochSeededBatches):
         if not len(self.anchor_speakers):
             raise CorpusError("triplet batches need speakers with at least 2 training utterances; every speaker has only 1")
         self.batch_size = batch_size
+        self.replicas = replicas
+        self.row_order = replica_order(batch_size // 3, replicas)
         self.outputs = tuple(outputs)
         if self.outputs:
             class_of = {speaker: i for i, speaker in enumerate(speakers or self.speaker_names)}
@@ -216,11 +370,17 @@ class TripletBatches(_EpochSeededBatches):
         return anchors + positives + negatives, np.concatenate([anchor_ids, anchor_ids, negative_ids])
 
     def targets(self, speaker_ids: np.ndarray) -> tuple:
-        """(y,) for the triplet model, (y, sample_weight) dicts for the Hive-MTL model."""
+        """(y, sample_weight): arrays for the triplet model, dicts by output for the Hive-MTL model.
+
+        The triplet loss's weights are all ones, and needed: Keras 3 divides a loss by the
+        number of tf.distribute replicas (whose gradients are then summed) only when it has a
+        value per row, and `deep_speaker_loss` returns one scalar; a weight per row broadcasts it
+        to rows, so each replica's share is scaled like every other loss. One device: no change.
+        """
         rows = len(speaker_ids)
         dummy = np.zeros((rows, 1), dtype=np.float32)  # The triplet loss reads only y_pred.
         if not self.outputs:
-            return (dummy,)
+            return dummy, np.ones(rows, np.float32)
         gender = self.gender_of_name[speaker_ids]
         known = ~np.isnan(gender)
         labels = {
@@ -228,16 +388,22 @@ class TripletBatches(_EpochSeededBatches):
             "gender_pred": np.where(known, gender, 0.0).astype(np.float32)[:, None],
             "ln": dummy,
         }
-        weights = {"speaker_pred": np.ones(rows, np.float32), "gender_pred": known.astype(np.float32), "ln": np.ones(rows, np.float32)}
+        # Keras averages a weighted loss over all rows; scaling the labelled rows by rows / labelled
+        # makes the gender loss the mean over labelled rows only, however many are unlabelled.
+        # Replicas average their own means, which is the same: their slices have equal sizes.
+        gender_weight = known.astype(np.float32) * (rows / max(int(known.sum()), 1))
+        weights = {"speaker_pred": np.ones(rows, np.float32), "gender_pred": gender_weight, "ln": np.ones(rows, np.float32)}
         return {k: labels[k] for k in self.outputs}, {k: weights[k] for k in self.outputs}
 
     def windows_and_speakers(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Windows and speakers of batch `index` in the single stacked order [a; p; n]."""
         rng = self.rng(index)
         entries, speaker_ids = self.sample(rng)
         return read_windows(entries, rng), speaker_ids
 
     def __getitem__(self, index: int):
         windows, speaker_ids = self.windows_and_speakers(index)
+        windows, speaker_ids = windows[self.row_order], speaker_ids[self.row_order]
         return (windows, *self.targets(speaker_ids))
 
 
@@ -246,9 +412,10 @@ class HardNegativeTripletBatches(TripletBatches):
 
     Every `refresh_every` batches, `history_speakers` speakers x `history_utterances` windows are
     embedded with the current model into a ring buffer that keeps `history_refreshes` refreshes.
-    Each anchor (a history row) gets the least similar window of its own speaker as positive and
-    the most similar window of another speaker, among a random sample, as negative. Mining is
-    vectorised: one matrix product per batch. `embed` maps windows (n, 160, 64, 1) to (n, 512).
+    Each anchor (a history row) gets as positive the least similar window of another utterance
+    of its speaker, and as negative the most similar window of another speaker among
+    `negative_candidates` history rows drawn for that anchor. Mining is vectorised: one matrix
+    product per batch. `embed` maps windows (n, 160, 64, 1) to (n, 512).
     """
 
     def __init__(
@@ -264,11 +431,15 @@ class HardNegativeTripletBatches(TripletBatches):
         history_refreshes: int = HARD_NEGATIVE_HISTORY_REFRESHES,
         refresh_every: int = HARD_NEGATIVE_REFRESH_EVERY,
         negative_candidates: int = HARD_NEGATIVE_CANDIDATES,
+        replicas: int = 1,
         **kwargs,
     ):
-        super().__init__(utterances, batch_size, steps_per_epoch, seed, first_epoch, **kwargs)
+        super().__init__(utterances, batch_size, steps_per_epoch, seed, first_epoch, replicas=replicas, **kwargs)
         if len(self.anchor_speakers) < 2:
             raise CorpusError("hard-negative mining needs at least 2 speakers with 2 or more training utterances")
+        if history_speakers < 2 or history_utterances < 1 or history_refreshes < 1 or negative_candidates < 1:
+            raise ValueError("hard-negative mining needs history_speakers >= 2 (negatives come from other speakers in the history) "
+                             "and history_utterances, history_refreshes and negative_candidates >= 1")
         self.embed = embed
         self.speakers_per_refresh = min(history_speakers, len(self.anchor_speakers))
         self.history_utterances = history_utterances
@@ -277,43 +448,92 @@ class HardNegativeTripletBatches(TripletBatches):
         size = self.speakers_per_refresh * history_utterances * history_refreshes
         self.history_windows = np.zeros((size, NUM_FRAMES, NUM_FBANKS, 1), dtype=np.float32)
         self.history_embeddings = np.zeros((size, EMBEDDING_SIZE), dtype=np.float32)
-        self.history_speakers = np.full(size, -1, dtype=np.int64)
+        self.history_speakers = np.full(size, -1, dtype=np.int64)  # Position in `speaker_names`; -1: empty slot.
+        self.history_utterance_ids = np.full(size, -1, dtype=np.int64)  # Utterance of each row: see `utterance_id`.
+        self.first_utterance_id = np.concatenate([[0], np.cumsum([len(utterances[s]) for s in self.speaker_names])[:-1]]).astype(np.int64)
         self.next_slot = 0
         self.batches_since_refresh = 0
         self.history_refreshes = history_refreshes
         self.lock = threading.Lock()
 
+    def utterance_id(self, speaker_id: int, index: int) -> int:
+        """A number for utterance `index` of speaker `speaker_id`, unique across speakers."""
+        return int(self.first_utterance_id[speaker_id] + index)
+
     def refresh(self, rng: np.random.Generator) -> None:
         """Embed fresh windows of random speakers with the current model into the ring buffer."""
         speakers = rng.choice(self.anchor_speakers, self.speakers_per_refresh, replace=False)
-        entries, speaker_ids = [], []
+        entries, speaker_ids, utterance_ids = [], [], []
         for speaker_id in speakers:
             own = self.utterances[self.speaker_names[speaker_id]]
             picks = rng.choice(len(own), min(self.history_utterances, len(own)), replace=False)
             entries += [own[p] for p in picks]
             speaker_ids += [speaker_id] * len(picks)
-        windows = read_windows(entries, rng)
-        slots = (self.next_slot + np.arange(len(entries))) % len(self.history_speakers)
+            utterance_ids += [self.utterance_id(speaker_id, p) for p in picks]
+        self.remember(read_windows(entries, rng), np.array(speaker_ids), np.array(utterance_ids))
+
+    def remember(self, windows: np.ndarray, speaker_ids: np.ndarray, utterance_ids: np.ndarray) -> None:
+        """Embed windows and store them in the ring buffer with the speaker and utterance they came from."""
+        slots = (self.next_slot + np.arange(len(windows))) % len(self.history_speakers)
         self.history_windows[slots] = windows
         self.history_embeddings[slots] = np.asarray(self.embed(windows), dtype=np.float32)
         self.history_speakers[slots] = speaker_ids
+        self.history_utterance_ids[slots] = utterance_ids
         self.next_slot = int(slots[-1] + 1) % len(self.history_speakers)
 
     def mine(self, rng: np.random.Generator) -> np.ndarray:
-        """History rows of one stacked batch: anchors, hardest positives, hardest negatives."""
+        """History rows of one stacked batch: anchors, their hardest positives, their hardest negatives."""
+        anchors = self.sample_anchors(rng)
+        positives = self.hardest_positives(anchors)
+        negatives = self.hardest_negatives(anchors, self.draw_negative_candidates(anchors, rng))
+        return np.concatenate([anchors, positives, negatives])
+
+    def sample_anchors(self, rng: np.random.Generator) -> np.ndarray:
+        """Random history rows whose speaker has another row in the history."""
         speakers = self.history_speakers
         counts = np.bincount(speakers[speakers >= 0], minlength=len(self.speaker_names))
         usable = np.flatnonzero((speakers >= 0) & (counts[np.maximum(speakers, 0)] >= 2))
-        anchors = rng.choice(usable, self.batch_size // 3)
-        similarity = self.history_embeddings[anchors] @ self.history_embeddings.T
-        same = speakers[anchors][:, None] == speakers[None, :]
-        is_self = np.arange(len(speakers))[None, :] == anchors[:, None]
-        positives = np.argmin(np.where(same & ~is_self, similarity, np.inf), axis=1)
-        filled = np.flatnonzero(speakers >= 0)
-        candidates = rng.choice(filled, min(self.negative_candidates, len(filled)), replace=False)
-        negative_scores = np.where(same[:, candidates], -np.inf, similarity[:, candidates])
-        negatives = candidates[np.argmax(negative_scores, axis=1)]
-        return np.concatenate([anchors, positives, negatives])
+        return rng.choice(usable, self.batch_size // 3)
+
+    def similarity(self, anchors: np.ndarray) -> np.ndarray:
+        """Cosine similarity of each anchor to every history row: (anchors, history)."""
+        return self.history_embeddings[anchors] @ self.history_embeddings.T
+
+    def hardest_positives(self, anchors: np.ndarray) -> np.ndarray:
+        """For each anchor, the least similar window of another utterance of its speaker.
+
+        Another window of the anchor's own utterance shares its channel and session, so it
+        teaches little about the speaker: it is taken only when the history holds no other
+        utterance of that speaker.
+        """
+        speakers, utterances = self.history_speakers, self.history_utterance_ids
+        same_speaker = speakers[anchors][:, None] == speakers[None, :]
+        other_utterance = same_speaker & (utterances[anchors][:, None] != utterances[None, :])
+        other_window = same_speaker & (anchors[:, None] != np.arange(len(speakers))[None, :])
+        allowed = np.where(other_utterance.any(axis=1, keepdims=True), other_utterance, other_window)
+        return np.argmin(np.where(allowed, self.similarity(anchors), np.inf), axis=1)
+
+    def draw_negative_candidates(self, anchors: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """(anchors, k) history rows of other speakers, drawn afresh for each anchor, k = `negative_candidates`.
+
+        One shared sample would give every anchor of a batch its negative from the same few
+        rows. Rows are drawn without replacement; -1 pads when fewer than k rows qualify.
+        """
+        speakers = self.history_speakers
+        eligible = (speakers[None, :] >= 0) & (speakers[None, :] != speakers[anchors][:, None])
+        k = min(self.negative_candidates, len(speakers))
+        keys = np.where(eligible, rng.random(eligible.shape), np.inf)  # The k smallest keys: a uniform sample.
+        candidates = np.argpartition(keys, k - 1, axis=1)[:, :k]
+        return np.where(np.isfinite(np.take_along_axis(keys, candidates, axis=1)), candidates, -1)
+
+    def hardest_negatives(self, anchors: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """For each anchor, the most similar of its candidate rows that belongs to another speaker."""
+        speakers = self.history_speakers
+        scores = np.take_along_axis(self.similarity(anchors), np.maximum(candidates, 0), axis=1)
+        valid = (candidates >= 0) & (speakers[np.maximum(candidates, 0)] != speakers[anchors][:, None])
+        best = np.argmax(np.where(valid, scores, -np.inf), axis=1)
+        assert valid[np.arange(len(anchors)), best].all(), "each refresh embeds at least 2 speakers, so every anchor has negatives"
+        return candidates[np.arange(len(anchors)), best]
 
     def windows_and_speakers(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         with self.lock:

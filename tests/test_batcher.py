@@ -1,16 +1,27 @@
-"""batcher.py: the reference's random 160-frame windows."""
+"""batcher.py: the reference's random 160-frame windows, triplet batches per replica, hard-negative mining."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import audio
-from batcher import sample_from_mfcc, sample_from_mfcc_file
-from constants import NUM_FBANKS, NUM_FRAMES
+from batcher import HardNegativeTripletBatches, TrainingData, TripletBatches, load_training_data, sample_from_mfcc, sample_from_mfcc_file
+from constants import EMBEDDING_SIZE, NUM_FBANKS, NUM_FRAMES
 
-LIBRI_1255 = Path(__file__).resolve().parents[1] / "samples" / "1255-90413-0001.flac"
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+LIBRI_1255 = SAMPLES / "1255-90413-0001.flac"
+MTL_OUTPUTS = ("speaker_pred", "gender_pred", "ln")
+
+
+@pytest.fixture(scope="module")
+def training_data(tmp_path_factory) -> TrainingData:
+    """Cached features of the bundled train-clean-100 samples: speakers 19 (F), 26 (M), 27 (M), 8 utterances each."""
+    working_dir = tmp_path_factory.mktemp("batcher_cache")
+    audio.build_feature_cache(SAMPLES / "LibriSpeech" / "train-clean-100", working_dir, workers=1, progress=False)
+    return load_training_data(working_dir)
 
 
 def test_long_utterance_gives_a_contiguous_window_of_160_frames():
@@ -41,3 +52,126 @@ def test_sample_from_mfcc_file_reads_a_cached_entry(tmp_path):
     np.save(entry, mfcc)
     window = sample_from_mfcc_file(entry, NUM_FRAMES, np.random.default_rng(0))
     np.testing.assert_array_equal(window, sample_from_mfcc(mfcc, NUM_FRAMES, np.random.default_rng(0)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Triplet batches for several replicas.
+
+
+def mtl_batches(data: TrainingData, replicas: int) -> TripletBatches:
+    return TripletBatches(data.train, 12, 1, seed=3, outputs=MTL_OUTPUTS, speakers=data.speakers, gender_labels=data.gender_labels(data.speakers), replicas=replicas)
+
+
+def test_each_replica_gets_its_own_stacked_triplets_with_their_targets_and_weights(training_data):
+    x, y, w = mtl_batches(training_data, replicas=1)[0]
+    x2, y2, w2 = mtl_batches(training_data, replicas=2)[0]
+    # One device: [a0 a1 a2 a3 | p0 p1 p2 p3 | n0 n1 n2 n3]. Two replicas: [a0 a1 p0 p1 n0 n1] then [a2 a3 p2 p3 n2 n3].
+    rows_of_replica = [[0, 1, 4, 5, 8, 9], [2, 3, 6, 7, 10, 11]]
+    for replica, rows in enumerate(rows_of_replica):
+        block = slice(6 * replica, 6 * replica + 6)
+        np.testing.assert_array_equal(x2[block], x[rows])
+        for output in MTL_OUTPUTS:
+            np.testing.assert_array_equal(y2[output][block], y[output][rows])
+            np.testing.assert_array_equal(w2[output][block], w[output][rows])
+    assert not np.array_equal(x2, x), "the same triplets, in another order"
+
+
+def test_triplet_model_batches_weigh_every_row_once(training_data):
+    """Ones, so that Keras scales the scalar triplet loss per replica like every other loss."""
+    windows, dummy, weights = TripletBatches(training_data.train, 12, 1, replicas=2)[0]
+    assert windows.shape == (12, NUM_FRAMES, NUM_FBANKS, 1) and dummy.shape == (12, 1)
+    np.testing.assert_array_equal(weights, np.ones(12, np.float32))
+
+
+@pytest.mark.parametrize("batch_size, replicas, message", [(12, 3, "multiple of 3 x 3 = 9"), (3, 2, "multiple of 3 x 2 = 6"), (12, 0, "replicas must be a positive integer")])
+def test_a_batch_that_does_not_split_into_whole_triplets_per_replica_is_refused(training_data, batch_size, replicas, message):
+    with pytest.raises(ValueError, match=message):
+        TripletBatches(training_data.train, batch_size, 1, replicas=replicas)
+
+
+# ----------------------------------------------------------------------------------------------
+# Hard-negative mining.
+#
+# A history designed so the answers are known: unit vectors in a plane at these angles (degrees),
+# as (speaker position, utterance index, angle). Speaker 0's utterance 0 has two windows at 0 and
+# 170 degrees; speaker 1 has a single utterance (two windows) in the history.
+HISTORY = [(0, 0, 0), (0, 0, 170), (0, 1, 60), (0, 2, 30), (1, 0, 90), (1, 0, 100), (2, 0, 10), (2, 1, 200)]
+# Anchor row -> least similar window of another utterance of its speaker (row 4: the other window of its only utterance).
+HARDEST_POSITIVE = {0: 2, 1: 3, 2: 1, 3: 1, 4: 5, 5: 4, 6: 7, 7: 6}
+# Anchor row -> most similar row of another speaker, among all rows.
+HARDEST_NEGATIVE = {0: 6, 1: 7, 2: 4, 3: 6, 4: 2, 5: 2, 6: 0, 7: 1}
+
+
+def angle_embed(windows: np.ndarray) -> np.ndarray:
+    """Windows whose every value is a row of HISTORY -> that row's unit vector (a stand-in for the model)."""
+    angles = np.radians([HISTORY[int(row)][2] for row in windows[:, 0, 0, 0]])
+    vectors = np.zeros((len(windows), EMBEDDING_SIZE), np.float32)
+    vectors[:, 0], vectors[:, 1] = np.cos(angles), np.sin(angles)
+    return vectors
+
+
+def designed_history(data: TrainingData, negative_candidates: int = 100, batch_size: int = 30) -> HardNegativeTripletBatches:
+    """Mining over HISTORY, in a history of 12 rows of which 4 stay empty."""
+    batches = HardNegativeTripletBatches(data.train, batch_size, 1, angle_embed, history_speakers=3, history_utterances=2, history_refreshes=2, negative_candidates=negative_candidates)
+    windows = np.stack([np.full((NUM_FRAMES, NUM_FBANKS, 1), row, np.float32) for row in range(len(HISTORY))])
+    speakers = np.array([speaker for speaker, _, _ in HISTORY])
+    utterances = np.array([batches.utterance_id(speaker, index) for speaker, index, _ in HISTORY])
+    batches.remember(windows, speakers, utterances)
+    return batches
+
+
+def test_the_positive_is_the_least_similar_window_of_another_utterance_of_the_anchor_speaker(training_data):
+    batches = designed_history(training_data)
+    anchors = np.array(list(HARDEST_POSITIVE))
+    np.testing.assert_array_equal(batches.hardest_positives(anchors), list(HARDEST_POSITIVE.values()))
+    # Row 1, the other window of row 0's utterance, is the least similar of all (170 degrees) and never row 0's positive.
+    assert HARDEST_POSITIVE[0] != 1
+
+
+def test_mined_triplets_pair_each_anchor_with_its_hardest_positive_and_negative(training_data):
+    batches = designed_history(training_data)
+    for seed in range(5):
+        anchors, positives, negatives = np.split(batches.mine(np.random.default_rng(seed)), 3)
+        assert set(anchors) <= set(range(len(HISTORY))), "empty history slots are never mined"
+        assert list(positives) == [HARDEST_POSITIVE[a] for a in anchors]
+        assert list(negatives) == [HARDEST_NEGATIVE[a] for a in anchors]
+
+
+def test_the_negative_is_the_most_similar_other_speaker_row_among_the_anchor_candidates(training_data):
+    batches = designed_history(training_data)
+    anchors = np.array([0, 0, 4])
+    # Row 3 (speaker 0, 30 degrees) is more similar to row 0 than any candidate, but of its own speaker.
+    candidates = np.array([[4, 7, 3], [5, 7, -1], [0, 6, 7]])
+    np.testing.assert_array_equal(batches.hardest_negatives(anchors, candidates), [4, 5, 6])
+
+
+def test_each_anchor_draws_its_own_negative_candidates_from_other_speakers(training_data):
+    batches = designed_history(training_data, negative_candidates=3)
+    anchors = np.zeros(20, dtype=np.int64)
+    candidates = batches.draw_negative_candidates(anchors, np.random.default_rng(0))
+    assert candidates.shape == (20, 3)
+    assert all(len(set(row)) == 3 and set(row) <= {4, 5, 6, 7} for row in candidates)
+    assert len({tuple(sorted(row)) for row in candidates}) > 1
+    # With one candidate each, anchors of one batch get negatives from different rows.
+    _, _, negatives = np.split(designed_history(training_data, negative_candidates=1).mine(np.random.default_rng(0)), 3)
+    assert len(set(negatives)) > 1
+
+
+def test_history_rows_remember_the_utterance_their_window_was_cut_from(training_data):
+    """Real cached features: every history window is a crop of the utterance its row names."""
+
+    def mean_spectrum_embed(windows: np.ndarray) -> np.ndarray:
+        vectors = np.tile(windows.mean(axis=(1, 3)), (1, EMBEDDING_SIZE // NUM_FBANKS))
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    batches = HardNegativeTripletBatches(training_data.train, 12, 1, mean_spectrum_embed, history_speakers=3, history_utterances=2, history_refreshes=2)
+    windows, dummy, _ = batches[0]
+    assert windows.shape == (12, NUM_FRAMES, NUM_FBANKS, 1)
+    entries = [entry for speaker in batches.speaker_names for entry in training_data.train[speaker]]
+    for row in range(len(batches.history_speakers)):
+        mfcc = np.load(entries[batches.history_utterance_ids[row]]).astype(np.float32)
+        window = batches.history_windows[row, :, :, 0]
+        if len(mfcc) < NUM_FRAMES:  # Short utterances are padded after their frames.
+            assert np.array_equal(window[: len(mfcc)], mfcc), row
+        else:
+            assert any(np.array_equal(mfcc[start : start + NUM_FRAMES], window) for start in range(len(mfcc) - NUM_FRAMES + 1)), row
