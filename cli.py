@@ -52,28 +52,36 @@ def version() -> None:
 
 @cli.command("build-mfcc-cache")
 @click.option("--working_dir", required=True, type=click.Path(file_okay=False), help="Folder for the cache and everything trained from it.")
-@click.option("--audio_dir", required=True, type=click.Path(file_okay=False), help="LibriSpeech folder, or <root>/<speaker>/**/*.wav|flac.")
+@click.option("--audio_dir", required=True, type=click.Path(file_okay=False), help="LibriSpeech folder, or <root>/<speaker>/**/*.wav|flac|mp3|ogg.")
 @click.option("--workers", type=int, default=None, help="Worker processes (default: all cores).")
-def build_mfcc_cache(working_dir: str, audio_dir: str, workers: int | None) -> None:
+@click.option("--genders", "genders_file", type=click.Path(dir_okay=False),
+              help="Speaker table with 'speaker' and 'gender' (F/M) columns, tab or comma separated. Default: SPEAKERS.TXT, "
+                   "speaker-info.txt or speakers.tsv found in or above the corpus.")
+@click.option("--waveforms", "waveform_trim", type=click.Choice(["reference", "energy", "none"]),
+              help="Also cache the decoded audio, trimmed this way, for training with augmentation (--trim of train).")
+def build_mfcc_cache(working_dir: str, audio_dir: str, workers: int | None, genders_file: str | None, waveform_trim: str | None) -> None:
     """Compute 64 normalised filterbanks of every file into WORKING_DIR/audio-fbanks/.
 
     Entries already cached are skipped, so an interrupted build resumes where it stopped. Files
     that cannot be read (empty, silent, corrupt, too short) are skipped and listed at the end.
+    Run it once per corpus with the same WORKING_DIR to train on several corpora together.
     """
     from audio import CorpusError, build_feature_cache
 
     try:
-        report = build_feature_cache(audio_dir, working_dir, workers=workers)
-    except (CorpusError, FileNotFoundError) as error:
+        report = build_feature_cache(audio_dir, working_dir, workers=workers, genders_file=genders_file, waveform_trim=waveform_trim)
+    except (CorpusError, FileNotFoundError, ValueError) as error:
         _fail(error)
     click.echo(report.summary())
 
 
 @cli.command()
 @click.option("--working_dir", required=True, type=click.Path(file_okay=False), help="Folder with the feature cache; runs go to checkpoints-<mode>/ inside.")
-@click.option("--audio_dir", type=click.Path(file_okay=False), help="Build (or complete) the feature cache from this corpus first.")
-@click.option("--mode", type=click.Choice(["reference", "softmax", "triplet", "mtl"]), default="reference", show_default=True,
-              help="reference: softmax pre-training then triplet training; mtl: Hive-MTL speaker + gender heads.")
+@click.option("--audio_dir", "audio_dirs", multiple=True, type=click.Path(file_okay=False),
+              help="Build (or complete) the feature cache from this corpus first (repeatable: several corpora train together).")
+@click.option("--genders", "genders_file", type=click.Path(dir_okay=False), help="With --audio_dir: speaker table with 'speaker' and 'gender' columns.")
+@click.option("--mode", type=click.Choice(["reference", "softmax", "triplet", "mtl"]),
+              help="reference (default): softmax pre-training then triplet training; softmax, triplet: one phase; mtl: Hive-MTL speaker + gender heads.")
 @click.option("--model_size", type=click.Choice(["full", "small"]), help="full: the reference ResCNN (default); small: fewer filters, for CPUs.")
 @click.option("--epochs", type=int, help="Epochs (default 1000, with early stopping in softmax and mtl modes).")
 @click.option("--steps_per_epoch", type=int, help="Batches per epoch (default: one pass over the utterances; triplet: 2000).")
@@ -88,10 +96,29 @@ def build_mfcc_cache(working_dir: str, audio_dir: str, workers: int | None) -> N
 @click.option("--gender_loss_weight", type=float, help="Hive-MTL: weight of the gender loss (default 1).")
 @click.option("--triplet_loss_weight", type=float, help="Hive-MTL: weight of the triplet loss on the embedding (default 0: off).")
 @click.option("--input_workers", type=int, help="Threads reading batches ahead of the model (default 4).")
-@click.option("--mixed_precision", is_flag=True, default=None, help="float16 compute on GPU.")
+@click.option("--mixed_precision", is_flag=True, default=None, help="float16 compute on a GPU, bfloat16 on a CPU with AVX512-BF16 or AMX.")
 @click.option("--distribution", type=click.Choice(["none", "mirrored", "multi_worker", "data_parallel"]),
               help="mirrored / multi_worker: tf.distribute (TensorFlow backend); data_parallel: keras.distribution (JAX backend).")
-def train(working_dir: str, audio_dir: str | None, mode: str, held_out_speakers: str | None, **options) -> None:
+@click.option("--early_stopping_patience", type=int, help="Softmax, mtl: stop after this many epochs without improvement (default 20).")
+@click.option("--reduce_lr_patience", type=int, help="Softmax, mtl: halve the learning rate after this many flat epochs (default 10).")
+@click.option("--min_learning_rate", type=float, help="Floor of the learning-rate halving (default 1e-4).")
+@click.option("--head", type=click.Choice(["softmax", "aam"]), help="Softmax mode: the reference's softmax (default), or additive angular margin (ArcFace) on the embedding.")
+@click.option("--aam_margin", type=float, help="AAM head: margin in radians (default 0.2).")
+@click.option("--aam_scale", type=float, help="AAM head: logit scale (default 30).")
+@click.option("--balanced_sampling/--no_balanced_sampling", default=None, help="Draw speakers uniformly, then their utterances (default off: the reference).")
+@click.option("--fixed_validation/--no_fixed_validation", default=None, help="Draw the validation batches once, not every epoch (default on).")
+@click.option("--trim", type=click.Choice(["reference", "energy", "none"]), help="Softmax mode: silence trim of the audio training reads (default reference).")
+@click.option("--pad", type=click.Choice(["zeros", "repeat"]), help="Fill windows of short clips with zeros (reference, default) or repeat their frames.")
+@click.option("--speed_perturb", is_flag=True, default=None, help="Augment: speeds 0.9 and 1.1, each perturbed speaker a new class.")
+@click.option("--noise_probability", type=float, help="Augment: chance of babble or coloured noise per window (default 0).")
+@click.option("--band_limit_probability", type=float, help="Augment: chance of band limiting through 8 kHz per window (default 0).")
+@click.option("--spec_mask_probability", type=float, help="Augment: chance of a time and a frequency mask per window (default 0).")
+@click.option("--snapshot_every", type=int, help="Keep snapshots/epoch_<n>.h5 every n epochs, for learning curves (default 0: none).")
+@click.option("--recipe", "recipe_file", type=click.Path(exists=True, dir_okay=False),
+              help="JSON recipe (e.g. recipes/pretrained_small.json): option names as keys, audio_dirs relative to the file; "
+                   "options given on the command line win.")
+def train(working_dir: str, audio_dirs: tuple[str, ...], genders_file: str | None, mode: str | None, held_out_speakers: str | None,
+          recipe_file: str | None, **options) -> None:
     """Train on the feature cache of WORKING_DIR; rerun the same command to resume.
 
     Each run directory (checkpoints-softmax/, checkpoints-triplets/, checkpoints-mtl/) holds
@@ -103,6 +130,17 @@ def train(working_dir: str, audio_dir: str | None, mode: str, held_out_speakers:
     from train import train as train_mode
 
     given = {name: value for name, value in options.items() if value is not None}
+    if recipe_file:
+        try:
+            recipe = read_recipe(recipe_file)
+        except ValueError as error:
+            _fail(error)
+        audio_dirs = audio_dirs or tuple(recipe.pop("audio_dirs", ()))
+        recipe.pop("audio_dirs", None)
+        mode = mode or recipe.pop("mode", None)
+        recipe.pop("mode", None)
+        given = {**recipe, **given}
+    mode = mode or "reference"
     if held_out_speakers:
         given["held_out_speakers"] = [s.strip() for s in held_out_speakers.split(",") if s.strip()]
     try:
@@ -110,13 +148,35 @@ def train(working_dir: str, audio_dir: str | None, mode: str, held_out_speakers:
         config.validate()
         if mode == "reference":
             TrainConfig(**{**given, "mode": "triplet"}).validate()
-        if audio_dir:
-            click.echo(build_feature_cache(audio_dir, working_dir).summary())
+        for audio_dir in audio_dirs:
+            waveform_trim = config.trim if config.uses_waveforms else None
+            click.echo(build_feature_cache(audio_dir, working_dir, genders_file=genders_file, waveform_trim=waveform_trim).summary())
         run_dirs = train_reference_recipe(working_dir, config) if mode == "reference" else [train_mode(working_dir, config)]
     except (CorpusError, TrainingError, ValueError, FileNotFoundError) as error:
         _fail(error)
     for directory in run_dirs:
         click.echo(f"run: {directory} (best checkpoint: {directory / 'best.h5'})")
+
+
+def read_recipe(path: str) -> dict:
+    """A training recipe: TrainConfig fields (plus `mode` and `audio_dirs`, relative to the file)."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from train import TrainConfig
+
+    try:
+        recipe = json.loads(Path(path).read_text())
+    except ValueError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    known = {f.name for f in dataclasses.fields(TrainConfig)} | {"audio_dirs", "mode", "comment"}
+    unknown = sorted(set(recipe) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown recipe keys {', '.join(unknown)} (keys are train options without the dashes)")
+    recipe.pop("comment", None)
+    recipe["audio_dirs"] = [str((Path(path).parent / d).resolve()) for d in recipe.get("audio_dirs", [])]
+    return recipe
 
 
 # ----------------------------------------------------------------------------------------------
@@ -126,47 +186,62 @@ def train(working_dir: str, audio_dir: str | None, mode: str, held_out_speakers:
 from constants import IDENTIFY_TOP, INFERENCE_BATCH_SIZE, VERIFY_THRESHOLD  # noqa: E402
 
 _checkpoint_option = click.option(
-    "--checkpoint_file", required=True,
+    "--checkpoint_file",
     help="Model to embed with: a reference Keras 2 .h5 (e.g. ResCNN_triplet_training_checkpoint_265.h5), a run's best.h5 "
-         "(softmax, triplet or mtl), or a .keras file.",
+         "(softmax, triplet or mtl), or a .keras file. Default: the shipped model, pretrained/model.h5.",
 )
+
+
+def _checkpoint(checkpoint_file: str | None) -> str:
+    """The given checkpoint, or the shipped model when none is given."""
+    from inference import pretrained_checkpoint
+
+    if checkpoint_file:
+        return checkpoint_file
+    try:
+        return str(pretrained_checkpoint())
+    except FileNotFoundError as error:
+        _fail(error)
 _batch_size_option = click.option("--batch_size", type=click.IntRange(min=1), default=INFERENCE_BATCH_SIZE, show_default=True,
                                   help="160-frame windows per model call.")
 @cli.command("test-model")
-@click.option("--working_dir", required=True, type=click.Path(file_okay=False), help="Folder with the feature cache the model was trained on.")
-@click.option("--checkpoint_file", required=True, type=click.Path(dir_okay=False), help="best.h5 of a run, a reference .h5, or a .keras file.")
+@click.option("--working_dir", type=click.Path(file_okay=False),
+              help="Folder with the feature cache the model was trained on (for the reference protocol and training-speaker figures; optional).")
+@click.option("--checkpoint_file", type=click.Path(dir_okay=False), help="best.h5 of a run, a reference .h5, or a .keras file. Default: the shipped model.")
 @click.option("--eval_audio_dir", "eval_audio_dirs", multiple=True, type=click.Path(file_okay=False),
-              help="Corpus of speakers unseen in training to draw trials from (repeatable). Default: the run's held-out speakers.")
+              help="Corpus of speakers unseen in training to draw trials from (repeatable): each is scored on its own, named by its folder, "
+                   "then all pooled. Default: the run's held-out speakers.")
 @click.option("--trials", "trials_file", type=click.Path(dir_okay=False), help="Trial list in VoxCeleb format (label path1 path2) to score instead.")
 @click.option("--num_trials", type=int, help="Sample this many trials, half same-speaker (default: all pairs).")
 @click.option("--window", type=click.Choice(["mean", "random"]), default="mean", show_default=True, help="Embedding of a trial file: mean over sliding windows, or one random window.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Write score histograms, a DET curve and an embedding projection (PNG) here.")
 @click.option("--output", type=click.Path(dir_okay=False), help="JSON of every figure (default: test-model.json beside the checkpoint).")
-def test_model(working_dir: str, checkpoint_file: str, eval_audio_dirs: tuple[str, ...], trials_file: str | None, num_trials: int | None,
+def test_model(working_dir: str | None, checkpoint_file: str | None, eval_audio_dirs: tuple[str, ...], trials_file: str | None, num_trials: int | None,
                window: str, seed: int, plots_dir: str | None, output: str | None) -> None:
     """Score a checkpoint: the reference's protocol and speaker-disjoint trials.
 
     \b
     Prints the reference's line (1 positive and 99 negatives per test speaker, threshold grid),
-    then EER and minDCF on trials between speakers never seen in training, the gender accuracy
-    of a probe on the embedding and, for a Hive-MTL checkpoint, of its heads.
+    then EER and minDCF on trials between speakers never seen in training: one line per held-out
+    corpus (trials among its own speakers), then the pooled line (all corpora together; with
+    --trials, that list alone), then the gender accuracy of a probe on the embedding and, for a
+    Hive-MTL checkpoint, of its heads.
     """
     from pathlib import Path
 
     from audio import AudioError, CorpusError
     from test import evaluate_checkpoint
 
+    checkpoint_file = _checkpoint(checkpoint_file)
     try:
         report = evaluate_checkpoint(working_dir, checkpoint_file, eval_audio_dirs, trials_file, num_trials, window, seed, plots_dir)
     except (AudioError, CorpusError, ValueError, FileNotFoundError) as error:
         _fail(error)
     if report.reference:
         click.echo(report.reference["line"])
-    if report.trials:
-        t = report.trials
-        click.echo(f"trials = {t['num_trials']} ({t['num_target']} same speaker), equal error rate = {t['eer']:.3f} "
-                   f"(threshold {t['eer_threshold']:.3f}), minDCF(0.01) = {t['min_dcf_001']:.3f}, minDCF(0.05) = {t['min_dcf_005']:.3f}")
+    for line in report.verification_lines():
+        click.echo(line)
     for name, value in report.heads.items():
         click.echo(f"{name.replace('_', ' ')} = {value:.3f}")
     for note in report.notes:
@@ -210,8 +285,46 @@ def results_table_command(csv_path: str, readme: str | None) -> None:
         update_readme_table(csv_path, readme)
 
 
+@cli.command("learning-curve")
+@click.option("--run_dir", required=True, type=click.Path(exists=True, file_okay=False), help="A run trained with --snapshot_every.")
+@click.option("--eval_audio_dir", "eval_audio_dirs", multiple=True, required=True, type=click.Path(exists=True, file_okay=False),
+              help="Held-out corpus (repeatable); each is scored on its own.")
+@click.option("--output", required=True, type=click.Path(dir_okay=False), help="CSV to write, e.g. results/learning_curve.csv (a PNG is written beside it).")
+def learning_curve_command(run_dir: str, eval_audio_dirs: tuple[str, ...], output: str) -> None:
+    """EER per held-out corpus of every snapshot of a run, against training windows (CSV and PNG)."""
+    from model_card import learning_curve
+    from plots import plot_learning_curve
+
+    try:
+        csv_path = learning_curve(run_dir, list(eval_audio_dirs), output)
+    except (OSError, ValueError) as error:
+        _fail(error)
+    png = plot_learning_curve(csv_path, csv_path.with_suffix(".png"))
+    click.echo(f"wrote {csv_path} and {png}")
+
+
+@cli.command("ship-model")
+@click.option("--checkpoint_file", required=True, type=click.Path(exists=True, dir_okay=False), help="best.h5 of a run (its folder holds config.json).")
+@click.option("--eval_audio_dir", "eval_audio_dirs", multiple=True, required=True, type=click.Path(exists=True, file_okay=False),
+              help="Held-out corpus the card reports (repeatable).")
+@click.option("--output_dir", default="pretrained", show_default=True, type=click.Path(file_okay=False), help="Folder of the shipped model.")
+@click.option("--training_corpus", "training_corpora", multiple=True, required=True, help="Name of a training corpus, for the card (repeatable).")
+@click.option("--command", "retrain_command", required=True, help="The one command that retrains the model, for the card.")
+@click.option("--train_seconds", type=float, help="Training wall time, when the run's state.json does not record it.")
+def ship_model_command(checkpoint_file: str, eval_audio_dirs: tuple[str, ...], output_dir: str, training_corpora: tuple[str, ...],
+                       retrain_command: str, train_seconds: float | None) -> None:
+    """Package a run's checkpoint as the shipped model: model.h5, config.json, model_card.json, README.md."""
+    from model_card import ship_model
+
+    try:
+        output = ship_model(checkpoint_file, list(eval_audio_dirs), output_dir, retrain_command, list(training_corpora), train_seconds)
+    except (OSError, ValueError) as error:
+        _fail(error)
+    click.echo((output / "README.md").read_text())
+
+
 @cli.command()
-@click.option("--checkpoint_file", required=True, type=click.Path(dir_okay=False), help="best.h5 of a run, a reference .h5, or a .keras file.")
+@click.option("--checkpoint_file", type=click.Path(dir_okay=False), help="best.h5 of a run, a reference .h5, or a .keras file. Default: the shipped model.")
 @click.option("--output_dir", required=True, type=click.Path(file_okay=False), help="New folder for saved_model/, embedding.tflite and export.json.")
 @click.option("--tflite/--no-tflite", default=True, show_default=True, help="Also convert to TensorFlow Lite.")
 def export(checkpoint_file: str, output_dir: str, tflite: bool) -> None:
@@ -222,6 +335,7 @@ def export(checkpoint_file: str, output_dir: str, tflite: bool) -> None:
     """
     from inference import inspect_checkpoint
 
+    checkpoint_file = _checkpoint(checkpoint_file)
     try:
         inspect_checkpoint(checkpoint_file)  # Fail fast, before TensorFlow loads.
         from export import export_embedding_model
@@ -249,10 +363,11 @@ _profiles_option = click.option("--profiles", "profiles_path", required=True, ty
 @click.option("--window", type=click.Choice(["mean", "random"]), default="mean", show_default=True,
               help="mean: whole utterance, the mean of sliding 160-frame windows; random: one random 160-frame window, as the reference.")
 @_batch_size_option
-def embed_command(files_or_dirs: tuple[str, ...], checkpoint_file: str, output: str, window: str, batch_size: int) -> None:
-    """Embed audio FILES_OR_DIRS (folders: every FLAC/WAV inside, recursively) into an NPZ of 512-d unit vectors."""
+def embed_command(files_or_dirs: tuple[str, ...], checkpoint_file: str | None, output: str, window: str, batch_size: int) -> None:
+    """Embed audio FILES_OR_DIRS (folders: every audio file inside, recursively) into an NPZ of 512-d unit vectors."""
     from inference import Embedder, expand_audio_paths, inspect_checkpoint, save_embeddings
 
+    checkpoint_file = _checkpoint(checkpoint_file)
     try:
         paths = expand_audio_paths(files_or_dirs)
         inspect_checkpoint(checkpoint_file)
@@ -267,19 +382,25 @@ def embed_command(files_or_dirs: tuple[str, ...], checkpoint_file: str, output: 
 @click.argument("file_a")
 @click.argument("file_b")
 @_checkpoint_option
-@click.option("--threshold", type=float, default=VERIFY_THRESHOLD, show_default=True,
-              help="Same speaker when the cosine score is at least this. The default is not tuned to any model: "
-                   "`python cli.py test-model` reports the EER threshold of a model, the better choice.")
+@click.option("--threshold", type=float,
+              help="Same speaker when the cosine score is at least this. Default: the EER threshold in the model card beside the "
+                   f"checkpoint (model_card.json, as the shipped model has), else {VERIFY_THRESHOLD}, which is tuned to no model.")
 @_batch_size_option
-def verify_command(file_a: str, file_b: str, checkpoint_file: str, threshold: float, batch_size: int) -> None:
-    """Say whether FILE_A and FILE_B hold the same speaker: cosine score of their whole-utterance embeddings."""
-    from inference import Embedder, audio_file, inspect_checkpoint, read_features
+def verify_command(file_a: str, file_b: str, checkpoint_file: str | None, threshold: float | None, batch_size: int) -> None:
+    """Say whether FILE_A and FILE_B hold the same speaker: cosine score of their whole-utterance embeddings.
 
+    \b
+    python cli.py verify samples/PhilippeRemy/PhilippeRemy_001.wav samples/PhilippeRemy/PhilippeRemy_002.wav
+    """
+    from inference import Embedder, audio_file, inspect_checkpoint, verification_threshold
+
+    checkpoint_file = _checkpoint(checkpoint_file)
     try:
         paths = [audio_file(file_a), audio_file(file_b)]
         inspect_checkpoint(checkpoint_file)
-        features = read_features(paths)
-        embeddings = Embedder.from_checkpoint(checkpoint_file, batch_size).embed_mfccs(features)
+        if threshold is None:
+            threshold = verification_threshold(checkpoint_file)
+        embeddings = Embedder.from_checkpoint(checkpoint_file, batch_size).embed_files(paths)
     except (OSError, ValueError) as error:
         _fail(error)
     score = float(embeddings[0] @ embeddings[1])
@@ -293,22 +414,22 @@ def verify_command(file_a: str, file_b: str, checkpoint_file: str, threshold: fl
 @_checkpoint_option
 @_profiles_option
 @_batch_size_option
-def enroll_command(name: str, files: tuple[str, ...], checkpoint_file: str, profiles_path: str, batch_size: int) -> None:
+def enroll_command(name: str, files: tuple[str, ...], checkpoint_file: str | None, profiles_path: str, batch_size: int) -> None:
     """Enroll speaker NAME from audio FILES (or folders) into a profiles store, created when missing.
 
     The profile is the normalised mean of the whole-utterance embeddings of all files enrolled
     under NAME: enrolling NAME again adds to it. A store is tied to the checkpoint that made it.
     """
-    from inference import Embedder, expand_audio_paths, inspect_checkpoint, read_features
+    from inference import Embedder, expand_audio_paths, inspect_checkpoint
     from profiles import enroll, load_profiles, profiles_files
 
+    checkpoint_file = _checkpoint(checkpoint_file)
     try:
         paths = expand_audio_paths(files)
         inspect_checkpoint(checkpoint_file)
         if any(path.exists() for path in profiles_files(profiles_path)):
             load_profiles(profiles_path, checkpoint_file, allow_empty=True)
-        features = read_features(paths)
-        embeddings = Embedder.from_checkpoint(checkpoint_file, batch_size).embed_mfccs(features)
+        embeddings = Embedder.from_checkpoint(checkpoint_file, batch_size).embed_files(paths)
         result = enroll(profiles_path, name, embeddings, paths, checkpoint_file)
     except (OSError, ValueError) as error:
         _fail(error)
@@ -323,17 +444,17 @@ def enroll_command(name: str, files: tuple[str, ...], checkpoint_file: str, prof
 @_profiles_option
 @click.option("--top", type=click.IntRange(min=1), default=IDENTIFY_TOP, show_default=True, help="How many names to print.")
 @_batch_size_option
-def identify_command(file: str, checkpoint_file: str, profiles_path: str, top: int, batch_size: int) -> None:
+def identify_command(file: str, checkpoint_file: str | None, profiles_path: str, top: int, batch_size: int) -> None:
     """Rank the speakers enrolled in a profiles store by cosine score against one audio FILE."""
-    from inference import Embedder, audio_file, inspect_checkpoint, read_features
+    from inference import Embedder, audio_file, inspect_checkpoint
     from profiles import load_profiles, rank
 
+    checkpoint_file = _checkpoint(checkpoint_file)
     try:
         path = audio_file(file)
         inspect_checkpoint(checkpoint_file)
         store = load_profiles(profiles_path, checkpoint_file)
-        features = read_features([path])
-        embedding = Embedder.from_checkpoint(checkpoint_file, batch_size).embed_mfccs(features)[0]
+        embedding = Embedder.from_checkpoint(checkpoint_file, batch_size).embed_files([path])[0]
     except (OSError, ValueError) as error:
         _fail(error)
     ranking = rank(store, embedding, top)

@@ -6,7 +6,7 @@ the batchers and the CLI agree without passing magic numbers around.
 
 # Audio.
 SAMPLE_RATE = 16_000  # Hz; every file is resampled to this rate and downmixed to mono.
-AUDIO_EXTENSIONS = (".flac", ".wav")
+AUDIO_EXTENSIONS = (".flac", ".wav", ".mp3", ".ogg")  # All decoded by libsndfile (MP3 since 1.1).
 SILENCE_PERCENTILE = 95  # The trim keeps audio between the first and last sample louder than this.
 RESAMPLE_QUALITY = "HQ"  # soxr quality; librosa's default 'soxr_hq', so samples match the reference.
 
@@ -18,6 +18,14 @@ NFFT = 512
 PRE_EMPHASIS = 0.97
 NORMALISATION_STD_FLOOR = 1e-12
 NUM_FRAMES = 160  # Frames per training/inference window, about 1.6 s.
+
+# Front end: how silence is trimmed and how a clip shorter than a window is filled. The
+# reference trims between the first and last sample above the 95th percentile and pads with
+# zero frames; on short clips that leaves mostly zeros, so trained models may choose otherwise.
+TRIM_MODES = ("reference", "energy", "none")
+PAD_MODES = ("zeros", "repeat")  # repeat: tile the clip's frames up to the window.
+ENERGY_TRIM_TOP_DB = 30  # energy trim: drop leading/trailing audio this far below the loudest frame.
+GENDER_TABLE_NAMES = ("speakers.tsv",)  # A corpus's own speaker table (speaker, gender columns).
 
 # Model.
 EMBEDDING_SIZE = 512
@@ -33,12 +41,26 @@ TRAIN_TEST_RATIO = 0.8
 TRIPLET_ALPHA = 0.1
 TRIPLET_STEPS_PER_EPOCH = 2_000
 
+# Augmentation of training windows (augment.py).
+AUGMENT_SPEEDS = (1.0, 0.9, 1.1)  # Speed perturbation; class of speaker s at speed k: s + k * num_speakers.
+AUGMENT_NOISE_SNR_DB = (0.0, 15.0)  # Coloured noise SNR range (WeSpeaker's MUSAN noise range).
+AUGMENT_BABBLE_SNR_DB = (13.0, 20.0)  # Babble SNR range (WeSpeaker's MUSAN babble range).
+AUGMENT_BABBLE_SPEAKERS = (3, 6)  # Other training utterances summed into one babble.
+AUGMENT_BAND_LIMIT_RATE = 8_000  # Hz; band limiting resamples through this rate.
+SPEC_MASK_MAX_FRAMES = 20  # Longest time mask, frames.
+SPEC_MASK_MAX_BANDS = 8  # Widest frequency mask, filterbank bands.
+
+# Additive angular margin (ArcFace) softmax head (margin_softmax.py).
+AAM_MARGIN = 0.2  # Radians added to the angle of the true class (WeSpeaker, SpeechBrain: 0.2).
+AAM_SCALE = 30.0  # Logit scale s: cosines in [-1, 1] times s.
+
 # Evaluation (reference protocol).
 NUM_NEGATIVES_PER_SPEAKER = 99
 THRESHOLD_STEP = 0.001
 
 # Working directory layout.
 CACHE_DIR_NAME = "audio-fbanks"
+WAVEFORM_CACHE_DIR_NAME = "audio-waveforms"  # Decoded 16 kHz audio (float16), for augmentation.
 CHECKPOINTS_SOFTMAX_DIR = "checkpoints-softmax"
 CHECKPOINTS_TRIPLET_DIR = "checkpoints-triplets"
 CHECKPOINTS_MTL_DIR = "checkpoints-mtl"
@@ -77,7 +99,12 @@ PLOT_DPI = 120
 INFERENCE_BATCH_SIZE = 32  # Windows per compiled inference call; the last batch of a call is zero-padded.
 INFERENCE_WINDOW_HOP = 80  # Frames between the sliding windows of a whole-utterance ('mean') embedding.
 INFERENCE_FILES_PER_CHUNK = 256  # Files whose features are held in memory at once by Embedder.embed_files.
-VERIFY_THRESHOLD = 0.5  # Default cosine threshold of `verify`; a model's EER threshold (test-model) is better.
+VERIFY_THRESHOLD = 0.5  # Cosine threshold of `verify` for a model without a model card; its EER threshold is better.
+
+# The model shipped in the repository: what every verb uses when no --checkpoint_file is given.
+PRETRAINED_DIR_NAME = "pretrained"
+PRETRAINED_CHECKPOINT_NAME = "model.h5"  # Embedding model only (legacy HDF5, reference layer names).
+MODEL_CARD_FILE_NAME = "model_card.json"  # Beside a checkpoint: its figures and EER threshold.
 IDENTIFY_TOP = 5  # Names `identify` prints by default.
 
 # Export (export.py): one TensorFlow graph from 16 kHz PCM to the whole-utterance embedding.

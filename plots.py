@@ -159,3 +159,23 @@ def plot_embedding_projection(
     figure.suptitle(f"Embeddings projected by PCA ({len(embeddings)} utterances)")
     figure.tight_layout()
     return _save(figure, path)
+
+
+def plot_learning_curve(csv_path: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """EER (log scale) per held-out corpus against training windows, from a learning-curve CSV."""
+    import csv
+
+    with open(csv_path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    figure = _new_figure(7, 4.5)
+    axes = figure.subplots()
+    for corpus in sorted({row["corpus"] for row in rows}):
+        points = sorted((int(row["train_windows"]), 100 * float(row["eer"])) for row in rows if row["corpus"] == corpus)
+        axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=corpus)
+    axes.set_xlabel("training windows")
+    axes.set_ylabel("EER (%)")
+    axes.set_yscale("log")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    return _save(figure, path)

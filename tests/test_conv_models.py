@@ -430,3 +430,34 @@ def test_jax_backend_reproduces_the_reference_embeddings(reference, jax_subproce
     output = tmp_path / "jax_embeddings.npy"
     run_python(["-c", JAX_EMBED, str(reference.model), str(reference.features), str(output)], jax_subprocess_env)
     assert np.abs(np.load(output) - reference.embeddings).max() < TOLERANCE
+
+
+# ---------------------------------------------------------------------------------------------- mixed precision
+
+
+def test_l2_normalize_of_a_large_norm_float16_input_is_a_unit_vector():
+    # In float16 the sum of squares of this vector (norm 4,000) would overflow to inf and give zeros.
+    big = np.full((2, EMBEDDING_SIZE), 4_000 / np.sqrt(EMBEDDING_SIZE), dtype=np.float16)
+    normalised = keras.ops.convert_to_numpy(L2Normalize()(big))
+    assert normalised.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(normalised, axis=1), 1.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_a_mixed_precision_model_gives_the_float32_models_embeddings(policy, real_features):
+    keras.utils.set_random_seed(0)
+    reference = DeepSpeakerModel(model_size="small").m
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        mixed = DeepSpeakerModel(model_size="small").m
+        softmax = DeepSpeakerModel(include_softmax=True, num_speakers_softmax=5, model_size="small").m
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    mixed.set_weights(reference.get_weights())
+    expected = reference.predict(real_features, verbose=0)
+    got = mixed.predict(real_features, verbose=0)
+    assert got.dtype == np.float32 and softmax.output.dtype == "float32"
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    cosines = np.sum(got * expected, axis=1)
+    assert cosines.min() > (0.999 if policy == "mixed_float16" else 0.99)

@@ -101,11 +101,21 @@ def test_mtl_run_trains_speaker_and_gender_heads_and_the_triplet_term_on_shared_
     assert len(json.loads((run / "speakers.json").read_text())["speakers"]) == 8
 
 
-def test_hard_negative_triplet_run_mines_from_embeddings(samples_cache, tmp_path):
-    working_dir = fresh_copy(samples_cache, tmp_path)
-    run = train(working_dir, TrainConfig(mode="triplet", hard_negative=True, **TINY))
-    assert RUN_FILES <= {p.name for p in run.iterdir()}
-    assert all(np.isfinite(float(r["loss"])) for r in metrics_rows(run))
+def test_hard_negative_batches_mine_the_embeddings_of_the_model_being_trained(samples_cache):
+    """The mining itself is tested in test_batcher.py; here, that a hard-negative run mines with its own model."""
+    from batcher import load_training_data
+    from conv_models import embedding_model
+    from train import build_model, make_batches
+
+    config = TrainConfig(mode="triplet", hard_negative=True, **TINY)
+    data = load_training_data(samples_cache)
+    model = build_model(config, len(data.speakers), with_gender_head=False)
+    batches, _ = make_batches(config, data, model, 0)
+    windows, _, _ = batches[0]
+    assert windows.shape == (12, 160, 64, 1)
+    filled = batches.history_speakers >= 0
+    expected = embedding_model(model).predict(batches.history_windows[filled], verbose=0)
+    np.testing.assert_allclose(batches.history_embeddings[filled], expected, atol=1e-5)
 
 
 def test_mtl_on_own_data_without_gender_labels_trains_the_speaker_head_only(tmp_path, caplog):
@@ -172,7 +182,7 @@ def test_one_shot_train_builds_the_cache_and_runs_the_reference_recipe(tmp_path)
     result = run_cli("train", "--audio_dir", "samples", "--working_dir", str(tmp_path), "--model_size", "small",
                      "--epochs", "1", "--steps_per_epoch", "1", "--batch_size", "12", "--validation_steps", "1")
     assert result.returncode == 0, result.stderr
-    assert "37 written" in result.stdout
+    assert "49 written" in result.stdout  # 37 FLAC and WAV files, 12 MP3.
     for name in ("checkpoints-softmax", "checkpoints-triplets"):
         assert RUN_FILES <= {p.name for p in (tmp_path / name).iterdir()}
 
@@ -256,3 +266,105 @@ def test_mixed_precision_training_keeps_float32_checkpoints_and_restores_the_pol
     assert keras.mixed_precision.global_policy().name == "float32"
     assert all(np.isfinite(float(value)) for value in metrics_rows(run)[0].values())
     assert conv_kernel(run / "best.h5", "conv16-s").dtype == np.float32
+
+
+# ---------------------------------------------------------------------------------------------- the recipe beyond the reference
+
+
+def test_mixed_precision_is_float16_on_a_gpu_bfloat16_on_a_cpu_that_has_it_and_refused_otherwise():
+    from train import mixed_precision_policy
+
+    assert mixed_precision_policy(["gpu:0", "cpu:0"], "") == "mixed_float16"
+    assert mixed_precision_policy(["cpu:0"], "fpu avx2 avx512f avx512_bf16") == "mixed_bfloat16"
+    assert mixed_precision_policy(["cpu:0"], "fpu avx2 amx_bf16 amx_tile") == "mixed_bfloat16"
+    with pytest.raises(ValueError, match="no native bfloat16"):
+        mixed_precision_policy(["cpu:0"], "fpu sse2 avx2 avx512f")
+
+
+def test_fixed_validation_batches_stay_the_same_across_epochs_where_drawn_ones_change(samples_cache):
+    from batcher import FixedBatches, SoftmaxBatches, load_training_data
+
+    data = load_training_data(samples_cache)
+    test = {s: e for s, e in data.test.items() if e}
+    drawn = SoftmaxBatches(test, data.speakers, 12, 2, seed=1)
+    fixed = FixedBatches.draw(SoftmaxBatches(test, data.speakers, 12, 2, seed=1), 2)
+    first_drawn, first_fixed = drawn[0][0].copy(), fixed[0][0].copy()
+    drawn.on_epoch_end()
+    fixed.on_epoch_end()
+    assert not np.array_equal(drawn[0][0], first_drawn)
+    np.testing.assert_array_equal(fixed[0][0], first_fixed)
+    np.testing.assert_array_equal(first_fixed, first_drawn)  # Drawn once from the same seeded stream.
+
+
+def test_gender_loss_weights_average_over_labelled_rows_only():
+    from batcher import TripletBatches
+
+    utterances = {s: [Path(f"{s}_{i}.npy") for i in range(2)] for s in ("a", "b", "c")}
+    genders = np.array([1.0, np.nan, 0.0], dtype=np.float32)
+    batches = TripletBatches(utterances, 12, 1, outputs=("speaker_pred", "gender_pred"), speakers=["a", "b", "c"], gender_labels=genders)
+    speaker_ids = np.array([0, 1, 2, 1, 1, 1, 0, 2, 1, 1, 0, 1])
+    _, weights = batches.targets(speaker_ids)
+    labelled = speaker_ids != 1
+    assert np.all(weights["gender_pred"][~labelled] == 0)
+    # Keras divides the weighted sum by all 12 rows: the weights make that the mean over the 5 labelled ones.
+    np.testing.assert_allclose(weights["gender_pred"][labelled], 12 / 5)
+    assert weights["gender_pred"].sum() == pytest.approx(12)
+
+
+def test_best_checkpoint_follows_the_loss_when_the_monitored_metric_is_missing(tmp_path):
+    import keras
+
+    from train import RunCheckpoint
+
+    model = DeepSpeakerModel(model_size="small").m
+    (tmp_path / "config.json").write_text("{}")
+    checkpoint = RunCheckpoint(tmp_path, "val_accuracy", "max")
+    checkpoint.set_model(model)
+    checkpoint.on_epoch_end(0, {"loss": 3.0})
+    checkpoint.on_epoch_end(1, {"loss": 4.0})  # Worse loss: with 'max' it would have been kept as best.
+    assert (checkpoint.monitor, checkpoint.best) == ("loss", 3.0)
+    assert json.loads((tmp_path / "state.json").read_text())["best"] == 3.0
+    assert isinstance(model, keras.Model)
+
+
+def test_recipe_run_on_mp3_and_flac_with_aam_augmentation_and_snapshots(tmp_path):
+    """The shipped model's recipe end to end on the bundled samples: MP3 with a speaker table and FLAC."""
+    recipe = json.loads((REPO / "recipes" / "pretrained_small.json").read_text())
+    recipe.update({"epochs": 2, "steps_per_epoch": 2, "batch_size": 12, "validation_steps": 1, "snapshot_every": 1, "audio_dirs": []})
+    recipe_file = tmp_path / "recipe.json"
+    recipe_file.write_text(json.dumps(recipe))
+    working_dir = tmp_path / "work"
+    result = subprocess.run(
+        [sys.executable, "cli.py", "train", "--working_dir", str(working_dir), "--recipe", str(recipe_file),
+         "--audio_dir", "samples/LibriSpeech", "--audio_dir", "samples/CommonVoice-fa"],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = working_dir / "checkpoints-softmax"
+    assert RUN_FILES <= {p.name for p in run.iterdir()}
+    assert sorted(p.name for p in (run / "snapshots").glob("*.h5")) == ["epoch_0001.h5", "epoch_0002.h5"]
+    config = json.loads((run / "config.json").read_text())
+    assert (config["head"], config["trim"], config["pad"], config["balanced_sampling"]) == ("aam", "energy", "repeat", True)
+    speakers = json.loads((run / "speakers.json").read_text())
+    assert {"fbc91278", "00243bfe", "0874d76d", "19"} <= set(speakers["speakers"])
+    assert speakers["genders"]["fbc91278"] == "F" and "0874d76d" not in speakers["genders"]
+    assert speakers["speeds"] == [1.0, 0.9, 1.1]
+    with h5py.File(run / "best.h5", "r") as f:
+        names = []
+        f["model_weights"]["speaker_cosine"].visit(names.append)
+        kernel = f["model_weights"]["speaker_cosine"][next(n for n in names if n.endswith("kernel"))]
+        assert kernel.shape == (512, 3 * len(speakers["speakers"]))
+    state = json.loads((run / "state.json").read_text())
+    assert state["finished"] and state["train_seconds"] > 0
+    assert any((working_dir / "audio-waveforms-energy").glob("fbc91278_*.npy"))
+    embedding = DeepSpeakerModel(model_size="small").m
+    assert load_weights_by_name(embedding, run / "best.h5") == []
+
+
+def test_an_unknown_recipe_key_is_refused_naming_it(tmp_path):
+    recipe_file = tmp_path / "recipe.json"
+    recipe_file.write_text(json.dumps({"mode": "softmax", "learning_rat": 0.1}))
+    result = subprocess.run([sys.executable, "cli.py", "train", "--working_dir", str(tmp_path), "--recipe", str(recipe_file)],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "learning_rat" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,199 @@
+"""Ship a trained model: the embedding checkpoint, its front end and a model card, in one folder.
+
+    pretrained/model.h5          embedding model only (legacy HDF5, reference layer names)
+    pretrained/config.json       the training configuration; inference reads its front end
+    pretrained/model_card.json   data, recipe, budget, machine, per-corpus EER and minDCF, threshold
+    pretrained/README.md         the same card for people, rendered from model_card.json
+
+Every verb uses `pretrained/model.h5` when no `--checkpoint_file` is given, and `verify` then
+uses the card's EER threshold. The learning curve of a run (EER per held-out corpus against
+training windows, from the run's snapshots) is made here too, since the card quotes it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from audio import write_atomically, write_json_atomically
+from constants import MODEL_CARD_FILE_NAME, PRETRAINED_CHECKPOINT_NAME
+
+LEARNING_CURVE_COLUMNS = ("epoch", "train_windows", "corpus", "eer", "min_dcf_001", "eer_threshold", "num_trials")
+
+
+def machine_description() -> str:
+    """CPU model and core count, e.g. 'Intel(R) Xeon(R) Processor, 2 cores'."""
+    name = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    return f"{name}, {os.cpu_count()} cores"
+
+
+def run_budget(run_directory: Path) -> dict:
+    """Epochs, training windows and wall seconds of a run, from its config, state and metrics."""
+    config = json.loads((run_directory / "config.json").read_text())
+    state = json.loads((run_directory / "state.json").read_text())
+    epochs = int(state["epoch"])
+    return {
+        "epochs": epochs,
+        "steps_per_epoch": config["steps_per_epoch"],
+        "batch_size": config["batch_size"],
+        "train_windows": epochs * config["steps_per_epoch"] * config["batch_size"],
+        "train_seconds": state.get("train_seconds"),
+    }
+
+
+def corpus_figures(report) -> dict[str, dict]:
+    """Per-corpus verification figures of an EvaluationReport, rounded for a card."""
+    keys = ("eer", "eer_threshold", "min_dcf_001", "min_dcf_005", "num_trials", "num_target_trials")
+    return {name: {k: figures[k] for k in keys if k in figures} | {"speakers": len(figures.get("speakers") or [])} for name, figures in report.corpora.items()}
+
+
+def ship_model(
+    checkpoint_file: str | os.PathLike,
+    eval_audio_dirs: list[str],
+    output_dir: str | os.PathLike,
+    command: str,
+    training_corpora: list[str],
+    train_seconds: float | None = None,
+) -> Path:
+    """Package `checkpoint_file` (a run's best.h5) as a shipped model in `output_dir` with its card.
+
+    The embedding model is saved without its speaker head and optimizer, so the folder stays
+    small; the card's figures are measured on `eval_audio_dirs` with the shipped file itself.
+    The EER threshold of the card is the mean of the per-corpus EER thresholds, so no single
+    corpus sets it.
+    """
+    from inference import load_embedding_model
+    from test import evaluate_checkpoint
+    from train import quiet_logger
+
+    checkpoint_file = Path(checkpoint_file)
+    run_directory = checkpoint_file.parent
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    model = load_embedding_model(checkpoint_file)
+    target = output / PRETRAINED_CHECKPOINT_NAME
+    temporary = output / f".{PRETRAINED_CHECKPOINT_NAME}.tmp.h5"
+    with quiet_logger("absl"):
+        model.save(temporary, include_optimizer=False)
+    os.replace(temporary, target)
+    shutil.copyfile(run_directory / "config.json", output / "config.json")
+    report = evaluate_checkpoint(None, target, tuple(eval_audio_dirs))
+    figures = corpus_figures(report)
+    config = json.loads((run_directory / "config.json").read_text())
+    speakers = json.loads((run_directory / "speakers.json").read_text())
+    budget = run_budget(run_directory)
+    if train_seconds is not None:
+        budget["train_seconds"] = train_seconds
+    card = {
+        "checkpoint": PRETRAINED_CHECKPOINT_NAME,
+        "model_size": config["model_size"],
+        "weights": int(model.count_params()),
+        "frontend": {"trim": config["trim"], "pad": config["pad"]},
+        "recipe": {k: config[k] for k in ("mode", "head", "aam_margin", "aam_scale", "balanced_sampling", "speed_perturb", "noise_probability",
+                                          "band_limit_probability", "spec_mask_probability", "learning_rate", "mixed_precision", "seed") if k in config},
+        "training": {
+            "corpora": training_corpora,
+            "speakers": len(speakers["speakers"]),
+            "classes": len(speakers["speakers"]) * len(speakers.get("speeds", [1.0])),
+            **budget,
+            "machine": machine_description(),
+            "command": command,
+        },
+        "evaluation": {"window": "mean", "corpora": figures, "pooled": {k: report.trials[k] for k in ("eer", "eer_threshold", "min_dcf_001", "num_trials")} if report.trials else None},
+        "eer_threshold": float(np.mean([f["eer_threshold"] for f in figures.values()])),
+        "notes": report.notes,
+    }
+    write_json_atomically(output / MODEL_CARD_FILE_NAME, card)
+    write_atomically(output / "README.md", lambda handle: handle.write(render_model_card(card)), text=True)
+    return output
+
+
+def render_model_card(card: dict) -> str:
+    """The model card as Markdown, from `model_card.json`."""
+    training, evaluation = card["training"], card["evaluation"]
+    hours = f"{training['train_seconds'] / 3600:.2f} h" if training.get("train_seconds") else "not recorded"
+    rows = "\n".join(
+        f"| {name} | {f['speakers']} | {f['num_trials']:,} | {100 * f['eer']:.2f} % | {f['min_dcf_001']:.3f} | {f['eer_threshold']:.3f} |"
+        for name, f in evaluation["corpora"].items()
+    )
+    recipe = ", ".join(f"{k} = {v}" for k, v in card["recipe"].items())
+    return f"""# Shipped model: {card['model_size']} ResCNN, {card['weights']:,} weights
+
+The model every verb of `cli.py` uses when no `--checkpoint_file` is given (`{card['checkpoint']}`,
+embedding model only, reference layer names: it also loads by name like any Deep Speaker
+checkpoint). `verify` uses its EER threshold, **{card['eer_threshold']:.3f}** (the mean of the
+per-corpus EER thresholds below), unless `--threshold` is given.
+
+This file is generated from `model_card.json` by `model_card.render_model_card`.
+
+## Data
+Trained on {', '.join(training['corpora'])}: {training['speakers']} speakers ({training['classes']} classes with speed
+perturbation). Every evaluation speaker below is unseen in training.
+
+## Recipe
+{recipe}. Front end: trim = {card['frontend']['trim']}, pad = {card['frontend']['pad']}.
+
+## Budget
+{training['epochs']} epochs x {training['steps_per_epoch']} steps x {training['batch_size']} windows = {training['train_windows']:,} training
+windows, {hours} on {training['machine']}.
+
+## Figures (whole-utterance embeddings, all pairs within each corpus)
+
+| corpus | speakers | trials | EER | minDCF(0.01) | EER threshold |
+|---|---|---|---|---|---|
+{rows}
+
+## Retrain it
+
+```bash
+{training['command']}
+```
+"""
+
+
+def learning_curve(run_directory: str | os.PathLike, eval_audio_dirs: list[str], output_csv: str | os.PathLike) -> Path:
+    """EER and minDCF per held-out corpus of every snapshot of a run (and its best.h5 is not used).
+
+    Writes one row per (snapshot, corpus) to `output_csv`; snapshots come from `--snapshot_every`.
+    """
+    from test import evaluate_checkpoint
+
+    run_directory = Path(run_directory)
+    config = json.loads((run_directory / "config.json").read_text())
+    snapshots = sorted((run_directory / "snapshots").glob("epoch_*.h5"))
+    if not snapshots:
+        raise FileNotFoundError(f"{run_directory / 'snapshots'}: no snapshots; train with --snapshot_every N")
+    if not (run_directory / "snapshots" / "config.json").is_file():  # The front end the snapshots embed with.
+        shutil.copyfile(run_directory / "config.json", run_directory / "snapshots" / "config.json")
+    rows = []
+    for snapshot in snapshots:
+        epoch = int(snapshot.stem.split("_")[1])
+        report = evaluate_checkpoint(None, snapshot, tuple(eval_audio_dirs))
+        for corpus, figures in report.corpora.items():
+            rows.append({
+                "epoch": epoch,
+                "train_windows": epoch * config["steps_per_epoch"] * config["batch_size"],
+                "corpus": corpus,
+                **{k: figures[k] for k in ("eer", "min_dcf_001", "eer_threshold", "num_trials")},
+            })
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=LEARNING_CURVE_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    output = Path(output_csv)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(output, lambda handle: handle.write(buffer.getvalue()), text=True)
+    return output
