@@ -5,13 +5,49 @@ This module only parses options and calls library functions; the work lives in t
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import re
 import sys
+import threading
 
 import click
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep TensorFlow's C++ start-up chatter out of the output.
+
+# What TensorFlow's C++ side prints on every start regardless of TF_CPP_MIN_LOG_LEVEL (absl logs
+# before absl::InitializeLog): oneDNN and CUDA-stub notices, and on a machine without a GPU the
+# "failed call to cuInit" error line. None of it is about the user's command.
+_LIBRARY_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\).*|[IW]\d{4} .*|E\d{4} .*failed call to cuInit.*)$")
+
+
+def _filter_library_noise() -> None:
+    """Route this process's stderr (fd 2) through a thread that drops _LIBRARY_NOISE lines.
+
+    C++ libraries write to fd 2 directly, so filtering sys.stderr would not reach them.
+    Everything else, Python tracebacks and warnings included, passes through unchanged.
+    """
+    read_end, write_end = os.pipe()
+    real_stderr = os.dup(2)
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward() -> None:
+        with os.fdopen(read_end, "rb") as pipe:
+            for line in pipe:
+                if not _LIBRARY_NOISE.match(line.decode(errors="replace").rstrip("\n")):
+                    os.write(real_stderr, line)
+
+    forwarder = threading.Thread(target=forward, daemon=True)
+    forwarder.start()
+
+    def restore() -> None:
+        sys.stderr.flush()
+        os.dup2(real_stderr, 2)  # Closes the pipe's last write end: the forwarder drains and stops.
+        forwarder.join(timeout=5)
+
+    atexit.register(restore)
 
 from constants import VERSION
 
@@ -39,6 +75,8 @@ def cli(verbose: bool) -> None:
       python cli.py verify a.wav b.flac --checkpoint_file W/checkpoints-triplets/best.h5
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        _filter_library_noise()
 
 
 @cli.command()
@@ -253,8 +291,9 @@ def test_model(working_dir: str | None, checkpoint_file: str | None, eval_audio_
 @cli.command()
 @click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False), help="Recipe file, e.g. recipes/mtl_vs_single.json.")
 @click.option("--working_dir", required=True, type=click.Path(file_okay=False), help="Feature cache and one run folder per configuration and seed.")
-@click.option("--readme", type=click.Path(dir_okay=False), help="Also put the results table into this README between <!-- mtl-results --> markers.")
-def experiment(config_file: str, working_dir: str, readme: str | None) -> None:
+@click.option("--readme", type=click.Path(dir_okay=False), help="Also put the results table into this README between <!-- MARKER --> markers.")
+@click.option("--marker", default="mtl-results", show_default=True, help="Name of the README markers around the table.")
+def experiment(config_file: str, working_dir: str, readme: str | None, marker: str) -> None:
     """Train and score every configuration x seed of a recipe; write the CSV, the table and the plot.
 
     Runs that finished are skipped when the command runs again.
@@ -270,19 +309,20 @@ def experiment(config_file: str, working_dir: str, readme: str | None) -> None:
     click.echo(results_table(csv_path))
     click.echo(f"rows: {csv_path}")
     if readme:
-        update_readme_table(csv_path, readme)
+        update_readme_table(csv_path, readme, marker)
 
 
 @cli.command("results-table")
 @click.option("--csv", "csv_path", required=True, type=click.Path(exists=True, dir_okay=False), help="CSV written by the experiment verb.")
-@click.option("--readme", type=click.Path(exists=True, dir_okay=False), help="Replace the table between <!-- mtl-results --> markers in this file.")
-def results_table_command(csv_path: str, readme: str | None) -> None:
+@click.option("--readme", type=click.Path(exists=True, dir_okay=False), help="Replace the table between <!-- MARKER --> markers in this file.")
+@click.option("--marker", default="mtl-results", show_default=True, help="Name of the README markers around the table.")
+def results_table_command(csv_path: str, readme: str | None, marker: str) -> None:
     """Print the Markdown table (mean ± std over seeds) of an experiment's CSV."""
     from experiment import results_table, update_readme_table
 
     click.echo(results_table(csv_path))
     if readme:
-        update_readme_table(csv_path, readme)
+        update_readme_table(csv_path, readme, marker)
 
 
 @cli.command("learning-curve")
@@ -311,13 +351,20 @@ def learning_curve_command(run_dir: str, eval_audio_dirs: tuple[str, ...], outpu
 @click.option("--training_corpus", "training_corpora", multiple=True, required=True, help="Name of a training corpus, for the card (repeatable).")
 @click.option("--command", "retrain_command", required=True, help="The one command that retrains the model, for the card.")
 @click.option("--train_seconds", type=float, help="Training wall time, when the run's state.json does not record it.")
+@click.option("--readme", type=click.Path(exists=True, dir_okay=False), help="Also put the figures table into this README between <!-- pretrained-model --> markers.")
 def ship_model_command(checkpoint_file: str, eval_audio_dirs: tuple[str, ...], output_dir: str, training_corpora: tuple[str, ...],
-                       retrain_command: str, train_seconds: float | None) -> None:
+                       retrain_command: str, train_seconds: float | None, readme: str | None) -> None:
     """Package a run's checkpoint as the shipped model: model.h5, config.json, model_card.json, README.md."""
-    from model_card import ship_model
+    import json
+
+    from constants import MODEL_CARD_FILE_NAME
+    from experiment import replace_marked_section
+    from model_card import figures_table, ship_model
 
     try:
         output = ship_model(checkpoint_file, list(eval_audio_dirs), output_dir, retrain_command, list(training_corpora), train_seconds)
+        if readme:
+            replace_marked_section(readme, "pretrained-model", figures_table(json.loads((output / MODEL_CARD_FILE_NAME).read_text())))
     except (OSError, ValueError) as error:
         _fail(error)
     click.echo((output / "README.md").read_text())
@@ -384,7 +431,8 @@ def embed_command(files_or_dirs: tuple[str, ...], checkpoint_file: str | None, o
 @_checkpoint_option
 @click.option("--threshold", type=float,
               help="Same speaker when the cosine score is at least this. Default: the EER threshold in the model card beside the "
-                   f"checkpoint (model_card.json, as the shipped model has), else {VERIFY_THRESHOLD}, which is tuned to no model.")
+                   f"checkpoint (model_card.json, as the shipped model has), else {VERIFY_THRESHOLD}, which is tuned to no model: "
+                   "`python cli.py test-model` reports a model's EER threshold.")
 @_batch_size_option
 def verify_command(file_a: str, file_b: str, checkpoint_file: str | None, threshold: float | None, batch_size: int) -> None:
     """Say whether FILE_A and FILE_B hold the same speaker: cosine score of their whole-utterance embeddings.

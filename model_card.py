@@ -197,3 +197,17 @@ def learning_curve(run_directory: str | os.PathLike, eval_audio_dirs: list[str],
     output.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(output, lambda handle: handle.write(buffer.getvalue()), text=True)
     return output
+
+
+def figures_table(card: dict) -> str:
+    """The card's per-corpus figures as the Markdown table the README shows."""
+    evaluation = card["evaluation"]
+    lines = ["| held-out corpus | speakers | trials | EER | minDCF(0.01) |", "|---|---:|---:|---:|---:|"]
+    for name, f in evaluation["corpora"].items():
+        lines.append(f"| {name} | {f['speakers']} | {f['num_trials']:,} | {100 * f['eer']:.2f} % | {f['min_dcf_001']:.3f} |")
+    training = card["training"]
+    lines += ["", f"Small ResCNN ({card['weights']:,} weights), {training['train_windows']:,} training windows, "
+                  f"{training['train_seconds'] / 3600:.1f} h on {training['machine']}; whole-utterance embeddings, all pairs "
+                  f"within each corpus; `verify` threshold {card['eer_threshold']:.3f}. From `pretrained/model_card.json`."]
+    return "\n".join(lines)
+

@@ -286,7 +286,7 @@ def evaluate_checkpoint(
     embed = EmbeddingsOnce(embedder, window, rng)
     entries, genders = cached_entries(working_dir) if working_dir is not None else ({}, {})
     run = read_run_info(checkpoint_file)
-    if run is None:
+    if run is None and working_dir is not None:
         report.notes.append("no speakers.json beside the checkpoint: every cached speaker counts as a training speaker")
     training_speakers = [s for s in (run["speakers"] if run else entries) if s in entries]
     held_out = {s: entries[s] for s in (run["held_out_speakers"] if run else []) if s in entries}

@@ -12,6 +12,12 @@ measures it, and prints what it would take for the whole corpus beside this pipe
 
     python bench/bench_training.py --working_dir /tmp/bench_cache            # pipeline only
     python bench/bench_training.py --working_dir /tmp/bench_cache --train_steps 5 --model_size small
+    python bench/bench_training.py --working_dir W --compare_precision 30 --model_size small   # float32 vs bfloat16 vs XLA
+
+`--compare_precision N` trains the same initial weights on the same N pre-drawn batches (drawn
+once into RAM, so only the model is timed) in float32, in float32 with XLA (`jit_compile`), and
+in mixed precision (bfloat16 on a CPU with AVX512-BF16 or AMX, float16 on a GPU), side by side,
+and prints windows/s and the loss curves, so a faster setting is also shown to learn the same.
 """
 
 from __future__ import annotations
@@ -95,7 +101,13 @@ def main() -> None:
     parser.add_argument("--reference_speakers", type=int, default=40, help="Speakers whose windows the straightforward path materialises (then scaled up).")
     parser.add_argument("--train_steps", type=int, default=0, help="Also train this many steps (softmax mode) and report windows/s.")
     parser.add_argument("--model_size", default="small", choices=["small", "full"])
+    parser.add_argument("--compare_precision", type=int, default=0, metavar="STEPS",
+                        help="Train STEPS identical batches in float32, float32 + XLA and mixed precision, side by side.")
     args = parser.parse_args()
+    if args.compare_precision:
+        build_synthetic_cache(args.working_dir, args.speakers, args.utterances, args.pool_size, seed=0)
+        compare_precision(load_training_data(args.working_dir), args.model_size, args.batch_size, args.compare_precision)
+        return
 
     start = time.perf_counter()
     build_synthetic_cache(args.working_dir, args.speakers, args.utterances, args.pool_size, seed=0)
@@ -133,6 +145,41 @@ def main() -> None:
         print(f"training ({args.model_size} model, {keras.backend.backend()}): {rate:.1f} windows/s; peak RAM {peak_rss_mb():.0f} MB")
         summary |= {"train_windows_per_s": rate, "model_size": args.model_size, "peak_rss_mb_training": peak_rss_mb()}
     print(json.dumps(summary))
+
+
+def compare_precision(data, model_size: str, batch_size: int, steps: int) -> dict:
+    """Windows/s and loss curves of float32, float32 + XLA and mixed precision on the same batches and weights."""
+    from train import TrainConfig, build_model, mixed_precision_policy
+
+    source = SoftmaxBatches(data.train, data.speakers, batch_size, steps, seed=0)
+    batches = [source[i] for i in range(steps)]
+    settings = {"float32": ("float32", False), "float32 + XLA": ("float32", True), mixed_precision_policy(): (mixed_precision_policy(), False)}
+    results = {}
+    initial = None
+    for name, (policy, jit) in settings.items():
+        keras.mixed_precision.set_global_policy(policy)
+        keras.utils.set_random_seed(0)
+        model = build_model(TrainConfig(mode="softmax", model_size=model_size, batch_size=batch_size), len(data.speakers), False)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", jit_compile=jit)
+        initial = initial or model.get_weights()
+        model.set_weights(initial)
+        model.train_on_batch(*batches[0])  # Trace and compile; then restart from the same weights.
+        model.set_weights(initial)
+        model.optimizer.iterations.assign(0)
+        losses, start = [], time.perf_counter()
+        for x, y in batches:
+            losses.append(float(model.train_on_batch(x, y)))
+        rate = batch_size * steps / (time.perf_counter() - start)
+        results[name] = {"windows_per_s": rate, "losses": losses}
+        keras.mixed_precision.set_global_policy("float32")
+    base = results["float32"]
+    print(f"training the {model_size} model, batch {batch_size}, {steps} identical batches ({keras.backend.backend()}):")
+    for name, result in results.items():
+        gap = max(abs(a - b) for a, b in zip(result["losses"], base["losses"]))
+        print(f"  {name:16s} {result['windows_per_s']:7.1f} windows/s  ({result['windows_per_s'] / base['windows_per_s']:.2f}x float32)  "
+              f"loss {result['losses'][0]:.3f} -> {result['losses'][-1]:.3f}, largest gap to float32 {gap:.3f}")
+    print(json.dumps({"model_size": model_size, "batch_size": batch_size, "steps": steps, "results": results}))
+    return results
 
 
 def materialise_like_the_reference(utterances: dict[str, list[Path]], num_speakers: int) -> tuple[float, float]:

@@ -28,13 +28,22 @@ def test_version_names_keras_backend():
     assert result.stdout.startswith("hive-mtl ") and "backend" in result.stdout
 
 
+def test_a_command_that_starts_tensorflow_prints_no_cuda_or_onednn_noise():
+    result = run_cli("verify", "samples/PhilippeRemy/PhilippeRemy_001.wav", "samples/PhilippeRemy/PhilippeRemy_002.wav")
+    assert result.returncode == 0, result.stderr
+    for noise in ("cuInit", "cuda", "oneDNN", "absl::InitializeLog"):
+        assert noise not in result.stderr, result.stderr
+    verbose = run_cli("--verbose", "version")  # --verbose keeps the libraries' own logs for debugging.
+    assert "oneDNN" in verbose.stderr
+
+
 def test_build_mfcc_cache_on_the_bundled_samples(tmp_path):
     result = run_cli("build-mfcc-cache", "--working_dir", str(tmp_path), "--audio_dir", "samples")
     assert result.returncode == 0, result.stderr
-    assert "37 written, 0 already cached, 0 failed" in result.stdout
+    assert "49 written, 0 already cached, 0 failed" in result.stdout  # 37 FLAC and WAV files, 12 MP3.
     assert (tmp_path / "audio-fbanks" / "PhilippeRemy_PhilippeRemy_001.npy").is_file()
     again = run_cli("build-mfcc-cache", "--working_dir", str(tmp_path), "--audio_dir", "samples")
-    assert "0 written, 37 already cached" in again.stdout
+    assert "0 written, 49 already cached" in again.stdout
 
 
 def test_build_mfcc_cache_on_a_missing_folder_fails_with_one_line(tmp_path):
