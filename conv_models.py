@@ -4,8 +4,8 @@ Layer names follow the reference implementation exactly: the published Keras 2 c
 (`ResCNN_triplet_training_checkpoint_265.h5`) is loaded by layer name, so a renamed layer would
 silently keep its random weights. Where the reference used `Lambda` layers (which break across
 Keras versions and backends) this module uses small registered layers, so `.keras` files reload
-with `keras.models.load_model` on TensorFlow, JAX and torch without `custom_objects`, as long as
-this module has been imported.
+with `keras.models.load_model` without `custom_objects`, as long as this module has been imported:
+tested on TensorFlow and JAX; untested on torch (not installed here).
 
 Only `keras.layers` and `keras.ops` are used: the same code runs on every Keras 3 backend.
 """

@@ -12,6 +12,14 @@ away from their initial values, so loading every kind of weight is really exerci
 
 `--output` receives the L2-normalised output of `affine` (for the embedding model that is the
 model's own output, `ln`).
+
+With `--checkpoint FILE` it writes no checkpoint: it loads FILE (an HDF5 file written by any Keras)
+into the reference graph by layer name, as the reference loads its checkpoints, and embeds
+`--input`. It fails unless the file holds every weighted layer of that graph (Keras 2 would
+silently skip the others). `--probabilities` also saves the softmax output (with `--softmax`).
+
+    python tests/keras2_reference.py --checkpoint best.h5 --input x.npy --output emb.npy \
+        [--softmax N --probabilities p.npy]
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import os
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
@@ -94,26 +103,48 @@ def randomise(model: keras.Model, seed: int) -> None:
             ])
 
 
+def load_by_name(model: keras.Model, path: str) -> None:
+    """`model.load_weights(path, by_name=True)`, after checking the file has every weighted layer."""
+    with h5py.File(path, "r") as f:
+        group = f["model_weights"] if "layer_names" not in f.attrs and "model_weights" in f else f
+        in_file = set(group.keys())
+    missing = [layer.name for layer in model.layers if layer.weights and layer.name not in in_file]
+    if missing:
+        raise SystemExit(f"{path}: no weights for {len(missing)} layers of the reference graph: {missing[:5]}")
+    model.load_weights(path, by_name=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", required=True, help=".npy of shape (N, frames, 64, 1)")
     parser.add_argument("--output", required=True, help=".npy for the (N, 512) embeddings")
-    parser.add_argument("--weights", required=True, help="model.save_weights target (*.h5)")
-    parser.add_argument("--model", required=True, help="model.save target (*.h5, full model)")
+    parser.add_argument("--weights", help="model.save_weights target (*.h5)")
+    parser.add_argument("--model", help="model.save target (*.h5, full model)")
+    parser.add_argument("--checkpoint", help="HDF5 file to load by layer name instead of random weights")
+    parser.add_argument("--probabilities", help=".npy for the softmax output (with --softmax)")
     parser.add_argument("--softmax", type=int, default=None, help="number of softmax speakers")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if (args.checkpoint is None) == (args.weights is None or args.model is None):
+        parser.error("give either --weights and --model, or --checkpoint")
+    if args.probabilities and not args.softmax:
+        parser.error("--probabilities needs --softmax")
 
     assert tf_keras.__version__.startswith("2.") and keras.Model.__module__.startswith("tf_keras"), (
         "tensorflow.keras is not Keras 2 (tf_keras): is TF_USE_LEGACY_KERAS=1 set before TF loads?"
     )
     tf.random.set_seed(args.seed)
     model = reference_rescnn(args.softmax)
-    randomise(model, args.seed)
-    model.save_weights(args.weights)  # *.h5 -> Keras 2 HDF5 weights file.
-    model.save(args.model)  # *.h5 -> Keras 2 HDF5 full-model file (weights under model_weights).
+    if args.checkpoint:
+        load_by_name(model, args.checkpoint)
+    else:
+        randomise(model, args.seed)
+        model.save_weights(args.weights)  # *.h5 -> Keras 2 HDF5 weights file.
+        model.save(args.model)  # *.h5 -> Keras 2 HDF5 full-model file (weights under model_weights).
 
     features = np.load(args.input).astype(np.float32)
+    if args.probabilities:
+        np.save(args.probabilities, model(features, training=False).numpy())
     affine = keras.Model(model.inputs, model.get_layer("affine").output)
     embeddings = K.l2_normalize(affine(features, training=False), axis=1).numpy()
     if not args.softmax:

@@ -23,6 +23,7 @@ from conv_models import (
     embedding_model,
     load_weights_by_name,
 )
+from train import save_atomically
 from triplet_loss import deep_speaker_loss
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -311,6 +312,35 @@ def test_keras_file_reloads_without_custom_objects(loaded_model, real_features, 
     np.testing.assert_array_equal(embed(restored, real_features), embed(loaded_model.m, real_features))
 
 
+def set_random_weights(model: keras.Model, seed: int) -> None:
+    """Moves biases and batch-norm state off their initial values, so loading each kind of weight shows."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, variance = (w.shape for w in layer.get_weights())
+            layer.set_weights([rng.uniform(0.7, 1.3, gamma), rng.normal(0, 0.1, beta), rng.normal(0, 0.1, mean), rng.uniform(0.5, 1.5, variance)])
+        elif layer.weights:  # Kernels keep their random initial values; biases start at zero.
+            layer.set_weights([w + rng.normal(0, 0.05, w.shape) if w.ndim == 1 else w for w in layer.get_weights()])
+
+
+@pytest.mark.parametrize("softmax", [False, True], ids=["embedding_model", "softmax_model"])
+def test_a_runs_best_h5_loads_by_name_into_the_keras2_reference_and_embeds_alike(real_features, tmp_path, softmax):
+    speakers = SOFTMAX_SPEAKERS if softmax else None
+    model = DeepSpeakerModel(include_softmax=softmax, num_speakers_softmax=speakers).m
+    set_random_weights(model, seed=3)
+    save_atomically(model, tmp_path / "best.h5")  # How training writes best.h5: Keras 3, legacy HDF5.
+    np.save(tmp_path / "features.npy", real_features)
+    extra = ["--softmax", str(speakers), "--probabilities", str(tmp_path / "keras2_probabilities.npy")] if softmax else []
+    run_python([str(TESTS_DIR / "keras2_reference.py"), "--checkpoint", str(tmp_path / "best.h5"), "--input", str(tmp_path / "features.npy"),
+                "--output", str(tmp_path / "keras2_embeddings.npy"), *extra],
+               {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"})
+    affine = keras.Model(model.input, model.get_layer("affine").output)
+    embeddings = keras.ops.convert_to_numpy(L2Normalize()(embed(affine, real_features)))
+    assert np.abs(np.load(tmp_path / "keras2_embeddings.npy") - embeddings).max() < TOLERANCE
+    if softmax:
+        assert np.abs(np.load(tmp_path / "keras2_probabilities.npy") - embed(model, real_features)).max() < TOLERANCE
+
+
 # Hive-MTL.
 
 
@@ -430,6 +460,27 @@ def test_jax_backend_reproduces_the_reference_embeddings(reference, jax_subproce
     output = tmp_path / "jax_embeddings.npy"
     run_python(["-c", JAX_EMBED, str(reference.model), str(reference.features), str(output)], jax_subprocess_env)
     assert np.abs(np.load(output) - reference.embeddings).max() < TOLERANCE
+
+
+JAX_RELOAD_KERAS_FILE = """
+import sys
+import keras
+import numpy as np
+assert keras.backend.backend() == "jax", keras.backend.backend()
+import conv_models  # noqa: F401  (registers ClippedReLU, TimeAverage, L2Normalize)
+model = keras.models.load_model(sys.argv[1])
+np.save(sys.argv[3], keras.ops.convert_to_numpy(model.predict(np.load(sys.argv[2]), verbose=0)))
+"""
+
+
+def test_a_keras_file_saved_on_tensorflow_reloads_on_jax_without_custom_objects(real_features, jax_subprocess_env, tmp_path):
+    model = DeepSpeakerModel(model_size="small").m
+    set_random_weights(model, seed=4)
+    model.save(tmp_path / "rescnn.keras")
+    np.save(tmp_path / "features.npy", real_features)
+    output = tmp_path / "jax_embeddings.npy"
+    run_python(["-c", JAX_RELOAD_KERAS_FILE, str(tmp_path / "rescnn.keras"), str(tmp_path / "features.npy"), str(output)], jax_subprocess_env)
+    assert np.abs(np.load(output) - embed(model, real_features)).max() < TOLERANCE
 
 
 # ---------------------------------------------------------------------------------------------- mixed precision

@@ -7,6 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import keras
 import pytest
 
 from audio import cache_dir, waveform_cache_dir
@@ -14,6 +15,7 @@ from experiment import (
     CSV_COLUMNS,
     RUNNER_KEYS,
     ExperimentConfigError,
+    device_name,
     load_experiment_config,
     results_table,
     run_experiment,
@@ -59,8 +61,9 @@ def test_tiny_experiment_writes_one_csv_row_per_run_and_the_plot_and_resumes(tmp
     with open(csv_path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert tuple(rows[0]) == CSV_COLUMNS + TEST_OTHER_COLUMNS  # The fixed columns, then each held-out corpus's.
+    backend, device = keras.backend.backend(), device_name()  # Recorded as found, whichever machine runs this.
     assert [(r["config"], r["seed"], r["model_size"], r["backend"], r["device"]) for r in rows] == [
-        ("softmax_triplet", "0", "small", "tensorflow", "cpu"), ("mtl_triplet", "0", "small", "tensorflow", "cpu")]
+        ("softmax_triplet", "0", "small", backend, device), ("mtl_triplet", "0", "small", backend, device)]
     assert [r["train_steps"] for r in rows] == ["2", "2"]  # Same budget: one softmax + one triplet epoch against two MTL epochs.
     assert [r["train_windows"] for r in rows] == ["24", "24"]
     for row in rows:

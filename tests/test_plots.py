@@ -9,6 +9,8 @@ import pytest
 from matplotlib.image import imread
 
 import audio
+import plots
+from eval_metrics import verification_metrics
 from plots import pca_2d, plot_det_curve, plot_embedding_projection, plot_score_histograms
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,8 +50,32 @@ def test_score_histograms_are_a_png(trial_scores, tmp_path):
     assert_is_png(path, min_width=600)
 
 
-def test_score_histograms_default_to_the_eer_threshold(trial_scores, tmp_path):
-    assert_is_png(plot_score_histograms(*trial_scores, None, tmp_path / "scores.png"))
+def drawn_threshold(monkeypatch, scores, labels, threshold, path) -> float:
+    """x of the vertical line plot_score_histograms draws, read from the figure it saves."""
+    saved = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda figure, target: saved.append(figure) or save(figure, target))
+    assert_is_png(plot_score_histograms(scores, labels, threshold, path))
+    (axes,) = saved[0].axes
+    (line,) = axes.lines  # The histograms are patches; the threshold is the only line.
+    x_start, x_end = line.get_xdata()
+    assert x_start == x_end  # Vertical.
+    assert axes.get_legend_handles_labels()[1][-1] == f"threshold = {x_start:.3f}"
+    return float(x_start)
+
+
+def test_score_histograms_default_to_the_eer_threshold(trial_scores, tmp_path, monkeypatch):
+    scores, labels = trial_scores
+    threshold = drawn_threshold(monkeypatch, scores, labels, None, tmp_path / "scores.png")
+    assert threshold == verification_metrics(scores, labels).eer_threshold
+    # And it is where false acceptances and false rejections balance, on these scores.
+    false_acceptance = np.mean(scores[labels == 0] >= threshold)
+    false_rejection = np.mean(scores[labels == 1] < threshold)
+    assert abs(false_acceptance - false_rejection) < 0.01 and 0.05 < false_rejection < 0.15
+
+
+def test_score_histograms_draw_a_given_threshold(trial_scores, tmp_path, monkeypatch):
+    assert drawn_threshold(monkeypatch, *trial_scores, 0.25, tmp_path / "scores.png") == 0.25
 
 
 def test_det_curve_is_a_png(trial_scores, tmp_path):
