@@ -390,8 +390,20 @@ def waveform_cache_dir(working_dir: str | os.PathLike, trim_mode: str) -> Path:
     return Path(working_dir) / f"{WAVEFORM_CACHE_DIR_NAME}-{trim_mode}"
 
 
+def fsync_directory(directory: str | os.PathLike) -> None:
+    """Flush a folder's entries: a rename lives in the folder, so without this a power cut can undo it."""
+    if os.name == "nt":  # Windows cannot open a folder as a file; NTFS journals renames itself.
+        return
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def write_atomically(path: str | os.PathLike, write: Callable[[IO], object], text: bool = False) -> None:
-    """Write through a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    """Write through a temporary file in the same folder, flush it, rename it, flush the folder:
+    neither a crash nor a power cut leaves half a file, or an old file after the call returned."""
     path = Path(path)
     with tempfile.NamedTemporaryFile("w" if text else "wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as handle:
         temporary = Path(handle.name)
@@ -404,6 +416,7 @@ def write_atomically(path: str | os.PathLike, write: Callable[[IO], object], tex
             raise
     os.chmod(temporary, 0o644)  # NamedTemporaryFile makes owner-only files; these are ordinary outputs.
     os.replace(temporary, path)
+    fsync_directory(path.parent)
 
 
 def save_npy_atomically(path: str | os.PathLike, array: np.ndarray) -> None:
@@ -467,9 +480,11 @@ def build_feature_cache(
     With `waveform_trim`, also keep the decoded audio trimmed that way in
     `<working_dir>/audio-waveforms-<trim>/`, for training with augmentation. Entries that exist
     are kept (so an interrupted build resumes); bad files are skipped and reported;
-    `corpus.json` records speakers, genders and where the audio came from.
+    `corpus.json` records speakers, genders and where the audio came from, down to each entry's
+    file, so that an entry of another corpus with the same names is refused, not reused.
     """
     corpus = index_corpus(audio_dir, genders_file)
+    check_entry_sources(working_dir, corpus)
     target_dir = cache_dir(working_dir)
     target_dir.mkdir(parents=True, exist_ok=True)
     waveform_dir = waveform_cache_dir(working_dir, waveform_trim) if waveform_trim else None
@@ -511,8 +526,32 @@ def build_feature_cache(
     return report
 
 
+def check_entry_sources(working_dir: str | os.PathLike, corpus: Corpus) -> None:
+    """Refuse a corpus whose files map to cache entries recorded from other files.
+
+    Two corpora with the same speaker and utterance names share entry names; without this the
+    second would silently train on the first one's features. Entries that older code recorded
+    without their source cannot be checked and are reused as before.
+    """
+    path = Path(working_dir) / CORPUS_INDEX_FILE_NAME
+    sources = json.loads(path.read_text()).get("sources", {}) if path.is_file() else {}
+    clashes = []
+    for utterance in corpus.utterances:
+        source = str(utterance.path.resolve())
+        recorded = sources.get(utterance.cache_name, source)
+        if recorded != source:
+            clashes.append((utterance.cache_name, recorded, source))
+    if clashes:
+        entry, recorded, new = clashes[0]
+        more = f" (and {len(clashes) - 1} more entries)" if len(clashes) > 1 else ""
+        raise CorpusError(
+            f"{cache_dir(working_dir) / entry}: cached from {recorded}, but {new} has the same speaker and utterance names{more}. "
+            "Build each corpus into its own --working_dir, or rename the speaker folders of one of them."
+        )
+
+
 def write_corpus_index(working_dir: str | os.PathLike, corpus: Corpus) -> Path:
-    """Record the cached corpus (speaker -> utterances, genders) so training needs no audio.
+    """Record the cached corpus (speaker -> utterances, genders, entry -> source file) so training needs no audio.
 
     Caches built from several corpora into one working dir add up: the index is merged.
     """
@@ -521,6 +560,9 @@ def write_corpus_index(working_dir: str | os.PathLike, corpus: Corpus) -> Path:
     root = str(Path(corpus.root).resolve())
     index["audio_dirs"] = sorted(set(index["audio_dirs"]) | {root})
     index["genders"].update(corpus.genders)
+    sources = index.setdefault("sources", {})
+    unknown = {f"{s}_{u}.npy" for s, utterances in index["speakers"].items() for u in utterances} - set(sources)  # Listed by older code.
+    sources.update({u.cache_name: str(u.path.resolve()) for u in corpus.utterances if u.cache_name not in unknown})
     for speaker, utterances in corpus.utterances_by_speaker().items():
         merged = set(index["speakers"].get(speaker, [])) | {u.utterance for u in utterances}
         index["speakers"][speaker] = sorted(merged, key=natural_key)

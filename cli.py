@@ -160,8 +160,8 @@ def train(working_dir: str, audio_dirs: tuple[str, ...], genders_file: str | Non
     """Train on the feature cache of WORKING_DIR; rerun the same command to resume.
 
     Each run directory (checkpoints-softmax/, checkpoints-triplets/, checkpoints-mtl/) holds
-    config.json, speakers.json, best.h5 (loads by layer name), latest.weights.h5, state.json,
-    metrics.csv and TensorBoard logs.
+    config.json, speakers.json, split.json, best.h5 (loads by layer name), latest-<epoch>.weights.h5,
+    state.json, metrics.csv and TensorBoard logs.
     """
     from audio import CorpusError, build_feature_cache
     from train import TrainConfig, TrainingError, train_reference_recipe

@@ -225,7 +225,7 @@ def inspect_checkpoint(checkpoint_file: str | os.PathLike) -> CheckpointInfo:
         raise FileNotFoundError(f"{path}: no such checkpoint file" + (" (it is a folder)" if path.is_dir() else ""))
     if path.name.endswith(KERAS3_WEIGHTS_SUFFIX):
         raise ValueError(
-            f"{path}: a Keras 3 weights file (*{KERAS3_WEIGHTS_SUFFIX}, e.g. a run's latest.weights.h5) holds no layer "
+            f"{path}: a Keras 3 weights file (*{KERAS3_WEIGHTS_SUFFIX}, e.g. a run's latest-<epoch>.weights.h5) holds no layer "
             "names and loads only into the exact model that wrote it; use the run's best.h5 or a .keras file"
         )
     suffix = path.suffix.lower()

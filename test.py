@@ -102,6 +102,26 @@ def read_run_info(checkpoint_file: str | os.PathLike) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def read_run_split(checkpoint_file: str | os.PathLike) -> dict[str, dict[str, list[str]]] | None:
+    """`split.json` of the run a checkpoint belongs to: speaker -> {"train": [cache entry names], "test": [...]}."""
+    path = Path(checkpoint_file).parent / "split.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def training_split(entries: list[Path], recorded: dict[str, list[str]] | None) -> tuple[list[Path], list[Path]]:
+    """A training speaker's (train, test) entries: as the run recorded them, else the reference split.
+
+    Recomputed on a cache that grew after training, the 80 % boundary would move and score
+    training utterances as test ones; entries added since are in neither list.
+    """
+    from batcher import split_utterances
+
+    if recorded is None:
+        return split_utterances(entries)
+    by_name = {entry.name: entry for entry in entries}
+    return [by_name[n] for n in recorded["train"] if n in by_name], [by_name[n] for n in recorded["test"] if n in by_name]
+
+
 HELD_OUT_CORPUS = "held_out"
 
 
@@ -275,7 +295,6 @@ def evaluate_checkpoint(
     gender labels that no label file gives.
     """
     from audio import cached_entries
-    from batcher import split_utterances
     from eval_metrics import reference_metrics, verification_metrics
     from inference import Embedder
     from trials import generate_trials, read_trials, score_trials
@@ -290,7 +309,8 @@ def evaluate_checkpoint(
         report.notes.append("no speakers.json beside the checkpoint: every cached speaker counts as a training speaker")
     training_speakers = [s for s in (run["speakers"] if run else entries) if s in entries]
     held_out = {s: entries[s] for s in (run["held_out_speakers"] if run else []) if s in entries}
-    splits = {s: split_utterances(entries[s]) for s in training_speakers}
+    recorded = read_run_split(checkpoint_file) or {}
+    splits = {s: training_split(entries[s], recorded.get(s)) for s in training_speakers}
 
     test_embeddings = {s: embedder.embed_files(test, "random", rng) for s, (_, test) in splits.items() if test}
     if len(test_embeddings) >= 2 and any(len(e) >= 2 for e in test_embeddings.values()):

@@ -3,21 +3,26 @@
 A run lives in one directory, `<working_dir>/checkpoints-<mode>/`, holding everything needed to
 understand and resume it:
 
-    config.json       the TrainConfig that produced it
-    speakers.json     training speakers in class order, their genders, the held-out speakers
-    latest.weights.h5 model and optimizer state after the last finished epoch (for resuming)
-    state.json        last finished epoch, best monitored value, whether the run is finished
-    best.h5           the best model so far (legacy HDF5: loads by layer name, like the reference)
-    metrics.csv       one row of losses and metrics per epoch
-    tensorboard/      TensorBoard logs (TensorFlow backend)
+    config.json               the TrainConfig that produced it
+    speakers.json             training speakers in class order, their genders, the held-out speakers
+    split.json                each training speaker's train and test cache entries, as the run drew them
+    latest-<epoch>.weights.h5 model and optimizer state after the last finished epoch (for resuming)
+    state.json                last finished epoch, the weights file of that epoch, best monitored value,
+                              learning rate, early-stopping and learning-rate-schedule counters, whether
+                              the run is finished
+    best.h5                   the best model so far (legacy HDF5: loads by layer name, like the reference)
+    metrics.csv               one row of losses and metrics per finished epoch
+    tensorboard/              TensorBoard logs (TensorFlow backend)
 
-Every file is written atomically. Running the same command again after an interruption
-resumes after the last finished epoch.
+Every file is written atomically and flushed to disk. The weights of an epoch are written before
+the state.json that names them, so an interruption at any point leaves a consistent pair; running
+the same command again resumes after the last finished epoch, on the same utterances.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import json
 import logging
@@ -32,7 +37,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from audio import waveform_cache_dir, write_json_atomically
+from audio import fsync_directory, waveform_cache_dir, write_atomically, write_json_atomically
 from augment import AugmentConfig, NO_AUGMENTATION
 from batcher import (
     AugmentedBatches,
@@ -77,7 +82,10 @@ DISTRIBUTIONS = ("none", "mirrored", "multi_worker", "data_parallel")
 DEFAULT_LEARNING_RATES = {"softmax": 1e-3, "triplet": 1e-2, "mtl": 1e-3}
 BEST_CHECKPOINT = "best.h5"
 SNAPSHOTS_DIR = "snapshots"
-LATEST_CHECKPOINT = "latest.weights.h5"
+LATEST_CHECKPOINT = "latest.weights.h5"  # Runs written before state.json named its weights file.
+STATE_FILE = "state.json"
+METRICS_FILE = "metrics.csv"
+SPLIT_FILE = "split.json"
 
 
 class TrainingError(RuntimeError):
@@ -257,8 +265,47 @@ def distribution_scope(name: str):
 # Callbacks that make a run safe to interrupt.
 
 
+class ResumableCounters:
+    """Mixin for callbacks whose counters Keras resets in `on_train_begin`: puts back those saved in
+    state.json, so patience and cooldown count across a resume instead of starting over."""
+
+    COUNTERS: tuple[str, ...] = ()
+
+    def __init__(self, *args, counters: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.restored = counters or {}
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        super().on_train_begin(logs)
+        for name in self.COUNTERS:
+            if self.restored.get(name) is not None:
+                setattr(self, name, self.restored[name])
+
+    def counters(self) -> dict:
+        return {name: json_number(getattr(self, name)) for name in self.COUNTERS}
+
+
+class ResumableEarlyStopping(ResumableCounters, keras.callbacks.EarlyStopping):
+    COUNTERS = ("wait", "best", "best_epoch")
+
+
+class ResumableReduceLROnPlateau(ResumableCounters, keras.callbacks.ReduceLROnPlateau):
+    COUNTERS = ("wait", "best", "cooldown_counter")
+
+
+def json_number(value) -> int | float | None:
+    """A counter as JSON: None for unset or non-finite values (JSON has no infinity)."""
+    if value is None or (np.ndim(value) == 0 and not math.isfinite(float(value))):
+        return None
+    return int(value) if isinstance(value, (int, np.integer)) else float(value)
+
+
 class RunCheckpoint(keras.callbacks.Callback):
-    """Atomic latest and best checkpoints plus `state.json`, only for epochs with a finite loss."""
+    """Atomic latest and best checkpoints, `metrics.csv` and `state.json`, only for epochs with a finite loss.
+
+    It must run after the callbacks in `counters` (see `make_callbacks`): it records their
+    counters, and the learning rate, as they left them at the end of the epoch.
+    """
 
     def __init__(self, directory: Path, monitor: str, mode: str, best: float | None = None, snapshot_every: int = 0):
         super().__init__()
@@ -268,8 +315,10 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.sign = 1.0 if mode == "max" else -1.0
         self.best = best
         self.stopped_on_nan_epoch: int | None = None
+        self.counters: dict[str, ResumableCounters] = {}
         previous = read_state(directory) or {}
         self.train_seconds = float(previous.get("train_seconds") or 0.0)  # Wall time of all finished epochs, across resumes.
+        self.rows = read_metrics(directory / METRICS_FILE, before_epoch=int(previous.get("epoch") or 0))
         self.epoch_started = time.monotonic()
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
@@ -292,13 +341,69 @@ class RunCheckpoint(keras.callbacks.Callback):
             (self.directory / SNAPSHOTS_DIR).mkdir(exist_ok=True)
             shutil.copyfile(self.directory / "config.json", self.directory / SNAPSHOTS_DIR / "config.json")  # Their front end.
             save_atomically(self.model, self.directory / SNAPSHOTS_DIR / f"epoch_{epoch + 1:04d}.h5")
-        save_atomically(self.model, self.directory / LATEST_CHECKPOINT)
+        # Weights first, then the metrics, then the state that names both: a kill between any two
+        # leaves state.json with the weights of its own epoch (and rows past it are dropped on resume).
+        latest = latest_checkpoint_name(epoch + 1)
+        save_atomically(self.model, self.directory / latest)
         self.train_seconds += time.monotonic() - self.epoch_started
-        write_state(self.directory, epoch + 1, self.monitor, self.best, finished=False, train_seconds=self.train_seconds)
+        self.rows = [row for row in self.rows if int(row["epoch"]) < epoch] + [{"epoch": epoch, **{k: csv_value(v) for k, v in logs.items()}}]
+        write_metrics(self.directory / METRICS_FILE, self.rows)
+        write_state(self.directory, {
+            "epoch": epoch + 1, "latest": latest, "monitor": self.monitor, "best": self.best, "finished": False,
+            "train_seconds": self.train_seconds, "learning_rate": self.learning_rate(),
+            "callbacks": {name: callback.counters() for name, callback in self.counters.items()},
+        })
+        remove_other_latest_checkpoints(self.directory, keep=latest)
+
+    def learning_rate(self) -> float | None:
+        optimizer = getattr(self.model, "optimizer", None)
+        return None if optimizer is None else float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+def latest_checkpoint_name(epoch: int) -> str:
+    """The weights after `epoch` finished epochs: named by their epoch, so state.json can name them."""
+    return f"latest-{epoch:04d}.weights.h5"
+
+
+def latest_checkpoint(directory: Path, state: dict) -> Path:
+    """The weights file `state` names; `latest.weights.h5` for runs written before it named one."""
+    return directory / state.get("latest", LATEST_CHECKPOINT)
+
+
+def remove_other_latest_checkpoints(directory: Path, keep: str) -> None:
+    """Delete latest weights that state.json no longer names (older epochs, an older run's latest.weights.h5)."""
+    for path in [*directory.glob("latest-*.weights.h5"), directory / LATEST_CHECKPOINT]:
+        if path.name != keep:
+            path.unlink(missing_ok=True)
+
+
+def csv_value(value) -> object:
+    """A log value as a CSV cell, as keras.callbacks.CSVLogger writes it."""
+    return float(value) if np.ndim(value) == 0 else f"[{', '.join(map(str, np.ravel(value)))}]"
+
+
+def read_metrics(path: Path, before_epoch: int) -> list[dict]:
+    """Rows of `metrics.csv` for epochs before `before_epoch`: the finished epochs a resumed run keeps."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return [row for row in csv.DictReader(handle) if row.get("epoch", "").isdigit() and int(row["epoch"]) < before_epoch]
+
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    """`metrics.csv` as a whole, atomically: `epoch`, then the sorted log keys ("NA" where a row lacks one)."""
+    keys = sorted({key for row in rows for key in row} - {"epoch"})
+
+    def write(handle) -> None:
+        writer = csv.DictWriter(handle, ["epoch", *keys], restval="NA", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+    write_atomically(path, write, text=True)
 
 
 def save_atomically(model: keras.Model, path: Path) -> None:
-    """Save into a temporary file beside `path`, then rename over it."""
+    """Save into a temporary file beside `path`, flush it to disk, rename it over `path`, flush the folder."""
     suffix = ".weights.h5" if path.name.endswith(".weights.h5") else path.suffix
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=suffix)
     os.close(handle)
@@ -309,7 +414,10 @@ def save_atomically(model: keras.Model, path: Path) -> None:
         else:
             with quiet_logger("absl"):  # Legacy HDF5 on purpose: it loads by layer name, like the reference's files.
                 model.save(temporary)
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
         os.replace(temporary, path)
+        fsync_directory(path.parent)
     finally:
         Path(temporary).unlink(missing_ok=True)
 
@@ -326,14 +434,19 @@ def quiet_logger(name: str):
         library_logger.setLevel(level)
 
 
-def write_state(directory: Path, epoch: int, monitor: str, best: float | None, finished: bool, train_seconds: float | None = None) -> None:
-    if train_seconds is None:
-        train_seconds = (read_state(directory) or {}).get("train_seconds")
-    write_json_atomically(directory / "state.json", {"epoch": epoch, "monitor": monitor, "best": best, "finished": finished, "train_seconds": train_seconds})
+def write_state(directory: Path, state: dict) -> None:
+    """`state.json`: what a resume needs (see the module docstring); written last for each epoch."""
+    write_json_atomically(directory / STATE_FILE, state)
 
 
 def read_state(directory: Path) -> dict | None:
-    path = directory / "state.json"
+    path = directory / STATE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_split(directory: Path) -> dict[str, dict[str, list[str]]] | None:
+    """`split.json` of a run: speaker -> {"train": [cache entry names], "test": [...]}; None for older runs."""
+    path = directory / SPLIT_FILE
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -355,6 +468,8 @@ def train(working_dir: str | os.PathLike, config: TrainConfig, run_root: str | o
     if state and state["finished"]:
         logger.info("%s: this run has finished already; nothing to do", directory)
         return directory
+    if state:
+        data = recorded_split(directory, data)
     first_epoch = state["epoch"] if state else 0
     with_gender_head = config.mode == "mtl" and bool(data.genders.keys() & set(data.speakers))
     if config.mode == "mtl" and not with_gender_head:
@@ -368,7 +483,7 @@ def train(working_dir: str | os.PathLike, config: TrainConfig, run_root: str | o
             model = build_model(config, len(data.speakers), with_gender_head)
             if state:
                 model.optimizer.build(model.trainable_variables)  # So its saved state has somewhere to go.
-                model.load_weights(directory / LATEST_CHECKPOINT)
+                model.load_weights(latest_checkpoint(directory, state))
                 logger.info("resuming %s after epoch %d (optimizer step %d)", directory, first_epoch, int(keras.ops.convert_to_numpy(model.optimizer.iterations)))
                 if saved_config.get("learning_rate") != config.learning_rate:  # E.g. a lower rate after a NaN loss.
                     model.optimizer.learning_rate.assign(config.optimizer_learning_rate)
@@ -384,25 +499,26 @@ def train(working_dir: str | os.PathLike, config: TrainConfig, run_root: str | o
                 validation_data=validation_batches,
                 epochs=config.epochs,
                 initial_epoch=first_epoch,
-                callbacks=make_callbacks(config, directory, monitor, monitor_mode, checkpoint),
+                callbacks=make_callbacks(config, directory, monitor, monitor_mode, checkpoint, state),
                 verbose=2,
             )
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
     if checkpoint.stopped_on_nan_epoch is not None:
         last_good = read_state(directory)
-        kept = f"the last good checkpoint, after epoch {last_good['epoch']}, is {directory / LATEST_CHECKPOINT}" if last_good else "no epoch had finished, so nothing was saved"
+        kept = f"the last good checkpoint, after epoch {last_good['epoch']}, is {latest_checkpoint(directory, last_good)}" if last_good else "no epoch had finished, so nothing was saved"
         raise TrainingError(
             f"the loss became NaN or infinite in epoch {checkpoint.stopped_on_nan_epoch}; training stopped and {kept}. "
             "Run again with a lower --learning_rate to continue from there."
         )
-    last_state = read_state(directory) or {"epoch": first_epoch, "best": None}
-    write_state(directory, last_state["epoch"], monitor, last_state["best"], finished=True)
+    last_state = read_state(directory) or {"epoch": first_epoch, "monitor": monitor, "best": None}
+    write_state(directory, {**last_state, "finished": True})
     return directory
 
 
 def prepare_run_directory(directory: Path, config: TrainConfig, data: TrainingData) -> tuple[dict | None, dict]:
-    """Write config and speaker index of a new run; for an existing one check the config and return (state, saved config)."""
+    """Write config, speaker index and split of a new run; for an existing one check the config and
+    the training speakers, and return (state, saved config)."""
     config_path = directory / "config.json"
     state = read_state(directory)
     if config_path.is_file() and state:
@@ -411,8 +527,10 @@ def prepare_run_directory(directory: Path, config: TrainConfig, data: TrainingDa
         changed = sorted(k for k in current if saved.get(k) != current[k] and k not in RESUMABLE_CHANGES)
         if changed:
             raise TrainingError(f"{directory} holds a run with another configuration ({', '.join(changed)} differ); use another --working_dir or delete {directory}")
+        check_training_speakers(directory, data.speakers)
         if saved.get("epochs") != config.epochs and state["finished"] and state["epoch"] < config.epochs:
-            state = {**state, "finished": False}  # More epochs asked for: continue the finished run.
+            state = {**state, "finished": False}  # More epochs asked for: continue the finished run,
+            write_state(directory, state)  # and say so on disk, or a stop before its next epoch (a NaN) would leave it "finished".
         write_json_atomically(config_path, current)
         return state, saved
     write_json_atomically(config_path, dataclasses.asdict(config))
@@ -425,7 +543,43 @@ def prepare_run_directory(directory: Path, config: TrainConfig, data: TrainingDa
             "speeds": list(config.augment.speeds) if config.mode == "softmax" else [1.0],  # Class s + k * len(speakers) is speaker s at speeds[k].
         },
     )
+    write_json_atomically(directory / SPLIT_FILE, {s: {"train": [p.name for p in data.train[s]], "test": [p.name for p in data.test[s]]} for s in data.speakers})
     return None, {}
+
+
+def check_training_speakers(directory: Path, speakers: list[str]) -> None:
+    """A resumed run must see the speakers, in the class order, it started with: on a cache whose
+    speakers changed since, class indices would silently mean other speakers."""
+    path = directory / "speakers.json"
+    if not path.is_file():
+        return
+    recorded = json.loads(path.read_text())["speakers"]
+    if recorded == speakers:
+        return
+    added, removed = [s for s in speakers if s not in recorded], [s for s in recorded if s not in speakers]
+    changes = [f"{verb} {some_of(names)}" for verb, names in (("added", added), ("removed", removed)) if names]
+    raise TrainingError(
+        f"{path}: the training speakers changed since this run started ({'; '.join(changes) or 'the same speakers in another order'}). "
+        f"Resume on the cache the run started with, or start a new run in another --working_dir."
+    )
+
+
+def some_of(names: list[str], shown: int = 10) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def recorded_split(directory: Path, data: TrainingData) -> TrainingData:
+    """The training data with the utterances the run started with (split.json), so that a cache that
+    grew since cannot move the 80 % boundary under a resumed run; older runs keep the recomputed split."""
+    split = read_split(directory)
+    if split is None:
+        return data
+    train = {s: [data.cache_dir / name for name in split[s]["train"]] for s in data.speakers}
+    test = {s: [data.cache_dir / name for name in split[s]["test"]] for s in data.speakers}
+    missing = [str(p) for entries in (*train.values(), *test.values()) for p in entries if not p.is_file()]
+    if missing:
+        raise TrainingError(f"{directory / SPLIT_FILE}: {len(missing)} of the run's cache entries are missing (e.g. {missing[0]}); rebuild the cache it started with")
+    return dataclasses.replace(data, train=train, test=test)
 
 
 RESUMABLE_CHANGES = {"epochs", "input_workers", "learning_rate"}  # May differ when a run is resumed.
@@ -537,16 +691,27 @@ def monitored_metric(config: TrainConfig, has_validation: bool) -> tuple[str, st
     return f"{prefix}loss", "min"
 
 
-def make_callbacks(config: TrainConfig, directory: Path, monitor: str, monitor_mode: str, checkpoint: RunCheckpoint) -> list:
-    callbacks = [keras.callbacks.TerminateOnNaN(), checkpoint, keras.callbacks.CSVLogger(str(directory / "metrics.csv"), append=True)]
+def make_callbacks(config: TrainConfig, directory: Path, monitor: str, monitor_mode: str, checkpoint: RunCheckpoint, state: dict | None = None) -> list:
+    """The run's callbacks in the order fit() calls them; `state` restores early-stopping and learning-rate counters.
+
+    The checkpoint comes last, so that it records the counters and the learning rate after the
+    other callbacks updated them for the epoch.
+    """
+    restored = (state or {}).get("callbacks") or {}
+    callbacks: list = [keras.callbacks.TerminateOnNaN()]
     if config.mode in ("softmax", "mtl"):
-        callbacks += [
-            keras.callbacks.EarlyStopping(monitor, min_delta=0.001, patience=config.early_stopping_patience, mode=monitor_mode),
-            keras.callbacks.ReduceLROnPlateau(monitor, factor=0.5, patience=config.reduce_lr_patience, min_lr=config.min_learning_rate, mode=monitor_mode),
-        ]
+        checkpoint.counters = {
+            "early_stopping": ResumableEarlyStopping(
+                monitor, min_delta=0.001, patience=config.early_stopping_patience, mode=monitor_mode, counters=restored.get("early_stopping")
+            ),
+            "reduce_lr": ResumableReduceLROnPlateau(
+                monitor, factor=0.5, patience=config.reduce_lr_patience, min_lr=config.min_learning_rate, mode=monitor_mode, counters=restored.get("reduce_lr")
+            ),
+        }
+        callbacks += checkpoint.counters.values()
     if keras.backend.backend() == "tensorflow":
         callbacks.append(keras.callbacks.TensorBoard(str(directory / "tensorboard")))
-    return callbacks
+    return [*callbacks, checkpoint]
 
 
 def train_reference_recipe(working_dir: str | os.PathLike, config: TrainConfig) -> list[Path]:

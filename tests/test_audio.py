@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -243,6 +244,55 @@ def test_atomic_save_leaves_no_partial_file_when_writing_fails(tmp_path):
     assert list(tmp_path.iterdir()) == []
     audio.save_npy_atomically(target, np.arange(3))
     np.testing.assert_array_equal(np.load(target), np.arange(3))
+
+
+def test_atomic_write_flushes_the_file_then_the_rename_in_its_folder(tmp_path, monkeypatch):
+    target = tmp_path / "entry.npy"
+    synced = []
+    fsync = os.fsync
+
+    def record(descriptor: int) -> None:
+        path = Path(os.readlink(f"/proc/self/fd/{descriptor}"))
+        synced.append((path, path.is_dir(), target.exists()))
+        fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", record)
+    audio.save_npy_atomically(target, np.arange(3))
+    (file, file_is_dir, renamed_before), (folder, folder_is_dir, renamed_after) = synced
+    assert not file_is_dir and file.parent == tmp_path.resolve() and not renamed_before
+    assert folder_is_dir and folder == tmp_path.resolve() and renamed_after
+
+
+def two_corpora_with_one_name(tmp_path: Path) -> tuple[Path, Path]:
+    """Two corpora, each with speaker `alice` and utterance `take`, recorded from different audio."""
+    first, second = tmp_path / "first" / "alice" / "take.flac", tmp_path / "second" / "alice" / "take.wav"
+    for path, source in ((first, LIBRI_1255), (second, PHILIPPE_001)):
+        path.parent.mkdir(parents=True)
+        shutil.copy(source, path)
+    return first, second
+
+
+def test_a_cache_entry_of_another_corpus_with_the_same_names_is_refused_naming_both_files(tmp_path):
+    first, second = two_corpora_with_one_name(tmp_path)
+    audio.build_feature_cache(tmp_path / "first", tmp_path / "work", workers=1, progress=False)
+    assert json.loads((tmp_path / "work" / "corpus.json").read_text())["sources"] == {"alice_take.npy": str(first.resolve())}
+    with pytest.raises(CorpusError, match="alice_take.npy") as refused:
+        audio.build_feature_cache(tmp_path / "second", tmp_path / "work", workers=1, progress=False)
+    assert str(first.resolve()) in str(refused.value) and str(second.resolve()) in str(refused.value)
+    assert "--working_dir" in str(refused.value)
+    np.testing.assert_array_equal(np.load(tmp_path / "work" / "audio-fbanks" / "alice_take.npy"), audio.read_mfcc(first))
+    again = audio.build_feature_cache(tmp_path / "first", tmp_path / "work", workers=1, progress=False)
+    assert again.skipped_existing == 1  # The corpus the entry came from resumes as before.
+
+
+def test_cache_entries_recorded_without_their_source_are_reused_as_before(tmp_path):
+    _, second = two_corpora_with_one_name(tmp_path)
+    audio.build_feature_cache(tmp_path / "first", tmp_path / "work", workers=1, progress=False)
+    index_file = tmp_path / "work" / "corpus.json"
+    index_file.write_text(json.dumps({k: v for k, v in json.loads(index_file.read_text()).items() if k != "sources"}))  # As older code wrote it.
+    report = audio.build_feature_cache(tmp_path / "second", tmp_path / "work", workers=1, progress=False)
+    assert (report.written, report.skipped_existing) == (0, 1)
+    assert "alice_take.npy" not in json.loads(index_file.read_text())["sources"]  # Its source is not known, so none is guessed.
 
 
 def test_reading_a_missing_corpus_index_says_which_command_to_run(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,31 @@ def test_evaluation_on_unseen_corpora_says_when_trial_speakers_were_seen_in_trai
     assert report.trials["num_trials"] == 20
     assert report.corpora["train-clean-100"]["num_trials"] == 20  # --num_trials applies to each corpus.
     assert any("seen in training" in note and "19, 26, 27" in note for note in report.notes)
+
+
+def test_evaluation_scores_the_test_utterances_the_run_recorded_when_the_cache_grew_since(mtl_run, tmp_path, monkeypatch):
+    import audio
+    import test as evaluation
+
+    working_dir = tmp_path / "work"
+    shutil.copytree(mtl_run[0], working_dir)
+    more = tmp_path / "more" / "19"
+    more.mkdir(parents=True)
+    for index, path in enumerate(sorted((SAMPLES / "LibriSpeech" / "test-other").rglob("*.flac"))[:4]):
+        shutil.copy(path, more / f"0-{index}.flac")  # Sorted before 19's own utterances: recomputed, the 80 % boundary would move.
+    audio.build_feature_cache(more.parent, working_dir, workers=1, progress=False)
+    scored = {}
+    protocol = evaluation.reference_protocol_scores
+
+    def spy(embeddings, rng, *args):
+        scored.update({speaker: len(rows) for speaker, rows in embeddings.items()})
+        return protocol(embeddings, rng, *args)
+
+    monkeypatch.setattr(evaluation, "reference_protocol_scores", spy)
+    evaluate_checkpoint(working_dir, working_dir / "checkpoints-mtl" / "best.h5")
+    assert scored == {"19": 2, "26": 2, "27": 2}  # Recomputed on the grown cache, 19 would have 3, one of them trained on.
+    recorded = json.loads((working_dir / "checkpoints-mtl" / "split.json").read_text())
+    assert {speaker: len(split["test"]) for speaker, split in recorded.items()} == scored
 
 
 # ---------------------------------------------------------------------------------------------- figures per held-out corpus
