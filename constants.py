@@ -24,6 +24,7 @@ NUM_FRAMES = 160  # Frames per training/inference window, about 1.6 s.
 # zero frames; on short clips that leaves mostly zeros, so trained models may choose otherwise.
 TRIM_MODES = ("reference", "energy", "none")
 PAD_MODES = ("zeros", "repeat")  # repeat: tile the clip's frames up to the window.
+EMBEDDING_PAD_MODES = (*PAD_MODES, "exact")  # exact: embed a short clip's own frames, unpadded (the ResCNN takes any length).
 ENERGY_TRIM_TOP_DB = 30  # energy trim: drop leading/trailing audio this far below the loudest frame.
 GENDER_TABLE_NAMES = ("speakers.tsv",)  # A corpus's own speaker table (speaker, gender columns).
 

@@ -65,7 +65,7 @@ def expand_audio_paths(files_or_dirs: Iterable[str | os.PathLike]) -> list[Path]
     """Audio files named by `files_or_dirs` (folders searched recursively), sorted, without repeats.
 
     Raises FileNotFoundError for a path that does not exist, ValueError for a folder without
-    FLAC/WAV files, AudioError for a file that is not FLAC or WAV.
+    audio files, AudioError for a file that is not FLAC, WAV, MP3 or OGG.
     """
     found: dict[Path, Path] = {}
     for item in files_or_dirs:
@@ -73,7 +73,7 @@ def expand_audio_paths(files_or_dirs: Iterable[str | os.PathLike]) -> list[Path]
         if path.is_dir():
             inside = [p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()]
             if not inside:
-                raise ValueError(f"{path}: no {' or '.join(AUDIO_EXTENSIONS)} files in this folder")
+                raise ValueError(f"{path}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder")
         elif path.is_file():
             if path.suffix.lower() not in AUDIO_EXTENSIONS:
                 raise AudioError(path, f"not an audio file (expected one of {', '.join(AUDIO_EXTENSIONS)})")
@@ -86,7 +86,7 @@ def expand_audio_paths(files_or_dirs: Iterable[str | os.PathLike]) -> list[Path]
 
 
 def audio_file(path: str | os.PathLike) -> Path:
-    """One existing FLAC/WAV file (not a folder), or FileNotFoundError / AudioError naming `path`."""
+    """One existing audio file (not a folder), or FileNotFoundError / AudioError naming `path`."""
     path = Path(path)
     if path.is_dir():
         raise AudioError(path, "a folder; expected one audio file")
@@ -99,7 +99,9 @@ class FrontEnd:
 
     The reference (and any checkpoint without a run configuration) trims at the 95th percentile
     and pads with zeros; a run trained otherwise records its choice in `config.json`, and
-    embedding must do the same.
+    embedding must do the same. `pad` may also be `exact` (embed a clip shorter than a window
+    from its own frames), which `config.json` names as `embedding_pad` where a model was trained
+    with one padding and embeds best with another (measured per corpus: see pretrained/README.md).
     """
 
     trim: str = "reference"
@@ -115,7 +117,7 @@ class FrontEnd:
             config = json.loads(config_path.read_text())
         except ValueError:
             raise ValueError(f"{config_path}: not valid JSON; it should hold the run configuration of {checkpoint_file}") from None
-        return cls(config.get("trim", "reference"), config.get("pad", "zeros"))
+        return cls(config.get("trim", "reference"), config.get("embedding_pad", config.get("pad", "zeros")))
 
 
 REFERENCE_FRONTEND = FrontEnd()
@@ -360,6 +362,7 @@ class Embedder:
         self.jit_compile = jit_compile
         self.traces = 0
         self._run = self._compile()
+        self._run_exact: Callable[[np.ndarray], np.ndarray] | None = None
 
     @classmethod
     def from_checkpoint(cls, checkpoint_file: str | os.PathLike, batch_size: int = INFERENCE_BATCH_SIZE, jit_compile: bool = False) -> Embedder:
@@ -427,6 +430,8 @@ class Embedder:
                 raise ValueError(f"features {i} must have shape (frames >= 1, {NUM_FBANKS}); got {np.shape(mfcc)}")
         if not len(mfccs):
             return np.zeros((0, EMBEDDING_SIZE), dtype=np.float32)
+        if self.frontend.pad == "exact" and any(len(m) < NUM_FRAMES for m in mfccs):
+            return self._embed_short_clips_exactly(mfccs, mode, rng)
         if mode == "random":
             from batcher import sample_from_mfcc
 
@@ -438,6 +443,33 @@ class Embedder:
         flat_starts = np.concatenate(starts)
         window_embeddings = self._embed_batches(self._window_batches(mfccs, owners, flat_starts), len(owners))
         return l2_normalize(segment_means(window_embeddings, counts))
+
+    def _embed_short_clips_exactly(self, mfccs: Sequence[np.ndarray], mode: str, rng: np.random.Generator | None) -> np.ndarray:
+        """`pad='exact'`: clips shorter than a window go through the model on their own frames, one at a time."""
+        short = [i for i, m in enumerate(mfccs) if len(m) < NUM_FRAMES]
+        long = [i for i, m in enumerate(mfccs) if len(m) >= NUM_FRAMES]
+        out = np.empty((len(mfccs), EMBEDDING_SIZE), dtype=np.float32)
+        if long:
+            out[long] = self.embed_mfccs([mfccs[i] for i in long], mode, rng)
+        run = self._run_exact or self._compile_exact()
+        for i in short:
+            out[i] = l2_normalize(run(np.asarray(mfccs[i], dtype=np.float32)[np.newaxis, :, :, np.newaxis]))[0]
+        return out
+
+    def _compile_exact(self) -> Callable[[np.ndarray], np.ndarray]:
+        """The model on one window of any length: one trace on TensorFlow (free time axis), one per length elsewhere."""
+        import keras
+
+        model = self.model
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            spec = tf.TensorSpec((1, None, NUM_FBANKS, 1), tf.float32)
+            compiled = tf.function(lambda window: model(window, training=False), input_signature=[spec], autograph=False)
+            self._run_exact = lambda window: compiled(window).numpy()
+        else:
+            self._run_exact = lambda window: keras.ops.convert_to_numpy(model.predict_on_batch(window))
+        return self._run_exact
 
     def _window_batches(self, mfccs: Sequence[np.ndarray], owners: np.ndarray, starts: np.ndarray) -> Iterator[np.ndarray]:
         """Windows of all utterances, `batch_size` at a time: never all of them in memory."""

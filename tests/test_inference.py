@@ -17,6 +17,7 @@ from constants import EMBEDDING_SIZE, INFERENCE_WINDOW_HOP, NUM_FBANKS, NUM_FRAM
 from conv_models import DeepSpeakerModel, build_mtl_model, embedding_model
 from inference import (
     Embedder,
+    FrontEnd,
     expand_audio_paths,
     inspect_checkpoint,
     l2_normalize,
@@ -149,6 +150,25 @@ def test_an_utterance_shorter_than_a_window_is_zero_padded(embedder, features):
         assert np.abs(embedder.embed_mfccs([mfcc], mode)[0] - expected).max() <= TOLERANCE
 
 
+@pytest.mark.parametrize("pad", ["repeat", "exact"])
+def test_a_short_utterance_is_repeat_padded_or_embedded_from_its_own_frames_as_the_front_end_says(checkpoints, features, pad):
+    mfcc, long = features[SHORT_FILE.name], features[LONG_FILE.name]
+    embedder = Embedder(checkpoints.small, batch_size=16, frontend=FrontEnd("reference", pad))
+    window = pad_mfcc(mfcc, NUM_FRAMES, "repeat") if pad == "repeat" else mfcc
+    expected = predict(embedder.model, window[np.newaxis, ..., np.newaxis])[0]
+    got = embedder.embed_mfccs([long, mfcc, long])
+    assert np.abs(got[1] - expected).max() <= TOLERANCE
+    np.testing.assert_allclose(got[[0, 2]], Embedder(checkpoints.small, batch_size=16).embed_mfccs([long, long]), atol=TOLERANCE)
+
+
+def test_the_front_end_comes_from_the_config_beside_the_checkpoint(tmp_path):
+    assert FrontEnd.of_checkpoint(tmp_path / "model.h5") == FrontEnd("reference", "zeros")
+    (tmp_path / "config.json").write_text('{"trim": "energy", "pad": "repeat"}')
+    assert FrontEnd.of_checkpoint(tmp_path / "model.h5") == FrontEnd("energy", "repeat")
+    (tmp_path / "config.json").write_text('{"trim": "energy", "pad": "repeat", "embedding_pad": "exact"}')
+    assert FrontEnd.of_checkpoint(tmp_path / "model.h5") == FrontEnd("energy", "exact")
+
+
 def test_batching_across_files_equals_embedding_each_file_alone(embedder, features):
     mfccs = list(features.values())
     together = embedder.embed_mfccs(mfccs)
@@ -271,7 +291,7 @@ def test_expand_audio_paths_searches_folders_sorts_and_drops_repeats():
 def test_expand_audio_paths_names_what_is_missing_or_empty(tmp_path):
     with pytest.raises(FileNotFoundError, match="absent.wav: no such file"):
         expand_audio_paths([PHILIPPE, tmp_path / "absent.wav"])
-    with pytest.raises(ValueError, match=f"{tmp_path.name}: no .flac or .wav files"):
+    with pytest.raises(ValueError, match=f"{tmp_path.name}: no audio files \\(.flac, .wav, .mp3, .ogg\\)"):
         expand_audio_paths([tmp_path])
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(AudioError, match="notes.txt: not an audio file"):
