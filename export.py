@@ -10,9 +10,10 @@ decoding, with the checkpoint's front end (`inference.FrontEnd.of_checkpoint`: t
 beside it, else the reference's): its silence trim, then pre-emphasis 0.97, 25 ms / 10 ms
 frames with the last one zero-padded as python_speech_features pads it, |rfft(512)|^2 / 512,
 the 64 python_speech_features mel filters, per-frame normalisation, then the mean of the
-model's embeddings of the sliding 160-frame windows of `inference.window_starts` (a clip under
-160 frames: one window, padded with zeros or with its own frames repeated, as the front end's
-`pad` says), L2-normalised. The trims:
+model's embeddings of the sliding 160-frame windows of `inference.window_starts`, L2-normalised.
+A clip under 160 frames is embedded as the front end's `pad` says: `zeros` or `repeat`, one
+window padded with zeros or with its own frames repeated; `exact`, the model run once on its own
+frames, unpadded (the ResCNN takes any number of frames), L2-normalised. The trims:
 - `reference`: the 95th percentile of |x| with NumPy's linear interpolation, so the same samples
   are kept;
 - `energy`: `librosa.effects.trim(top_db=30)`: RMS of centred 2048-sample frames every 512
@@ -55,6 +56,7 @@ import tensorflow as tf
 
 from audio import frame_length_and_step, mel_filterbank, write_json_atomically
 from constants import (
+    EMBEDDING_PAD_MODES,
     EMBEDDING_SIZE,
     ENERGY_TRIM_TOP_DB,
     EXPORT_WINDOWS_PER_CALL,
@@ -64,7 +66,6 @@ from constants import (
     NORMALISATION_STD_FLOOR,
     NUM_FBANKS,
     NUM_FRAMES,
-    PAD_MODES,
     PRE_EMPHASIS,
     SAMPLE_RATE,
     SILENCE_PERCENTILE,
@@ -228,12 +229,17 @@ def window_starts(num_frames: tf.Tensor, hop: int = INFERENCE_WINDOW_HOP) -> tf.
     return tf.concat([starts, closing], axis=0)
 
 
+def l2_normalize(embedding: tf.Tensor) -> tf.Tensor:
+    """`inference.l2_normalize` of one float32 vector, with the embedding layer's epsilon."""
+    return embedding * tf.math.rsqrt(tf.maximum(tf.reduce_sum(tf.square(embedding)), L2_NORMALIZE_EPSILON))
+
+
 def check_frontend(frontend: FrontEnd) -> FrontEnd:
     """`frontend` if the graph can do its trim and padding, else ValueError."""
     if frontend.trim not in TRIM_MODES:
         raise ValueError(f"trim must be one of {', '.join(TRIM_MODES)}; got {frontend.trim!r}")
-    if frontend.pad not in PAD_MODES:
-        raise ValueError(f"pad must be one of {', '.join(PAD_MODES)}; got {frontend.pad!r}")
+    if frontend.pad not in EMBEDDING_PAD_MODES:
+        raise ValueError(f"pad must be one of {', '.join(EMBEDDING_PAD_MODES)}; got {frontend.pad!r}")
     return frontend
 
 
@@ -289,7 +295,7 @@ class EmbeddingGraph(tf.Module):
 
         def from_speech():
             features = self._mfcc(voiced, dtype)
-            return self._mean_embedding(features, dtype), tf.shape(features)[0]
+            return self._utterance_embedding(features, dtype), tf.shape(features)[0]
 
         def no_speech():
             return tf.zeros([EMBEDDING_SIZE], tf.float32), tf.constant(0, tf.int32)
@@ -297,8 +303,23 @@ class EmbeddingGraph(tf.Module):
         embedding, num_frames = tf.cond(usable, from_speech, no_speech)
         return {"embedding": embedding, "num_frames": num_frames}
 
+    def _utterance_embedding(self, features, dtype):
+        """`Embedder.embed_mfccs([features], 'mean')[0]`: with pad `exact`, a clip under 160 frames on its own frames."""
+        if self.frontend.pad != "exact":
+            return self._mean_embedding(features, dtype)
+        short = tf.shape(features)[0] < NUM_FRAMES
+        return tf.cond(short, lambda: self._exact_embedding(features), lambda: self._mean_embedding(features, dtype))
+
+    def _exact_embedding(self, features):
+        """`Embedder._embed_short_clips_exactly`: the model once on (1, frames, 64, 1), L2-normalised.
+
+        A real call with a free time axis (convolutions, then the mean over time), not a padded
+        window: 'same' padding makes a padded window's output differ.
+        """
+        return l2_normalize(self.model(features[tf.newaxis, :, :, tf.newaxis], training=False)[0])
+
     def _mean_embedding(self, features, dtype):
-        """`Embedder.embed_mfccs([features], 'mean')[0]`: mean of the window embeddings, L2-normalised."""
+        """The mean of the embeddings of the sliding windows, L2-normalised (zeros or repeat: one padded window when short)."""
         num_frames = tf.shape(features)[0]
         starts = window_starts(num_frames, self.window_hop)
         num_windows = tf.size(starts)
@@ -308,7 +329,8 @@ class EmbeddingGraph(tf.Module):
 
         def frame_indices(chunk):
             indices = chunk[:, tf.newaxis] + offsets
-            # repeat: a short clip's one window cycles through its frames (np.resize); longer ones never wrap.
+            # repeat: a short clip's one window cycles through its frames (np.resize); longer ones never wrap
+            # (nor do exact's, which are never short here).
             return indices if self.frontend.pad == "zeros" else indices % num_frames
 
         def add_chunk(i, total):
@@ -320,8 +342,7 @@ class EmbeddingGraph(tf.Module):
         _, total = tf.while_loop(
             lambda i, _: i < num_windows, add_chunk, (tf.constant(0), tf.zeros([EMBEDDING_SIZE], dtype)), parallel_iterations=1
         )
-        mean = tf.cast(total / tf.cast(num_windows, dtype), tf.float32)
-        return mean * tf.math.rsqrt(tf.maximum(tf.reduce_sum(tf.square(mean)), L2_NORMALIZE_EPSILON))
+        return l2_normalize(tf.cast(total / tf.cast(num_windows, dtype), tf.float32))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -70,17 +70,21 @@ def run_tflite_resized(interpreter: tf.lite.Interpreter, samples: np.ndarray) ->
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> SimpleNamespace:
-    """A small model with random weights, exported once: its checkpoint, artefacts and both runtimes."""
-    directory = tmp_path_factory.mktemp("export")
-    checkpoint = write_checkpoint(directory / "small.h5", "small", seed=0)
-    paths = export.export_embedding_model(checkpoint, directory / "exported")
+def small_checkpoint(tmp_path_factory) -> Path:
+    """A small model with random weights, saved once."""
+    return write_checkpoint(tmp_path_factory.mktemp("checkpoint") / "small.h5", "small", seed=0)
+
+
+@pytest.fixture(scope="module")
+def exported(small_checkpoint, tmp_path_factory) -> SimpleNamespace:
+    """The small model exported once: its checkpoint, artefacts and both runtimes."""
+    paths = export.export_embedding_model(small_checkpoint, tmp_path_factory.mktemp("export") / "exported")
     return SimpleNamespace(
-        checkpoint=checkpoint,
+        checkpoint=small_checkpoint,
         paths=paths,
         saved_model=tf.saved_model.load(str(paths.saved_model)),
         tflite=tf.lite.Interpreter(model_path=str(paths.tflite)),
-        embedder=Embedder.from_checkpoint(checkpoint),
+        embedder=Embedder.from_checkpoint(small_checkpoint),
     )
 
 
@@ -220,12 +224,10 @@ def test_audio_without_usable_speech_gives_zeros_and_no_frames_never_nan(exporte
 # A model trained with another front end: energy trim, short clips padded with their own frames.
 
 
-@pytest.fixture(scope="module")
-def energy_exported(exported, tmp_path_factory) -> SimpleNamespace:
-    """The small model in a run folder whose config.json says trim 'energy' and pad 'repeat', exported."""
-    run_dir = tmp_path_factory.mktemp("energy_run")
-    checkpoint = Path(shutil.copy(exported.checkpoint, run_dir / "best.h5"))
-    (run_dir / "config.json").write_text(json.dumps({"trim": "energy", "pad": "repeat"}))
+def export_run(checkpoint: Path, run_dir: Path, config: dict) -> SimpleNamespace:
+    """`checkpoint` copied into a run folder with this config.json, exported: artefacts, both runtimes, its Embedder."""
+    checkpoint = Path(shutil.copy(checkpoint, run_dir / "best.h5"))
+    (run_dir / "config.json").write_text(json.dumps(config))
     paths = export.export_embedding_model(checkpoint, run_dir / "exported")
     return SimpleNamespace(
         checkpoint=checkpoint,
@@ -234,6 +236,26 @@ def energy_exported(exported, tmp_path_factory) -> SimpleNamespace:
         tflite=tf.lite.Interpreter(model_path=str(paths.tflite)),
         embedder=Embedder.from_checkpoint(checkpoint),
     )
+
+
+def assert_embeds_as_the_embedder(run: SimpleNamespace, path: Path) -> int:
+    """All three runtimes of an exported run give `run.embedder.embed_files([path])`; returns the frame count."""
+    samples = read_audio(path)
+    expected = run.embedder.embed_files([path])[0]
+    num_frames = len(audio.mfcc_from_samples(samples, trim_mode="energy"))
+    result = run.saved_model.embed(samples)
+    assert int(result["num_frames"]) == num_frames
+    np.testing.assert_allclose(result["embedding"].numpy(), expected, rtol=0, atol=FEATURE_TOLERANCE)
+    for name, other in [("float32", run.saved_model.embed_float32(samples)), ("tflite", run_tflite_resized(run.tflite, samples))]:
+        assert int(other["num_frames"]) == num_frames, name
+        np.testing.assert_allclose(np.asarray(other["embedding"]), expected, rtol=0, atol=EMBEDDING_TOLERANCE, err_msg=name)
+    return num_frames
+
+
+@pytest.fixture(scope="module")
+def energy_exported(small_checkpoint, tmp_path_factory) -> SimpleNamespace:
+    """The small model in a run folder whose config.json says trim 'energy' and pad 'repeat', exported."""
+    return export_run(small_checkpoint, tmp_path_factory.mktemp("energy_run"), {"trim": "energy", "pad": "repeat"})
 
 
 @pytest.mark.parametrize("path", ENERGY_FILES, ids=file_id)
@@ -248,17 +270,8 @@ def test_energy_front_end_features_are_mfcc_from_samples_with_energy_trim(energy
 @pytest.mark.parametrize("path", [FSDD_GEORGE, LONG_FILE], ids=["short-repeat-padded", "long"])
 def test_energy_front_end_embedding_is_the_embedders(energy_exported, path):
     """A spoken digit under 160 frames (one window of its frames repeated) and a 13-window utterance."""
-    samples = read_audio(path)
-    expected = energy_exported.embedder.embed_files([path])[0]
-    num_frames = len(audio.mfcc_from_samples(samples, trim_mode="energy"))
+    num_frames = assert_embeds_as_the_embedder(energy_exported, path)
     assert (num_frames < NUM_FRAMES) == (path == FSDD_GEORGE)
-    result = energy_exported.saved_model.embed(samples)
-    assert int(result["num_frames"]) == num_frames
-    np.testing.assert_allclose(result["embedding"].numpy(), expected, rtol=0, atol=FEATURE_TOLERANCE)
-    for name, other in [("float32", energy_exported.saved_model.embed_float32(samples)),
-                        ("tflite", run_tflite_resized(energy_exported.tflite, samples))]:
-        assert int(other["num_frames"]) == num_frames, name
-        np.testing.assert_allclose(np.asarray(other["embedding"]), expected, rtol=0, atol=EMBEDDING_TOLERANCE, err_msg=name)
 
 
 @pytest.mark.parametrize("case", [case for case in NO_SPEECH if case != "constant"])  # Constant audio passes the energy trim.
@@ -278,6 +291,29 @@ def test_energy_front_end_export_records_it_and_needs_only_builtin_ops(exported,
     assert json.loads(exported.paths.metadata.read_text())["frontend"] == {"trim": "reference", "pad": "zeros",
                                                                         "silence_percentile": SILENCE_PERCENTILE}
     assert b"Flex" not in energy_exported.paths.tflite.read_bytes()
+
+
+# A model trained with repeat padding that embeds short clips from their own frames (`embedding_pad`).
+
+
+@pytest.fixture(scope="module")
+def exact_exported(small_checkpoint, tmp_path_factory) -> SimpleNamespace:
+    """The small model in a run folder whose config.json trains with pad 'repeat' and embeds with 'exact', exported."""
+    config = {"trim": "energy", "pad": "repeat", "embedding_pad": "exact"}
+    return export_run(small_checkpoint, tmp_path_factory.mktemp("exact_run"), config)
+
+
+@pytest.mark.parametrize("path", [FSDD_GEORGE, SHORT_FILE, LONG_FILE], ids=["short-51-frames", "short-127-frames", "long"])
+def test_exact_padding_embeds_short_clips_unpadded_as_the_embedder_does(exact_exported, path):
+    """Clips under 160 frames: the model once on their own frames, in one interpreter resized for each
+    length; a 13-window utterance: the mean of its windows, as before."""
+    num_frames = assert_embeds_as_the_embedder(exact_exported, path)
+    assert (num_frames < NUM_FRAMES) == (path != LONG_FILE)
+
+
+def test_exact_padding_export_records_it_and_needs_only_builtin_ops(exact_exported):
+    assert json.loads(exact_exported.paths.metadata.read_text())["frontend"]["pad"] == "exact"
+    assert b"Flex" not in exact_exported.paths.tflite.read_bytes()
 
 
 def test_no_trim_front_end_features_are_mfcc_from_samples_untrimmed(exported):
