@@ -352,8 +352,10 @@ def learning_curve_command(run_dir: str, eval_audio_dirs: tuple[str, ...], outpu
 @click.option("--command", "retrain_command", required=True, help="The one command that retrains the model, for the card.")
 @click.option("--train_seconds", type=float, help="Training wall time, when the run's state.json does not record it.")
 @click.option("--readme", type=click.Path(exists=True, dir_okay=False), help="Also put the figures table into this README between <!-- pretrained-model --> markers.")
+@click.option("--embedding_pad", type=click.Choice(["zeros", "repeat", "exact"]),
+              help="Embed clips shorter than a window this way instead of the training padding; the card gives both figures.")
 def ship_model_command(checkpoint_file: str, eval_audio_dirs: tuple[str, ...], output_dir: str, training_corpora: tuple[str, ...],
-                       retrain_command: str, train_seconds: float | None, readme: str | None) -> None:
+                       retrain_command: str, train_seconds: float | None, readme: str | None, embedding_pad: str | None) -> None:
     """Package a run's checkpoint as the shipped model: model.h5, config.json, model_card.json, README.md."""
     import json
 
@@ -362,7 +364,7 @@ def ship_model_command(checkpoint_file: str, eval_audio_dirs: tuple[str, ...], o
     from model_card import figures_table, ship_model
 
     try:
-        output = ship_model(checkpoint_file, list(eval_audio_dirs), output_dir, retrain_command, list(training_corpora), train_seconds)
+        output = ship_model(checkpoint_file, list(eval_audio_dirs), output_dir, retrain_command, list(training_corpora), train_seconds, embedding_pad)
         if readme:
             replace_marked_section(readme, "pretrained-model", figures_table(json.loads((output / MODEL_CARD_FILE_NAME).read_text())))
     except (OSError, ValueError) as error:

@@ -67,13 +67,15 @@ def ship_model(
     command: str,
     training_corpora: list[str],
     train_seconds: float | None = None,
+    embedding_pad: str | None = None,
 ) -> Path:
     """Package `checkpoint_file` (a run's best.h5) as a shipped model in `output_dir` with its card.
 
     The embedding model is saved without its speaker head and optimizer, so the folder stays
     small; the card's figures are measured on `eval_audio_dirs` with the shipped file itself.
     The EER threshold of the card is the mean of the per-corpus EER thresholds, so no single
-    corpus sets it.
+    corpus sets it. `embedding_pad` embeds clips shorter than a window otherwise than training
+    padded them (e.g. `exact`); the card then also gives the figures with the training padding.
     """
     from inference import load_embedding_model
     from test import evaluate_checkpoint
@@ -89,10 +91,14 @@ def ship_model(
     with quiet_logger("absl"):
         model.save(temporary, include_optimizer=False)
     os.replace(temporary, target)
-    shutil.copyfile(run_directory / "config.json", output / "config.json")
+    config = json.loads((run_directory / "config.json").read_text())
+    write_json_atomically(output / "config.json", config)
+    training_pad_figures = None
+    if embedding_pad and embedding_pad != config["pad"]:
+        training_pad_figures = corpus_figures(evaluate_checkpoint(None, target, tuple(eval_audio_dirs)))
+        write_json_atomically(output / "config.json", {**config, "embedding_pad": embedding_pad})
     report = evaluate_checkpoint(None, target, tuple(eval_audio_dirs))
     figures = corpus_figures(report)
-    config = json.loads((run_directory / "config.json").read_text())
     speakers = json.loads((run_directory / "speakers.json").read_text())
     budget = run_budget(run_directory)
     if train_seconds is not None:
@@ -101,7 +107,7 @@ def ship_model(
         "checkpoint": PRETRAINED_CHECKPOINT_NAME,
         "model_size": config["model_size"],
         "weights": int(model.count_params()),
-        "frontend": {"trim": config["trim"], "pad": config["pad"]},
+        "frontend": {"trim": config["trim"], "pad": embedding_pad or config["pad"], "training_pad": config["pad"]},
         "recipe": {k: config[k] for k in ("mode", "head", "aam_margin", "aam_scale", "balanced_sampling", "speed_perturb", "noise_probability",
                                           "band_limit_probability", "spec_mask_probability", "learning_rate", "mixed_precision", "seed") if k in config},
         "training": {
@@ -114,6 +120,7 @@ def ship_model(
         },
         "evaluation": {"window": "mean", "corpora": figures, "pooled": {k: report.trials[k] for k in ("eer", "eer_threshold", "min_dcf_001", "num_trials")} if report.trials else None},
         "eer_threshold": float(np.mean([f["eer_threshold"] for f in figures.values()])),
+        "evaluation_with_training_pad": training_pad_figures,
         "notes": report.notes,
     }
     write_json_atomically(output / MODEL_CARD_FILE_NAME, card)
@@ -129,7 +136,7 @@ def render_model_card(card: dict) -> str:
         f"| {name} | {f['speakers']} | {f['num_trials']:,} | {100 * f['eer']:.2f} % | {f['min_dcf_001']:.3f} | {f['eer_threshold']:.3f} |"
         for name, f in evaluation["corpora"].items()
     )
-    recipe = ", ".join(f"{k} = {v}" for k, v in card["recipe"].items())
+    recipe = ", ".join(f"{k} = {v}" for k, v in sorted(card["recipe"].items()))  # Sorted: the JSON is written with sorted keys.
     return f"""# Shipped model: {card['model_size']} ResCNN, {card['weights']:,} weights
 
 The model every verb of `cli.py` uses when no `--checkpoint_file` is given (`{card['checkpoint']}`,
@@ -144,7 +151,8 @@ Trained on {', '.join(training['corpora'])}: {training['speakers']} speakers ({t
 perturbation). Every evaluation speaker below is unseen in training.
 
 ## Recipe
-{recipe}. Front end: trim = {card['frontend']['trim']}, pad = {card['frontend']['pad']}.
+{recipe}. Front end: trim = {card['frontend']['trim']}; clips shorter than the 160-frame window were
+padded with pad = {card['frontend']['training_pad']} in training and are embedded with pad = {card['frontend']['pad']}.{training_pad_note(card)}
 
 ## Budget
 {training['epochs']} epochs x {training['steps_per_epoch']} steps x {training['batch_size']} windows = {training['train_windows']:,} training
@@ -162,6 +170,17 @@ windows, {hours} on {training['machine']}.
 {training['command']}
 ```
 """
+
+
+def training_pad_note(card: dict) -> str:
+    """A sentence comparing the embedding padding with the training padding, when they differ."""
+    other = card.get("evaluation_with_training_pad")
+    if not other:
+        return ""
+    pairs = ", ".join(
+        f"{name} {100 * other[name]['eer']:.2f} % -> {100 * f['eer']:.2f} %" for name, f in card["evaluation"]["corpora"].items() if name in other
+    )
+    return f" EER with pad = {card['frontend']['training_pad']} -> with pad = {card['frontend']['pad']}: {pairs}."
 
 
 def learning_curve(run_directory: str | os.PathLike, eval_audio_dirs: list[str], output_csv: str | os.PathLike) -> Path:
