@@ -41,15 +41,27 @@ def machine_description() -> str:
 
 
 def run_budget(run_directory: Path) -> dict:
-    """Epochs, training windows and wall seconds of a run, from its config, state and metrics."""
+    """Epochs, training windows and wall seconds of a run's best checkpoint, from its config, state and metrics.
+
+    The best checkpoint is the epoch with the best monitored value in metrics.csv; the windows
+    are those it had seen, not those of the whole run.
+    """
     config = json.loads((run_directory / "config.json").read_text())
     state = json.loads((run_directory / "state.json").read_text())
-    epochs = int(state["epoch"])
+    epochs_run = int(state["epoch"])
+    with open(run_directory / "metrics.csv", newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get(state["monitor"]) not in (None, "", "NA")]
+    best_epoch = epochs_run
+    if rows:
+        sign = -1.0 if state["monitor"].endswith("loss") else 1.0
+        best_epoch = int(max(rows, key=lambda row: sign * float(row[state["monitor"]]))["epoch"]) + 1  # Keras counts epochs from 0.
+    windows_per_epoch = config["steps_per_epoch"] * config["batch_size"]
     return {
-        "epochs": epochs,
+        "epochs": best_epoch,
+        "epochs_run": epochs_run,
         "steps_per_epoch": config["steps_per_epoch"],
         "batch_size": config["batch_size"],
-        "train_windows": epochs * config["steps_per_epoch"] * config["batch_size"],
+        "train_windows": best_epoch * windows_per_epoch,
         "train_seconds": state.get("train_seconds"),
     }
 
@@ -155,8 +167,9 @@ perturbation). Every evaluation speaker below is unseen in training.
 padded with pad = {card['frontend']['training_pad']} in training and are embedded with pad = {card['frontend']['pad']}.{training_pad_note(card)}
 
 ## Budget
-{training['epochs']} epochs x {training['steps_per_epoch']} steps x {training['batch_size']} windows = {training['train_windows']:,} training
-windows, {hours} on {training['machine']}.
+The shipped checkpoint is the best on the validation set (the training speakers' held-out
+utterances): epoch {training['epochs']} of {training['epochs_run']}, {training['epochs']} x {training['steps_per_epoch']} steps x {training['batch_size']} windows = {training['train_windows']:,}
+training windows. The run took {hours} on {training['machine']}.
 
 ## Figures (whole-utterance embeddings, all pairs within each corpus)
 
