@@ -183,9 +183,11 @@ def train(working_dir: str, audio_dirs: tuple[str, ...], genders_file: str | Non
         given["held_out_speakers"] = [s.strip() for s in held_out_speakers.split(",") if s.strip()]
     try:
         config = TrainConfig(mode="softmax" if mode == "reference" else mode, **given)
-        config.validate()
-        if mode == "reference":
+        if mode == "reference":  # --hard_negative belongs to the triplet phase of the reference recipe.
+            TrainConfig(**{**given, "mode": "softmax", "hard_negative": False}).validate()
             TrainConfig(**{**given, "mode": "triplet"}).validate()
+        else:
+            config.validate()
         for audio_dir in audio_dirs:
             waveform_trim = config.trim if config.uses_waveforms else None
             click.echo(build_feature_cache(audio_dir, working_dir, genders_file=genders_file, waveform_trim=waveform_trim).summary())

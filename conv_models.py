@@ -20,7 +20,6 @@ import h5py
 import keras
 from keras import layers, ops
 
-from margin_softmax import CosineClassifier
 from constants import (
     CLIP_RELU_MAX,
     CONV_WEIGHT_DECAY,
@@ -36,6 +35,7 @@ from constants import (
     STAGE_CONV_KERNEL,
     STAGE_CONV_STRIDES,
 )
+from margin_softmax import CosineClassifier
 
 SERIALIZATION_PACKAGE = "hive_mtl"
 EMBEDDING_LAYER_NAME = "ln"  # Reference name of the L2 normalisation: the embedding.

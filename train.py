@@ -716,6 +716,6 @@ def make_callbacks(config: TrainConfig, directory: Path, monitor: str, monitor_m
 
 def train_reference_recipe(working_dir: str | os.PathLike, config: TrainConfig) -> list[Path]:
     """Softmax pre-training, then triplet training from its best checkpoint: the reference recipe."""
-    softmax = train(working_dir, dataclasses.replace(config, mode="softmax"))
+    softmax = train(working_dir, dataclasses.replace(config, mode="softmax", hard_negative=False))  # Mining is the triplet phase's.
     triplet = train(working_dir, dataclasses.replace(config, mode="triplet", initial_checkpoint=str(softmax / BEST_CHECKPOINT)))
     return [softmax, triplet]

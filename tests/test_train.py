@@ -270,13 +270,15 @@ def test_killed_run_resumes_after_its_last_finished_epoch(samples_cache, tmp_pat
     assert "has finished already" in again.stderr
 
 
-def test_one_shot_train_builds_the_cache_and_runs_the_reference_recipe(tmp_path):
+def test_one_shot_train_builds_the_cache_and_runs_the_reference_recipe_with_hard_negatives_in_its_triplet_phase(tmp_path):
     result = run_cli("train", "--audio_dir", "samples", "--working_dir", str(tmp_path), "--model_size", "small",
-                     "--epochs", "1", "--steps_per_epoch", "1", "--batch_size", "12", "--validation_steps", "1")
+                     "--epochs", "1", "--steps_per_epoch", "1", "--batch_size", "12", "--validation_steps", "1", "--hard_negative")
     assert result.returncode == 0, result.stderr
     assert "49 written" in result.stdout  # 37 FLAC and WAV files, 12 MP3.
     for name in ("checkpoints-softmax", "checkpoints-triplets"):
         assert RUN_FILES <= {p.name for p in (tmp_path / name).iterdir()}
+    assert not json.loads((tmp_path / "checkpoints-softmax" / "config.json").read_text())["hard_negative"]
+    assert json.loads((tmp_path / "checkpoints-triplets" / "config.json").read_text())["hard_negative"]
 
 
 def test_train_without_a_cache_says_to_build_it_first(tmp_path):
