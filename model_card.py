@@ -136,6 +136,7 @@ def ship_model(
         "notes": report.notes,
     }
     write_json_atomically(output / MODEL_CARD_FILE_NAME, card)
+    card = json.loads((output / MODEL_CARD_FILE_NAME).read_text())  # Render what the file holds (sorted keys), so both agree.
     write_atomically(output / "README.md", lambda handle: handle.write(render_model_card(card)), text=True)
     return output
 
