@@ -7,12 +7,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 
 from audio import CorpusError, cache_dir, cached_entries, natural_key, pad_mfcc
+from augment import AugmentConfig, augmented_window_features, babble_speakers, random_segment
 from constants import (
     EMBEDDING_SIZE,
     HARD_NEGATIVE_CANDIDATES,
@@ -24,9 +24,6 @@ from constants import (
     NUM_FRAMES,
     TRAIN_TEST_RATIO,
 )
-
-if TYPE_CHECKING:
-    from augment import AugmentConfig
 
 
 def sample_from_mfcc(mfcc: np.ndarray, max_length: int, rng: np.random.Generator | None = None, pad: str = "zeros") -> np.ndarray:
@@ -157,11 +154,7 @@ class SoftmaxBatches(_EpochSeededBatches):
         **kwargs,
     ):
         super().__init__(steps_per_epoch, seed, first_epoch, **kwargs)
-        class_of = {speaker: i for i, speaker in enumerate(speakers)}
-        self.entries = [entry for speaker in utterances for entry in utterances[speaker]]
-        self.labels = np.array([class_of[speaker] for speaker in utterances for _ in utterances[speaker]], dtype=np.int32)
-        if not self.entries:
-            raise CorpusError("no utterances to draw softmax batches from")
+        self.entries, self.labels = flat_entries_and_labels(utterances, speakers)
         self.sampler = UtteranceSampler(utterances, balanced)
         self.batch_size = batch_size
         self.pad = pad
@@ -170,6 +163,16 @@ class SoftmaxBatches(_EpochSeededBatches):
         rng = self.rng(index)
         rows = self.sampler.draw(self.batch_size, rng)
         return read_windows([self.entries[i] for i in rows], rng, pad=self.pad), self.labels[rows]
+
+
+def flat_entries_and_labels(utterances: dict[str, list[Path]], speakers: list[str]) -> tuple[list[Path], np.ndarray]:
+    """Every utterance in one list, with its speaker's class index (position in `speakers`): the rows batches draw from."""
+    class_of = {speaker: i for i, speaker in enumerate(speakers)}
+    entries = [entry for speaker in utterances for entry in utterances[speaker]]
+    labels = np.array([class_of[speaker] for speaker in utterances for _ in utterances[speaker]], dtype=np.int32)
+    if not entries:
+        raise CorpusError("no utterances to draw training batches from")
+    return entries, labels
 
 
 class UtteranceSampler:
@@ -208,7 +211,7 @@ class AugmentedBatches(_EpochSeededBatches):
         speakers: list[str],
         batch_size: int,
         steps_per_epoch: int,
-        augment: "AugmentConfig",
+        augment: AugmentConfig,
         seed: int = 0,
         first_epoch: int = 0,
         balanced: bool = True,
@@ -216,11 +219,7 @@ class AugmentedBatches(_EpochSeededBatches):
         **kwargs,
     ):
         super().__init__(steps_per_epoch, seed, first_epoch, **kwargs)
-        class_of = {speaker: i for i, speaker in enumerate(speakers)}
-        self.entries = [entry for speaker in waveforms for entry in waveforms[speaker]]
-        self.labels = np.array([class_of[speaker] for speaker in waveforms for _ in waveforms[speaker]], dtype=np.int32)
-        if not self.entries:
-            raise CorpusError("no utterances to draw training batches from")
+        self.entries, self.labels = flat_entries_and_labels(waveforms, speakers)
         missing = [str(p) for p in self.entries if not p.is_file()]
         if missing:
             raise CorpusError(f"{len(missing)} cached waveforms are missing (e.g. {missing[0]}); build the cache with waveforms (train --audio_dir, or build-mfcc-cache --waveforms)")
@@ -231,14 +230,10 @@ class AugmentedBatches(_EpochSeededBatches):
         self.pad = pad
 
     def babble(self, length: int, rng: np.random.Generator) -> list[np.ndarray]:
-        from augment import babble_speakers, random_segment
-
         rows = rng.integers(0, len(self.entries), babble_speakers(rng))
         return [random_segment(np.load(self.entries[r], mmap_mode="r"), length, rng) for r in rows]
 
     def __getitem__(self, index: int):
-        from augment import augmented_window_features
-
         rng = self.rng(index)
         rows = self.sampler.draw(self.batch_size, rng)
         speeds = self.augment.speeds

@@ -172,11 +172,6 @@ class TrainConfig:
         return self.augment != NO_AUGMENTATION or self.trim != "reference"
 
     @property
-    def frontend(self) -> dict[str, str]:
-        """How audio becomes model input for this run: what inference must do the same way."""
-        return {"trim": self.trim, "pad": self.pad}
-
-    @property
     def uses_triplets(self) -> bool:
         """Triplet mode and Hive-MTL both draw stacked triplet batches."""
         return self.mode in ("triplet", "mtl")

@@ -78,13 +78,18 @@ def small_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def exported(small_checkpoint, tmp_path_factory) -> SimpleNamespace:
     """The small model exported once: its checkpoint, artefacts and both runtimes."""
-    paths = export.export_embedding_model(small_checkpoint, tmp_path_factory.mktemp("export") / "exported")
+    return exported_artefacts(small_checkpoint, tmp_path_factory.mktemp("export") / "exported")
+
+
+def exported_artefacts(checkpoint: Path, output_dir: Path) -> SimpleNamespace:
+    """`checkpoint` exported to `output_dir`: the checkpoint, artefacts, both runtimes and its Embedder."""
+    paths = export.export_embedding_model(checkpoint, output_dir)
     return SimpleNamespace(
-        checkpoint=small_checkpoint,
+        checkpoint=checkpoint,
         paths=paths,
         saved_model=tf.saved_model.load(str(paths.saved_model)),
         tflite=tf.lite.Interpreter(model_path=str(paths.tflite)),
-        embedder=Embedder.from_checkpoint(small_checkpoint),
+        embedder=Embedder.from_checkpoint(checkpoint),
     )
 
 
@@ -228,14 +233,7 @@ def export_run(checkpoint: Path, run_dir: Path, config: dict) -> SimpleNamespace
     """`checkpoint` copied into a run folder with this config.json, exported: artefacts, both runtimes, its Embedder."""
     checkpoint = Path(shutil.copy(checkpoint, run_dir / "best.h5"))
     (run_dir / "config.json").write_text(json.dumps(config))
-    paths = export.export_embedding_model(checkpoint, run_dir / "exported")
-    return SimpleNamespace(
-        checkpoint=checkpoint,
-        paths=paths,
-        saved_model=tf.saved_model.load(str(paths.saved_model)),
-        tflite=tf.lite.Interpreter(model_path=str(paths.tflite)),
-        embedder=Embedder.from_checkpoint(checkpoint),
-    )
+    return exported_artefacts(checkpoint, run_dir / "exported")
 
 
 def assert_embeds_as_the_embedder(run: SimpleNamespace, path: Path) -> int:
