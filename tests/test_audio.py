@@ -76,6 +76,43 @@ def test_trim_silence_keeps_from_first_loud_sample_up_to_the_last_one_excluded()
     np.testing.assert_array_equal(audio.trim_silence(samples), samples[10:90])
 
 
+def test_silence_threshold_is_numpy_percentile_bit_for_bit():
+    rng = np.random.default_rng(0)
+    for n in [*range(1, 300), 999, 16_000, 100_003]:
+        values = np.abs(rng.standard_normal(n)).astype(np.float32)
+        tied = np.round(values * 3).astype(np.float32)  # Many equal values, as quantised silence has.
+        neighbours = np.float32(0.5) + rng.integers(0, 4, n).astype(np.float32) * np.float32(2**-24)  # Order statistics one ulp apart.
+        for x in (values, tied, neighbours):
+            assert audio.silence_threshold(x) == np.percentile(x, 95), n
+    with_nan = np.abs(rng.standard_normal(1000)).astype(np.float32)
+    with_nan[7] = np.nan
+    assert np.isnan(audio.silence_threshold(with_nan)) and np.isnan(np.percentile(with_nan, 95))
+
+
+@pytest.mark.parametrize("path", [PHILIPPE_001, LIBRI_1255, FSDD_GEORGE], ids=["48k-wav", "16k-flac", "8k-wav"])
+def test_trim_silence_keeps_the_span_of_the_reference_trim(path):
+    samples = audio.read_audio(path)
+    magnitude = np.abs(samples)
+    loud = np.where(magnitude > np.percentile(magnitude, 95))[0]
+    np.testing.assert_array_equal(audio.trim_silence(samples), samples[loud[0] : loud[-1]])
+
+
+def test_audio_with_nan_is_refused_as_silent_like_its_nan_percentile():
+    samples = audio.read_audio(LIBRI_1255).copy()
+    samples[1000] = np.nan
+    with pytest.raises(AudioError, match="silent"):
+        audio.trim_silence(samples, "nan.wav")
+
+
+@pytest.mark.parametrize("path", [PHILIPPE_001, LIBRI_1255, FSDD_GEORGE], ids=["48k-wav", "16k-flac", "8k-wav"])
+def test_filterbank_energies_are_psf_fbank_to_float32_rounding(path):
+    voiced = audio.trim_silence(audio.read_audio(path))
+    energies = audio.filterbank_energies(voiced)
+    expected = fbank(voiced, samplerate=SAMPLE_RATE, nfilt=NUM_FBANKS)[0]
+    assert energies.dtype == np.float32 and energies.shape == expected.shape
+    assert np.all(np.abs(energies - expected).max(axis=1) <= 1e-6 * expected.max(axis=1))  # Within 1e-6 of each frame's largest energy.
+
+
 def test_pad_mfcc_appends_zero_frames_only_when_short():
     mfcc = np.ones((3, NUM_FBANKS), dtype=np.float32)
     padded = audio.pad_mfcc(mfcc, 5)
