@@ -32,6 +32,12 @@ Artefacts in the output folder:
   `embed_float32` (`model.embed_float32`): `serving_default` with float32 features.
 - `embedding.tflite`: `embed_float32` with TFLite builtin ops only (no Flex: the builtin FFT is
   float32), signature `serving_default`, input length free (resize the input tensor per call).
+- `embedding_int8.tflite` (unless `int8=False`): the same with dynamic-range quantisation
+  (`tf.lite.Optimize.DEFAULT`, no representative data): the convolution and dense weights are
+  stored as int8, one scale per output channel (about a quarter of the size), and each of those
+  layers quantises its input per call; everything else, the features included, stays float32.
+  The mel filters are split in bands of fewer than 1,024 weights (`mel_bands`), the size from
+  which the quantiser takes a constant: power spectra span too many decades for int8.
 - `export.json`: the checkpoint, model size, front end and feature settings it was made with.
 
 Audio without usable speech (empty, all zeros, non-finite samples, or under 400 samples (25 ms)
@@ -76,6 +82,7 @@ from inference import REFERENCE_FRONTEND, CheckpointInfo, FrontEnd, inspect_chec
 
 SAVED_MODEL_DIR_NAME = "saved_model"
 TFLITE_FILE_NAME = "embedding.tflite"
+INT8_TFLITE_FILE_NAME = "embedding_int8.tflite"
 EXPORT_METADATA_FILE_NAME = "export.json"
 EMBED_SIGNATURE = "serving_default"  # samples -> {embedding (512,), num_frames ()}
 FEATURES_SIGNATURE = "features"  # samples -> {features (frames, 64), num_frames ()}; SavedModel only.
@@ -89,15 +96,20 @@ ENERGY_HOP_LENGTH = 512
 ENERGY_FRAME_LENGTH = 4 * ENERGY_HOP_LENGTH
 ENERGY_AMPLITUDE_FLOOR = 1e-5
 NUMPY_SUM_BLOCK, NUMPY_SUM_LANES = 128, 8
+# The mel filters in bands of consecutive filters, each with only the FFT bins it covers; every
+# band stays under the size from which TFLite's dynamic-range quantiser stores a constant as int8.
+MEL_BANDS = 8
+TFLITE_QUANTISED_MIN_WEIGHTS = 1024
 
 
 @dataclass(frozen=True)
 class ExportedModel:
-    """What `export_embedding_model` wrote: SavedModel folder, `.tflite` file (None if not asked), `export.json`."""
+    """What `export_embedding_model` wrote: SavedModel folder, `.tflite` files (None if not asked), `export.json`."""
 
     saved_model: Path
     tflite: Path | None
     metadata: Path
+    tflite_int8: Path | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -196,13 +208,31 @@ def energy_bounds(samples: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return tf.where(any_loud, start, 0), tf.where(any_loud, end, 0)
 
 
-def filterbank_energies(voiced: tf.Tensor, mel: tf.Tensor) -> tf.Tensor:
-    """`audio.filterbank_energies` of >= FRAME_LENGTH float32 samples: (frames, 64) in `mel`'s dtype.
+def mel_bands(sample_rate: int = SAMPLE_RATE) -> list[tuple[int, np.ndarray]]:
+    """The mel matrix (257 bins, 64 filters) in MEL_BANDS bands of consecutive filters: (first bin, weights).
+
+    Each band keeps only the bins its filters cover: the filters are narrow triangles (438 of
+    16,448 weights are non-zero), so the 8 bands hold 2,192 weights, the largest 648, each under
+    TFLITE_QUANTISED_MIN_WEIGHTS (the int8 file keeps them float).
+    """
+    mel = mel_filterbank(sample_rate)
+    bands = []
+    for filters in np.array_split(np.arange(mel.shape[1]), MEL_BANDS):
+        bins = np.flatnonzero(mel[:, filters].any(axis=1))
+        weights = mel[bins[0] : bins[-1] + 1, filters[0] : filters[-1] + 1]
+        assert weights.size < TFLITE_QUANTISED_MIN_WEIGHTS, weights.shape
+        bands.append((int(bins[0]), weights))
+    return bands
+
+
+def filterbank_energies(voiced: tf.Tensor, bands: list[tuple[int, tf.Tensor]]) -> tf.Tensor:
+    """`audio.filterbank_energies` of >= FRAME_LENGTH float32 samples: (frames, 64) in the dtype of the `mel_bands` weights.
 
     Pre-emphasis in float32 as NumPy does it; framing, FFT and filters in float64 (as NumPy) or
-    float32 (the TFLite variant).
+    float32 (the TFLite variant). The bands' products, side by side, are the whole mel product:
+    the bins a band leaves out have zero weight in it.
     """
-    dtype = mel.dtype
+    dtype = bands[0][1].dtype
     emphasised = tf.concat([voiced[:1], voiced[1:] - tf.constant(PRE_EMPHASIS, tf.float32) * voiced[:-1]], axis=0)
     length = tf.size(emphasised)
     num_frames = 1 + (length - FRAME_LENGTH + FRAME_STEP - 1) // FRAME_STEP  # Ceil, as framesig.
@@ -210,7 +240,7 @@ def filterbank_energies(voiced: tf.Tensor, mel: tf.Tensor) -> tf.Tensor:
     frames = tf.signal.frame(padded, FRAME_LENGTH, FRAME_STEP)
     spectrum = tf.signal.rfft(frames, fft_length=[NFFT])
     power = (tf.square(tf.math.real(spectrum)) + tf.square(tf.math.imag(spectrum))) / NFFT
-    energies = tf.matmul(power, mel)
+    energies = tf.concat([tf.matmul(power[:, first : first + weights.shape[0]], weights) for first, weights in bands], axis=1)
     return tf.where(energies == 0.0, tf.constant(np.finfo(np.float64).eps, dtype), energies)
 
 
@@ -266,7 +296,7 @@ class EmbeddingGraph(tf.Module):
         self.frontend = check_frontend(frontend)
         self.window_hop = int(window_hop)
         self.windows_per_call = int(windows_per_call)
-        self._mel = mel_filterbank(SAMPLE_RATE)
+        self._mel_bands = mel_bands(SAMPLE_RATE)
         self.embed = tf.function(functools.partial(self._embed, dtype=tf.float64), input_signature=[SAMPLES_SPEC], autograph=False)
         self.embed_float32 = tf.function(functools.partial(self._embed, dtype=tf.float32), input_signature=[SAMPLES_SPEC], autograph=False)
         self.features = tf.function(self._features, input_signature=[SAMPLES_SPEC], autograph=False)
@@ -283,7 +313,7 @@ class EmbeddingGraph(tf.Module):
         return samples[first:last], usable
 
     def _mfcc(self, voiced, dtype):
-        return normalize_frames(filterbank_energies(voiced, tf.constant(self._mel, dtype)))
+        return normalize_frames(filterbank_energies(voiced, [(first, tf.constant(weights, dtype)) for first, weights in self._mel_bands]))
 
     def _features(self, samples):
         voiced, usable = self._usable_speech(samples)
@@ -349,8 +379,9 @@ class EmbeddingGraph(tf.Module):
 # Writing and running the artefacts.
 
 
-def export_embedding_model(checkpoint_file: str | os.PathLike, output_dir: str | os.PathLike, tflite: bool = True) -> ExportedModel:
-    """Write `saved_model/`, `embedding.tflite` (unless `tflite=False`) and `export.json` into `output_dir`.
+def export_embedding_model(checkpoint_file: str | os.PathLike, output_dir: str | os.PathLike, tflite: bool = True, int8: bool = True) -> ExportedModel:
+    """Write `saved_model/`, `embedding.tflite` and `embedding_int8.tflite` (unless `tflite=False`
+    or `int8=False`) and `export.json` into `output_dir`.
 
     Any checkpoint `inference.load_embedding_model` reads works (the reference `.h5`, a run's
     `best.h5`, a `.keras` file); it raises FileNotFoundError or ValueError naming the file. The
@@ -363,8 +394,9 @@ def export_embedding_model(checkpoint_file: str | os.PathLike, output_dir: str |
     output = Path(output_dir)
     saved_model_dir = output / SAVED_MODEL_DIR_NAME
     tflite_file = output / TFLITE_FILE_NAME if tflite else None
+    int8_file = output / INT8_TFLITE_FILE_NAME if tflite and int8 else None
     metadata_file = output / EXPORT_METADATA_FILE_NAME
-    for target in (saved_model_dir, tflite_file, metadata_file):
+    for target in (saved_model_dir, tflite_file, int8_file, metadata_file):
         if target is not None and target.exists():
             raise FileExistsError(f"{target}: already exists; remove it or choose another output folder")
     info = inspect_checkpoint(checkpoint_file)
@@ -379,23 +411,26 @@ def export_embedding_model(checkpoint_file: str | os.PathLike, output_dir: str |
         staged = Path(scratch) / SAVED_MODEL_DIR_NAME
         signatures = {EMBED_SIGNATURE: graph.embed, FEATURES_SIGNATURE: graph.features, FLOAT32_SIGNATURE: graph.embed_float32}
         tf.saved_model.save(graph, str(staged), signatures=signatures)
-        if tflite_file is not None:
-            (Path(scratch) / TFLITE_FILE_NAME).write_bytes(convert_to_tflite(staged))
-            os.replace(Path(scratch) / TFLITE_FILE_NAME, tflite_file)
+        conversions = [(target, int8_weights) for target, int8_weights in ((tflite_file, False), (int8_file, True)) if target is not None]
+        for target, int8_weights in conversions:  # Both converted before either is moved into place.
+            (Path(scratch) / target.name).write_bytes(convert_to_tflite(staged, int8=int8_weights))
+        for target, _ in conversions:
+            os.replace(Path(scratch) / target.name, target)
         os.replace(staged, saved_model_dir)
-    write_json_atomically(metadata_file, _export_metadata(info, graph, tflite_file))
-    return ExportedModel(saved_model_dir, tflite_file, metadata_file)
+    write_json_atomically(metadata_file, _export_metadata(info, graph, tflite_file, int8_file))
+    return ExportedModel(saved_model_dir, tflite_file, metadata_file, int8_file)
 
 
-def _export_metadata(info: CheckpointInfo, graph: EmbeddingGraph, tflite_file: Path | None) -> dict:
+def _export_metadata(info: CheckpointInfo, graph: EmbeddingGraph, tflite_file: Path | None, int8_file: Path | None = None) -> dict:
     return {
         "checkpoint": str(Path(info.path).resolve()),
         "model_size": info.model_size,
         "saved_model": SAVED_MODEL_DIR_NAME,
         "tflite": tflite_file.name if tflite_file else None,
+        "tflite_int8": int8_file.name if int8_file else None,
         "input": {"samples": "1-D float32 PCM, mono", "sample_rate": SAMPLE_RATE},
         "outputs": {"embedding": [EMBEDDING_SIZE], "num_frames": "0 when the audio has no usable speech"},
-        "signatures": {EMBED_SIGNATURE: "float64 features", FLOAT32_SIGNATURE: "float32 features (the .tflite file)",
+        "signatures": {EMBED_SIGNATURE: "float64 features", FLOAT32_SIGNATURE: "float32 features (the .tflite files)",
                        FEATURES_SIGNATURE: "(frames, 64) features"},
         "frontend": _frontend_metadata(graph.frontend),
         "features": {"num_fbanks": NUM_FBANKS, "nfft": NFFT, "frame_length": FRAME_LENGTH, "frame_step": FRAME_STEP,
@@ -415,8 +450,11 @@ def _frontend_metadata(frontend: FrontEnd) -> dict:
     return {**asdict(frontend), **settings[frontend.trim]}
 
 
-def convert_to_tflite(saved_model_dir: str | os.PathLike) -> bytes:
+def convert_to_tflite(saved_model_dir: str | os.PathLike, int8: bool = False) -> bytes:
     """The `embed_float32` signature of an exported SavedModel as a TFLite flatbuffer, builtin ops only.
+
+    `int8`: with dynamic-range quantisation (`tf.lite.Optimize.DEFAULT` without representative
+    data): int8 weights for the convolutions and dense layers, float32 elsewhere.
 
     Converted from the signature's concrete function rather than `from_saved_model`: that path
     freezes the variables read inside the graph's cond and loop into constants, which
@@ -426,15 +464,18 @@ def convert_to_tflite(saved_model_dir: str | os.PathLike) -> bytes:
     loaded = tf.saved_model.load(os.fspath(saved_model_dir))
     converter = tf.lite.TFLiteConverter.from_concrete_functions([loaded.signatures[FLOAT32_SIGNATURE]], loaded)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if int8:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
     return converter.convert()
 
 
-def tflite_embedder(tflite_file: str | os.PathLike) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+def tflite_embedder(tflite_file: str | os.PathLike, num_threads: int | None = None) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
     """samples (1-D float32, 16 kHz) -> {'embedding': (512,), 'num_frames': ()} with the TFLite interpreter.
 
     The input length may change from call to call: the input tensor is resized each time.
+    `num_threads`: the interpreter's threads (default: TFLite's).
     """
-    interpreter = tf.lite.Interpreter(model_path=os.fspath(tflite_file))
+    interpreter = tf.lite.Interpreter(model_path=os.fspath(tflite_file), num_threads=num_threads)
     runner = interpreter.get_signature_runner(EMBED_SIGNATURE)
 
     def embed(samples: np.ndarray) -> dict[str, np.ndarray]:

@@ -1,8 +1,11 @@
 """inference.py: checkpoints of every kind load into the embedding model; the compiled Embedder
-gives `model.predict`'s embeddings, for windows, whole utterances and files."""
+gives `model.predict`'s embeddings, for windows, whole utterances and files, in float32 and
+(within a measured cosine) in bfloat16, where the CPU has it."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,10 +22,12 @@ from inference import (
     Embedder,
     FrontEnd,
     expand_audio_paths,
+    inference_model,
     inspect_checkpoint,
     l2_normalize,
     load_embedding_model,
     load_embeddings,
+    resolve_precision,
     save_embeddings,
     utterance_windows,
     window_starts,
@@ -34,7 +39,11 @@ PHILIPPE = SAMPLES / "PhilippeRemy"
 SPEAKER_19 = SAMPLES / "LibriSpeech" / "train-clean-100" / "19" / "198"
 LONG_FILE = SPEAKER_19 / "19-198-0001.flac"  # 1080 frames: 13 windows.
 SHORT_FILE = SPEAKER_19 / "19-198-0000.flac"  # 91 frames: shorter than one window.
+SHIPPED_MODEL = REPO / "pretrained" / "model.h5"
 TOLERANCE = 1e-5
+# bfloat16 against float32, the shipped model: cosine measured 0.99997 at worst on the bundled
+# samples, 0.99994 on the 440 files of test-other, VCTK and FSDD (bench/README.md).
+BFLOAT16_MIN_COSINE = 0.9995
 
 
 def randomize_batch_norms(model: keras.Model, seed: int) -> None:
@@ -186,10 +195,85 @@ def test_random_mode_embeds_the_reference_random_window(embedder, features):
     assert np.array_equal(first, embedder.embed_mfccs(mfccs, "random", np.random.default_rng(3)))
 
 
-def test_embed_files_reads_in_chunks_and_equals_embedding_the_features(embedder, features):
+def test_embed_files_reading_two_files_ahead_equals_embedding_the_features(embedder, features):
     paths = sorted(SPEAKER_19.glob("*.flac"))
     expected = embedder.embed_mfccs([features[p.name] for p in paths])
     assert np.abs(embedder.embed_files(paths, files_per_chunk=2) - expected).max() <= TOLERANCE
+
+
+def test_a_bad_file_read_ahead_among_good_ones_raises_naming_it(embedder, tmp_path):
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF, but not really a wave file")
+    paths = sorted(SPEAKER_19.glob("*.flac"))
+    with pytest.raises(AudioError, match="corrupt.wav"):
+        embedder.embed_files([*paths[:3], corrupt, *paths[3:]], files_per_chunk=2)
+
+
+# Precision: the folded inference model, bfloat16, and when 'auto' picks it.
+
+
+def test_the_folded_float32_model_has_no_batch_norms_and_gives_the_keras_models_embeddings(checkpoints, windows):
+    folded = inference_model(checkpoints.small, "float32")
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
+    expected = predict(checkpoints.small, windows[:8])
+    assert np.abs(keras.ops.convert_to_numpy(folded(windows[:8], training=False)) - expected).max() <= TOLERANCE
+    assert np.abs(Embedder(checkpoints.small, 4, precision="float32").embed_windows(windows[:8]) - expected).max() <= TOLERANCE
+
+
+def test_a_bfloat16_embedder_computes_in_bfloat16_and_returns_float32_unit_vectors(checkpoints, windows):
+    embedder = Embedder(checkpoints.small, 16, precision="bfloat16")
+    assert embedder.precision == "bfloat16"
+    assert {layer.compute_dtype for layer in embedder.model.layers if isinstance(layer, keras.layers.Conv2D)} == {"bfloat16"}
+    assert embedder.model.get_layer("ln").compute_dtype == "float32"
+    embeddings = embedder.embed_windows(windows)
+    assert embeddings.dtype == np.float32 and np.abs(np.linalg.norm(embeddings, axis=1) - 1).max() < 1e-5
+    assert np.sum(embeddings * predict(checkpoints.small, windows), axis=1).min() > BFLOAT16_MIN_COSINE
+
+
+@pytest.fixture(scope="module")
+def shipped_embeddings() -> dict[str, np.ndarray]:
+    """The bundled samples embedded by the shipped model in float32 and in bfloat16."""
+    files = expand_audio_paths([SAMPLES])
+    return {precision: Embedder.from_checkpoint(SHIPPED_MODEL, precision=precision).embed_files(files) for precision in ("float32", "bfloat16")}
+
+
+def test_bfloat16_embeddings_of_the_shipped_model_are_within_cosine_0_9995_of_float32(shipped_embeddings):
+    float32, bfloat16 = shipped_embeddings["float32"], shipped_embeddings["bfloat16"]
+    assert bfloat16.dtype == np.float32 and np.abs(np.linalg.norm(bfloat16, axis=1) - 1).max() < 1e-5
+    assert np.sum(float32 * bfloat16, axis=1).min() > BFLOAT16_MIN_COSINE
+
+
+def test_auto_precision_is_bfloat16_only_with_avx512_bf16_or_amx_flags():
+    """The flags `train.mixed_precision_policy` reads from /proc/cpuinfo; none of them: float32."""
+    cpu = ["cpu:0"]
+    assert resolve_precision("auto", cpu_flags="fpu sse4_2 avx2 avx512f avx512_vnni", devices=cpu, backend="tensorflow") == "float32"
+    assert resolve_precision("auto", cpu_flags="", devices=cpu, backend="tensorflow") == "float32"
+    assert resolve_precision("auto", cpu_flags="fpu avx512f avx512_bf16", devices=cpu, backend="tensorflow") == "bfloat16"
+    assert resolve_precision("auto", cpu_flags="fpu amx_bf16 amx_tile", devices=cpu, backend="tensorflow") == "bfloat16"
+
+
+def test_auto_precision_is_float32_with_a_gpu_or_on_jax_and_explicit_precisions_are_kept():
+    assert resolve_precision("auto", cpu_flags="amx_bf16", devices=["gpu:0", "cpu:0"], backend="tensorflow") == "float32"
+    assert resolve_precision("auto", cpu_flags="amx_bf16", devices=["cpu:0"], backend="jax") == "float32"
+    assert resolve_precision("bfloat16", cpu_flags="fpu avx2") == "bfloat16"
+    assert resolve_precision("float32", cpu_flags="amx_bf16") == "float32"
+    with pytest.raises(ValueError, match="precision must be one of auto, float32, bfloat16; got 'float16'"):
+        resolve_precision("float16")
+
+
+def test_from_checkpoint_is_float32_unless_told_otherwise(checkpoints):
+    assert Embedder.from_checkpoint(checkpoints.dir / "small.h5").precision == "float32"
+    assert Embedder.from_checkpoint(checkpoints.dir / "small.h5", precision="bfloat16").precision == "bfloat16"
+
+
+def test_embed_with_precision_bfloat16_writes_it_beside_embeddings_close_to_float32s(shipped_embeddings, tmp_path):
+    files = expand_audio_paths([SAMPLES])
+    result = subprocess.run([sys.executable, "cli.py", "embed", str(SAMPLES), "--precision", "bfloat16", "--output", str(tmp_path / "e.npz")],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with np.load(tmp_path / "e.npz") as data:
+        assert str(data["precision"]) == "bfloat16" and [str(p) for p in data["paths"]] == [str(p) for p in files]
+        assert np.sum(data["embeddings"] * shipped_embeddings["float32"], axis=1).min() > BFLOAT16_MIN_COSINE
 
 
 def test_window_starts_cover_every_frame():
