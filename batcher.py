@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
@@ -13,6 +14,7 @@ import numpy as np
 
 from audio import CorpusError, cache_dir, cached_entries, natural_key, pad_mfcc
 from augment import AugmentConfig, augmented_window_features, babble_speakers, random_segment
+from tasks import gender_task
 from constants import (
     EMBEDDING_SIZE,
     HARD_NEGATIVE_CANDIDATES,
@@ -54,7 +56,9 @@ class TrainingData:
     """Cache entries of the training speakers, split per speaker, plus held-out speakers.
 
     `train`/`test` follow the reference (per speaker, sorted, first 80 % train); `held_out`
-    holds whole speakers kept out of training for speaker-disjoint verification.
+    holds whole speakers kept out of training for speaker-disjoint verification. `validation`,
+    when a run asks for one, is taken from the end of `train`, so that model selection never sees
+    the test utterances that speaker-identification figures are measured on.
     """
 
     cache_dir: Path
@@ -62,6 +66,7 @@ class TrainingData:
     test: dict[str, list[Path]]
     held_out: dict[str, list[Path]]
     genders: dict[str, str]
+    validation: dict[str, list[Path]] = field(default_factory=dict)
 
     @property
     def speakers(self) -> list[str]:
@@ -70,10 +75,7 @@ class TrainingData:
 
     def gender_labels(self, speakers: list[str]) -> np.ndarray:
         """1.0 female, 0.0 male, NaN unknown, for each speaker."""
-        return np.array([GENDER_TO_LABEL.get(self.genders.get(s), np.nan) for s in speakers], dtype=np.float32)
-
-
-GENDER_TO_LABEL = {"F": 1.0, "M": 0.0}
+        return gender_task(1.0).values(speakers, self.genders)
 
 
 def split_utterances(entries: list[Path], train_test_ratio: float = TRAIN_TEST_RATIO) -> tuple[list[Path], list[Path]]:
@@ -83,10 +85,19 @@ def split_utterances(entries: list[Path], train_test_ratio: float = TRAIN_TEST_R
     return ordered[:num_train], ordered[num_train:]
 
 
+def split_validation(train: list[Path], fraction: float) -> tuple[list[Path], list[Path]]:
+    """(train, validation): the last ceil(fraction x n) training utterances of a speaker that keeps at least 2 to train on."""
+    num_validation = math.ceil(fraction * len(train)) if fraction > 0 else 0
+    if len(train) - num_validation < 2:
+        return train, []
+    return train[: len(train) - num_validation], train[len(train) - num_validation :]
+
+
 def load_training_data(
     working_dir: str | os.PathLike,
     held_out_speakers: list[str] | tuple[str, ...] = (),
     train_test_ratio: float = TRAIN_TEST_RATIO,
+    validation_split: float = 0.0,
 ) -> TrainingData:
     """Read `corpus.json` of a built cache and split it; raises CorpusError saying what is missing."""
     all_speakers, genders = cached_entries(working_dir)
@@ -96,13 +107,14 @@ def load_training_data(
     missing = [str(p) for entries in all_speakers.values() for p in entries if not p.is_file()]
     if missing:
         raise CorpusError(f"{len(missing)} cache entries listed in corpus.json are missing (e.g. {missing[0]}); run build-mfcc-cache again")
-    train, test = {}, {}
+    train, test, validation = {}, {}, {}
     for speaker in sorted(set(all_speakers) - set(held_out_speakers), key=natural_key):
         train[speaker], test[speaker] = split_utterances(all_speakers[speaker], train_test_ratio)
+        train[speaker], validation[speaker] = split_validation(train[speaker], validation_split)
     if len(train) < 2:
         raise CorpusError(f"{working_dir}: training needs at least 2 speakers, the cache has {len(train)} besides the held-out ones")
     held_out = {s: all_speakers[s] for s in held_out_speakers}
-    return TrainingData(cache_dir(working_dir), train, test, held_out, genders)
+    return TrainingData(cache_dir(working_dir), train, test, held_out, genders, {s: v for s, v in validation.items() if v})
 
 
 def read_window(entry: Path, rng: np.random.Generator, num_frames: int = NUM_FRAMES, pad: str = "zeros") -> np.ndarray:
@@ -196,6 +208,29 @@ class UtteranceSampler:
         speakers = rng.integers(0, len(self.counts), size)
         return self.first_row[speakers] + (rng.random(size) * self.counts[speakers]).astype(np.int64)
 
+    def draw_triplets(self, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows of `size` (anchor, positive, negative) triplets.
+
+        Anchors are drawn as `draw` draws rows. The positive is another utterance of the anchor's
+        speaker where it has one, else the anchor's own utterance (its caller cuts another window).
+        The negative is a row of another speaker: a uniform other speaker, then one of its
+        utterances (balanced), or a uniform row among the other speakers' rows.
+        """
+        if len(self.counts) < 2:
+            raise CorpusError("triplet batches need at least 2 speakers with utterances")
+        anchors = self.draw(size, rng)
+        speakers = np.searchsorted(self.first_row, anchors, side="right") - 1
+        first, counts = self.first_row[speakers], self.counts[speakers]
+        offsets = 1 + (rng.random(size) * np.maximum(counts - 1, 1)).astype(np.int64)
+        positives = np.where(counts > 1, first + (anchors - first + offsets) % counts, anchors)
+        if self.balanced:
+            others = (speakers + rng.integers(1, len(self.counts), size)) % len(self.counts)
+            negatives = self.first_row[others] + (rng.random(size) * self.counts[others]).astype(np.int64)
+        else:
+            negatives = (rng.random(size) * (self.total - counts)).astype(np.int64)
+            negatives = np.where(negatives >= first, negatives + counts, negatives)
+        return anchors, positives, negatives
+
 
 class AugmentedBatches(_EpochSeededBatches):
     """(windows, class) batches cut from cached audio and augmented, for softmax and AAM training.
@@ -233,17 +268,90 @@ class AugmentedBatches(_EpochSeededBatches):
         rows = rng.integers(0, len(self.entries), babble_speakers(rng))
         return [random_segment(np.load(self.entries[r], mmap_mode="r"), length, rng) for r in rows]
 
+    def windows(self, rows: np.ndarray, speed_index: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One augmented window of each row's utterance, at speed `speeds[speed_index]`."""
+        windows = np.empty((len(rows), NUM_FRAMES, NUM_FBANKS, 1), dtype=np.float32)
+        for i, (row, k) in enumerate(zip(rows, speed_index)):
+            samples = np.load(self.entries[row], mmap_mode="r")
+            features = augmented_window_features(samples, self.augment.speeds[k], self.augment, rng, self.babble)
+            windows[i, :, :, 0] = pad_mfcc(features[:NUM_FRAMES], NUM_FRAMES, self.pad)
+        return windows
+
+    def classes(self, rows: np.ndarray, speed_index: np.ndarray) -> np.ndarray:
+        """Speaker s at speed index k is class s + k * len(speakers)."""
+        return self.labels[rows] + speed_index.astype(np.int32) * self.num_speakers
+
     def __getitem__(self, index: int):
         rng = self.rng(index)
         rows = self.sampler.draw(self.batch_size, rng)
-        speeds = self.augment.speeds
-        speed_index = rng.integers(0, len(speeds), self.batch_size)
-        windows = np.empty((self.batch_size, NUM_FRAMES, NUM_FBANKS, 1), dtype=np.float32)
-        for i, (row, k) in enumerate(zip(rows, speed_index)):
-            samples = np.load(self.entries[row], mmap_mode="r")
-            features = augmented_window_features(samples, speeds[k], self.augment, rng, self.babble)
-            windows[i, :, :, 0] = pad_mfcc(features[:NUM_FRAMES], NUM_FRAMES, self.pad)
-        return windows, self.labels[rows] + speed_index.astype(np.int32) * self.num_speakers
+        speed_index = rng.integers(0, len(self.augment.speeds), self.batch_size)
+        return self.windows(rows, speed_index, rng), self.classes(rows, speed_index)
+
+
+class AugmentedTripletBatches(AugmentedBatches):
+    """Stacked [anchors; positives; negatives] batches cut from cached audio and augmented: the triplet
+    and Hive-MTL counterpart of `AugmentedBatches`, drawn by the same `UtteranceSampler`.
+
+    Triplets follow `UtteranceSampler.draw_triplets` (a speaker with one utterance gives its
+    positive as another window of it). The positive keeps the anchor's speed, so it is the same
+    class; the negative draws its own. `outputs` names the targets to give: `speaker_pred` (the
+    class), `ln` (a dummy for the triplet loss, which reads only the embeddings), and one per
+    label task in `task_values` (output name -> (per-speaker class, NaN where unknown; whether
+    the task is binary); see `masked_task_targets`). Without `outputs`, a triplet-mode batch: (x, dummy, ones).
+    Rows are ordered in `replicas` stacked blocks as `TripletBatches` orders them.
+    """
+
+    def __init__(
+        self,
+        waveforms: dict[str, list[Path]],
+        speakers: list[str],
+        batch_size: int,
+        steps_per_epoch: int,
+        augment: AugmentConfig,
+        seed: int = 0,
+        first_epoch: int = 0,
+        balanced: bool = True,
+        pad: str = "repeat",
+        outputs: tuple[str, ...] = (),
+        task_values: dict[str, tuple[np.ndarray, bool]] | None = None,
+        replicas: int = 1,
+        **kwargs,
+    ):
+        super().__init__(waveforms, speakers, batch_size, steps_per_epoch, augment, seed, first_epoch, balanced, pad, **kwargs)
+        check_triplet_batch_size(batch_size, replicas)
+        self.row_order = replica_order(batch_size // 3, replicas)
+        self.outputs = tuple(outputs)
+        self.task_values = task_values or {}
+
+    def __getitem__(self, index: int):
+        rng = self.rng(index)
+        num_triplets = self.batch_size // 3
+        rows = np.concatenate(self.sampler.draw_triplets(num_triplets, rng))
+        speeds = rng.integers(0, len(self.augment.speeds), (2, num_triplets))
+        speed_index = np.concatenate([speeds[0], speeds[0], speeds[1]])  # The positive at the anchor's speed.
+        rows, speed_index = rows[self.row_order], speed_index[self.row_order]
+        windows = self.windows(rows, speed_index, rng)
+        dummy = np.zeros((len(rows), 1), dtype=np.float32)
+        ones = np.ones(len(rows), np.float32)
+        if not self.outputs:
+            return windows, dummy, ones
+        speakers = self.labels[rows]
+        targets = {"speaker_pred": (self.classes(rows, speed_index), ones), "ln": (dummy, ones)}
+        targets.update({name: masked_task_targets(values[speakers], binary) for name, (values, binary) in self.task_values.items()})
+        return windows, {k: targets[k][0] for k in self.outputs}, {k: targets[k][1] for k in self.outputs}
+
+
+def masked_task_targets(values: np.ndarray, binary: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, sample weights) of one label task for a batch's rows; `values` is NaN where a row has no label.
+
+    Keras averages a weighted loss over all rows; scaling the labelled rows by rows / labelled
+    makes the task's loss the mean over labelled rows only, however many are unlabelled.
+    Replicas average their own means, which is the same: their slices have equal sizes.
+    """
+    known = ~np.isnan(values)
+    labels = np.where(known, values, 0.0)
+    weights = known.astype(np.float32) * (len(values) / max(int(known.sum()), 1))
+    return (labels.astype(np.float32)[:, None] if binary else labels.astype(np.int32)), weights
 
 
 class FixedBatches(keras.utils.PyDataset):
@@ -304,8 +412,9 @@ class TripletBatches(_EpochSeededBatches):
 
     Anchor and positive are two different utterances of one speaker, the negative an utterance
     of another speaker. For the Hive-MTL model, `outputs` names the model outputs to give targets
-    for (`speaker_pred`, `gender_pred`, `ln`), and batches come with per-output sample weights
-    that mask the gender loss of speakers without a gender label.
+    for (`speaker_pred`, `ln`, and each label task's output in `task_values`: output name ->
+    (per-speaker class in `speakers` order, NaN where unknown; whether the task is binary)), and
+    batches come with per-output sample weights that mask rows without a label.
 
     With `replicas` > 1 (tf.distribute), the rows of a batch (windows, targets and weights alike)
     are `replicas` consecutive stacked blocks of batch_size / replicas / 3 triplets each, so the
@@ -321,7 +430,7 @@ class TripletBatches(_EpochSeededBatches):
         first_epoch: int = 0,
         outputs: tuple[str, ...] = (),
         speakers: list[str] | None = None,
-        gender_labels: np.ndarray | None = None,
+        task_values: dict[str, tuple[np.ndarray, bool]] | None = None,
         replicas: int = 1,
         **kwargs,
     ):
@@ -341,8 +450,7 @@ class TripletBatches(_EpochSeededBatches):
         if self.outputs:
             class_of = {speaker: i for i, speaker in enumerate(speakers or self.speaker_names)}
             self.class_of_name = np.array([class_of[s] for s in self.speaker_names], dtype=np.int32)
-            genders = gender_labels if gender_labels is not None else np.full(len(class_of), np.nan, np.float32)
-            self.gender_of_name = genders[self.class_of_name]
+            self.task_values = task_values or {}
 
     def sample_speakers(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Anchor and negative speakers (positions in `speaker_names`) of one batch's triplets."""
@@ -376,19 +484,11 @@ class TripletBatches(_EpochSeededBatches):
         dummy = np.zeros((rows, 1), dtype=np.float32)  # The triplet loss reads only y_pred.
         if not self.outputs:
             return dummy, np.ones(rows, np.float32)
-        gender = self.gender_of_name[speaker_ids]
-        known = ~np.isnan(gender)
-        labels = {
-            "speaker_pred": self.class_of_name[speaker_ids],
-            "gender_pred": np.where(known, gender, 0.0).astype(np.float32)[:, None],
-            "ln": dummy,
-        }
-        # Keras averages a weighted loss over all rows; scaling the labelled rows by rows / labelled
-        # makes the gender loss the mean over labelled rows only, however many are unlabelled.
-        # Replicas average their own means, which is the same: their slices have equal sizes.
-        gender_weight = known.astype(np.float32) * (rows / max(int(known.sum()), 1))
-        weights = {"speaker_pred": np.ones(rows, np.float32), "gender_pred": gender_weight, "ln": np.ones(rows, np.float32)}
-        return {k: labels[k] for k in self.outputs}, {k: weights[k] for k in self.outputs}
+        classes = self.class_of_name[speaker_ids]
+        ones = np.ones(rows, np.float32)
+        targets = {"speaker_pred": (classes, ones), "ln": (dummy, ones)}
+        targets.update({name: masked_task_targets(values[classes], binary) for name, (values, binary) in self.task_values.items()})
+        return {k: targets[k][0] for k in self.outputs}, {k: targets[k][1] for k in self.outputs}
 
     def windows_and_speakers(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Windows and speakers of batch `index` in the single stacked order [a; p; n]."""

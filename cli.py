@@ -119,7 +119,7 @@ def build_mfcc_cache(working_dir: str, audio_dir: str, workers: int | None, gend
               help="Build (or complete) the feature cache from this corpus first (repeatable: several corpora train together).")
 @click.option("--genders", "genders_file", type=click.Path(dir_okay=False), help="With --audio_dir: speaker table with 'speaker' and 'gender' columns.")
 @click.option("--mode", type=click.Choice(["reference", "softmax", "triplet", "mtl"]),
-              help="reference (default): softmax pre-training then triplet training; softmax, triplet: one phase; mtl: Hive-MTL speaker + gender heads.")
+              help="reference (default): softmax pre-training then triplet training; softmax, triplet: one phase; mtl: Hive-MTL speaker, gender and --tasks heads.")
 @click.option("--model_size", type=click.Choice(["full", "small"]), help="full: the reference ResCNN (default); small: fewer filters, for CPUs.")
 @click.option("--epochs", type=int, help="Epochs (default 1000, with early stopping in softmax and mtl modes).")
 @click.option("--steps_per_epoch", type=int, help="Batches per epoch (default: one pass over the utterances; triplet: 2000).")
@@ -140,23 +140,29 @@ def build_mfcc_cache(working_dir: str, audio_dir: str, workers: int | None, gend
 @click.option("--early_stopping_patience", type=int, help="Softmax, mtl: stop after this many epochs without improvement (default 20).")
 @click.option("--reduce_lr_patience", type=int, help="Softmax, mtl: halve the learning rate after this many flat epochs (default 10).")
 @click.option("--min_learning_rate", type=float, help="Floor of the learning-rate halving (default 1e-4).")
-@click.option("--head", type=click.Choice(["softmax", "aam"]), help="Softmax mode: the reference's softmax (default), or additive angular margin (ArcFace) on the embedding.")
+@click.option("--head", type=click.Choice(["softmax", "aam"]), help="Speaker head (softmax, mtl): the reference's softmax (default), or additive angular margin (ArcFace) on the embedding.")
 @click.option("--aam_margin", type=float, help="AAM head: margin in radians (default 0.2).")
 @click.option("--aam_scale", type=float, help="AAM head: logit scale (default 30).")
 @click.option("--balanced_sampling/--no_balanced_sampling", default=None, help="Draw speakers uniformly, then their utterances (default off: the reference).")
 @click.option("--fixed_validation/--no_fixed_validation", default=None, help="Draw the validation batches once, not every epoch (default on).")
-@click.option("--trim", type=click.Choice(["reference", "energy", "none"]), help="Softmax mode: silence trim of the audio training reads (default reference).")
+@click.option("--trim", type=click.Choice(["reference", "energy", "none"]), help="Silence trim of the audio training reads (default reference).")
 @click.option("--pad", type=click.Choice(["zeros", "repeat"]), help="Fill windows of short clips with zeros (reference, default) or repeat their frames.")
 @click.option("--speed_perturb", is_flag=True, default=None, help="Augment: speeds 0.9 and 1.1, each perturbed speaker a new class.")
 @click.option("--noise_probability", type=float, help="Augment: chance of babble or coloured noise per window (default 0).")
 @click.option("--band_limit_probability", type=float, help="Augment: chance of band limiting through 8 kHz per window (default 0).")
 @click.option("--spec_mask_probability", type=float, help="Augment: chance of a time and a frequency mask per window (default 0).")
 @click.option("--snapshot_every", type=int, help="Keep snapshots/epoch_<n>.h5 every n epochs, for learning curves (default 0: none).")
+@click.option("--validation_split", type=float,
+              help="Validate on this share of each speaker's training utterances (e.g. 0.1), so the test utterances stay unseen by model selection "
+                   "(default 0: validate on the test utterances, as the reference).")
+@click.option("--tasks", "tasks_json", help='Hive-MTL: label tasks besides speaker and gender, as JSON or a JSON file, e.g. '
+                                             '\'{"language": {"labels": {"LibriSpeech": "en", "CommonVoice-fa": "fa"}, "loss": "binary", "weight": 1}}\' '
+                                             "(labels: corpus folder name -> label of its speakers).")
 @click.option("--recipe", "recipe_file", type=click.Path(exists=True, dir_okay=False),
               help="JSON recipe (e.g. recipes/pretrained_small.json): option names as keys, audio_dirs relative to the file; "
                    "options given on the command line win.")
 def train(working_dir: str, audio_dirs: tuple[str, ...], genders_file: str | None, mode: str | None, held_out_speakers: str | None,
-          recipe_file: str | None, **options) -> None:
+          recipe_file: str | None, tasks_json: str | None, **options) -> None:
     """Train on the feature cache of WORKING_DIR; rerun the same command to resume.
 
     Each run directory (checkpoints-softmax/, checkpoints-triplets/, checkpoints-mtl/) holds
@@ -181,6 +187,8 @@ def train(working_dir: str, audio_dirs: tuple[str, ...], genders_file: str | Non
     mode = mode or "reference"
     if held_out_speakers:
         given["held_out_speakers"] = [s.strip() for s in held_out_speakers.split(",") if s.strip()]
+    if tasks_json:
+        given["tasks"] = read_tasks_option(tasks_json)
     try:
         config = TrainConfig(mode="softmax" if mode == "reference" else mode, **given)
         if mode == "reference":  # --hard_negative belongs to the triplet phase of the reference recipe.
@@ -196,6 +204,21 @@ def train(working_dir: str, audio_dirs: tuple[str, ...], genders_file: str | Non
         _fail(error)
     for directory in run_dirs:
         click.echo(f"run: {directory} (best checkpoint: {directory / 'best.h5'})")
+
+
+def read_tasks_option(value: str) -> dict:
+    """--tasks: a JSON object, or the path of a file holding one."""
+    import json
+    from pathlib import Path
+
+    text = Path(value).read_text() if Path(value).is_file() else value
+    try:
+        tasks = json.loads(text)
+    except ValueError as error:
+        _fail(ValueError(f"--tasks: neither a JSON object nor a JSON file ({error})"))
+    if not isinstance(tasks, dict):
+        _fail(ValueError("--tasks: expected a JSON object mapping task names to {labels, loss, weight}"))
+    return tasks
 
 
 def read_recipe(path: str) -> dict:
@@ -280,7 +303,7 @@ def test_model(working_dir: str | None, checkpoint_file: str | None, eval_audio_
 
     checkpoint_file = _checkpoint(checkpoint_file)
     try:
-        report = evaluate_checkpoint(working_dir, checkpoint_file, eval_audio_dirs, trials_file, num_trials, window, seed, plots_dir)
+        report = evaluate_checkpoint(working_dir, checkpoint_file, eval_audio_dirs, trials_file, num_trials, window, seed, plots_dir, precision=precision)
     except (AudioError, CorpusError, ValueError, FileNotFoundError) as error:
         _fail(error)
     if report.reference:
@@ -289,6 +312,8 @@ def test_model(working_dir: str | None, checkpoint_file: str | None, eval_audio_
         click.echo(line)
     for name, value in report.heads.items():
         click.echo(f"{name.replace('_', ' ')} = {value:.3f}")
+    for task, counts in report.unseen_labels.items():
+        click.echo(f"{task} of the unseen speakers: " + ", ".join(f"{label} {count}" for label, count in counts.items()))
     for note in report.notes:
         click.echo(f"note: {note}")
     written = report.to_json(output or Path(checkpoint_file).parent / "test-model.json")
@@ -323,13 +348,20 @@ def experiment(config_file: str, working_dir: str, readme: str | None, marker: s
 @click.option("--csv", "csv_path", required=True, type=click.Path(exists=True, dir_okay=False), help="CSV written by the experiment verb.")
 @click.option("--readme", type=click.Path(exists=True, dir_okay=False), help="Replace the table between <!-- MARKER --> markers in this file.")
 @click.option("--marker", default="mtl-results", show_default=True, help="Name of the README markers around the table.")
-def results_table_command(csv_path: str, readme: str | None, marker: str) -> None:
-    """Print the Markdown table (mean ± std over seeds) of an experiment's CSV."""
-    from experiment import results_table, update_readme_table
+@click.option("--answer", "answer_csv", type=click.Path(exists=True, dir_okay=False),
+              help="Also the answer table (<name>_answer.csv: Hive-MTL minus the best single-task configuration, with intervals), "
+                   "between <!-- MARKER-answer --> markers.")
+def results_table_command(csv_path: str, readme: str | None, marker: str, answer_csv: str | None) -> None:
+    """Print the Markdown table (mean ± std over seeds) of an experiment's CSV, and its answer table if given."""
+    from experiment import answer_table, replace_marked_section, results_table, update_readme_table
 
     click.echo(results_table(csv_path))
+    if answer_csv:
+        click.echo("\n" + answer_table(answer_csv))
     if readme:
         update_readme_table(csv_path, readme, marker)
+        if answer_csv:
+            replace_marked_section(readme, f"{marker}-answer", answer_table(answer_csv))
 
 
 @cli.command("learning-curve")

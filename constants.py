@@ -112,3 +112,7 @@ IDENTIFY_TOP = 5  # Names `identify` prints by default.
 
 # Export (export.py): one TensorFlow graph from 16 kHz PCM to the whole-utterance embedding.
 EXPORT_WINDOWS_PER_CALL = 32  # Windows per model call inside the exported graph's loop; bounds memory on long audio.
+
+# Uncertainty of experiment results (experiment.mtl_answer).
+CONFIDENCE_LEVEL = 0.95
+BOOTSTRAP_RESAMPLES = 1000

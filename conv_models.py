@@ -238,7 +238,8 @@ class DeepSpeakerModel:
 def build_mtl_model(
     num_speakers: int,
     *,
-    with_gender_head: bool = True,
+    label_heads: dict[str, int] | None = None,
+    speaker_head: str = "softmax",
     model_size: str = "full",
     shared_units: int = MTL_SHARED_UNITS,
     speaker_units: int = MTL_SPEAKER_UNITS,
@@ -247,9 +248,12 @@ def build_mtl_model(
 ) -> keras.Model:
     """Hive-MTL: the ResCNN trunk up to the unified embedding `ln`, with task heads on top.
 
-    `ln` -> Dense `shared` (relu) -> Dense `speaker_task` (relu) -> softmax `speaker_pred`, and
-    `shared` -> sigmoid `gender_pred` (1 unit). Outputs are a dict keyed by those layer names,
-    so losses and metrics are given per task by name.
+    Speaker head `softmax`: `ln` -> Dense `shared` (relu) -> Dense `speaker_task` (relu) -> softmax
+    `speaker_pred`. Speaker head `aam`: `speaker_pred` is a cosine classifier on `ln` itself, so
+    the speaker loss shapes the embedding directly, as in single-task AAM training.
+    `label_heads` maps each label task's output name to its units (1: sigmoid, more: softmax),
+    each on `shared`; default: the gender head `gender_pred` (1 unit). Outputs are a dict keyed
+    by those names, so losses and metrics are given per task by name.
 
     The embedding is always reachable with `embedding_model(model)`. It is an output (key `ln`)
     only with `embedding_output=True`, for a loss on the embedding such as the triplet loss:
@@ -260,13 +264,24 @@ def build_mtl_model(
     _check_class_count("num_speakers", num_speakers, 2)
     _check_class_count("shared_units", shared_units, 1)
     _check_class_count("speaker_units", speaker_units, 1)
+    if speaker_head not in SPEAKER_HEADS:
+        raise ValueError(f"speaker_head must be one of {', '.join(SPEAKER_HEADS)}; got {speaker_head!r}.")
+    label_heads = {GENDER_OUTPUT: 1} if label_heads is None else dict(label_heads)
+    for name, units in label_heads.items():
+        _check_class_count(f"units of {name}", units, 1)
+        if name in (SPEAKER_OUTPUT, EMBEDDING_LAYER_NAME, "shared", "speaker_task"):
+            raise ValueError(f"label head name {name!r} is taken by another layer of the model.")
     inputs = _input(batch_input_shape)
     embedding = _unified_embedding(inputs, _filters(model_size))
-    shared = layers.Dense(shared_units, activation="relu", name="shared")(embedding)
-    speaker = layers.Dense(speaker_units, activation="relu", name="speaker_task")(shared)
-    outputs = {SPEAKER_OUTPUT: layers.Dense(num_speakers, activation="softmax", name=SPEAKER_OUTPUT, dtype="float32")(speaker)}
-    if with_gender_head:
-        outputs[GENDER_OUTPUT] = layers.Dense(1, activation="sigmoid", name=GENDER_OUTPUT, dtype="float32")(shared)
+    shared = layers.Dense(shared_units, activation="relu", name="shared")(embedding) if label_heads or speaker_head == "softmax" else None
+    if speaker_head == "aam":
+        outputs = {SPEAKER_OUTPUT: CosineClassifier(num_speakers, name=SPEAKER_OUTPUT)(embedding)}
+    else:
+        speaker = layers.Dense(speaker_units, activation="relu", name="speaker_task")(shared)
+        outputs = {SPEAKER_OUTPUT: layers.Dense(num_speakers, activation="softmax", name=SPEAKER_OUTPUT, dtype="float32")(speaker)}
+    for name, units in label_heads.items():
+        activation = "sigmoid" if units == 1 else "softmax"
+        outputs[name] = layers.Dense(units, activation=activation, name=name, dtype="float32")(shared)
     if embedding_output:
         outputs[EMBEDDING_LAYER_NAME] = embedding
     return keras.Model(inputs, outputs, name="HiveMTL")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from constants import DCF_COST_FALSE_ALARM, DCF_COST_MISS, MIN_DCF_P_TARGETS, THRESHOLD_STEP
+from constants import BOOTSTRAP_RESAMPLES, CONFIDENCE_LEVEL, DCF_COST_FALSE_ALARM, DCF_COST_MISS, MIN_DCF_P_TARGETS, THRESHOLD_STEP
 
 # ----------------------------------------------------------------------------------------------
 # Input validation (shared by both families).
@@ -298,3 +298,62 @@ def balanced_accuracy(predicted: np.ndarray, actual: np.ndarray) -> float:
     if predicted.shape != actual.shape or not len(actual):
         raise ValueError(f"predicted and actual labels must be non-empty and of one shape; got {predicted.shape} and {actual.shape}")
     return float(np.mean([np.mean(predicted[actual == label] == label) for label in np.unique(actual)]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Uncertainty of a difference between two models.
+
+
+@dataclass
+class Interval:
+    """A difference and its confidence interval (`low`, `high` None where it cannot be computed)."""
+
+    difference: float
+    low: float | None
+    high: float | None
+
+    def excludes_zero(self) -> bool:
+        return self.low is not None and (self.low > 0 or self.high < 0)
+
+
+def paired_t_interval(differences: np.ndarray, confidence: float = CONFIDENCE_LEVEL) -> Interval:
+    """Mean of paired differences (one per seed) with Student's t interval; no interval from a single pair."""
+    from scipy.stats import t
+
+    differences = np.asarray(differences, dtype=np.float64)
+    mean = float(differences.mean())
+    if len(differences) < 2:
+        return Interval(mean, None, None)
+    half = t.ppf(0.5 + confidence / 2, len(differences) - 1) * differences.std(ddof=1) / np.sqrt(len(differences))
+    return Interval(mean, mean - half, mean + half)
+
+
+def fast_eer(scores: np.ndarray, labels: np.ndarray) -> float:
+    """`equal_error_rate` of (scores, labels) without the other operating-point figures (for bootstraps)."""
+    return equal_error_rate(operating_points(scores, labels))[0]
+
+
+def paired_bootstrap_eer_difference(
+    pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    rng: np.random.Generator,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    confidence: float = CONFIDENCE_LEVEL,
+) -> Interval:
+    """EER(b) - EER(a), averaged over `pairs` of (labels, scores_a, scores_b) on the same trials, with a
+    percentile interval from resampling the trials (the same resample for both models of a pair).
+
+    Trials share speakers and files, so they are not independent: this interval covers the choice
+    of trials only, and is narrower than one that resampled speakers.
+    """
+    def difference(generator: np.random.Generator | None) -> float:
+        values = []
+        for labels, scores_a, scores_b in pairs:
+            chosen = slice(None) if generator is None else generator.integers(0, len(labels), len(labels))
+            if labels[chosen].all() or not labels[chosen].any():
+                continue
+            values.append(fast_eer(scores_b[chosen], labels[chosen]) - fast_eer(scores_a[chosen], labels[chosen]))
+        return float(np.mean(values)) if values else float("nan")
+
+    draws = np.array([difference(rng) for _ in range(resamples)])
+    low, high = np.nanpercentile(draws, [50 * (1 - confidence), 50 * (1 + confidence)])
+    return Interval(difference(None), float(low), float(high))

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from audio import index_corpus, write_atomically, write_json_atomically
+from tasks import parse_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -43,15 +44,15 @@ CSV_COLUMNS = (
     "speaker_id_acc", "gender_acc_head", "gender_acc_probe", "gender_loss_weight", "triplet_loss_weight", "train_seconds",
 )
 LEGACY_COLUMNS = {"eer": "eer_pooled", "min_dcf": "min_dcf_pooled"}  # CSVs written before per-corpus figures.
-RECIPE_KEYS = ("name", "comment", "splits", "speaker_genders", "model_size", "seeds", "budget", "num_trials", "train",
-               "configurations", "gender_weight_plot", "output_dir")
+RECIPE_KEYS = ("name", "comment", "splits", "speaker_genders", "model_size", "seeds", "budget", "num_trials", "train", "tasks",
+               "configurations", "gender_weight_plot", "output_dir", "answer")
 BUDGET_KEYS = ("epochs", "steps_per_epoch", "batch_size", "validation_steps", "learning_rate")
 CONFIGURATION_KEYS = ("recipe", "speaker_loss_weight", "gender_loss_weight", "triplet_loss_weight", "train")
 # TrainConfig fields a `train` object may not set, because the runner sets them: where a recipe sets them instead.
 RUNNER_KEYS = {
     "mode": "the configuration's 'recipe'", "seed": "'seeds'", "model_size": "'model_size'",
     "epochs": "'budget'", "steps_per_epoch": "'budget'", "batch_size": "'budget'", "validation_steps": "'budget'", "learning_rate": "'budget'",
-    "held_out_speakers": "'splits.held_out_speakers'", "initial_checkpoint": "the 'softmax_triplet' recipe",
+    "held_out_speakers": "'splits.held_out_training_speakers'", "initial_checkpoint": "the 'softmax_triplet' recipe", "tasks": "the recipe's 'tasks'",
     "speaker_loss_weight": "the configuration", "gender_loss_weight": "the configuration", "triplet_loss_weight": "the configuration",
 }
 TABLE_METRICS = ("min_dcf_pooled", "speaker_id_acc", "gender_acc_head", "gender_acc_probe")  # Shown after the EERs when they have values.
@@ -78,6 +79,9 @@ class ExperimentConfig:
     gender_weight_plot: list[str] = field(default_factory=list)
     output_dir: Path = Path("results")
     train: dict = field(default_factory=dict)  # TrainConfig settings of every configuration; each may override them.
+    tasks: dict = field(default_factory=dict)  # Label tasks besides gender: trained by Hive-MTL, scored (probe) for every configuration.
+    held_out_training_speakers: list[str] = field(default_factory=list)  # Speakers of the training folders kept out of training and scored.
+    answer: dict = field(default_factory=dict)  # {"mtl": [configurations], "single": [configurations]}: what `mtl_answer` compares.
 
 
 def load_experiment_config(path: str | os.PathLike) -> ExperimentConfig:
@@ -135,6 +139,20 @@ def load_experiment_config(path: str | os.PathLike) -> ExperimentConfig:
     for key in budget:
         if key not in BUDGET_KEYS:
             raise ExperimentConfigError(f"{path}: unknown key 'budget.{key}' (known: {', '.join(BUDGET_KEYS)})")
+    tasks = raw.get("tasks", {})
+    try:
+        parse_tasks(tasks)
+    except ValueError as error:
+        raise ExperimentConfigError(f"{path}: 'tasks': {error}") from None
+    kept_out = splits.get("held_out_training_speakers") or []
+    if not isinstance(kept_out, list) or not all(isinstance(s, str) for s in kept_out):
+        raise ExperimentConfigError(f"{path}: 'splits.held_out_training_speakers' must be a list of speaker names")
+    answer = raw.get("answer", {})
+    if answer and (set(answer) != {"mtl", "single"} or not all(isinstance(answer[k], list) and answer[k] for k in answer)):
+        raise ExperimentConfigError(f"{path}: 'answer' must be {{\"mtl\": [configurations], \"single\": [configurations]}}")
+    for name in [*answer.get("mtl", []), *answer.get("single", [])]:
+        if name not in configurations:
+            raise ExperimentConfigError(f"{path}: 'answer' names an unknown configuration {name!r} (known: {', '.join(configurations)})")
     seeds = require("seeds")
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise ExperimentConfigError(f"{path}: 'seeds' must be a non-empty list of integers")
@@ -155,6 +173,9 @@ def load_experiment_config(path: str | os.PathLike) -> ExperimentConfig:
         gender_weight_plot=plot,
         output_dir=(base / raw.get("output_dir", "../results")).resolve(),
         train=check_train_settings(path, "train", raw.get("train", {})),
+        tasks=tasks,
+        held_out_training_speakers=kept_out,
+        answer=answer,
     )
     check_training_phases(path, config)
     check_columns(path, config)
@@ -200,10 +221,15 @@ def check_columns(path: Path, config: ExperimentConfig) -> None:
 
 
 def held_out_corpora(config: ExperimentConfig) -> list[str]:
-    """Names of the held-out corpora, in the recipe's order, as `EvaluationReport.corpora` keys them."""
+    """Names of the held-out corpora, in the recipe's order, as `EvaluationReport.corpora` keys them; last,
+    the training folder the held-out training speakers come from."""
     from test import corpus_names
 
-    return list(dict.fromkeys(corpus_names(config.held_out_audio_dirs)))
+    names = list(dict.fromkeys(corpus_names(config.held_out_audio_dirs)))
+    if config.held_out_training_speakers:
+        homes = [d.name for d in config.train_audio_dirs if set(config.held_out_training_speakers) & set(index_corpus(d).speakers)]
+        names.append(homes[0] if len(homes) == 1 else "held_out")
+    return names
 
 
 def corpus_column(corpus: str) -> str:
@@ -212,7 +238,9 @@ def corpus_column(corpus: str) -> str:
 
 
 def csv_columns(config: ExperimentConfig) -> tuple[str, ...]:
-    return CSV_COLUMNS + tuple(f"{metric}_{corpus_column(corpus)}" for corpus in held_out_corpora(config) for metric in ("eer", "min_dcf"))
+    """CSV_COLUMNS, then head and probe accuracy of each declared task, then EER and minDCF per held-out corpus."""
+    tasks = tuple(f"{task.name}_acc_{kind}" for task in parse_tasks(config.tasks) for kind in ("head", "probe"))
+    return CSV_COLUMNS + tasks + tuple(f"{metric}_{corpus_column(corpus)}" for corpus in held_out_corpora(config) for metric in ("eer", "min_dcf"))
 
 
 def train_settings(config: ExperimentConfig, name: str) -> dict:
@@ -227,7 +255,8 @@ def training_phases(config: ExperimentConfig, name: str, seed: int) -> list:
 
     settings = config.configurations[name]
     budget = {k: v for k, v in config.budget.items() if k != "learning_rate"}
-    common = {**train_settings(config, name), "model_size": config.model_size, "seed": seed, "learning_rate": config.budget.get("learning_rate"), **budget}
+    common = {**train_settings(config, name), "model_size": config.model_size, "seed": seed, "learning_rate": config.budget.get("learning_rate"),
+              "held_out_speakers": list(config.held_out_training_speakers), **budget}
     recipe = settings["recipe"]
     if recipe == "softmax":
         return [TrainConfig(mode="softmax", **common)]
@@ -238,7 +267,7 @@ def training_phases(config: ExperimentConfig, name: str, seed: int) -> list:
                 TrainConfig(mode="triplet", **{**common, "epochs": max(1, epochs - softmax_epochs)})]
     weights = {k: v for k, v in settings.items() if k.endswith("_loss_weight")}
     triplet_weight = weights.get("triplet_loss_weight", 1.0 if recipe == "mtl_triplet" else 0.0)
-    return [TrainConfig(mode="mtl", **common, **{**weights, "triplet_loss_weight": triplet_weight})]
+    return [TrainConfig(mode="mtl", **common, **{**weights, "triplet_loss_weight": triplet_weight}, tasks=config.tasks)]
 
 
 def waveform_trims(config: ExperimentConfig) -> list[str]:
@@ -251,6 +280,10 @@ def check_splits(path: Path, config: ExperimentConfig) -> None:
     """Named held-out speakers must exist, and no held-out speaker may be a training speaker."""
     training = {s for d in config.train_audio_dirs for s in index_corpus(d).speakers}
     held_out = {s for d in config.held_out_audio_dirs for s in index_corpus(d).speakers}
+    missing = sorted(set(config.held_out_training_speakers) - training)
+    if missing:
+        raise ExperimentConfigError(f"{path}: 'splits.held_out_training_speakers' names speakers not found in the training folders: {', '.join(missing)}")
+    training -= set(config.held_out_training_speakers)
     if config.held_out_speakers is not None:
         missing = sorted(set(config.held_out_speakers) - held_out)
         if missing:
@@ -301,8 +334,8 @@ def run_experiment(config_path: str | os.PathLike, working_dir: str | os.PathLik
             logger.info("%s", build_feature_cache(audio_dir, working_dir, waveform_trim=trim).summary())
     corpora = held_out_corpora(config)
     held_out_dirs = tuple(str(d) for d in config.held_out_audio_dirs)
-    for name, settings in config.configurations.items():
-        for seed in config.seeds:
+    for seed in config.seeds:  # Seed by seed: an experiment stopped part-way has whole seeds of every configuration.
+        for name, settings in config.configurations.items():
             run_root = working_dir / "runs" / name / f"seed{seed}"
             result_file = run_root / "evaluation.json"
             if result_file.is_file():
@@ -316,22 +349,38 @@ def run_experiment(config_path: str | os.PathLike, working_dir: str | os.PathLik
             if not timing.is_file():
                 write_json_atomically(timing, {"train_seconds": round(time.monotonic() - start, 1)})
             seconds = json.loads(timing.read_text())["train_seconds"]
+            trial_scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
             report = evaluate_checkpoint(working_dir, run / BEST_CHECKPOINT, eval_audio_dirs=held_out_dirs, num_trials=config.num_trials,
-                                         seed=seed, extra_genders=config.speaker_genders, held_out_speakers=config.held_out_speakers)
-            heads = report.heads
+                                         seed=seed, extra_genders=config.speaker_genders, held_out_speakers=config.held_out_speakers,
+                                         label_tasks=parse_tasks(config.tasks), trial_scores=trial_scores)
+            save_trial_scores(run_root / TRIAL_SCORES_FILE, trial_scores)
             steps, windows = train_progress(run_root)
             row = {
                 "config": name, "seed": seed, "model_size": config.model_size, "backend": keras.backend.backend(), "device": device_name(),
                 "train_steps": steps, "train_windows": windows, **verification_columns(report.__dict__, corpora),
-                "speaker_id_acc": heads.get("speaker_id_acc"), "gender_acc_head": heads.get("gender_acc_head"),
-                "gender_acc_probe": heads.get("gender_acc_probe"), "gender_loss_weight": settings.get("gender_loss_weight", 1.0) if settings["recipe"].startswith("mtl") else 0.0,
+                **{key: value for key, value in report.heads.items() if key == "speaker_id_acc" or key.endswith(("_acc_head", "_acc_probe"))},
+                "gender_loss_weight": settings.get("gender_loss_weight", 1.0) if settings["recipe"].startswith("mtl") else 0.0,
                 "triplet_loss_weight": settings.get("triplet_loss_weight", 1.0 if settings["recipe"] == "mtl_triplet" else 0.0), "train_seconds": seconds,
             }
             write_json_atomically(result_file, {"row": row, "report": report.__dict__})
+            write_results_csv(config, working_dir)  # After every run: an experiment stopped part-way has its rows so far.
     csv_path = write_results_csv(config, working_dir)
+    if config.answer:
+        write_answer_csv(config, working_dir)
     if config.gender_weight_plot:
         plot_gender_weight(read_results(csv_path), config.gender_weight_plot, config.output_dir / f"{config.name}_gender_weight.png")
     return csv_path
+
+
+TRIAL_SCORES_FILE = "trial_scores.npz"
+
+
+def save_trial_scores(path: Path, trial_scores: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Each corpus's trial scores and labels, in trial order, for paired bootstraps over trials (`mtl_answer`)."""
+    from audio import save_npz_atomically
+
+    arrays = {f"{kind}_{corpus_column(corpus)}": array for corpus, pair in trial_scores.items() for kind, array in zip(("scores", "labels"), pair)}
+    save_npz_atomically(path, **arrays)
 
 
 def train_progress(run_root: Path) -> tuple[int, int]:
@@ -365,7 +414,7 @@ def write_results_csv(config: ExperimentConfig, working_dir: Path) -> Path:
     corpora, columns = held_out_corpora(config), csv_columns(config)
     rows = []
     for name in config.configurations:
-        for seed in config.seeds:
+        for seed in config.seeds:  # The CSV groups rows by configuration, whatever order they were trained in.
             run_root = working_dir / "runs" / name / f"seed{seed}"
             result_file = run_root / "evaluation.json"
             if result_file.is_file():
@@ -486,3 +535,123 @@ def plot_gender_weight(rows: list[dict], configurations: list[str], path: Path) 
     return path
 
 
+
+
+# ----------------------------------------------------------------------------------------------
+# The answer: Hive-MTL against the best single-task configuration, task by task, with intervals.
+
+ANSWER_COLUMNS = ("task", "figure", "mtl_config", "single_config", "seeds", "mtl_mean", "single_mean", "difference",
+                  "seeds_low", "seeds_high", "trials_low", "trials_high", "reading")
+
+
+def answer_figures(config: ExperimentConfig) -> list[tuple[str, str, str, str, bool]]:
+    """(task, figure, Hive-MTL column, single-task column, lower is better) for every comparison.
+
+    A label task's head exists only in Hive-MTL, so its head is compared with the single-task
+    embedding's probe: what a user of either model could get for that task.
+    """
+    figures = [("speaker verification", f"EER {corpus}", f"eer_{corpus_column(corpus)}", f"eer_{corpus_column(corpus)}", True)
+               for corpus in held_out_corpora(config)]
+    figures.append(("speaker identification", "accuracy, training speakers' test utterances", "speaker_id_acc", "speaker_id_acc", False))
+    for task in ["gender", *(t.name for t in parse_tasks(config.tasks))]:
+        figures.append((task, "probe balanced accuracy, unseen speakers", f"{task}_acc_probe", f"{task}_acc_probe", False))
+        figures.append((task, "Hive-MTL head vs single-task probe", f"{task}_acc_head", f"{task}_acc_probe", False))
+    return figures
+
+
+def mtl_answer(config: ExperimentConfig, working_dir: Path, seed: int = 0) -> list[dict]:
+    """One row per (Hive-MTL configuration, figure): its difference from the best single-task configuration.
+
+    The best single-task configuration is the one with the best mean over seeds for that figure.
+    Differences are Hive-MTL minus single, seed by seed (paired), with Student's t interval over
+    seeds; EERs also get a paired bootstrap over trials (`paired_bootstrap_eer_difference`).
+    The reading comes from the interval over seeds: `supported` where it excludes zero in
+    Hive-MTL's favour, `refuted` where it excludes zero against it, else `undecided`.
+    """
+    from eval_metrics import paired_bootstrap_eer_difference, paired_t_interval
+
+    csv_path = config.output_dir / f"{config.name}.csv"
+    rows = read_results(csv_path)
+    rng = np.random.default_rng(seed)
+
+    def by_seed(name: str, column: str) -> dict[int, float]:
+        return {int(r["seed"]): float(r[column]) for r in rows if r["config"] == name and r.get(column) not in ("", None)}
+
+    answers = []
+    for mtl_name in config.answer.get("mtl", []):
+        for task, figure, mtl_column, single_column, lower_is_better in answer_figures(config):
+            mtl_values = by_seed(mtl_name, mtl_column)
+            candidates = {name: by_seed(name, single_column) for name in config.answer["single"]}
+            candidates = {name: values for name, values in candidates.items() if set(values) & set(mtl_values)}
+            if not mtl_values or not candidates:
+                continue
+            sign = 1.0 if lower_is_better else -1.0
+            single_name = min(candidates, key=lambda name: sign * np.mean(list(candidates[name].values())))
+            seeds = sorted(set(mtl_values) & set(candidates[single_name]))
+            over_seeds = paired_t_interval(np.array([mtl_values[s] - candidates[single_name][s] for s in seeds]))
+            over_trials = None
+            if mtl_column.startswith("eer_") and mtl_column == single_column:
+                pairs = [trial_pair(working_dir, single_name, mtl_name, s, mtl_column.removeprefix("eer_")) for s in seeds]
+                if all(p is not None for p in pairs):
+                    over_trials = paired_bootstrap_eer_difference(pairs, rng)
+            decided = over_seeds.excludes_zero()
+            favours_mtl = decided and (over_seeds.high < 0 if lower_is_better else over_seeds.low > 0)
+            better, worse = decided and favours_mtl, decided and not favours_mtl
+            answers.append({
+                "task": task, "figure": figure, "mtl_config": mtl_name, "single_config": single_name, "seeds": len(seeds),
+                "mtl_mean": float(np.mean([mtl_values[s] for s in seeds])), "single_mean": float(np.mean([candidates[single_name][s] for s in seeds])),
+                "difference": over_seeds.difference, "seeds_low": over_seeds.low, "seeds_high": over_seeds.high,
+                "trials_low": over_trials.low if over_trials else None, "trials_high": over_trials.high if over_trials else None,
+                "reading": "supported" if better else "refuted" if worse else "undecided",
+            })
+    return answers
+
+
+def trial_pair(working_dir: Path, single_name: str, mtl_name: str, seed: int, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(labels, single-task scores, Hive-MTL scores) of one corpus's trials for one seed; None where either run lacks them."""
+    arrays = []
+    for name in (single_name, mtl_name):
+        path = working_dir / "runs" / name / f"seed{seed}" / TRIAL_SCORES_FILE
+        if not path.is_file():
+            return None
+        with np.load(path) as stored:
+            if f"scores_{column}" not in stored:
+                return None
+            arrays.append((stored[f"labels_{column}"], stored[f"scores_{column}"]))
+    (labels, single), (mtl_labels, mtl) = arrays
+    return (labels, single, mtl) if np.array_equal(labels, mtl_labels) else None
+
+
+def write_answer_csv(config: ExperimentConfig, working_dir: Path) -> Path:
+    """`<output_dir>/<name>_answer.csv`: the rows of `mtl_answer`, written atomically."""
+    path = config.output_dir / f"{config.name}_answer.csv"
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, ANSWER_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: ("" if row[k] is None else row[k]) for k in ANSWER_COLUMNS} for row in mtl_answer(config, working_dir))
+    write_atomically(path, lambda handle: handle.write(buffer.getvalue()), text=True)
+    return path
+
+
+def answer_table(answer_csv: str | os.PathLike) -> str:
+    """Markdown of an answer CSV: per task and figure, Hive-MTL minus the best single-task configuration."""
+    with open(answer_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+
+    def interval(row: dict, kind: str) -> str:
+        low, high = row[f"{kind}_low"], row[f"{kind}_high"]
+        return "n/a" if low == "" else f"[{float(low):+.3f}, {float(high):+.3f}]"
+
+    lines = ["| task | figure | Hive-MTL | best single-task | seeds | Hive-MTL − single | 95 % CI over seeds | 95 % CI over trials | reading |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(
+            f"| {row['task']} | {row['figure']} | {row['mtl_config']} {float(row['mtl_mean']):.3f} | {row['single_config']} {float(row['single_mean']):.3f} | "
+            f"{row['seeds']} | {float(row['difference']):+.3f} | {interval(row, 'seeds')} | {interval(row, 'trials')} | {row['reading']} |"
+        )
+    lines.append("")
+    lines.append("Differences are Hive-MTL minus the single-task configuration with the best mean for that figure, paired by seed. "
+                 "EER: lower is better; accuracies: higher is better. The reading comes from the interval over seeds (Student's t): "
+                 "supported where it excludes zero in Hive-MTL's favour, refuted where it excludes zero against it, undecided otherwise "
+                 "(always with one seed). The interval over trials (paired bootstrap, 1,000 resamples) covers the choice of trials only.")
+    return "\n".join(lines)

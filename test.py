@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from constants import NUM_NEGATIVES_PER_SPEAKER
+from tasks import gender_task
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,8 @@ class EvaluationReport:
     reference: dict | None = None
     trials: dict | None = None  # Pooled over every corpus, or the given trial list.
     corpora: dict[str, dict] = field(default_factory=dict)  # Corpus name -> its own verification figures.
-    heads: dict = field(default_factory=dict)
+    heads: dict = field(default_factory=dict)  # Accuracies of the embedding (probes, identification) and of task heads.
+    unseen_labels: dict[str, dict[str, int]] = field(default_factory=dict)  # Task -> label -> unseen speakers carrying it.
     notes: list[str] = field(default_factory=list)
 
     def to_json(self, path: str | os.PathLike) -> Path:
@@ -159,19 +161,38 @@ def corpus_names(directories: Sequence[str | os.PathLike]) -> list[str]:
             depth[path] += 1
 
 
-def evaluation_corpora(eval_audio_dirs: Sequence[str | os.PathLike], held_out: dict[str, list[Path]]) -> list[HeldOutCorpus]:
-    """One corpus per folder given (a folder given twice counts once), else the run's held-out speakers as `held_out`."""
+def evaluation_corpora(eval_audio_dirs: Sequence[str | os.PathLike], held_out: dict[str, list[Path]], held_out_name: str = HELD_OUT_CORPUS) -> list[HeldOutCorpus]:
+    """One corpus per folder given (a folder given twice counts once), then the run's held-out speakers
+    that no folder given holds, as `held_out_name`."""
     from audio import index_corpus
 
-    if not eval_audio_dirs:
-        return [HeldOutCorpus(HELD_OUT_CORPUS, None, held_out)] if held_out else []
     corpora: dict[str, HeldOutCorpus] = {}
     for name, directory in zip(corpus_names(eval_audio_dirs), eval_audio_dirs):
         if name not in corpora:
             corpus = index_corpus(directory)
             speakers = {speaker: [u.path for u in utterances] for speaker, utterances in corpus.utterances_by_speaker().items()}
             corpora[name] = HeldOutCorpus(name, str(directory), speakers, dict(corpus.genders))
+    listed = {speaker for corpus in corpora.values() for speaker in corpus.speakers}
+    held_out = {speaker: entries for speaker, entries in held_out.items() if speaker not in listed}  # Scored once, from their folder.
+    if held_out:
+        name = held_out_name if held_out_name not in corpora else f"{held_out_name} (held out)"
+        corpora[name] = HeldOutCorpus(name, None, held_out)
     return list(corpora.values())
+
+
+def held_out_corpus_name(working_dir: str | os.PathLike, speakers: Sequence[str]) -> str:
+    """The training corpus the run's held-out speakers come from (its folder name, e.g. `CommonVoice-fa`),
+    or `held_out` when they come from several or a cache that does not record its sources."""
+    from audio import CorpusError, read_corpus_index
+    from tasks import speaker_source_files
+
+    try:
+        files = speaker_source_files(working_dir)
+    except CorpusError:
+        return HELD_OUT_CORPUS
+    audio_dirs = [Path(d) for d in read_corpus_index(working_dir).get("audio_dirs", [])]
+    homes = {d.name for s in speakers if s in files for d in audio_dirs if d in files[s].parents}
+    return homes.pop() if len(homes) == 1 else HELD_OUT_CORPUS
 
 
 def pooled_speakers(corpora: Sequence[HeldOutCorpus]) -> tuple[dict[str, list[Path]], dict[str, str]]:
@@ -186,9 +207,11 @@ def pooled_speakers(corpora: Sequence[HeldOutCorpus]) -> tuple[dict[str, list[Pa
 
 
 def corpus_verification(
-    corpora: Sequence[HeldOutCorpus], embed: Callable[[list], np.ndarray], num_trials: int | None, seed: int
+    corpora: Sequence[HeldOutCorpus], embed: Callable[[list], np.ndarray], num_trials: int | None, seed: int,
+    trial_scores: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[dict[str, dict], list[str]]:
     """EER and minDCF of each corpus on trials among its own speakers only, and notes on corpora skipped or cut.
+    `trial_scores`, when given, receives each corpus's (scores, labels), in trial order (for bootstraps).
 
     Pooled trials also pair files of different corpora, and such a pair (another channel, often
     another language) is an easy rejection that flatters the pooled EER; a corpus's own figure is
@@ -212,7 +235,10 @@ def corpus_verification(
             notes.append(f"{corpus.name}: {wanted} trials instead of {num_trials}: it has {num_target} same-speaker and {num_nontarget} different-speaker pairs")
         trials = generate_trials(speakers, wanted, seed)
         paths = sorted({str(p) for trial in trials for p in (trial.path1, trial.path2)})
-        metrics = verification_metrics(*score_trials(trials, dict(zip(paths, embed(paths)))))
+        scores, labels = score_trials(trials, dict(zip(paths, embed(paths))))
+        if trial_scores is not None:
+            trial_scores[corpus.name] = (scores, labels)
+        metrics = verification_metrics(scores, labels)
         figures[corpus.name] = {
             **metrics.__dict__, "num_trials": len(trials), "num_target_trials": metrics.num_target,
             "speakers": sorted(speakers), "directory": corpus.directory,
@@ -220,34 +246,41 @@ def corpus_verification(
     return figures, notes
 
 
-def gender_probe_accuracy(train_embeddings: np.ndarray, train_genders: list[str], test_embeddings: np.ndarray, test_genders: list[str]) -> float:
-    """Balanced accuracy of a logistic-regression probe for gender on frozen embeddings (held-out speakers)."""
+def probe_accuracy(train_embeddings: np.ndarray, train_labels: list[str], test_embeddings: np.ndarray, test_labels: list[str]) -> float:
+    """Balanced accuracy of a logistic-regression probe for a label (gender, language) on frozen embeddings."""
     from sklearn.linear_model import LogisticRegression
 
     from eval_metrics import balanced_accuracy
 
     probe = LogisticRegression(max_iter=1000)
-    probe.fit(train_embeddings, np.array(train_genders) == "F")
-    return balanced_accuracy(probe.predict(test_embeddings), np.array(test_genders) == "F")
+    probe.fit(train_embeddings, np.array(train_labels))
+    return balanced_accuracy(probe.predict(test_embeddings), np.array(test_labels))
 
 
 def task_heads(checkpoint_file: str | os.PathLike):
-    """The Hive-MTL heads as a model on 512-d embeddings, or None for a checkpoint without heads."""
+    """The Hive-MTL heads as a model on 512-d embeddings (outputs keyed by head name), or None for a checkpoint without heads.
+
+    The speaker head reads `speaker_task` (softmax head) or the embedding itself (AAM head);
+    every label head (`<task>_pred`) reads `shared`.
+    """
     import keras
 
     import conv_models  # noqa: F401  (registers the custom layers the checkpoint refers to)
-    from conv_models import GENDER_OUTPUT, SPEAKER_OUTPUT
+    from conv_models import SPEAKER_OUTPUT
     from constants import EMBEDDING_SIZE
     from inference import inspect_checkpoint
 
     if SPEAKER_OUTPUT not in inspect_checkpoint(checkpoint_file).layer_names:
         return None
     model = keras.models.load_model(checkpoint_file, compile=False)
+    names = [layer.name for layer in model.layers]
     embedding = keras.Input((EMBEDDING_SIZE,))
-    shared = model.get_layer("shared")(embedding)
-    outputs = {SPEAKER_OUTPUT: model.get_layer(SPEAKER_OUTPUT)(model.get_layer("speaker_task")(shared))}
-    if GENDER_OUTPUT in [layer.name for layer in model.layers]:
-        outputs[GENDER_OUTPUT] = model.get_layer(GENDER_OUTPUT)(shared)
+    shared = model.get_layer("shared")(embedding) if "shared" in names else None
+    speaker_input = model.get_layer("speaker_task")(shared) if "speaker_task" in names else embedding
+    outputs = {SPEAKER_OUTPUT: model.get_layer(SPEAKER_OUTPUT)(speaker_input)}
+    for name in names:
+        if name.endswith("_pred") and name != SPEAKER_OUTPUT:
+            outputs[name] = model.get_layer(name)(shared)
     return keras.Model(embedding, outputs)
 
 
@@ -276,6 +309,9 @@ def evaluate_checkpoint(
     plots_dir: str | os.PathLike | None = None,
     extra_genders: dict[str, str] | None = None,
     held_out_speakers: list[str] | None = None,
+    label_tasks: Sequence | None = None,
+    trial_scores: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    precision: str = "float32",
 ) -> EvaluationReport:
     """Every figure of a checkpoint on the cache of `working_dir` (and on unseen corpora if given).
 
@@ -285,21 +321,25 @@ def evaluate_checkpoint(
       `num_trials` pairs among `eval_audio_dirs`, else among the run's held-out speakers):
       EER, minDCF, with whole-utterance embeddings (`window`); without `trials_file`, for each
       corpus on its own (`report.corpora`, see `corpus_verification`) and pooled (`report.trials`);
-    - gender balanced accuracy (mean of the female and male recall, so the majority class earns
-      nothing) of a logistic-regression probe on the frozen embeddings (trained on the training
-      speakers, tested on the unseen ones), and for a Hive-MTL checkpoint the accuracy of its
-      speaker head (test utterances) and the balanced accuracy of its gender head (unseen speakers);
-    - closed-set speaker identification from the embedding (nearest training-speaker profile).
+    - for gender and each label task (`label_tasks`, default: the tasks the run declared), the
+      balanced accuracy (mean recall per label, so the majority label earns nothing) of a
+      logistic-regression probe on the frozen embeddings (trained on the training speakers'
+      training utterances, tested on the unseen speakers), `<task>_acc_probe`; for a Hive-MTL
+      checkpoint with that head, the head's balanced accuracy on the unseen speakers,
+      `<task>_acc_head`; and how many unseen speakers carry each label (`report.unseen_labels`);
+    - closed-set speaker identification from the embedding (nearest training-speaker profile) on
+      the test utterances (never the validation ones), and a Hive-MTL speaker head's accuracy.
 
     `held_out_speakers` restricts the unseen speakers to those named; `extra_genders` adds
-    gender labels that no label file gives.
+    gender labels that no label file gives; `trial_scores` receives each corpus's trial scores;
+    `precision` is the Embedder's (`inference.resolve_precision`).
     """
     from audio import cached_entries
     from eval_metrics import reference_metrics, verification_metrics
     from inference import Embedder
     from trials import generate_trials, read_trials, score_trials
 
-    embedder = Embedder.from_checkpoint(checkpoint_file)
+    embedder = Embedder.from_checkpoint(checkpoint_file, precision=precision)
     report = EvaluationReport(str(checkpoint_file))
     rng = np.random.default_rng(seed)
     embed = EmbeddingsOnce(embedder, window, rng)
@@ -319,7 +359,7 @@ def evaluate_checkpoint(
     else:
         report.notes.append("reference protocol skipped: it needs 2 speakers with test utterances, one with at least 2")
 
-    corpora = evaluation_corpora(eval_audio_dirs, held_out)
+    corpora = evaluation_corpora(eval_audio_dirs, held_out, held_out_corpus_name(working_dir, list(held_out)) if held_out else HELD_OUT_CORPUS)
     trial_speakers, trial_genders = pooled_speakers(corpora)
     if held_out_speakers is not None:
         trial_speakers = {s: trial_speakers[s] for s in held_out_speakers if s in trial_speakers}
@@ -345,23 +385,24 @@ def evaluate_checkpoint(
         if plots_dir:
             write_score_plots(plots_dir, scores, labels, metrics.eer_threshold)
         if not trials_file:
-            report.corpora, notes = corpus_verification(corpora, embed, num_trials, seed)
+            report.corpora, notes = corpus_verification(corpora, embed, num_trials, seed, trial_scores)
             report.notes.extend(notes)
     else:
         report.notes.append("no speaker-disjoint trials: train with --held_out_speakers, or pass --eval_audio_dir or --trials")
 
-    unseen = [(p, s) for s, paths in trial_speakers.items() if s in genders for p in paths]
-    train_rows = [(p, s) for s, (train, _) in splits.items() if s in genders for p in train]
-    if unseen and len({genders[s] for _, s in train_rows}) == 2:
-        report.heads["gender_acc_probe"] = gender_probe_accuracy(
-            embed([p for p, _ in train_rows]), [genders[s] for _, s in train_rows], embed([p for p, _ in unseen]), [genders[s] for _, s in unseen]
-        )
     speaker_id = speaker_id_accuracy(embed, splits)
     if speaker_id is not None:
         report.heads["speaker_id_acc"] = speaker_id
     heads = task_heads(checkpoint_file)
     if heads is not None:
-        report.heads.update(head_accuracies(heads, embed, splits, training_speakers, unseen, genders))
+        report.heads.update(speaker_head_accuracy(heads, embed, splits, training_speakers))
+    tasks = [gender_task(1.0), *(run_label_tasks(checkpoint_file) if label_tasks is None else label_tasks)]
+    files = label_source_files(working_dir, trial_speakers, training_speakers, tasks)
+    for task in tasks:
+        figures, counts = label_task_accuracies(task, heads, embed, splits, trial_speakers, files, genders, run)
+        report.heads.update(figures)
+        if counts:
+            report.unseen_labels[task.name] = counts
     if plots_dir and trial_speakers:
         rows = [(p, s) for s, paths in trial_speakers.items() for p in paths]
         write_projection_plot(plots_dir, embed([p for p, _ in rows]), [s for _, s in rows], [genders.get(s) for _, s in rows])
@@ -389,21 +430,61 @@ def speaker_id_accuracy(embed: EmbeddingsOnce, splits: dict[str, tuple[list, lis
     return nearest_profile_accuracy(enrollment, embed([p for p, _ in test_rows]), [s for _, s in test_rows])
 
 
-def head_accuracies(heads, embed: EmbeddingsOnce, splits, training_speakers, unseen, genders) -> dict:
-    """Speaker-head accuracy on test utterances of training speakers; gender-head accuracy on unseen speakers."""
-    from conv_models import GENDER_OUTPUT, SPEAKER_OUTPUT
+def speaker_head_accuracy(heads, embed: EmbeddingsOnce, splits, training_speakers: list[str]) -> dict:
+    """Speaker-head accuracy on the test utterances of the training speakers (a speed-perturbed class counts as its speaker)."""
+    from conv_models import SPEAKER_OUTPUT
+
+    test_rows = [(p, training_speakers.index(s)) for s, (_, test) in splits.items() for p in test]
+    if not test_rows:
+        return {}
+    predictions = heads.predict(embed([p for p, _ in test_rows]), verbose=0)[SPEAKER_OUTPUT]
+    predicted = np.argmax(predictions, axis=1) % len(training_speakers)
+    return {"speaker_id_acc_head": float(np.mean(predicted == np.array([c for _, c in test_rows])))}
+
+
+def run_label_tasks(checkpoint_file: str | os.PathLike) -> list:
+    """The label tasks the checkpoint's run declared (config.json beside it), besides gender."""
+    from tasks import parse_tasks
+
+    path = Path(checkpoint_file).parent / "config.json"
+    return parse_tasks(json.loads(path.read_text()).get("tasks") or {}) if path.is_file() else []
+
+
+def label_source_files(working_dir, trial_speakers: dict[str, list], training_speakers: list[str], tasks: Sequence) -> dict[str, Path]:
+    """One source audio file per speaker to read folder labels from: cached speakers' from corpus.json, the others' own files."""
+    from tasks import GENDER_TASK, speaker_source_files
+
+    if all(task.labels == GENDER_TASK for task in tasks):
+        return {s: Path() for s in [*trial_speakers, *training_speakers]}
+    cached = speaker_source_files(working_dir) if working_dir is not None else {}
+    files = {s: Path(paths[0]) for s, paths in trial_speakers.items() if paths}
+    return {**files, **{s: cached[s] for s in [*trial_speakers, *training_speakers] if s in cached}}
+
+
+def label_task_accuracies(task, heads, embed: EmbeddingsOnce, splits, trial_speakers: dict[str, list], files: dict[str, Path],
+                          genders: dict[str, str], run: dict | None) -> tuple[dict, dict[str, int]]:
+    """Probe and head balanced accuracies of one label task on the unseen speakers that carry its label,
+    and how many of those speakers carry each label."""
     from eval_metrics import balanced_accuracy
 
+    unseen_labels = task.speaker_labels({s: files[s] for s in trial_speakers if s in files}, genders)
+    training_labels = task.speaker_labels({s: files[s] for s in splits if s in files}, genders)
+    unseen = [(p, unseen_labels[s]) for s, paths in trial_speakers.items() if s in unseen_labels for p in paths]
+    if not unseen:
+        return {}, {}
+    counts = {c: sum(v == c for v in unseen_labels.values()) for c in task.classes if c in unseen_labels.values()}
     figures = {}
-    test_rows = [(p, training_speakers.index(s)) for s, (_, test) in splits.items() for p in test]
-    if test_rows:
-        predictions = heads.predict(embed([p for p, _ in test_rows]), verbose=0)
-        figures["speaker_id_acc_head"] = float(np.mean(np.argmax(predictions[SPEAKER_OUTPUT], axis=1) == np.array([c for _, c in test_rows])))
-    if unseen and GENDER_OUTPUT in heads.output:
-        predictions = heads.predict(embed([p for p, _ in unseen]), verbose=0)
-        is_female = predictions[GENDER_OUTPUT][:, 0] >= 0.5
-        figures["gender_acc_head"] = balanced_accuracy(is_female, np.array([genders[s] == "F" for _, s in unseen]))
-    return figures
+    train_rows = [(p, training_labels[s]) for s, (train, _) in splits.items() if s in training_labels for p in train]
+    if len({label for _, label in train_rows}) >= 2:
+        figures[f"{task.name}_acc_probe"] = probe_accuracy(
+            embed([p for p, _ in train_rows]), [label for _, label in train_rows], embed([p for p, _ in unseen]), [label for _, label in unseen]
+        )
+    if heads is not None and task.output in heads.output:
+        classes = ((run or {}).get("tasks") or {}).get(task.name, {}).get("classes") or list(task.classes)
+        predictions = heads.predict(embed([p for p, _ in unseen]), verbose=0)[task.output]
+        indices = (predictions[:, 0] >= 0.5).astype(int) if predictions.shape[1] == 1 else np.argmax(predictions, axis=1)
+        figures[f"{task.name}_acc_head"] = balanced_accuracy(np.array(classes)[indices], np.array([label for _, label in unseen]))
+    return figures, counts
 
 
 def write_score_plots(plots_dir: str | os.PathLike, scores: np.ndarray, labels: np.ndarray, threshold: float) -> None:

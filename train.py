@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -41,6 +42,7 @@ from audio import fsync_directory, waveform_cache_dir, write_atomically, write_j
 from augment import AugmentConfig, NO_AUGMENTATION
 from batcher import (
     AugmentedBatches,
+    AugmentedTripletBatches,
     FixedBatches,
     HardNegativeTripletBatches,
     SoftmaxBatches,
@@ -63,7 +65,6 @@ from constants import (
 )
 from conv_models import (
     EMBEDDING_LAYER_NAME,
-    GENDER_OUTPUT,
     SPEAKER_OUTPUT,
     SPEAKER_HEADS,
     DeepSpeakerModel,
@@ -72,6 +73,7 @@ from conv_models import (
     load_weights_by_name,
 )
 from margin_softmax import AdditiveAngularMarginLoss
+from tasks import GENDER_TASK, LabelTask, gender_task, parse_tasks, speaker_source_files
 from triplet_loss import deep_speaker_loss
 
 logger = logging.getLogger(__name__)
@@ -117,7 +119,7 @@ class TrainConfig:
     mixed_precision: bool = False  # float16 on a GPU, bfloat16 on a CPU with AVX512-BF16 or AMX.
     distribution: str = "none"
     # The recipe beyond the reference (softmax mode); defaults are the reference's behaviour.
-    head: str = "softmax"  # softmax: the reference's Dense softmax; aam: additive angular margin on `ln`.
+    head: str = "softmax"  # Speaker head of softmax and mtl modes: the reference's Dense softmax, or aam (additive angular margin on `ln`).
     aam_margin: float = AAM_MARGIN
     aam_scale: float = AAM_SCALE
     balanced_sampling: bool = False  # Each row: a uniform speaker, then one of its utterances.
@@ -129,6 +131,8 @@ class TrainConfig:
     band_limit_probability: float = 0.0
     spec_mask_probability: float = 0.0
     snapshot_every: int = 0  # > 0: keep snapshots/epoch_<n>.h5 every n epochs (learning curves).
+    validation_split: float = 0.0  # > 0: validate on this share of each speaker's training utterances, not on its test ones.
+    tasks: dict = field(default_factory=dict)  # Hive-MTL label tasks beyond speaker and gender (tasks.py).
 
     def validate(self) -> None:
         """Refuse impossible settings before any work starts."""
@@ -158,13 +162,23 @@ class TrainConfig:
             raise ValueError(f"pad must be one of {', '.join(PAD_MODES)}; got {self.pad!r}")
         if self.snapshot_every < 0:
             raise ValueError(f"snapshot_every must be >= 0; got {self.snapshot_every}")
-        if self.mode != "softmax" and (self.head != "softmax" or self.uses_waveforms):
-            raise ValueError("the AAM head, augmentation and a non-reference trim are softmax-mode options so far")
+        if self.hard_negative and self.uses_waveforms:
+            raise ValueError("hard_negative mining reads the cached features: it cannot be combined with augmentation or a non-reference trim")
+        if not 0 <= self.validation_split < 1:
+            raise ValueError(f"validation_split must be in [0, 1); got {self.validation_split}")
+        if self.tasks and self.mode != "mtl":
+            raise ValueError("tasks are Hive-MTL heads: they need mode 'mtl'")
+        parse_tasks(self.tasks)  # Its errors name the task and the key.
         self.augment.validate()
 
     @property
     def augment(self) -> AugmentConfig:
         return AugmentConfig(self.speed_perturb, self.noise_probability, self.band_limit_probability, self.spec_mask_probability)
+
+    @property
+    def label_tasks(self) -> list[LabelTask]:
+        """Hive-MTL's label tasks: gender (weight `gender_loss_weight`), then the declared `tasks`."""
+        return [gender_task(self.gender_loss_weight), *parse_tasks(self.tasks)] if self.mode == "mtl" else []
 
     @property
     def uses_waveforms(self) -> bool:
@@ -189,25 +203,33 @@ def run_dir(working_dir: str | os.PathLike, mode: str) -> Path:
 # Models and their compilation.
 
 
-def build_model(config: TrainConfig, num_speakers: int, with_gender_head: bool) -> keras.Model:
-    """The model a mode trains, compiled with the reference's optimizer and losses."""
+def build_model(config: TrainConfig, num_speakers: int, label_tasks: list[LabelTask] = ()) -> keras.Model:
+    """The model a mode trains, compiled with the reference's optimizer and losses.
+
+    Hive-MTL gets a head per task of `label_tasks` (those its training speakers have labels for).
+    With speed perturbation each speaker at each speed is a class of its own (softmax, mtl).
+    """
+    num_classes = num_speakers * len(config.augment.speeds)
+    speaker_loss = AdditiveAngularMarginLoss(config.aam_margin, config.aam_scale) if config.head == "aam" else "sparse_categorical_crossentropy"
     if config.mode == "softmax":
-        num_classes = num_speakers * len(config.augment.speeds)
         model = DeepSpeakerModel(include_softmax=True, num_speakers_softmax=num_classes, model_size=config.model_size, head=config.head).m
-        loss = AdditiveAngularMarginLoss(config.aam_margin, config.aam_scale) if config.head == "aam" else "sparse_categorical_crossentropy"
-        model.compile(keras.optimizers.Adam(config.optimizer_learning_rate), loss, metrics=["accuracy"])
+        model.compile(keras.optimizers.Adam(config.optimizer_learning_rate), speaker_loss, metrics=["accuracy"])
     elif config.mode == "triplet":
         model = DeepSpeakerModel(model_size=config.model_size).m
         model.compile(keras.optimizers.SGD(config.optimizer_learning_rate), deep_speaker_loss)
     else:
-        model = build_mtl_model(num_speakers, with_gender_head=with_gender_head, model_size=config.model_size, embedding_output=config.triplet_loss_weight > 0)
-        losses = {SPEAKER_OUTPUT: "sparse_categorical_crossentropy"}
+        model = build_mtl_model(
+            num_classes, label_heads={task.output: task.units for task in label_tasks}, speaker_head=config.head,
+            model_size=config.model_size, embedding_output=config.triplet_loss_weight > 0,
+        )
+        losses = {SPEAKER_OUTPUT: speaker_loss}
         weights = {SPEAKER_OUTPUT: config.speaker_loss_weight}
         weighted_metrics = {}
-        if with_gender_head:
-            losses[GENDER_OUTPUT] = "binary_crossentropy"
-            weights[GENDER_OUTPUT] = config.gender_loss_weight
-            weighted_metrics[GENDER_OUTPUT] = ["binary_accuracy"]  # Weighted: unlabelled speakers are masked.
+        for task in label_tasks:  # Weighted metrics: rows without a label are masked.
+            binary = task.loss == "binary"
+            losses[task.output] = "binary_crossentropy" if binary else "sparse_categorical_crossentropy"
+            weights[task.output] = task.weight
+            weighted_metrics[task.output] = ["binary_accuracy" if binary else "sparse_categorical_accuracy"]
         if config.triplet_loss_weight > 0:
             losses[EMBEDDING_LAYER_NAME] = deep_speaker_loss
             weights[EMBEDDING_LAYER_NAME] = config.triplet_loss_weight
@@ -238,7 +260,7 @@ def distribution_scope(name: str):
             raise ValueError(f"distribution {name!r} is tf.distribute: it needs KERAS_BACKEND=tensorflow, not {backend}")
         import tensorflow as tf
 
-        strategy = tf.distribute.MirroredStrategy() if name == "mirrored" else tf.distribute.MultiWorkerMirroredStrategy()
+        strategy = tf.distribute.MirroredStrategy() if name == "mirrored" else multi_worker_strategy()
         logger.info("%s over %d replicas", type(strategy).__name__, strategy.num_replicas_in_sync)
         with strategy.scope():
             yield
@@ -254,6 +276,42 @@ def distribution_scope(name: str):
             keras.distribution.set_distribution(None)
     else:
         raise ValueError(f"unknown distribution {name!r}")
+
+
+def multi_worker_strategy():
+    """tf.distribute.MultiWorkerMirroredStrategy with a `reduce` that takes what Keras 3's fit hands it.
+
+    Keras 3 (3.15 with TF 2.21; keras-team/keras#20585) calls `reduce` in two ways that
+    MirroredStrategy accepts and MultiWorkerMirroredStrategy refuses: on a whole (x, y) batch
+    before the first step ("Attempt to convert a value (PerReplica ...) to a Tensor"), and on each
+    replica's scalar logs with axis=0, which a scalar has not ("Invalid reduction dimension 0").
+    This `reduce` maps itself over nested structures, as MirroredStrategy's does, and reduces
+    scalars across replicas only: the mean of the replicas' values, what fit logs under
+    MirroredStrategy. Every other call is passed on unchanged.
+
+    How a cluster shares a batch: Keras wraps the batches (a PyDataset) in a generator dataset
+    and hands it to the strategy's `experimental_distribute_dataset`. A generator has no files
+    to share out, so the AUTO shard policy falls back to DATA: every worker runs the whole
+    generator, cuts each global batch into one contiguous slice per replica of the cluster and
+    keeps its share of the slices (with one replica per worker, worker k of n keeps rows
+    [k B/n, (k+1) B/n) of a batch of B). Batches are a pure function of (seed, epoch, index), so
+    all workers draw the same global batch, and a cluster trains on the slices one worker with as
+    many replicas would; stacked triplet blocks stay whole, one per slice (`loss_replicas` counts
+    the replicas of the whole cluster). tests/test_cluster.py checks two workers against one
+    process with two replicas. Batch normalisation is per replica, so one device with the whole
+    batch computes something else.
+    """
+    import tensorflow as tf
+
+    class MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+        def reduce(self, reduce_op, value, axis):
+            def reduce_one(one):
+                scalar = axis == 0 and all(getattr(v, "shape", tf.TensorShape([])).rank == 0 for v in self.experimental_local_results(one))
+                return super(MultiWorkerMirroredStrategy, self).reduce(reduce_op, one, None if scalar else axis)
+
+            return tf.nest.map_structure(reduce_one, value)
+
+    return MultiWorkerMirroredStrategy()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -449,33 +507,36 @@ def read_split(directory: Path) -> dict[str, dict[str, list[str]]] | None:
 # The training entry point.
 
 
-def train(working_dir: str | os.PathLike, config: TrainConfig, run_root: str | os.PathLike | None = None) -> Path:
+def train(working_dir: str | os.PathLike, config: TrainConfig, run_root: str | os.PathLike | None = None, *, own_copy: bool = False) -> Path:
     """Train one mode on the feature cache of `working_dir`; returns the run directory.
 
     The run goes to `<run_root>/checkpoints-<mode>/` (`run_root` defaults to `working_dir`).
     Resumes an interrupted run of the same configuration; a finished run is left as it is.
+    In a multi-worker cluster only the chief writes there; the other workers train on a private
+    copy (`train_beside_chief`; `own_copy` says `run_root` is one).
     """
     config.validate()
-    data = load_training_data(working_dir, config.held_out_speakers)
+    if config.distribution == "multi_worker" and not own_copy and not is_cluster_chief(os.environ.get("TF_CONFIG")):
+        return train_beside_chief(working_dir, config, run_dir(run_root or working_dir, config.mode))
+    data = load_training_data(working_dir, config.held_out_speakers, validation_split=config.validation_split)
     directory = run_dir(run_root or working_dir, config.mode)
     directory.mkdir(parents=True, exist_ok=True)
-    state, saved_config = prepare_run_directory(directory, config, data)
+    task_values = label_task_values(config, data, working_dir)
+    label_tasks = [task for task in config.label_tasks if task.output in task_values]
+    state, saved_config = prepare_run_directory(directory, config, data, label_tasks)
     if state and state["finished"]:
         logger.info("%s: this run has finished already; nothing to do", directory)
         return directory
     if state:
         data = recorded_split(directory, data)
     first_epoch = state["epoch"] if state else 0
-    with_gender_head = config.mode == "mtl" and bool(data.genders.keys() & set(data.speakers))
-    if config.mode == "mtl" and not with_gender_head:
-        logger.warning("no gender labels for the training speakers (no SPEAKERS.TXT): Hive-MTL trains the speaker head only")
     previous_policy = keras.mixed_precision.global_policy()
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy(mixed_precision_policy())
     try:
         with distribution_scope(config.distribution):
             keras.utils.set_random_seed(config.seed)  # Same seed, same initial weights.
-            model = build_model(config, len(data.speakers), with_gender_head)
+            model = build_model(config, len(data.speakers), label_tasks)
             if state:
                 model.optimizer.build(model.trainable_variables)  # So its saved state has somewhere to go.
                 model.load_weights(latest_checkpoint(directory, state))
@@ -484,7 +545,7 @@ def train(working_dir: str | os.PathLike, config: TrainConfig, run_root: str | o
                     model.optimizer.learning_rate.assign(config.optimizer_learning_rate)
             elif config.mode == "triplet":
                 load_initial_checkpoint(model, config, working_dir)
-            train_batches, validation_batches = make_batches(config, data, model, first_epoch, working_dir)
+            train_batches, validation_batches = make_batches(config, data, model, first_epoch, working_dir, task_values)
             if validation_batches is not None and config.fixed_validation:
                 validation_batches = FixedBatches.draw(validation_batches, len(validation_batches))
             monitor, monitor_mode = monitored_metric(config, validation_batches is not None)
@@ -511,7 +572,60 @@ def train(working_dir: str | os.PathLike, config: TrainConfig, run_root: str | o
     return directory
 
 
-def prepare_run_directory(directory: Path, config: TrainConfig, data: TrainingData) -> tuple[dict | None, dict]:
+def is_cluster_chief(tf_config: str | None) -> bool:
+    """Whether this process is the chief of the cluster TF_CONFIG describes, the worker that writes the
+    run directory: the `chief` task, else worker 0 (tf.distribute's rule); without TF_CONFIG, the one worker."""
+    try:
+        cluster = json.loads(tf_config) if tf_config else {}
+    except ValueError as error:
+        raise ValueError(f"TF_CONFIG is not valid JSON ({error})") from None
+    task = cluster.get("task") or {}
+    task_type, index = task.get("type"), int(task.get("index", 0))
+    if task_type in (None, "chief"):
+        return True
+    return task_type == "worker" and index == 0 and "chief" not in (cluster.get("cluster") or {})
+
+
+def train_beside_chief(working_dir: str | os.PathLike, config: TrainConfig, directory: Path) -> Path:
+    """Train as a worker of a cluster that is not its chief; returns the chief's run `directory`.
+
+    Every worker runs every callback, saves included, as TensorFlow's multi-worker guide asks: a
+    save may read sync-on-read variables (Keras's metrics have them), and reading one all-reduces
+    it across workers, so all must save at the same moments; and all judge "best" and the
+    learning rate from the same reduced logs.
+    So this worker trains on a private copy of `directory` in the system's temporary folder
+    ($TMPDIR), removed when it stops. The copy holds what a resume reads, so every worker resumes
+    from the chief's last finished epoch; the run directory gets nothing from this worker, even
+    when it is killed.
+    """
+    scratch = Path(tempfile.mkdtemp(prefix="hive-mtl-worker-"))
+    try:
+        copy_for_resume(directory, run_dir(scratch, config.mode))
+        logger.info("not the cluster's chief: writing into %s (removed at the end); the chief writes %s", scratch, directory)
+        train(working_dir, config, run_root=scratch, own_copy=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return directory
+
+
+def copy_for_resume(directory: Path, copy: Path) -> None:
+    """Into `copy`, what resuming the run in `directory` reads: its files, the weights (.h5) as links.
+
+    state.json comes last: for a resumed run the chief writes it before config.json, so a copy
+    cannot pair a new config with an old state. The chief cannot finish an epoch meanwhile: it
+    waits for this worker at the first training step.
+    """
+    copy.mkdir(parents=True, exist_ok=True)
+    names = [p.name for p in directory.glob("*") if p.is_file() and not p.name.startswith(".")] if directory.is_dir() else []
+    for name in sorted(names, key=lambda name: name == STATE_FILE):
+        if name.endswith(".h5"):
+            (copy / name).symlink_to((directory / name).resolve())
+        else:
+            with contextlib.suppress(FileNotFoundError):  # Removed by the chief meanwhile.
+                shutil.copyfile(directory / name, copy / name)
+
+
+def prepare_run_directory(directory: Path, config: TrainConfig, data: TrainingData, label_tasks: list[LabelTask] = ()) -> tuple[dict | None, dict]:
     """Write config, speaker index and split of a new run; for an existing one check the config and
     the training speakers, and return (state, saved config)."""
     config_path = directory / "config.json"
@@ -534,12 +648,33 @@ def prepare_run_directory(directory: Path, config: TrainConfig, data: TrainingDa
         {
             "speakers": data.speakers,
             "genders": {s: data.genders[s] for s in data.speakers if s in data.genders},
+            "tasks": {task.name: {"output": task.output, "loss": task.loss, "classes": list(task.classes)} for task in label_tasks},
             "held_out_speakers": sorted(data.held_out),
-            "speeds": list(config.augment.speeds) if config.mode == "softmax" else [1.0],  # Class s + k * len(speakers) is speaker s at speeds[k].
+            "speeds": list(config.augment.speeds) if config.mode != "triplet" else [1.0],  # Class s + k * len(speakers) is speaker s at speeds[k].
         },
     )
-    write_json_atomically(directory / SPLIT_FILE, {s: {"train": [p.name for p in data.train[s]], "test": [p.name for p in data.test[s]]} for s in data.speakers})
+    write_json_atomically(directory / SPLIT_FILE, {
+        s: {"train": [p.name for p in data.train[s]], "test": [p.name for p in data.test[s]], "validation": [p.name for p in data.validation.get(s, [])]}
+        for s in data.speakers
+    })
     return None, {}
+
+
+def label_task_values(config: TrainConfig, data: TrainingData, working_dir: str | os.PathLike) -> dict[str, tuple[np.ndarray, bool]]:
+    """For each label task some training speakers have labels for: output name -> (class per training
+    speaker, NaN where unknown; whether binary). A task without any labelled training speaker gets no head."""
+    tasks = config.label_tasks
+    files = speaker_source_files(working_dir) if any(task.labels != GENDER_TASK for task in tasks) else {s: "" for s in data.speakers}
+    values = {}
+    for task in tasks:
+        labels = task.speaker_labels({s: files[s] for s in data.speakers}, data.genders)
+        if not labels:
+            logger.warning("no training speaker has a %s label: Hive-MTL trains without the %s head", task.name, task.name)
+            continue
+        logger.info("task %s: %d of %d training speakers labelled (%s)", task.name, len(labels), len(data.speakers),
+                    ", ".join(f"{c}: {sum(v == c for v in labels.values())}" for c in task.classes))
+        values[task.output] = (task.values(data.speakers, labels), task.loss == "binary")
+    return values
 
 
 def check_training_speakers(directory: Path, speakers: list[str]) -> None:
@@ -569,12 +704,11 @@ def recorded_split(directory: Path, data: TrainingData) -> TrainingData:
     split = read_split(directory)
     if split is None:
         return data
-    train = {s: [data.cache_dir / name for name in split[s]["train"]] for s in data.speakers}
-    test = {s: [data.cache_dir / name for name in split[s]["test"]] for s in data.speakers}
-    missing = [str(p) for entries in (*train.values(), *test.values()) for p in entries if not p.is_file()]
+    parts = {part: {s: [data.cache_dir / name for name in split[s].get(part, [])] for s in data.speakers} for part in ("train", "test", "validation")}
+    missing = [str(p) for part in parts.values() for entries in part.values() for p in entries if not p.is_file()]
     if missing:
         raise TrainingError(f"{directory / SPLIT_FILE}: {len(missing)} of the run's cache entries are missing (e.g. {missing[0]}); rebuild the cache it started with")
-    return dataclasses.replace(data, train=train, test=test)
+    return dataclasses.replace(data, train=parts["train"], test=parts["test"], validation={s: v for s, v in parts["validation"].items() if v})
 
 
 RESUMABLE_CHANGES = {"epochs", "input_workers", "learning_rate"}  # May differ when a run is resumed.
@@ -612,27 +746,46 @@ def loss_replicas() -> int:
     return 1
 
 
-def make_batches(config: TrainConfig, data: TrainingData, model: keras.Model, first_epoch: int, working_dir: str | os.PathLike = "."):
-    """Training and validation batch streams for the mode (validation None when the data allows none)."""
+def make_batches(config: TrainConfig, data: TrainingData, model: keras.Model, first_epoch: int, working_dir: str | os.PathLike = ".",
+                 task_values: dict[str, tuple[np.ndarray, bool]] | None = None):
+    """Training and validation batch streams for the mode (validation None when the data allows none).
+
+    Validation reads the run's validation utterances when it has some (`validation_split`), else
+    the test utterances of the training speakers (triplet mode: the held-out speakers first).
+    Training that augments, or reads another trim, cuts its windows from the cached audio.
+    """
     loader = {"workers": config.input_workers, "use_multiprocessing": False, "max_queue_size": 2 * config.input_workers}
     num_utterances = sum(len(entries) for entries in data.train.values())
     steps = config.steps_per_epoch or (TRIPLET_STEPS_PER_EPOCH if config.mode == "triplet" else max(1, num_utterances // config.batch_size))
     seed = config.seed
-    if config.mode == "softmax":
-        test = {s: e for s, e in data.test.items() if e}
-        if config.uses_waveforms:
-            waveforms = waveform_cache_dir(working_dir, config.trim)
+    validation_pool = {s: e for s, e in (data.validation if config.validation_split else data.test).items() if e}
+    if config.mode == "triplet" and not config.validation_split:
+        validation_pool = {s: e for s, e in data.held_out.items() if e} or validation_pool
+    if config.uses_waveforms:
+        waveforms = waveform_cache_dir(working_dir, config.trim)
 
-            def audio(split: dict[str, list[Path]]) -> dict[str, list[Path]]:
-                return {s: [waveforms / entry.name for entry in entries] for s, entries in split.items()}
+        def audio(split: dict[str, list[Path]]) -> dict[str, list[Path]]:
+            return {s: [waveforms / entry.name for entry in entries] for s, entries in split.items()}
 
-            train_batches = AugmentedBatches(audio(data.train), data.speakers, config.batch_size, steps, config.augment, seed, first_epoch, config.balanced_sampling, config.pad, **loader)
-            validation = AugmentedBatches(audio(test), data.speakers, config.batch_size, config.validation_steps, NO_AUGMENTATION, seed + 1, 0, config.balanced_sampling, config.pad, **loader) if test else None
+        if config.mode == "softmax":
+            batches = functools.partial(AugmentedBatches, balanced=config.balanced_sampling, pad=config.pad, **loader)
+            has_validation = bool(validation_pool)
         else:
-            train_batches = SoftmaxBatches(data.train, data.speakers, config.batch_size, steps, seed, first_epoch, config.balanced_sampling, config.pad, **loader)
-            validation = SoftmaxBatches(test, data.speakers, config.batch_size, config.validation_steps, seed + 1, 0, config.balanced_sampling, config.pad, **loader) if test else None
+            replicas = loss_replicas()  # Triplet batches are stacked per replica, so each replica's loss pairs its own rows.
+            outputs = model_outputs(model)
+            batches = functools.partial(AugmentedTripletBatches, balanced=config.balanced_sampling, pad=config.pad, outputs=outputs,
+                                        task_values=task_values if outputs else None, replicas=replicas, **loader)
+            has_validation = len(validation_pool) >= 2
+        speakers = data.speakers if config.mode != "triplet" else list(data.speakers) + [s for s in validation_pool if s not in data.speakers]
+        train_batches = batches(audio(data.train), speakers, config.batch_size, steps, config.augment, seed, first_epoch)
+        validation = batches(audio(validation_pool), speakers, config.batch_size, config.validation_steps, NO_AUGMENTATION, seed + 1, 0) if has_validation else None
+        return train_batches, validation if config.validation_steps else None
+    if config.mode == "softmax":
+        train_batches = SoftmaxBatches(data.train, data.speakers, config.batch_size, steps, seed, first_epoch, config.balanced_sampling, config.pad, **loader)
+        validation = SoftmaxBatches(validation_pool, data.speakers, config.batch_size, config.validation_steps, seed + 1, 0, config.balanced_sampling, config.pad, **loader) if validation_pool else None
         return train_batches, validation if config.validation_steps else None
     replicas = loss_replicas()  # Triplet batches are stacked per replica, so each replica's loss pairs its own rows.
+    pool = triplet_pool(validation_pool) or (triplet_pool(data.test) if config.mode == "triplet" and not config.validation_split else None)
     if config.mode == "triplet":
         if config.hard_negative:
             from inference import Embedder  # The compiled inference path; it reads the weights as they train.
@@ -641,14 +794,11 @@ def make_batches(config: TrainConfig, data: TrainingData, model: keras.Model, fi
             train_batches = HardNegativeTripletBatches(data.train, config.batch_size, steps, embed, seed, first_epoch, replicas=replicas, workers=1, use_multiprocessing=False)
         else:
             train_batches = TripletBatches(data.train, config.batch_size, steps, seed, first_epoch, replicas=replicas, **loader)
-        pool = triplet_pool(data.held_out) or triplet_pool(data.test)
         validation = TripletBatches(pool, config.batch_size, config.validation_steps, seed + 1, replicas=replicas, **loader) if pool and config.validation_steps else None
         return train_batches, validation
     outputs = model_outputs(model)
-    genders = data.gender_labels(data.speakers)
-    train_batches = TripletBatches(data.train, config.batch_size, steps, seed, first_epoch, outputs=outputs, speakers=data.speakers, gender_labels=genders, replicas=replicas, **loader)
-    pool = triplet_pool(data.test)
-    validation = TripletBatches(pool, config.batch_size, config.validation_steps, seed + 1, outputs=outputs, speakers=data.speakers, gender_labels=genders, replicas=replicas, **loader) if pool and config.validation_steps else None
+    train_batches = TripletBatches(data.train, config.batch_size, steps, seed, first_epoch, outputs=outputs, speakers=data.speakers, task_values=task_values, replicas=replicas, **loader)
+    validation = TripletBatches(pool, config.batch_size, config.validation_steps, seed + 1, outputs=outputs, speakers=data.speakers, task_values=task_values, replicas=replicas, **loader) if pool and config.validation_steps else None
     return train_batches, validation
 
 

@@ -179,7 +179,7 @@ def softmax_model(model_size: str, num_classes: int):
         model = DeepSpeakerModel(include_softmax=True, num_speakers_softmax=num_classes, model_size=model_size).m
         model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
         return model, f"conv_models, compiled as train.build_model does (train.py does not import: {error})"
-    return build_model(TrainConfig(mode="softmax", model_size=model_size), num_classes, with_gender_head=False), "train.build_model"
+    return build_model(TrainConfig(mode="softmax", model_size=model_size), num_classes), "train.build_model"
 
 
 def in_memory_batches(batch_size: int, steps: int, num_classes: int, seed: int = 0, distinct: int = 4):

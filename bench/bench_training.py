@@ -119,7 +119,7 @@ def main() -> None:
     results = {
         "softmax": time_batches(SoftmaxBatches(data.train, data.speakers, args.batch_size, args.batches, **loader), args.batches),
         "triplet": time_batches(TripletBatches(data.train, args.batch_size, args.batches, **loader), args.batches),
-        "mtl": time_batches(TripletBatches(data.train, args.batch_size, args.batches, outputs=("speaker_pred", "gender_pred"), speakers=data.speakers, gender_labels=genders, **loader), args.batches),
+        "mtl": time_batches(TripletBatches(data.train, args.batch_size, args.batches, outputs=("speaker_pred", "gender_pred"), speakers=data.speakers, task_values={"gender_pred": (genders, True)}, **loader), args.batches),
     }
     pipeline_peak = peak_rss_mb()
     print(f"input pipeline ({args.workers} reader threads, batch {args.batch_size}):")

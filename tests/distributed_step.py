@@ -57,7 +57,7 @@ def model_for_one_step(config: TrainConfig, data: TrainingData, weights: list[np
     replica's own batch statistics, which differ from the global batch's by design.
     """
     keras.utils.set_random_seed(config.seed)
-    model = build_model(config, len(data.speakers), with_gender_head=True)
+    model = build_model(config, len(data.speakers), config.label_tasks)
     if weights is not None:
         model.set_weights(weights)
     for layer in model.layers:
@@ -68,7 +68,8 @@ def model_for_one_step(config: TrainConfig, data: TrainingData, weights: list[np
 
 def first_batch(config: TrainConfig, data: TrainingData, model: keras.Model) -> FixedBatches:
     """The first training batch `make_batches` gives, kept: every fit and evaluate then sees the same rows."""
-    return FixedBatches.draw(make_batches(config, data, model, 0)[0], 1)
+    task_values = {"gender_pred": (data.gender_labels(data.speakers), True)} if config.mode == "mtl" else None
+    return FixedBatches.draw(make_batches(config, data, model, 0, task_values=task_values)[0], 1)
 
 
 def step(model: keras.Model, batches) -> tuple[float, list[np.ndarray]]:

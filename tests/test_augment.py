@@ -123,3 +123,46 @@ def test_augmented_batches_give_speed_classes_and_are_seeded(tmp_path):
     again_windows, again_labels = AugmentedBatches(utterances, speakers, 24, 2, config, seed=1)[0]
     np.testing.assert_array_equal(windows, again_windows)
     np.testing.assert_array_equal(labels, again_labels)
+
+
+def test_triplets_take_the_positive_from_another_utterance_where_the_speaker_has_one_and_never_the_anchor_speaker_as_negative():
+    utterances = {"big": [Path(f"big_{i}") for i in range(98)], "single": [Path("single_0")], "pair": [Path("p0"), Path("p1")]}
+    speaker_of_row = np.array([0] * 98 + [1] + [2] * 2)
+    for balanced in (True, False):
+        anchors, positives, negatives = UtteranceSampler(utterances, balanced).draw_triplets(20_000, np.random.default_rng(0))
+        assert np.array_equal(speaker_of_row[anchors], speaker_of_row[positives])
+        several = speaker_of_row[anchors] != 1
+        assert np.all(anchors[several] != positives[several])  # Another utterance where there is one,
+        assert np.all(anchors[~several] == positives[~several])  # else the same one (another window of it).
+        assert np.all(speaker_of_row[negatives] != speaker_of_row[anchors])
+    counts = np.bincount(speaker_of_row[anchors], minlength=3) / 20_000
+    assert counts[0] == pytest.approx(98 / 101, abs=0.01)  # The last loop ran unbalanced: rows uniform.
+    anchors, _, negatives = UtteranceSampler(utterances, balanced=True).draw_triplets(30_000, np.random.default_rng(1))
+    assert np.bincount(speaker_of_row[anchors], minlength=3) / 30_000 == pytest.approx([1 / 3] * 3, abs=0.02)
+    assert np.bincount(speaker_of_row[negatives], minlength=3) / 30_000 == pytest.approx([1 / 3] * 3, abs=0.02)
+
+
+def test_augmented_triplet_batches_stack_speed_classes_and_mask_unlabelled_rows(tmp_path):
+    from batcher import AugmentedTripletBatches
+
+    audio.build_feature_cache(SAMPLES / "LibriSpeech" / "train-clean-100", tmp_path, workers=1, progress=False, waveform_trim="energy")
+    waveforms = audio.waveform_cache_dir(tmp_path, "energy")
+    entries, _ = audio.cached_entries(tmp_path)
+    speakers = sorted(entries)
+    utterances = {s: [waveforms / e.name for e in entries[s]] for s in speakers}
+    config = AugmentConfig(speed_perturb=True, noise_probability=0.5)
+    language = (np.array([0.0, np.nan, 1.0], np.float32), True)  # Speaker 26 unlabelled.
+    batches = AugmentedTripletBatches(utterances, speakers, 30, 1, config, seed=2, outputs=("speaker_pred", "language_pred", "ln"), task_values={"language_pred": language})
+    windows, targets, weights = batches[0]
+    assert windows.shape == (30, NUM_FRAMES, NUM_FBANKS, 1)
+    classes = targets["speaker_pred"]
+    anchors, positives, negatives = classes[:10], classes[10:20], classes[20:]
+    np.testing.assert_array_equal(anchors, positives)  # Same speaker at the same speed: the same class.
+    assert np.all(anchors % len(speakers) != negatives % len(speakers))
+    speaker = classes % len(speakers)
+    assert np.all(weights["language_pred"][speaker == 1] == 0)
+    np.testing.assert_allclose(weights["language_pred"][speaker != 1], 30 / np.sum(speaker != 1))
+    np.testing.assert_array_equal(targets["language_pred"][speaker != 1, 0], language[0][speaker[speaker != 1]])
+    assert targets["ln"].shape == (30, 1)
+    again = AugmentedTripletBatches(utterances, speakers, 30, 1, config, seed=2, outputs=("speaker_pred", "language_pred", "ln"), task_values={"language_pred": language})[0]
+    np.testing.assert_array_equal(windows, again[0])

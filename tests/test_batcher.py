@@ -59,7 +59,7 @@ def test_sample_from_mfcc_file_reads_a_cached_entry(tmp_path):
 
 
 def mtl_batches(data: TrainingData, replicas: int) -> TripletBatches:
-    return TripletBatches(data.train, 12, 1, seed=3, outputs=MTL_OUTPUTS, speakers=data.speakers, gender_labels=data.gender_labels(data.speakers), replicas=replicas)
+    return TripletBatches(data.train, 12, 1, seed=3, outputs=MTL_OUTPUTS, speakers=data.speakers, task_values={"gender_pred": (data.gender_labels(data.speakers), True)}, replicas=replicas)
 
 
 def test_each_replica_gets_its_own_stacked_triplets_with_their_targets_and_weights(training_data):
@@ -175,3 +175,13 @@ def test_history_rows_remember_the_utterance_their_window_was_cut_from(training_
             assert np.array_equal(window[: len(mfcc)], mfcc), row
         else:
             assert any(np.array_equal(mfcc[start : start + NUM_FRAMES], window) for start in range(len(mfcc) - NUM_FRAMES + 1)), row
+
+
+def test_validation_takes_the_last_training_utterances_of_speakers_that_keep_two_to_train_on():
+    from batcher import split_validation
+
+    entries = [Path(f"u{i}.npy") for i in range(8)]
+    assert split_validation(entries, 0.1) == (entries[:7], entries[7:])
+    assert split_validation(entries, 0.25) == (entries[:6], entries[6:])
+    assert split_validation(entries[:2], 0.1) == (entries[:2], [])  # Too few to spare one.
+    assert split_validation(entries, 0.0) == (entries, [])

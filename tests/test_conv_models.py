@@ -380,12 +380,23 @@ def test_mtl_embedding_output_equals_the_extracted_embedding_model(real_features
 
 def test_mtl_head_sizes_and_gender_head_are_configurable():
     model = build_mtl_model(
-        num_speakers=3, model_size="small", shared_units=32, speaker_units=16, with_gender_head=False
+        num_speakers=3, model_size="small", shared_units=32, speaker_units=16, label_heads={}
     )
     assert model.get_layer("shared").kernel.shape == (EMBEDDING_SIZE, 32)
     assert model.get_layer("speaker_task").kernel.shape == (32, 16)
     assert model.get_layer("speaker_pred").kernel.shape == (16, 3)
     assert "gender_pred" not in [layer.name for layer in model.layers]
+
+
+def test_mtl_aam_speaker_head_reads_the_embedding_and_label_heads_sit_on_shared():
+    model = build_mtl_model(num_speakers=3, model_size="small", speaker_head="aam", label_heads={"gender_pred": 1, "accent_pred": 4})
+    names = [layer.name for layer in model.layers]
+    assert "speaker_task" not in names
+    assert model.get_layer("speaker_pred").input is model.get_layer("ln").output
+    assert model.get_layer("accent_pred").input is model.get_layer("shared").output
+    outputs = model(np.zeros((2, 40, NUM_FBANKS, 1), np.float32))
+    assert outputs["speaker_pred"].shape == (2, 3) and outputs["gender_pred"].shape == (2, 1)
+    np.testing.assert_allclose(np.sum(keras.ops.convert_to_numpy(outputs["accent_pred"]), axis=1), 1.0, rtol=1e-5)  # A softmax over 4 labels.
 
 
 @pytest.mark.parametrize(

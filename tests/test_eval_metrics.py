@@ -260,3 +260,29 @@ def test_balanced_accuracy_gives_always_the_majority_class_one_half():
     assert balanced_accuracy(np.array([False, True, False, True]), actual) == (2 / 3 + 1) / 2
     with pytest.raises(ValueError, match="one shape"):
         balanced_accuracy(np.zeros(3, bool), actual)
+
+
+def test_paired_t_interval_over_three_seeds_matches_students_t_and_one_seed_has_none():
+    from eval_metrics import paired_t_interval
+
+    interval = paired_t_interval(np.array([0.01, 0.02, 0.03]))
+    half = 4.302652729911275 * 0.01 / np.sqrt(3)  # t(0.975, 2 degrees of freedom) x standard error.
+    assert (interval.difference, interval.low, interval.high) == pytest.approx((0.02, 0.02 - half, 0.02 + half))
+    assert not interval.excludes_zero()
+    assert paired_t_interval(np.array([0.05, 0.06, 0.055])).excludes_zero()
+    single = paired_t_interval(np.array([0.04]))
+    assert (single.difference, single.low, single.high) == (pytest.approx(0.04), None, None) and not single.excludes_zero()
+
+
+def test_paired_bootstrap_of_eer_is_zero_for_the_same_model_and_excludes_zero_for_a_better_one():
+    from eval_metrics import fast_eer, paired_bootstrap_eer_difference
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([True, False], 500)
+    weak = np.where(labels, 0.4, 0.0) + rng.normal(0, 0.3, 1000)
+    strong = np.where(labels, 1.5, 0.0) + rng.normal(0, 0.3, 1000)
+    same = paired_bootstrap_eer_difference([(labels, weak, weak)], np.random.default_rng(1), resamples=200)
+    assert (same.difference, same.low, same.high) == (0.0, 0.0, 0.0)
+    better = paired_bootstrap_eer_difference([(labels, weak, strong), (labels, weak, strong)], np.random.default_rng(1), resamples=200)
+    assert better.difference == pytest.approx(fast_eer(strong, labels) - fast_eer(weak, labels))
+    assert better.low <= better.difference <= better.high < 0  # The stronger model's EER is lower on every resample.

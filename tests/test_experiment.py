@@ -25,14 +25,20 @@ from experiment import (
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples" / "LibriSpeech"
+COMMON_VOICE = REPO / "samples" / "CommonVoice-fa"
 TEST_OTHER_COLUMNS = ("eer_test_other", "min_dcf_test_other")
+TINY_COLUMNS = CSV_COLUMNS + ("language_acc_head", "language_acc_probe") + TEST_OTHER_COLUMNS + ("eer_commonvoice_fa", "min_dcf_commonvoice_fa")
 
 
 def write_recipe(tmp_path: Path, **changes) -> Path:
-    """A tiny recipe on the bundled samples: train-clean-100 speakers train, test-other speakers are held out."""
+    """A tiny recipe on the bundled samples: train-clean-100 and two Common Voice speakers train; test-other's
+    speakers and a third Common Voice speaker are held out; language is a task besides speaker and gender."""
     recipe = {
         "name": "tiny",
-        "splits": {"train_audio_dirs": [str(SAMPLES / "train-clean-100")], "held_out_audio_dirs": [str(SAMPLES / "test-other")], "held_out_speakers": None},
+        "splits": {"train_audio_dirs": [str(SAMPLES / "train-clean-100"), str(COMMON_VOICE)], "held_out_audio_dirs": [str(SAMPLES / "test-other")],
+                   "held_out_training_speakers": ["0874d76d"], "held_out_speakers": None},
+        "tasks": {"language": {"labels": {"train-clean-100": "en", "test-other": "en", "CommonVoice-fa": "fa"}, "loss": "binary", "weight": 1.0}},
+        "answer": {"mtl": ["mtl_triplet"], "single": ["softmax_triplet"]},
         "model_size": "small",
         "seeds": [0],
         "budget": {"epochs": 2, "steps_per_epoch": 1, "batch_size": 12, "validation_steps": 1},
@@ -60,17 +66,30 @@ def test_tiny_experiment_writes_one_csv_row_per_run_and_the_plot_and_resumes(tmp
     csv_path = run_experiment(recipe, tmp_path / "work")
     with open(csv_path, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert tuple(rows[0]) == CSV_COLUMNS + TEST_OTHER_COLUMNS  # The fixed columns, then each held-out corpus's.
+    assert tuple(rows[0]) == TINY_COLUMNS  # The fixed columns, each task's, then each held-out corpus's (the held-out Common Voice speaker's last).
     backend, device = keras.backend.backend(), device_name()  # Recorded as found, whichever machine runs this.
     assert [(r["config"], r["seed"], r["model_size"], r["backend"], r["device"]) for r in rows] == [
         ("softmax_triplet", "0", "small", backend, device), ("mtl_triplet", "0", "small", backend, device)]
     assert [r["train_steps"] for r in rows] == ["2", "2"]  # Same budget: one softmax + one triplet epoch against two MTL epochs.
     assert [r["train_windows"] for r in rows] == ["24", "24"]
     for row in rows:
-        for metric in ("eer_pooled", "min_dcf_pooled", *TEST_OTHER_COLUMNS, "speaker_id_acc", "gender_acc_probe"):
+        for metric in ("eer_pooled", "min_dcf_pooled", *TEST_OTHER_COLUMNS, "speaker_id_acc", "gender_acc_probe", "language_acc_probe"):
             assert 0.0 <= float(row[metric]) <= 1.0, metric
-        assert row["eer_test_other"] == row["eer_pooled"]  # One held-out corpus: its trials are the pooled ones.
-    assert rows[0]["gender_acc_head"] == "" and 0.0 <= float(rows[1]["gender_acc_head"]) <= 1.0
+        assert row["eer_commonvoice_fa"] == ""  # One held-out Common Voice speaker: no trials of its own, but in the pooled ones.
+    for head in ("gender_acc_head", "language_acc_head"):  # Only Hive-MTL has the heads.
+        assert rows[0][head] == "" and 0.0 <= float(rows[1][head]) <= 1.0
+    report = json.loads((tmp_path / "work" / "runs" / "softmax_triplet" / "seed0" / "evaluation.json").read_text())["report"]
+    assert report["unseen_labels"]["language"] == {"en": 2, "fa": 1}  # test-other's two speakers, the held-out Common Voice one.
+    speakers = json.loads((tmp_path / "work" / "runs" / "mtl_triplet" / "seed0" / "checkpoints-mtl" / "speakers.json").read_text())
+    assert "0874d76d" in speakers["held_out_speakers"] and "0874d76d" not in speakers["speakers"]
+    assert speakers["tasks"]["language"] == {"output": "language_pred", "loss": "binary", "classes": ["en", "fa"]}
+    with open(tmp_path / "results" / "tiny_answer.csv", newline="") as handle:
+        answer = list(csv.DictReader(handle))
+    assert {(r["task"], r["mtl_config"], r["single_config"], r["seeds"], r["reading"]) for r in answer} >= {
+        ("speaker verification", "mtl_triplet", "softmax_triplet", "1", "undecided"), ("language", "mtl_triplet", "softmax_triplet", "1", "undecided")}
+    eer = next(r for r in answer if r["figure"] == "EER test-other")
+    assert float(eer["difference"]) == pytest.approx(float(rows[1]["eer_test_other"]) - float(rows[0]["eer_test_other"]))
+    assert eer["seeds_low"] == "" and float(eer["trials_low"]) <= float(eer["difference"]) <= float(eer["trials_high"])  # One seed: only the bootstrap.
     plot = tmp_path / "results" / "tiny_gender_weight.png"
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     evaluation = tmp_path / "work" / "runs" / "mtl_triplet" / "seed0" / "evaluation.json"
@@ -78,7 +97,7 @@ def test_tiny_experiment_writes_one_csv_row_per_run_and_the_plot_and_resumes(tmp
     run_experiment(recipe, tmp_path / "work")  # A rerun skips what is scored already.
     assert evaluation.stat().st_mtime_ns == before
     table = results_table(csv_path)
-    assert "| mtl_triplet | 1 |" in table and "| eer_test_other | eer_pooled | min_dcf_pooled |" in table.splitlines()[0]
+    assert "| mtl_triplet | 1 |" in table and "| eer_test_other | eer_commonvoice_fa | eer_pooled | min_dcf_pooled |" in table.splitlines()[0]
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- mtl-results -->\nold table\n<!-- /mtl-results -->\noutro\n")
     update_readme_table(csv_path, readme)
@@ -102,8 +121,11 @@ def test_tiny_experiment_writes_one_csv_row_per_run_and_the_plot_and_resumes(tmp
         ({"train": {"batch_size": 96}}, "'train.batch_size' is set by the experiment runner, not in 'train' (it comes from 'budget')"),
         ({"train": {"noise_probability": "often"}}, "'train.noise_probability' must be a float"),
         ({"train": {"noise_probability": 1.5}}, "'configurations.softmax_triplet' cannot train its softmax phase: noise_probability must be between 0 and 1"),
-        ({"configurations.softmax_triplet.train": {"head": "aam"}}, "'configurations.softmax_triplet' cannot train its triplet phase: the AAM head"),
-        ({"configurations.mtl_triplet.train": {"speed_perturb": True}}, "'configurations.mtl_triplet' cannot train its mtl phase"),
+        ({"configurations.softmax_triplet.train": {"hard_negative": True, "trim": "energy"}}, "'configurations.softmax_triplet' cannot train its softmax phase: hard_negative mining is a triplet-mode option"),
+        ({"tasks": {"gender": {"labels": {"a": "M", "b": "F"}}}}, "'tasks': task 'gender' is built in"),
+        ({"train": {"tasks": {}}}, "'train.tasks' is set by the experiment runner"),
+        ({"splits.held_out_training_speakers": ["nobody"]}, "'splits.held_out_training_speakers' names speakers not found in the training folders: nobody"),
+        ({"answer": {"mtl": ["mtl"], "single": ["softmax_triplet"]}}, "'answer' names an unknown configuration 'mtl'"),
     ],
 )
 def test_bad_recipes_are_refused_naming_the_key(tmp_path, change, message):
@@ -116,9 +138,16 @@ def test_the_shipped_recipe_is_valid_and_names_every_split():
     config = load_experiment_config(REPO / "recipes" / "mtl_vs_single.json")
     assert len(config.seeds) >= 3
     assert {"softmax", "softmax_triplet", "mtl", "mtl_triplet"} <= set(config.configurations)
-    weights = {config.configurations[name].get("gender_loss_weight") for name in config.gender_weight_plot}
-    assert len(weights) >= 3 and 0.0 in weights
     assert [d.name for d in config.held_out_audio_dirs] == ["test-other", "dev-other", "VCTK", "FSDD"]
+    assert [d.name for d in config.train_audio_dirs] == ["train-clean-100", "CommonVoice-fa"]
+    budget = config.budget
+    assert budget["epochs"] * budget["steps_per_epoch"] * budget["batch_size"] >= 100_000
+    assert len(config.held_out_training_speakers) >= 5 and "language" in config.tasks
+    phases = {name: training_phases(config, name, 0) for name in config.configurations}
+    shared = {"head", "balanced_sampling", "trim", "pad", "speed_perturb", "noise_probability", "validation_split", "held_out_speakers"}
+    for name, configs in phases.items():  # One recipe, sampler, validation set and held-out split for every configuration.
+        assert all({k: getattr(c, k) for k in shared} == {k: getattr(phases["softmax"][0], k) for k in shared} for c in configs), name
+    assert sum(c.epochs for c in phases["softmax_triplet"]) == phases["mtl"][0].epochs
 
 
 def write_ablation_recipe(tmp_path: Path) -> Path:

@@ -17,7 +17,7 @@ from test import (
     corpus_verification,
     corpus_names,
     evaluate_checkpoint,
-    gender_probe_accuracy,
+    probe_accuracy,
     nearest_profile_accuracy,
     reference_protocol_scores,
 )
@@ -77,8 +77,8 @@ def test_gender_probe_separates_linearly_separable_embeddings():
     female, male = rng.normal(1.0, 0.3, (20, 8)), rng.normal(-1.0, 0.3, (20, 8))
     train = np.concatenate([female, male])
     labels = ["F"] * 20 + ["M"] * 20
-    assert gender_probe_accuracy(train, labels, np.array([[1.0] * 8, [-1.0] * 8]), ["F", "M"]) == 1.0
-    assert gender_probe_accuracy(train, labels, np.array([[1.0] * 8, [-1.0] * 8]), ["M", "F"]) == 0.0
+    assert probe_accuracy(train, labels, np.array([[1.0] * 8, [-1.0] * 8]), ["F", "M"]) == 1.0
+    assert probe_accuracy(train, labels, np.array([[1.0] * 8, [-1.0] * 8]), ["M", "F"]) == 0.0
 
 
 # ---------------------------------------------------------------------------------------------- a trained checkpoint
@@ -96,9 +96,10 @@ def test_evaluation_of_an_mtl_checkpoint_reports_every_figure(mtl_run, tmp_path)
     assert report.reference["speakers"] == 3 and report.reference["line"].startswith("f-measure = ")
     assert report.trials["speakers"] == ["1688", "1998"]
     assert report.trials["num_trials"] == 28  # 8 utterances: 12 same-speaker and 16 different-speaker pairs.
-    assert list(report.corpora) == ["held_out"]  # The run's held-out speakers are one corpus: the same trials as pooled.
-    assert {k: report.corpora["held_out"][k] for k in ("speakers", "num_trials", "eer")} == {k: report.trials[k] for k in ("speakers", "num_trials", "eer")}
+    assert list(report.corpora) == ["LibriSpeech"]  # The run's held-out speakers are one corpus, named by the folder they were cached from.
+    assert {k: report.corpora["LibriSpeech"][k] for k in ("speakers", "num_trials", "eer")} == {k: report.trials[k] for k in ("speakers", "num_trials", "eer")}
     assert set(report.heads) == {"speaker_id_acc", "speaker_id_acc_head", "gender_acc_head", "gender_acc_probe"}
+    assert report.unseen_labels == {"gender": {"M": 1, "F": 1}}  # 1688 and 1998.
     assert all(0.0 <= value <= 1.0 for value in report.heads.values())
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["det_curve.png", "embedding_projection.png", "score_histograms.png"]
     written = json.loads(report.to_json(tmp_path / "report.json").read_text())

@@ -120,7 +120,7 @@ def test_hard_negative_batches_mine_the_embeddings_of_the_model_being_trained(sa
 
     config = TrainConfig(mode="triplet", hard_negative=True, **TINY)
     data = load_training_data(samples_cache)
-    model = build_model(config, len(data.speakers), with_gender_head=False)
+    model = build_model(config, len(data.speakers))
     batches, _ = make_batches(config, data, model, 0)
     windows, _, _ = batches[0]
     assert windows.shape == (12, 160, 64, 1)
@@ -294,6 +294,10 @@ def test_train_without_a_cache_says_to_build_it_first(tmp_path):
         (["--mode", "mtl", "--gender_loss_weight", "-1"], "gender_loss_weight must be >= 0"),
         (["--mode", "softmax", "--batch_size", "0"], "batch_size must be positive"),
         (["--mode", "mtl", "--held_out_speakers", "19,nobody"], "held-out speakers not in the cache"),
+        (["--mode", "mtl", "--tasks", '{"gender": {"labels": {"a": "M", "b": "F"}}}'], "task 'gender' is built in"),
+        (["--mode", "softmax", "--tasks", '{"language": {"labels": {"a": "en", "b": "fa"}}}'], "tasks are Hive-MTL heads: they need mode 'mtl'"),
+        (["--mode", "mtl", "--tasks", "{not json"], "--tasks: neither a JSON object nor a JSON file"),
+        (["--mode", "mtl", "--validation_split", "1.5"], "validation_split must be in [0, 1)"),
     ],
 )
 def test_impossible_settings_are_refused_before_training(samples_cache, tmp_path, options, message):
@@ -395,7 +399,7 @@ def test_gender_loss_weights_average_over_labelled_rows_only():
 
     utterances = {s: [Path(f"{s}_{i}.npy") for i in range(2)] for s in ("a", "b", "c")}
     genders = np.array([1.0, np.nan, 0.0], dtype=np.float32)
-    batches = TripletBatches(utterances, 12, 1, outputs=("speaker_pred", "gender_pred"), speakers=["a", "b", "c"], gender_labels=genders)
+    batches = TripletBatches(utterances, 12, 1, outputs=("speaker_pred", "gender_pred"), speakers=["a", "b", "c"], task_values={"gender_pred": (genders, True)})
     speaker_ids = np.array([0, 1, 2, 1, 1, 1, 0, 2, 1, 1, 0, 1])
     _, weights = batches.targets(speaker_ids)
     labelled = speaker_ids != 1
@@ -455,6 +459,38 @@ def test_recipe_run_on_mp3_and_flac_with_aam_augmentation_and_snapshots(tmp_path
     assert load_weights_by_name(embedding, run / "best.h5") == []
 
 
+def test_mtl_with_the_shipped_recipe_trains_declared_tasks_on_augmented_triplets_and_validates_apart_from_test(tmp_path):
+    """Hive-MTL with the AAM speaker head on `ln`, augmentation, a language task from folder labels,
+    the triplet term, and a validation split taken from the training utterances."""
+    recipe = json.loads((REPO / "recipes" / "pretrained_small.json").read_text())
+    recipe.update({"mode": "mtl", "epochs": 1, "steps_per_epoch": 2, "batch_size": 12, "validation_steps": 1, "audio_dirs": [],
+                   "triplet_loss_weight": 1.0, "validation_split": 0.25})
+    recipe_file = tmp_path / "recipe.json"
+    recipe_file.write_text(json.dumps(recipe))
+    tasks = {"language": {"labels": {"LibriSpeech": "en", "CommonVoice-fa": "fa"}, "loss": "binary", "weight": 0.5}}
+    working_dir = tmp_path / "work"
+    result = subprocess.run(
+        [sys.executable, "cli.py", "train", "--working_dir", str(working_dir), "--recipe", str(recipe_file), "--tasks", json.dumps(tasks),
+         "--audio_dir", "samples/LibriSpeech", "--audio_dir", "samples/CommonVoice-fa"],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = working_dir / "checkpoints-mtl"
+    (row,) = metrics_rows(run)
+    for column in ("speaker_pred_accuracy", "gender_pred_binary_accuracy", "language_pred_binary_accuracy", "ln_loss", "val_language_pred_loss"):
+        assert np.isfinite(float(row[column])), column
+    speakers = json.loads((run / "speakers.json").read_text())
+    assert speakers["tasks"]["language"]["classes"] == ["en", "fa"] and speakers["speeds"] == [1.0, 0.9, 1.1]
+    split = json.loads((run / "split.json").read_text())
+    validation = {name for parts in split.values() for name in parts["validation"]}
+    assert validation and not validation & {name for parts in split.values() for name in parts["test"] + parts["train"]}
+    with h5py.File(run / "best.h5", "r") as f:
+        assert {"speaker_pred", "language_pred", "gender_pred", "shared"} <= set(f["model_weights"])
+        assert "speaker_task" not in f["model_weights"]  # The AAM speaker head reads the embedding itself.
+    embedding = DeepSpeakerModel(model_size="small").m
+    assert set(load_weights_by_name(embedding, run / "best.h5")) == set()
+
+
 def test_an_unknown_recipe_key_is_refused_naming_it(tmp_path):
     recipe_file = tmp_path / "recipe.json"
     recipe_file.write_text(json.dumps({"mode": "softmax", "learning_rat": 0.1}))
@@ -471,7 +507,7 @@ def compiled_small_model() -> "keras.Model":
     """The small softmax model with its optimizer built, as fit() leaves it."""
     from train import build_model
 
-    model = build_model(TrainConfig(mode="softmax", model_size="small"), num_speakers=4, with_gender_head=False)
+    model = build_model(TrainConfig(mode="softmax", model_size="small"), num_speakers=4)
     model.optimizer.build(model.trainable_variables)
     return model
 
