@@ -108,12 +108,19 @@ def test_speaker_balanced_sampling_draws_speakers_uniformly_not_utterances():
     assert np.bincount(speaker_of_row[plain], minlength=3)[0] / 30_000 == pytest.approx(98 / 101, abs=0.01)
 
 
-def test_augmented_batches_give_speed_classes_and_are_seeded(tmp_path):
-    audio.build_feature_cache(SAMPLES / "LibriSpeech" / "train-clean-100", tmp_path, workers=1, progress=False, waveform_trim="energy")
-    waveforms = audio.waveform_cache_dir(tmp_path, "energy")
-    entries, _ = audio.cached_entries(tmp_path)
+@pytest.fixture(scope="module")
+def cached_waveforms(tmp_path_factory) -> tuple[dict[str, list[Path]], list[str]]:
+    """Energy-trimmed cached audio of the bundled train-clean-100 speakers (19, 26, 27): (utterances, speakers)."""
+    working_dir = tmp_path_factory.mktemp("waveforms")
+    audio.build_feature_cache(SAMPLES / "LibriSpeech" / "train-clean-100", working_dir, workers=1, progress=False, waveform_trim="energy")
+    waveforms = audio.waveform_cache_dir(working_dir, "energy")
+    entries, _ = audio.cached_entries(working_dir)
     speakers = sorted(entries)
-    utterances = {s: [waveforms / e.name for e in entries[s]] for s in speakers}
+    return {s: [waveforms / e.name for e in entries[s]] for s in speakers}, speakers
+
+
+def test_augmented_batches_give_speed_classes_and_are_seeded(cached_waveforms):
+    utterances, speakers = cached_waveforms
     config = AugmentConfig(speed_perturb=True, noise_probability=0.5, band_limit_probability=0.5, spec_mask_probability=0.5)
     batches = AugmentedBatches(utterances, speakers, 24, 2, config, seed=1)
     windows, labels = batches[0]
@@ -142,14 +149,10 @@ def test_triplets_take_the_positive_from_another_utterance_where_the_speaker_has
     assert np.bincount(speaker_of_row[negatives], minlength=3) / 30_000 == pytest.approx([1 / 3] * 3, abs=0.02)
 
 
-def test_augmented_triplet_batches_stack_speed_classes_and_mask_unlabelled_rows(tmp_path):
+def test_augmented_triplet_batches_stack_speed_classes_and_mask_unlabelled_rows(cached_waveforms):
     from batcher import AugmentedTripletBatches
 
-    audio.build_feature_cache(SAMPLES / "LibriSpeech" / "train-clean-100", tmp_path, workers=1, progress=False, waveform_trim="energy")
-    waveforms = audio.waveform_cache_dir(tmp_path, "energy")
-    entries, _ = audio.cached_entries(tmp_path)
-    speakers = sorted(entries)
-    utterances = {s: [waveforms / e.name for e in entries[s]] for s in speakers}
+    utterances, speakers = cached_waveforms
     config = AugmentConfig(speed_perturb=True, noise_probability=0.5)
     language = (np.array([0.0, np.nan, 1.0], np.float32), True)  # Speaker 26 unlabelled.
     batches = AugmentedTripletBatches(utterances, speakers, 30, 1, config, seed=2, outputs=("speaker_pred", "language_pred", "ln"), task_values={"language_pred": language})
