@@ -202,8 +202,23 @@ def train(working_dir: str, audio_dirs: tuple[str, ...], genders_file: str | Non
         run_dirs = train_reference_recipe(working_dir, config) if mode == "reference" else [train_mode(working_dir, config)]
     except (CorpusError, TrainingError, ValueError, FileNotFoundError) as error:
         _fail(error)
+    except Exception as error:
+        if not is_lost_worker_error(error):
+            raise
+        _fail(TrainingError(f"training stopped: a process of the cluster stopped or cannot be reached. TensorFlow says: {error}\n"
+                            "The run directory holds the last finished epoch: run the same command on every worker again to resume."))
     for directory in run_dirs:
         click.echo(f"run: {directory} (best checkpoint: {directory / 'best.h5'})")
+
+
+def is_lost_worker_error(error: Exception) -> bool:
+    """TensorFlow's errors when a multi-worker collective loses a peer (killed, crashed, unreachable)."""
+    kind = type(error)
+    if not kind.__module__.startswith("tensorflow"):
+        return False
+    message = str(error)
+    return kind.__name__ in ("UnavailableError", "AbortedError", "DeadlineExceededError") or any(
+        sign in message for sign in ("Collective ops is aborted", "tasks are unhealthy", "Socket closed"))
 
 
 def read_tasks_option(value: str) -> dict:

@@ -455,10 +455,12 @@ def _values(rows: list[dict], metric: str) -> np.ndarray:
 
 
 def table_metrics(rows: list[dict]) -> list[str]:
-    """The EER of each held-out corpus (in the CSV's order), the pooled EER, then the other metrics that have values."""
+    """The EER of each held-out corpus (in the CSV's order), the pooled EER, then the other metrics that have values
+    (minDCF, identification, then the head and probe accuracy of gender and of every other task)."""
     columns = list(rows[0]) if rows else []
     corpus_eers = [c for c in columns if c.startswith("eer_") and c != "eer_pooled"]
-    return corpus_eers + ["eer_pooled"] + [m for m in TABLE_METRICS if len(_values(rows, m))]
+    task_accuracies = [c for c in columns if c.endswith(("_acc_head", "_acc_probe")) and c not in TABLE_METRICS]
+    return corpus_eers + ["eer_pooled"] + [m for m in (*TABLE_METRICS, *task_accuracies) if len(_values(rows, m))]
 
 
 def results_table(csv_path: str | os.PathLike) -> str:

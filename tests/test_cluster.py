@@ -157,11 +157,13 @@ def weights(path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def test_a_killed_worker_stops_the_chief_with_an_error_and_the_run_directory_stays_at_its_last_finished_epoch(cluster):
+def test_a_killed_worker_stops_the_chief_with_one_clear_error_and_the_run_directory_stays_at_its_last_finished_epoch(cluster):
     assert cluster["killed_worker"]["returncode"] == -signal.SIGKILL
     assert cluster["killed_chief"]["returncode"] != 0, "the chief must not finish without its worker"
     assert cluster["chief_stopped_after_s"] < 120, "it stops, it does not hang (measured: 6 to 14 s)"
     assert "/job:worker/replica:0/task:1" in cluster["killed_chief"]["log"], "the chief's error names the worker it lost"
+    assert "run the same command on every worker again to resume" in cluster["killed_chief"]["log"]
+    assert "Traceback (most recent call last)" not in cluster["killed_chief"]["log"]  # One message, not a stack from inside TensorFlow.
     after = cluster["after_kill"]
     assert (after["state"]["epoch"], after["state"]["finished"], after["state"]["latest"]) == (1, False, "latest-0001.weights.h5")
     assert after["files"] == sorted(FINISHED_RUN - {"latest-0002.weights.h5"} | {"latest-0001.weights.h5"})

@@ -84,7 +84,7 @@ def test_softmax_run_writes_every_run_file_and_a_checkpoint_that_loads_by_name(s
     split = json.loads((run / "split.json").read_text())
     assert set(split) == {"19", "26", "27", "1998"}  # Training speakers only; 19 has 8 utterances, sorted, first 80 % train.
     train_19 = ["19_198-0000.npy", "19_198-0001.npy", "19_198-0002.npy", "19_198-0008.npy", "19_198-0037.npy", "19_227-0037.npy"]
-    assert split["19"] == {"train": train_19, "test": ["19_227-0063.npy", "19_227-0070.npy"]}
+    assert split["19"] == {"train": train_19, "test": ["19_227-0063.npy", "19_227-0070.npy"], "validation": []}  # Validation: the test utterances.
     embedder = DeepSpeakerModel(model_size="small")
     skipped = load_weights_by_name(embedder.m, run / "best.h5")
     assert skipped == []
@@ -139,7 +139,7 @@ def test_mtl_on_own_data_without_gender_labels_trains_the_speaker_head_only(tmp_
     audio.build_feature_cache(corpus, working_dir, workers=2, progress=False)
     with caplog.at_level(logging.WARNING):
         run = train(working_dir, TrainConfig(mode="mtl", **TINY))
-    assert "trains the speaker head only" in caplog.text
+    assert "no training speaker has a gender label: Hive-MTL trains without the gender head" in caplog.text
     columns = set(metrics_rows(run)[0])
     assert "speaker_pred_accuracy" in columns and not any(c.startswith("gender") for c in columns)
 
@@ -294,10 +294,7 @@ def test_train_without_a_cache_says_to_build_it_first(tmp_path):
         (["--mode", "mtl", "--gender_loss_weight", "-1"], "gender_loss_weight must be >= 0"),
         (["--mode", "softmax", "--batch_size", "0"], "batch_size must be positive"),
         (["--mode", "mtl", "--held_out_speakers", "19,nobody"], "held-out speakers not in the cache"),
-        (["--mode", "mtl", "--tasks", '{"gender": {"labels": {"a": "M", "b": "F"}}}'], "task 'gender' is built in"),
-        (["--mode", "softmax", "--tasks", '{"language": {"labels": {"a": "en", "b": "fa"}}}'], "tasks are Hive-MTL heads: they need mode 'mtl'"),
         (["--mode", "mtl", "--tasks", "{not json"], "--tasks: neither a JSON object nor a JSON file"),
-        (["--mode", "mtl", "--validation_split", "1.5"], "validation_split must be in [0, 1)"),
     ],
 )
 def test_impossible_settings_are_refused_before_training(samples_cache, tmp_path, options, message):
@@ -305,6 +302,20 @@ def test_impossible_settings_are_refused_before_training(samples_cache, tmp_path
     result = run_cli("train", "--working_dir", str(working_dir), "--model_size", "small", *options)
     assert result.returncode == 1 and message in result.stderr
     assert not list(working_dir.glob("checkpoints-*"))
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"mode": "mtl", "tasks": {"gender": {"labels": {"a": "M", "b": "F"}}}}, "task 'gender' is built in"),
+        ({"mode": "softmax", "tasks": {"language": {"labels": {"a": "en", "b": "fa"}}}}, "tasks are Hive-MTL heads: they need mode 'mtl'"),
+        ({"mode": "mtl", "validation_split": 1.5}, r"validation_split must be in \[0, 1\)"),
+        ({"mode": "triplet", "hard_negative": True, "trim": "energy"}, "hard_negative mining reads the cached features"),
+    ],
+)
+def test_impossible_task_and_validation_settings_are_refused_by_the_config(settings, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**settings).validate()
 
 
 def test_unknown_mode_is_refused():
