@@ -331,14 +331,27 @@ class AugmentedTripletBatches(AugmentedBatches):
         speed_index = np.concatenate([speeds[0], speeds[0], speeds[1]])  # The positive at the anchor's speed.
         rows, speed_index = rows[self.row_order], speed_index[self.row_order]
         windows = self.windows(rows, speed_index, rng)
-        dummy = np.zeros((len(rows), 1), dtype=np.float32)
-        ones = np.ones(len(rows), np.float32)
-        if not self.outputs:
-            return windows, dummy, ones
-        speakers = self.labels[rows]
-        targets = {"speaker_pred": (self.classes(rows, speed_index), ones), "ln": (dummy, ones)}
-        targets.update({name: masked_task_targets(values[speakers], binary) for name, (values, binary) in self.task_values.items()})
-        return windows, {k: targets[k][0] for k in self.outputs}, {k: targets[k][1] for k in self.outputs}
+        return (windows, *stacked_targets(self.outputs, self.classes(rows, speed_index), self.labels[rows], self.task_values))
+
+
+def stacked_targets(outputs: tuple[str, ...], classes: np.ndarray, speakers: np.ndarray, task_values: dict[str, tuple[np.ndarray, bool]]) -> tuple:
+    """(y, sample_weight) of a stacked triplet batch: arrays for the triplet model (no `outputs`),
+    dicts by output for the Hive-MTL model.
+
+    `classes` are the rows' speaker classes (speed classes included), `speakers` their speakers'
+    positions in the training speaker list, which `task_values` is indexed by. The triplet loss's
+    weights are all ones, and needed: Keras 3 divides a loss by the number of tf.distribute
+    replicas (whose gradients are then summed) only when it has a value per row, and
+    `deep_speaker_loss` returns one scalar; a weight per row broadcasts it to rows, so each
+    replica's share is scaled like every other loss. One device: no change.
+    """
+    dummy = np.zeros((len(classes), 1), dtype=np.float32)  # The triplet loss reads only y_pred.
+    ones = np.ones(len(classes), np.float32)
+    if not outputs:
+        return dummy, ones
+    targets = {"speaker_pred": (classes, ones), "ln": (dummy, ones)}
+    targets.update({name: masked_task_targets(values[speakers], binary) for name, (values, binary) in task_values.items()})
+    return {k: targets[k][0] for k in outputs}, {k: targets[k][1] for k in outputs}
 
 
 def masked_task_targets(values: np.ndarray, binary: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -473,22 +486,11 @@ class TripletBatches(_EpochSeededBatches):
         return anchors + positives + negatives, np.concatenate([anchor_ids, anchor_ids, negative_ids])
 
     def targets(self, speaker_ids: np.ndarray) -> tuple:
-        """(y, sample_weight): arrays for the triplet model, dicts by output for the Hive-MTL model.
-
-        The triplet loss's weights are all ones, and needed: Keras 3 divides a loss by the
-        number of tf.distribute replicas (whose gradients are then summed) only when it has a
-        value per row, and `deep_speaker_loss` returns one scalar; a weight per row broadcasts it
-        to rows, so each replica's share is scaled like every other loss. One device: no change.
-        """
-        rows = len(speaker_ids)
-        dummy = np.zeros((rows, 1), dtype=np.float32)  # The triplet loss reads only y_pred.
+        """(y, sample_weight) of rows of speakers `speaker_ids` (positions in `speaker_names`); see `stacked_targets`."""
         if not self.outputs:
-            return dummy, np.ones(rows, np.float32)
+            return stacked_targets((), speaker_ids, speaker_ids, {})
         classes = self.class_of_name[speaker_ids]
-        ones = np.ones(rows, np.float32)
-        targets = {"speaker_pred": (classes, ones), "ln": (dummy, ones)}
-        targets.update({name: masked_task_targets(values[classes], binary) for name, (values, binary) in self.task_values.items()})
-        return {k: targets[k][0] for k in self.outputs}, {k: targets[k][1] for k in self.outputs}
+        return stacked_targets(self.outputs, classes, classes, self.task_values)
 
     def windows_and_speakers(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Windows and speakers of batch `index` in the single stacked order [a; p; n]."""
