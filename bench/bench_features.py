@@ -15,11 +15,13 @@ jobs on a shared machine lengthen the wall clock but barely these figures; the c
 wall time. Both one-core paths run after a warm-up (imports, caches, the files in the OS page
 cache), and every file's two results are compared: the largest difference is printed. Figures
 are also given per top-level folder (corpus), since decoding and resampling costs differ by
-format and rate. `--profile` adds where the time goes: decoding, trim, filterbanks, normalisation.
+format and rate. `--profile` adds where the time goes: decoding, trim, filterbanks, normalisation. `--output FILE.json`
+also writes every printed figure, as numbers, for `bench/render_tables.py`.
 
     python bench/bench_features.py                        # ../shared/data, or samples/ when absent
     python bench/bench_features.py --data_dir samples --profile
     python bench/bench_features.py --limit 200 --skip_cache
+    python bench/bench_features.py --data_dir ../shared/data --profile --output bench/results/features.json
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ sys.path.insert(0, str(REPO))
 
 import audio  # noqa: E402
 from constants import NORMALISATION_STD_FLOOR, NUM_FBANKS, SAMPLE_RATE, SILENCE_PERCENTILE  # noqa: E402
+from render_tables import results_path, results_record, write_results  # noqa: E402
 
 try:
     from threadpoolctl import threadpool_limits
@@ -190,8 +193,8 @@ def time_stages(files: list[Path], stages: dict) -> dict[str, float]:
     return totals
 
 
-def time_cache(data_dir: Path, files: list[Path], workers: int) -> float:
-    """Wall seconds of `build_feature_cache` over `files` (a tree of links when they are a subset)."""
+def time_cache(data_dir: Path, files: list[Path], workers: int) -> tuple[float, int]:
+    """Wall seconds of `build_feature_cache` over `files` (a tree of links when they are a subset), and the files that failed."""
     with tempfile.TemporaryDirectory(prefix="bench-features-") as scratch:
         source = data_dir
         if len(files) < len(corpus_files(data_dir, None)):
@@ -205,33 +208,48 @@ def time_cache(data_dir: Path, files: list[Path], workers: int) -> float:
         elapsed = time.perf_counter() - start
     if report.failed:
         print(f"  cache: {len(report.failed)} files failed, e.g. {report.failed[0]}")
-    return elapsed
+    return elapsed, len(report.failed)
 
 
 RATES_HEADER = (f"{'':<22} {'files':>5} {'audio s':>8} | {'whole path (with decoding)':^33} | {'after decoding':^33}\n"
                 f"{'':<22} {'':>5} {'':>8} | {'reference':>10} {'read_mfcc':>10} {'ratio':>11} | {'reference':>10} {'project':>10} {'ratio':>11}")
 
 
-def rates(paths: list[Path], times: dict, durations: dict) -> str:
+def rates(paths: list[Path], times: dict, seconds: float) -> dict[str, float]:
     """Reference and project rates (audio seconds per CPU second) over `paths`, and their ratio."""
-    seconds = sum(durations[p] for p in paths)
     reference_rate = seconds / sum(times["reference"][p] for p in paths)
     project_rate = seconds / sum(times["project"][p] for p in paths)
-    return f"{reference_rate:>9.0f}x {project_rate:>9.0f}x {project_rate / reference_rate:>10.2f}x"
+    return {"reference": reference_rate, "project": project_rate, "ratio": project_rate / reference_rate}
 
 
-def print_rates(title: str, paths: list[Path], whole: dict, after_decoding: dict, durations: dict) -> None:
+def group_figures(group: str, paths: list[Path], whole: dict, after_decoding: dict, durations: dict) -> dict:
+    """One line of the rates table: the group's files and audio seconds, both paths' rates with and after decoding."""
     seconds = sum(durations[p] for p in paths)
-    print(f"{title:<22} {len(paths):>5} {seconds:>8.0f} | {rates(paths, whole, durations)} | {rates(paths, after_decoding, durations)}")
+    return {"group": group, "files": len(paths), "audio_seconds": seconds,
+            "whole_path": rates(paths, whole, seconds), "after_decoding": rates(paths, after_decoding, seconds)}
 
 
-def print_stages(title: str, totals: dict[str, float], audio_seconds: float) -> None:
+def print_rates(title: str, figures: dict) -> None:
+    def columns(r: dict) -> str:
+        return f"{r['reference']:>9.0f}x {r['project']:>9.0f}x {r['ratio']:>10.2f}x"
+
+    print(f"{title:<22} {figures['files']:>5} {figures['audio_seconds']:>8.0f} | {columns(figures['whole_path'])} | {columns(figures['after_decoding'])}")
+
+
+def stage_figures(totals: dict[str, float], audio_seconds: float) -> dict:
+    """CPU seconds per stage and in all, x real time, and the work after decoding over decoding (the first stage)."""
     total = sum(totals.values())
-    print(f"{title}: {total:.2f} CPU s for {audio_seconds:.0f} s of audio ({audio_seconds / total:.0f} x real time)")
-    for name, seconds in totals.items():
-        print(f"  {name:<26} {seconds:7.3f} s  {100 * seconds / total:5.1f} %")
     decoding = next(iter(totals.values()))
-    print(f"  work after decoding / decoding: {(total - decoding) / decoding:.2f}")
+    return {"stages_cpu_s": totals, "total_cpu_s": total, "x_real_time": audio_seconds / total,
+            "after_decoding_over_decoding": (total - decoding) / decoding}
+
+
+def print_stages(title: str, figures: dict, audio_seconds: float) -> None:
+    total = figures["total_cpu_s"]
+    print(f"{title}: {total:.2f} CPU s for {audio_seconds:.0f} s of audio ({figures['x_real_time']:.0f} x real time)")
+    for name, seconds in figures["stages_cpu_s"].items():
+        print(f"  {name:<26} {seconds:7.3f} s  {100 * seconds / total:5.1f} %")
+    print(f"  work after decoding / decoding: {figures['after_decoding_over_decoding']:.2f}")
 
 
 def main() -> None:
@@ -241,11 +259,16 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="Processes of the cache build (default: every core).")
     parser.add_argument("--profile", action="store_true", help="Also time each stage of both paths.")
     parser.add_argument("--skip_cache", action="store_true", help="Skip the all-cores cache build.")
+    parser.add_argument("--output", type=results_path, metavar="FILE.json",
+                        help="Also write every printed figure to this JSON file (for bench/render_tables.py).")
     args = parser.parse_args()
+    load_at_start = os.getloadavg()[0]
     data_dir = args.data_dir or (DEFAULT_DATA_DIR if DEFAULT_DATA_DIR.is_dir() else FALLBACK_DATA_DIR)
     files = corpus_files(data_dir, args.limit)
     durations = {path: soundfile.info(path).duration for path in files}
     print(f"{len(files)} files, {sum(durations.values()) / 60:.1f} min of audio, in {data_dir}; {os.cpu_count()} cores")
+    part = {"mode": "features", "data_dir": str(data_dir), "files": len(files), "audio_minutes": sum(durations.values()) / 60,
+            "target_ratio": TARGET_RATIO}
 
     for path in files:  # Every file in the page cache, so neither path pays the disk.
         path.read_bytes()
@@ -260,27 +283,37 @@ def main() -> None:
         after_decoding = {"reference": reference_after, "project": project_after}
         print(f"\nOne core, audio seconds per CPU second (ratio = project / reference; target >= {TARGET_RATIO} with decoding):")
         print(RATES_HEADER)
-        print_rates("all", timed, whole, after_decoding, durations)
+        part["rows"] = [group_figures("all", timed, whole, after_decoding, durations)]
+        print_rates("all", part["rows"][0])
         by_group = defaultdict(list)
         for path in timed:
             by_group[group_of(path, data_dir)].append(path)
         for group, paths in sorted(by_group.items()):
-            print_rates(f"  {group}", paths, whole, after_decoding, durations)
+            part["rows"].append(group_figures(group, paths, whole, after_decoding, durations))
+            print_rates(f"  {group}", part["rows"][-1])
         agreed = "within" if max_difference <= AGREEMENT_TOLERANCE else "NOT within"
         print(f"Largest |read_mfcc - reference| over {len(reference_times)} files: {max_difference:.3g} ({agreed} {AGREEMENT_TOLERANCE:g})")
+        part["agreement"] = {"max_difference": max_difference, "files": len(reference_times), "tolerance": AGREEMENT_TOLERANCE,
+                             "within": max_difference <= AGREEMENT_TOLERANCE}
         for path, problem in failures:
             print(f"  not compared: {path}: {problem}")
+        part["not_compared"] = [{"file": str(path), "problem": problem} for path, problem in failures]
         if args.profile:
             seconds = sum(durations[p] for p in timed)
+            part["profile"] = {"audio_seconds": seconds, "reference": stage_figures(time_stages(timed, REFERENCE_STAGES), seconds),
+                               "read_mfcc": stage_figures(time_stages(timed, PROJECT_STAGES), seconds)}
             print()
-            print_stages("Reference path, by stage", time_stages(timed, REFERENCE_STAGES), seconds)
-            print_stages("read_mfcc, by stage", time_stages(timed, PROJECT_STAGES), seconds)
+            print_stages("Reference path, by stage", part["profile"]["reference"], seconds)
+            print_stages("read_mfcc, by stage", part["profile"]["read_mfcc"], seconds)
 
     if not args.skip_cache:
-        elapsed = time_cache(data_dir, files, args.workers)
+        elapsed, failed = time_cache(data_dir, files, args.workers)
         seconds = sum(durations.values())
         print(f"\nAll cores: build_feature_cache, {args.workers} workers: {elapsed:.1f} s wall, "
               f"{seconds / elapsed:.0f} audio seconds per wall second (worker start-up included)")
+        part["cache"] = {"workers": args.workers, "wall_s": elapsed, "audio_seconds": seconds, "x_real_time": seconds / elapsed, "failed": failed}
+    if args.output:
+        write_results(args.output, results_record("bench_features", load_at_start, part))
 
 
 if __name__ == "__main__":

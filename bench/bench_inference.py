@@ -26,12 +26,14 @@ with its median and the CPU seconds this process spent. Compilation (the first c
 
 `--threads` (default 2) sets TensorFlow's intra- and inter-op threads and the TFLite
 interpreter's. The TFLite files are exported once into `--export_dir` (default: a temporary
-folder) and reused from there.
+folder) and reused from there. `--output FILE.json` also writes every printed figure of the part
+that ran, as numbers, for `bench/render_tables.py` (one part a file).
 
     python bench/bench_inference.py                                  # windows/s, full model
     python bench/bench_inference.py --model_size small --windows 512
     python bench/bench_inference.py --end_to_end --tflite --export_dir /tmp/shipped_export
     python bench/bench_inference.py --accuracy --export_dir /tmp/shipped_export
+    python bench/bench_inference.py --windows 96 --repeats 5 --output bench/results/inference_windows_full.json
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ from inference import (  # noqa: E402
     resolve_precision,
     utterance_windows,
 )
+from render_tables import results_path, results_record, write_results  # noqa: E402
 
 SHARED_DATA = REPO.parent / "shared" / "data"
 END_TO_END_FILES = SHARED_DATA / "LibriSpeech" / "test-other"
@@ -110,13 +113,20 @@ def round_robin(paths: dict[str, Callable[[], np.ndarray]], repeats: int) -> tup
     return timings, results
 
 
-def print_rates(timings: dict[str, Timings], amount: float, unit: str, baseline: str) -> None:
+def rate_rows(timings: dict[str, Timings], amount: float, baseline: str) -> list[dict]:
+    """Per path: `amount` per second of its best round ("rate") and of its median round, its fewest CPU
+    seconds of a round and `amount` per such CPU second, the ratio of its rate to `baseline`'s, and every round's seconds."""
+    return [{"path": name, "rate": amount / timing.best, "median_rate": amount / timing.median, "cpu_s": min(timing.cpu),
+             "cpu_rate": amount / min(timing.cpu), "ratio": timings[baseline].best / timing.best, "wall_s_rounds": timing.wall,
+             "cpu_s_rounds": timing.cpu} for name, timing in timings.items()]
+
+
+def print_rates(rows: list[dict], unit: str, baseline: str) -> None:
     """One line per path: `amount` per best-round second, median, CPU seconds, and the ratio to `baseline`."""
-    width = max(map(len, timings))
-    for name, timing in timings.items():
-        rate, median = amount / timing.best, amount / timing.median
-        ratio = timings[baseline].best / timing.best
-        print(f"  {name:<{width}}  {rate:9.1f} {unit} (median {median:8.1f}; CPU {min(timing.cpu):6.2f} s)   {ratio:5.2f}x {baseline}")
+    width = max(len(row["path"]) for row in rows)
+    for row in rows:
+        print(f"  {row['path']:<{width}}  {row['rate']:9.1f} {unit} (median {row['median_rate']:8.1f}; CPU {row['cpu_s']:6.2f} s)   "
+              f"{row['ratio']:5.2f}x {baseline}")
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -141,7 +151,7 @@ def real_windows(count: int) -> np.ndarray:
     return pool[np.arange(count) % len(pool)]
 
 
-def windows_per_second(args: argparse.Namespace) -> None:
+def windows_per_second(args: argparse.Namespace) -> dict:
     windows = real_windows(args.windows)
     model = DeepSpeakerModel(model_size=args.model_size).m
     randomize_batch_norms(model, seed=0)
@@ -158,12 +168,18 @@ def windows_per_second(args: argparse.Namespace) -> None:
     print(f"windows/s, model {args.model_size}, {len(windows)} real windows, Embedder batches of {args.batch_size}"
           f"{', XLA' if args.jit_compile else ''}; best of {args.repeats} rounds")
     timings, results = round_robin(paths, args.repeats)
-    print_rates(timings, len(windows), "windows/s", f"predict, batches of {args.batch_size}")
-    reference = results[f"predict, batches of {args.batch_size}"]
-    for name, embeddings in results.items():
+    baseline = f"predict, batches of {args.batch_size}"
+    rows = rate_rows(timings, len(windows), baseline)
+    print_rates(rows, "windows/s", baseline)
+    reference = results[baseline]
+    for row, (name, embeddings) in zip(rows, results.items()):
         similarity = cosines(embeddings, reference)
-        print(f"  {name}: max |difference| to batched predict {np.abs(embeddings - reference).max():.1e}, "
-              f"cosine min {similarity.min():.6f} mean {similarity.mean():.6f}")
+        row |= {"max_difference": float(np.abs(embeddings - reference).max()),
+                "cosine_min": float(similarity.min()), "cosine_mean": float(similarity.mean())}
+        print(f"  {name}: max |difference| to batched predict {row['max_difference']:.1e}, "
+              f"cosine min {row['cosine_min']:.6f} mean {row['cosine_mean']:.6f}")
+    return {"mode": "windows", "model_size": args.model_size, "windows": len(windows), "batch_size": args.batch_size,
+            "jit_compile": args.jit_compile, "unit": "windows/s", "baseline": baseline, "rows": rows}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,7 +230,7 @@ def tflite_paths(export_dir: Path | None, threads: int) -> dict[str, Callable[[l
     return paths
 
 
-def end_to_end(args: argparse.Namespace) -> None:
+def end_to_end(args: argparse.Namespace) -> dict:
     import soundfile
 
     files = expand_audio_paths([args.audio_dir])[: args.files]
@@ -233,18 +249,22 @@ def end_to_end(args: argparse.Namespace) -> None:
     print(f"end to end (decode, features, model), shipped model, {len(files)} files of {args.audio_dir} "
           f"({audio_seconds:.1f} s of audio); x real time, best of {args.repeats} rounds")
     timings, results = round_robin(paths, args.repeats)
-    print_rates(timings, audio_seconds, "x real time", next(iter(paths)))
+    rows = rate_rows(timings, audio_seconds, next(iter(paths)))
+    print_rates(rows, "x real time", next(iter(paths)))
     float32 = results["Embedder.embed_files, float32"]
-    for name, embeddings in results.items():
+    for row, (name, embeddings) in zip(rows, results.items()):
         similarity = cosines(embeddings, float32)
-        print(f"  {name}: cosine to Embedder float32 min {similarity.min():.6f} mean {similarity.mean():.6f}")
+        row |= {"cosine_min": float(similarity.min()), "cosine_mean": float(similarity.mean())}
+        print(f"  {name}: cosine to Embedder float32 min {row['cosine_min']:.6f} mean {row['cosine_mean']:.6f}")
+    return {"mode": "end_to_end", "audio_dir": str(args.audio_dir), "files": len(files), "audio_seconds": audio_seconds,
+            "unit": "x real time", "baseline": next(iter(paths)), "rows": rows}
 
 
 # ----------------------------------------------------------------------------------------------
 # 3. Accuracy per corpus.
 
 
-def accuracy(args: argparse.Namespace) -> None:
+def accuracy(args: argparse.Namespace) -> dict:
     from test import corpus_verification, evaluation_corpora
 
     checkpoint = pretrained_checkpoint()
@@ -256,16 +276,20 @@ def accuracy(args: argparse.Namespace) -> None:
     corpora = evaluation_corpora(args.eval_audio_dirs, {})
     every_file = sorted({str(p) for corpus in corpora for paths in corpus.speakers.values() for p in paths})
     print(f"accuracy of the shipped model per held-out corpus (all pairs; EER, minDCF p_target 0.01), {len(every_file)} files")
-    embeddings = {}
+    embeddings, rows = {}, []
     for name, embed in embed_paths.items():
         embeddings[name] = dict(zip(every_file, embed(every_file)))
         figures, _ = corpus_verification(corpora, lambda files, known=embeddings[name]: np.stack([known[str(f)] for f in files]), None, seed=0)
         line = "   ".join(f"{corpus} EER {f['eer']:.4f} minDCF {f['min_dcf_001']:.3f}" for corpus, f in figures.items())
         print(f"  {name:<28} {line}")
+        rows.append({"path": name, "corpora": {corpus: {"eer": float(f["eer"]), "min_dcf_001": float(f["min_dcf_001"]), "trials": f["num_trials"]}
+                                               for corpus, f in figures.items()}})
     float32 = np.stack([embeddings["Embedder float32"][f] for f in every_file])
-    for name, known in embeddings.items():
+    for row, (name, known) in zip(rows, embeddings.items()):
         similarity = cosines(np.stack([known[f] for f in every_file]), float32)
-        print(f"  {name}: cosine to Embedder float32 min {similarity.min():.6f} mean {similarity.mean():.6f}")
+        row |= {"cosine_min": float(similarity.min()), "cosine_mean": float(similarity.mean())}
+        print(f"  {name}: cosine to Embedder float32 min {row['cosine_min']:.6f} mean {row['cosine_mean']:.6f}")
+    return {"mode": "accuracy", "eval_audio_dirs": args.eval_audio_dirs, "files": len(every_file), "rows": rows}
 
 
 def main() -> None:
@@ -284,17 +308,25 @@ def main() -> None:
     parser.add_argument("--eval_audio_dir", dest="eval_audio_dirs", action="append",
                         help="Accuracy: a held-out corpus (repeatable; default test-other, VCTK, FSDD of ../shared/data).")
     parser.add_argument("--export_dir", type=Path, help="TFLite: the shipped model's export, made here when missing (default: a temporary folder).")
+    parser.add_argument("--output", type=results_path, metavar="FILE.json",
+                        help="Also write every printed figure to this JSON file (for bench/render_tables.py); one part a file.")
     args = parser.parse_args()
+    if args.output and args.end_to_end and args.accuracy:
+        parser.error("--output holds one part: run --end_to_end and --accuracy separately, each with its own file")
+    load_at_start = os.getloadavg()[0]
     args.eval_audio_dirs = args.eval_audio_dirs or [str(d) for d in ACCURACY_CORPORA]
     set_threads(args.threads)
     print(f"keras {keras.__version__}, backend {keras.backend.backend()}, {os.cpu_count()} CPUs, {args.threads} threads, "
           f"precision auto = {resolve_precision('auto')}")
     if args.end_to_end:
-        end_to_end(args)
+        part = end_to_end(args)
     if args.accuracy:
-        accuracy(args)
+        part = accuracy(args)
     if not (args.end_to_end or args.accuracy):
-        windows_per_second(args)
+        part = windows_per_second(args)
+    if args.output:
+        settings = {"backend": keras.backend.backend(), "threads": args.threads, "repeats": args.repeats, "precision_auto": resolve_precision("auto")}
+        write_results(args.output, results_record("bench_inference", load_at_start, {**part, **settings}))
 
 
 if __name__ == "__main__":

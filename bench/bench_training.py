@@ -18,6 +18,10 @@ measures it, and prints what it would take for the whole corpus beside this pipe
 once into RAM, so only the model is timed) in float32, in float32 with XLA (`jit_compile`), and
 in mixed precision (bfloat16 on a CPU with AVX512-BF16 or AMX, float16 on a GPU), side by side,
 and prints windows/s and the loss curves, so a faster setting is also shown to learn the same.
+
+`--output FILE.json` also writes every printed figure, as numbers, for `bench/render_tables.py`:
+
+    python bench/bench_training.py --working_dir /tmp/bench_cache --train_steps 6 --model_size small --output bench/results/training_steps_small.json
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from audio import CORPUS_INDEX_FILE_NAME, cache_dir, write_json_atomically  # noqa: E402
 from batcher import SoftmaxBatches, TripletBatches, load_training_data, read_window  # noqa: E402
 from constants import BATCH_SIZE, NUM_FBANKS, NUM_FRAMES  # noqa: E402
+from render_tables import results_path, results_record, write_results  # noqa: E402
 
 REFERENCE_WINDOWS_PER_SPEAKER = 600
 
@@ -103,15 +108,22 @@ def main() -> None:
     parser.add_argument("--model_size", default="small", choices=["small", "full"])
     parser.add_argument("--compare_precision", type=int, default=0, metavar="STEPS",
                         help="Train STEPS identical batches in float32, float32 + XLA and mixed precision, side by side.")
+    parser.add_argument("--output", type=results_path, metavar="FILE.json",
+                        help="Also write every printed figure to this JSON file (for bench/render_tables.py).")
     args = parser.parse_args()
+    load_at_start = os.getloadavg()[0]
     if args.compare_precision:
         build_synthetic_cache(args.working_dir, args.speakers, args.utterances, args.pool_size, seed=0)
-        compare_precision(load_training_data(args.working_dir), args.model_size, args.batch_size, args.compare_precision)
+        part = compare_precision(load_training_data(args.working_dir), args.model_size, args.batch_size, args.compare_precision)
+        if args.output:
+            part |= {"backend": keras.backend.backend(), "speakers": args.speakers, "utterances": args.utterances}
+            write_results(args.output, results_record("bench_training", load_at_start, part))
         return
 
     start = time.perf_counter()
     build_synthetic_cache(args.working_dir, args.speakers, args.utterances, args.pool_size, seed=0)
-    print(f"synthetic cache: {args.speakers} speakers x {args.utterances} utterances ready in {time.perf_counter() - start:.1f} s")
+    cache_seconds = time.perf_counter() - start
+    print(f"synthetic cache: {args.speakers} speakers x {args.utterances} utterances ready in {cache_seconds:.1f} s")
 
     data = load_training_data(args.working_dir)
     loader = {"workers": args.workers, "use_multiprocessing": False, "max_queue_size": 2 * args.workers}
@@ -145,10 +157,24 @@ def main() -> None:
         print(f"training ({args.model_size} model, {keras.backend.backend()}): {rate:.1f} windows/s; peak RAM {peak_rss_mb():.0f} MB")
         summary |= {"train_windows_per_s": rate, "model_size": args.model_size, "peak_rss_mb_training": peak_rss_mb()}
     print(json.dumps(summary))
+    if args.output:
+        rows = [{"path": f"input pipeline, {mode} batches", "batches": mode, "windows_per_s": rate} for mode, rate in results.items()]
+        rows.append({"path": "reference: every softmax window in one array", "windows_per_s": reference_rate, "ram_gb_while_building": reference_gb,
+                     "array_gb": array_gb, "ratio_to_pipeline_peak": reference_gb * 1024 / pipeline_peak, "measured_speakers": args.reference_speakers})
+        if args.train_steps:
+            rows.append({"path": f"training, {args.model_size} model", "windows_per_s": summary["train_windows_per_s"],
+                         "peak_rss_mb": summary["peak_rss_mb_training"], "steps": args.train_steps})
+        part = {"mode": "train_steps" if args.train_steps else "pipeline", "model_size": args.model_size, "backend": keras.backend.backend(),
+                "speakers": args.speakers, "utterances": args.utterances, "batch_size": args.batch_size, "batches": args.batches,
+                "workers": args.workers, "synthetic_cache_s": cache_seconds, "peak_rss_mb": pipeline_peak, "rows": rows}
+        write_results(args.output, results_record("bench_training", load_at_start, part))
 
 
 def compare_precision(data, model_size: str, batch_size: int, steps: int) -> dict:
-    """Windows/s and loss curves of float32, float32 + XLA and mixed precision on the same batches and weights."""
+    """Windows/s and loss curves of float32, float32 + XLA and mixed precision on the same batches and weights.
+
+    Returns the figures it printed: one row per setting ("path", its policy and XLA flag, windows/s, the
+    ratio to float32, the first and last loss, the largest gap to float32's losses, and every loss)."""
     from train import TrainConfig, build_model, mixed_precision_policy
 
     source = SoftmaxBatches(data.train, data.speakers, batch_size, steps, seed=0)
@@ -163,23 +189,30 @@ def compare_precision(data, model_size: str, batch_size: int, steps: int) -> dic
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", jit_compile=jit)
         initial = initial or model.get_weights()
         model.set_weights(initial)
-        model.train_on_batch(*batches[0])  # Trace and compile; then restart from the same weights.
+        model.optimizer.build(model.trainable_variables)
+        fresh_optimizer = [variable.numpy() for variable in model.optimizer.variables]
+        model.train_on_batch(*batches[0])  # Trace and compile; then restart from the same weights and optimizer state.
         model.set_weights(initial)
-        model.optimizer.iterations.assign(0)
+        for variable, value in zip(model.optimizer.variables, fresh_optimizer):
+            variable.assign(value)
         losses, start = [], time.perf_counter()
         for x, y in batches:
-            losses.append(float(model.train_on_batch(x, y)))
+            losses.append(float(model.train_on_batch(x, y, return_dict=True)["loss"]))  # The model also keeps build_model's accuracy.
         rate = batch_size * steps / (time.perf_counter() - start)
         results[name] = {"windows_per_s": rate, "losses": losses}
         keras.mixed_precision.set_global_policy("float32")
     base = results["float32"]
     print(f"training the {model_size} model, batch {batch_size}, {steps} identical batches ({keras.backend.backend()}):")
+    rows = []
     for name, result in results.items():
         gap = max(abs(a - b) for a, b in zip(result["losses"], base["losses"]))
-        print(f"  {name:16s} {result['windows_per_s']:7.1f} windows/s  ({result['windows_per_s'] / base['windows_per_s']:.2f}x float32)  "
+        rows.append({"path": name, "policy": settings[name][0], "jit_compile": settings[name][1], "windows_per_s": result["windows_per_s"],
+                     "ratio": result["windows_per_s"] / base["windows_per_s"], "loss_first": result["losses"][0],
+                     "loss_last": result["losses"][-1], "largest_loss_gap": gap, "losses": result["losses"]})
+        print(f"  {name:16s} {result['windows_per_s']:7.1f} windows/s  ({rows[-1]['ratio']:.2f}x float32)  "
               f"loss {result['losses'][0]:.3f} -> {result['losses'][-1]:.3f}, largest gap to float32 {gap:.3f}")
     print(json.dumps({"model_size": model_size, "batch_size": batch_size, "steps": steps, "results": results}))
-    return results
+    return {"mode": "compare_precision", "model_size": model_size, "batch_size": batch_size, "steps": steps, "rows": rows}
 
 
 def materialise_like_the_reference(utterances: dict[str, list[Path]], num_speakers: int) -> tuple[float, float]:
