@@ -28,6 +28,18 @@ from constants import (
 )
 
 
+# numpy parses every .npy header with ast.literal_eval, and CPython 3.11's AST constructor is not
+# safe across threads: reader threads loading at once can fail with "SystemError: AST constructor
+# recursion depth mismatch" (python/cpython#106905), which ended a benchmark's training here.
+_NPY_HEADER_LOCK = threading.Lock()
+
+
+def load_cached_array(path: str | os.PathLike) -> np.ndarray:
+    """A cache entry, memory-mapped (so the lock covers the header parse, not the read), one header at a time."""
+    with _NPY_HEADER_LOCK:
+        return np.load(path, mmap_mode="r")
+
+
 def sample_from_mfcc(mfcc: np.ndarray, max_length: int, rng: np.random.Generator | None = None, pad: str = "zeros") -> np.ndarray:
     """A random window of `max_length` frames (uniform start), padded when too short: (max_length, 64, 1).
 
@@ -44,7 +56,7 @@ def sample_from_mfcc(mfcc: np.ndarray, max_length: int, rng: np.random.Generator
 
 def sample_from_mfcc_file(utterance_file: str | os.PathLike, max_length: int, rng: np.random.Generator | None = None, pad: str = "zeros") -> np.ndarray:
     """`sample_from_mfcc` on a cached `.npy` feature file."""
-    return sample_from_mfcc(np.load(utterance_file), max_length, rng, pad)
+    return sample_from_mfcc(load_cached_array(utterance_file), max_length, rng, pad)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -119,7 +131,7 @@ def load_training_data(
 
 def read_window(entry: Path, rng: np.random.Generator, num_frames: int = NUM_FRAMES, pad: str = "zeros") -> np.ndarray:
     """A random window of one cached utterance, reading only those frames from disk (memory map)."""
-    return sample_from_mfcc(np.load(entry, mmap_mode="r"), num_frames, rng, pad).astype(np.float32)
+    return sample_from_mfcc(load_cached_array(entry), num_frames, rng, pad).astype(np.float32)
 
 
 def read_windows(entries: list[Path], rng: np.random.Generator, num_frames: int = NUM_FRAMES, pad: str = "zeros") -> np.ndarray:
@@ -266,13 +278,13 @@ class AugmentedBatches(_EpochSeededBatches):
 
     def babble(self, length: int, rng: np.random.Generator) -> list[np.ndarray]:
         rows = rng.integers(0, len(self.entries), babble_speakers(rng))
-        return [random_segment(np.load(self.entries[r], mmap_mode="r"), length, rng) for r in rows]
+        return [random_segment(load_cached_array(self.entries[r]), length, rng) for r in rows]
 
     def windows(self, rows: np.ndarray, speed_index: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One augmented window of each row's utterance, at speed `speeds[speed_index]`."""
         windows = np.empty((len(rows), NUM_FRAMES, NUM_FBANKS, 1), dtype=np.float32)
         for i, (row, k) in enumerate(zip(rows, speed_index)):
-            samples = np.load(self.entries[row], mmap_mode="r")
+            samples = load_cached_array(self.entries[row])
             features = augmented_window_features(samples, self.augment.speeds[k], self.augment, rng, self.babble)
             windows[i, :, :, 0] = pad_mfcc(features[:NUM_FRAMES], NUM_FRAMES, self.pad)
         return windows

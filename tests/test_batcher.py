@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 import audio
-from batcher import HardNegativeTripletBatches, TrainingData, TripletBatches, load_training_data, sample_from_mfcc, sample_from_mfcc_file
+from batcher import (
+    HardNegativeTripletBatches,
+    TrainingData,
+    TripletBatches,
+    load_cached_array,
+    load_training_data,
+    sample_from_mfcc,
+    sample_from_mfcc_file,
+)
 from constants import EMBEDDING_SIZE, NUM_FBANKS, NUM_FRAMES
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
@@ -60,6 +68,20 @@ def test_sample_from_mfcc_file_reads_a_cached_entry(tmp_path):
 
 def mtl_batches(data: TrainingData, replicas: int) -> TripletBatches:
     return TripletBatches(data.train, 12, 1, seed=3, outputs=MTL_OUTPUTS, speakers=data.speakers, task_values={"gender_pred": (data.gender_labels(data.speakers), True)}, replicas=replicas)
+
+
+def test_cache_entries_loaded_by_many_reader_threads_at_once_are_each_their_own_array(tmp_path):
+    # Reader threads parse .npy headers at the same time (Python 3.11's AST race, cpython#106905).
+    from concurrent.futures import ThreadPoolExecutor
+
+    entries = []
+    for i in range(16):
+        entries.append(tmp_path / f"entry-{i}.npy")
+        np.save(entries[-1], np.full((20 + i, NUM_FBANKS), i, np.float32))
+    with ThreadPoolExecutor(8) as pool:
+        loaded = list(pool.map(load_cached_array, entries * 200))
+    for i, array in enumerate(loaded):
+        assert array.shape == (20 + i % 16, NUM_FBANKS) and np.all(array == i % 16) and isinstance(array, np.memmap)
 
 
 def test_each_replica_gets_its_own_stacked_triplets_with_their_targets_and_weights(training_data):
