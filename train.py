@@ -56,6 +56,7 @@ from constants import (
     AAM_MARGIN,
     AAM_SCALE,
     BATCH_SIZE,
+    BFLOAT16_CPU_FLAGS,
     PAD_MODES,
     TRIM_MODES,
     CHECKPOINTS_MTL_DIR,
@@ -815,7 +816,7 @@ def mixed_precision_policy(devices: list[str] | None = None, cpu_flags: str | No
     if cpu_flags is None:
         cpu_flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     flags = set(cpu_flags.split())
-    if {"avx512_bf16", "amx_bf16"} & flags:
+    if BFLOAT16_CPU_FLAGS & flags:
         return "mixed_bfloat16"
     raise ValueError("--mixed_precision: no GPU, and this CPU has no native bfloat16 (AVX512-BF16 or AMX) or float16 support; train in float32")
 

@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from audio import write_atomically  # noqa: E402
+from constants import BFLOAT16_CPU_FLAGS  # noqa: E402
 
 # The results files, by the name render_tables gives each (bench/results/<name>.json), and the
 # command (run from the repository root, under `nice -n 19`, on a quiet machine) that writes it.
@@ -52,7 +53,6 @@ RESULT_FILES = {
     "training_steps_full": "python bench/bench_training.py --working_dir /tmp/bench_cache --train_steps 3 --model_size full --batches 20 "
                            "--output bench/results/training_steps_full.json",
 }
-BFLOAT16_FLAGS = {"avx512_bf16", "amx_bf16"}  # As train.mixed_precision_policy and inference.resolve_precision test them.
 LIBRARIES = ("numpy", "scipy", "soundfile", "soxr", "librosa", "python_speech_features", "tensorflow", "keras", "jax")
 
 # Row names the scripts print, which the tables pick out.
@@ -92,7 +92,7 @@ def machine(load_at_start: float) -> dict:
                 cpu = value.strip()
             elif key.strip() == "flags":
                 flags = set(value.split())
-    return {"cpu": cpu, "cores": os.cpu_count(), "bfloat16_hardware": bool(BFLOAT16_FLAGS & flags),
+    return {"cpu": cpu, "cores": os.cpu_count(), "bfloat16_hardware": bool(BFLOAT16_CPU_FLAGS & flags),
             "load_average": [load_at_start, os.getloadavg()[0]]}
 
 
