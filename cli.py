@@ -6,6 +6,7 @@ This module only parses options and calls library functions; the work lives in t
 from __future__ import annotations
 
 import atexit
+import io
 import logging
 import os
 import re
@@ -49,6 +50,14 @@ def _filter_library_noise() -> None:
 
     atexit.register(restore)
 
+
+def _stderr_is_this_process_fd_2() -> bool:
+    """False when the command runs inside another program that captures sys.stderr (click's CliRunner, a notebook)."""
+    try:
+        return sys.stderr.fileno() == 2
+    except (AttributeError, ValueError, io.UnsupportedOperation):
+        return False
+
 from constants import VERSION
 
 
@@ -75,7 +84,7 @@ def cli(verbose: bool) -> None:
       python cli.py verify a.wav b.flac --checkpoint_file W/checkpoints-triplets/best.h5
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if not verbose:
+    if not verbose and _stderr_is_this_process_fd_2():
         _filter_library_noise()
 
 

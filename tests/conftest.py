@@ -67,6 +67,22 @@ def jax_subprocess_env() -> dict[str, str]:
     return {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": pythonpath, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
+@pytest.fixture
+def invoke_cli(monkeypatch):
+    """Run a `cli.py` command in this process with click's CliRunner, from the repository root.
+
+    For commands that are refused before any work: a fresh Python would spend most of such a test
+    importing TensorFlow. Returns click's Result (exit_code, stdout, stderr, exception); a command
+    that exits with a message leaves a SystemExit there, one that crashed leaves its exception.
+    """
+    from click.testing import CliRunner
+
+    import cli
+
+    monkeypatch.chdir(REPO_ROOT)
+    return lambda *args: CliRunner().invoke(cli.cli, [str(arg) for arg in args])
+
+
 @pytest.fixture(scope="session")
 def trained_mtl(tmp_path_factory) -> Path:
     """A working dir holding a Hive-MTL run of the small model, trained with `cli.py train` on the
