@@ -24,8 +24,9 @@ RECIPE = json.loads((REPO / "recipes" / "pretrained_small.json").read_text())
 # LibriSpeech train-clean-100 alone. Augmentation is off: it pays off only after about 30,000
 # windows (results/ablation_small.csv: at 32,000 windows test-other EER 12.3 % with it, 7.1 % without).
 # Measured with this budget (bfloat16, 2 cores): test-other EER 22.9, 18.0, 12.2, 11.3 and 6.9 %
-# after epochs 1 to 5; the untrained model 15.8 % (same seed and front end). The run's final weights are scored (its last
-# snapshot): best.h5 is chosen on 128 validation windows, too few to rank epochs this early.
+# after epochs 1 to 5; the untrained model 15.8 % (same seed and front end). The run's final
+# weights are scored (its last snapshot): best.h5 is chosen on 128 validation windows, too few to
+# rank epochs this early.
 SHORT_RUN = {"epochs": 5, "steps_per_epoch": 50, "batch_size": 64, "validation_steps": 2, "snapshot_every": 5}
 NO_AUGMENTATION = {"speed_perturb": False, "noise_probability": 0.0, "band_limit_probability": 0.0, "spec_mask_probability": 0.0}
 RECIPE_SETTINGS = {"head", "balanced_sampling", "trim", "pad"}  # Its plateau schedules need longer runs.
