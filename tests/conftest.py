@@ -21,6 +21,17 @@ def pytest_configure(config) -> None:
     if not SHARED_DATA_DIR.is_dir():
         pytest.exit(f"{SHARED_DATA_DIR}: missing. The tests read real speech from the shared data folder beside the "
                     "repository (../shared/data, see README): clone the repository next to it.", returncode=4)
+
+
+# Test files of several minutes each, scheduled first: xdist (--dist loadfile) hands files out in
+# collection order, and one of these collected last kept a worker busy alone for 4 minutes.
+LONG_TEST_FILES = ("test_recipe_learns.py", "test_cluster.py")
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    items.sort(key=lambda item: item.path.name not in LONG_TEST_FILES)  # Stable: the order within each file stays.
+
+
 # Rows of `real_features`: two utterances of one speaker, then two other speakers (19 and 26),
 # so tests can stack real triplets (anchor, positive, negative).
 REAL_FEATURE_FILES = (
