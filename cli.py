@@ -27,8 +27,12 @@ def _filter_library_noise() -> None:
     """Route this process's stderr (fd 2) through a thread that drops _LIBRARY_NOISE lines.
 
     C++ libraries write to fd 2 directly, so filtering sys.stderr would not reach them.
-    Everything else, Python tracebacks and warnings included, passes through unchanged.
+    Everything else, Python tracebacks and warnings included, passes through unchanged. Nothing
+    is filtered when sys.stderr is not fd 2: the command runs inside another program that
+    captures it (click's CliRunner, a notebook), whose fd 2 is not the command's to redirect.
     """
+    if not _stderr_is_this_process_fd_2():
+        return
     read_end, write_end = os.pipe()
     real_stderr = os.dup(2)
     os.dup2(write_end, 2)
@@ -52,11 +56,11 @@ def _filter_library_noise() -> None:
 
 
 def _stderr_is_this_process_fd_2() -> bool:
-    """False when the command runs inside another program that captures sys.stderr (click's CliRunner, a notebook)."""
     try:
         return sys.stderr.fileno() == 2
     except (AttributeError, ValueError, io.UnsupportedOperation):
         return False
+
 
 from constants import VERSION
 
@@ -84,7 +88,7 @@ def cli(verbose: bool) -> None:
       python cli.py verify a.wav b.flac --checkpoint_file W/checkpoints-triplets/best.h5
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if not verbose and _stderr_is_this_process_fd_2():
+    if not verbose:
         _filter_library_noise()
 
 
