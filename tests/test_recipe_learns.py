@@ -12,8 +12,9 @@ import keras
 
 import audio
 from conv_models import DeepSpeakerModel
+from inference import resolve_precision
 from test import evaluate_checkpoint
-from train import SNAPSHOTS_DIR, TrainConfig, mixed_precision_policy, train
+from train import SNAPSHOTS_DIR, TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -32,18 +33,12 @@ NO_AUGMENTATION = {"speed_perturb": False, "noise_probability": 0.0, "band_limit
 RECIPE_SETTINGS = {"head", "balanced_sampling", "trim", "pad"}  # Its plateau schedules need longer runs.
 
 
-def cpu_has_bfloat16() -> bool:
-    try:
-        return mixed_precision_policy() == "mixed_bfloat16"
-    except ValueError:
-        return False
-
-
 def test_a_short_run_of_the_recipe_lowers_test_other_eer_well_below_the_untrained_models(tmp_path):
     working_dir = tmp_path / "work"
     audio.build_feature_cache(SHARED_DATA / "LibriSpeech" / "train-clean-100", working_dir, workers=2, progress=False, waveform_trim=RECIPE["trim"])
     settings = {key: RECIPE[key] for key in RECIPE_SETTINGS} | NO_AUGMENTATION | SHORT_RUN
-    config = TrainConfig(mode=RECIPE["mode"], model_size=RECIPE["model_size"], mixed_precision=cpu_has_bfloat16(), input_workers=2, **settings)
+    bfloat16 = resolve_precision("auto") == "bfloat16"  # The recipe's mixed precision, where this CPU has bfloat16 in hardware.
+    config = TrainConfig(mode=RECIPE["mode"], model_size=RECIPE["model_size"], mixed_precision=bfloat16, input_workers=2, **settings)
     run = train(working_dir, config)
 
     keras.utils.set_random_seed(config.seed)  # The weights the run started from, embedded with the run's front end.
