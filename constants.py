@@ -81,6 +81,7 @@ STAGE_CONV_KERNEL = 5  # 'conv{filters}-s': 5x5, stride 2.
 STAGE_CONV_STRIDES = 2
 RES_CONV_KERNEL = 3  # Identity blocks: 3x3, stride 1.
 NUM_RES_BLOCKS = 3  # Identity blocks per stage.
+FUSED_BATCH_NORM_MIN_EPSILON = 1.001e-5  # TensorFlow's fused batch-norm kernel refuses a smaller epsilon.
 L2_NORMALIZE_EPSILON = 1e-12  # As Keras 2 K.l2_normalize: x / sqrt(max(sum(x^2), eps)).
 
 # Hard-negative triplet mining (the reference's history of recent embeddings).

@@ -7,7 +7,9 @@ Keras versions and backends) this module uses small registered layers, so `.kera
 with `keras.models.load_model` without `custom_objects`, as long as this module has been imported:
 tested on TensorFlow and JAX; untested on torch (not installed here).
 
-Only `keras.layers` and `keras.ops` are used: the same code runs on every Keras 3 backend.
+Only `keras.layers` and `keras.ops` are used, so the same code runs on every Keras 3 backend,
+with one exception that falls back to them: `FusedBatchNormalization` calls TensorFlow's fused
+batch-norm kernel when it trains on the TensorFlow backend (see its docstring for why).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from constants import (
     CLIP_RELU_MAX,
     CONV_WEIGHT_DECAY,
     EMBEDDING_SIZE,
+    FUSED_BATCH_NORM_MIN_EPSILON,
     L2_NORMALIZE_EPSILON,
     MODEL_FILTERS,
     MTL_SHARED_UNITS,
@@ -63,13 +66,50 @@ class ClippedReLU(layers.Layer):
         self.max_value = float(max_value)
 
     def call(self, inputs):
-        return ops.minimum(ops.maximum(inputs, 0.0), self.max_value)
+        # min(relu(x), max) is min(max(x, 0), max) to the bit; TensorFlow's oneDNN fuses the relu into
+        # a convolution before it (inference) and its gradient is one kernel (training).
+        return ops.minimum(ops.relu(inputs), self.max_value)
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "max_value": self.max_value}
+
+
+@keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
+class FusedBatchNormalization(layers.BatchNormalization):
+    """Keras's batch normalisation, trained with TensorFlow's fused kernel on the TensorFlow backend.
+
+    Keras 3 trains a batch norm from separate operations (a float32 copy of the input, two passes
+    for the moments, the normalisation, and about twice as many for the gradient), each a pass
+    over the activations; on a CPU that is memory-bound, and it took about a third of a training
+    step of the small ResCNN. TensorFlow's fused kernel (oneDNN on CPU, cuDNN on GPU, bfloat16 in
+    and out) does one pass each way: `bench/bench_training.py --compare_precision` measures the
+    difference. Same weights and names, same outputs and moving statistics as Keras's layer (within
+    float rounding; the kernel's unbiased batch variance is turned back into Keras's biased one).
+    Inference, frozen layers, other backends and options the kernel lacks run Keras's own code.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        fused = (
+            training and self.trainable and mask is None and keras.backend.backend() == "tensorflow"
+            and len(inputs.shape) == 4 and self.axis in (-1, 3) and self.scale and self.center
+            and not self.renorm and not self.synchronized and self.epsilon >= FUSED_BATCH_NORM_MIN_EPSILON
+        )
+        if not fused:
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf
+
+        outputs, mean, unbiased_variance = tf.compat.v1.nn.fused_batch_norm(
+            inputs, ops.cast(self.gamma, "float32"), ops.cast(self.beta, "float32"),
+            epsilon=self.epsilon, data_format="NHWC", is_training=True,
+        )
+        count = ops.cast(ops.size(inputs) // inputs.shape[-1], "float32")
+        variance = unbiased_variance * ops.maximum(count - 1.0, 1.0) / count
+        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+        self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
+        return ops.cast(outputs, self.compute_dtype)
 
 
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
@@ -134,7 +174,7 @@ def _identity_block(x, filters: int, stage: int, block: int):
     for part in ("2a", "2b"):
         name = f"res{stage}_{block}_branch_{part}"
         x = _conv(filters, RES_CONV_KERNEL, 1, name)(x)
-        x = layers.BatchNormalization(name=f"{name}_bn")(x)
+        x = FusedBatchNormalization(name=f"{name}_bn")(x)
         x = ClippedReLU(name=f"{name}_relu")(x)
     x = layers.Add(name=f"res{stage}_{block}_add")([x, shortcut])
     return ClippedReLU(name=f"res{stage}_{block}_relu")(x)
@@ -144,7 +184,7 @@ def _stage(x, filters: int, stage: int):
     """Strided 5x5 conv `conv{filters}-s` (halves time and frequency), then the identity blocks."""
     name = f"conv{filters}-s"
     x = _conv(filters, STAGE_CONV_KERNEL, STAGE_CONV_STRIDES, name)(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = FusedBatchNormalization(name=f"{name}_bn")(x)
     x = ClippedReLU(name=f"{name}_relu")(x)
     for block in range(NUM_RES_BLOCKS):
         x = _identity_block(x, filters, stage, block)

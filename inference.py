@@ -385,16 +385,15 @@ def inference_model(model: keras.Model, precision: str = "float32") -> keras.Mod
     - each batch norm is folded into the convolution before it: in inference it is the
       per-channel affine map x * g + (beta - mean * g), g = gamma / sqrt(variance + epsilon),
       so the convolution gets kernel * g and bias * g + beta - mean * g, and the batch norm goes;
-    - the clipped ReLU min(max(x, 0), 20) is written min(relu(x), 20), which TensorFlow's oneDNN
-      fuses into the convolution before it;
+    - with the batch norms gone, TensorFlow's oneDNN fuses each convolution with the relu of the
+      clipped ReLU after it (`ClippedReLU` writes min(max(x, 0), 20) as min(relu(x), 20));
     - weights and arithmetic in `precision`; the L2 normalisation `ln` stays float32, so
       embeddings are float32 unit vectors whatever the precision.
     The weights are copied once: later changes to `model` (training) are not seen.
     """
     import keras
-    from keras import ops
 
-    from conv_models import ClippedReLU, L2Normalize
+    from conv_models import L2Normalize
 
     if precision not in ("float32", "bfloat16"):
         raise ValueError(f"precision must be float32 or bfloat16 (resolve 'auto' first); got {precision!r}")
@@ -409,8 +408,6 @@ def inference_model(model: keras.Model, precision: str = "float32") -> keras.Mod
     def call(layer, *args, **kwargs):
         if isinstance(layer, keras.layers.BatchNormalization):
             return args[0]  # Folded into the convolution before it.
-        if isinstance(layer, ClippedReLU):
-            return ops.minimum(ops.relu(args[0]), layer.max_value)
         return layer(*args, **kwargs)
 
     copy = keras.models.clone_model(model, clone_function=clone, call_function=call)

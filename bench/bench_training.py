@@ -42,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from audio import CORPUS_INDEX_FILE_NAME, cache_dir, write_json_atomically  # noqa: E402
 from batcher import SoftmaxBatches, TripletBatches, load_training_data, read_window  # noqa: E402
 from constants import BATCH_SIZE, NUM_FBANKS, NUM_FRAMES  # noqa: E402
-from render_tables import results_path, results_record, write_results  # noqa: E402
+from conv_models import ClippedReLU, FusedBatchNormalization  # noqa: E402
+from render_tables import TRAINING_BASELINE as BASELINE, results_path, results_record, write_results  # noqa: E402
 
 REFERENCE_WINDOWS_PER_SPEAKER = 600
 
@@ -171,21 +172,31 @@ def main() -> None:
 
 
 def compare_precision(data, model_size: str, batch_size: int, steps: int) -> dict:
-    """Windows/s and loss curves of float32, float32 + XLA and mixed precision on the same batches and weights.
+    """Windows/s and loss curves of the training settings on the same batches and weights.
 
-    Returns the figures it printed: one row per setting ("path", its policy and XLA flag, windows/s, the
-    ratio to float32, the first and last loss, the largest gap to float32's losses, and every loss)."""
-    from train import TrainConfig, build_model, mixed_precision_policy
+    The baseline is the model as it was built before the fused batch norm (Keras's own
+    BatchNormalization and the clipped ReLU written min(max(x, 0), 20)) in float32; then the model
+    as built now in float32, with XLA, in mixed precision, and mixed precision with Keras's batch
+    norm, which splits the gain between the two changes. Returns the figures it printed: one row
+    per setting ("path", its policy and XLA flag, windows/s, the ratio to the baseline, the first
+    and last loss, the largest gap to the baseline's losses, and every loss)."""
+    from train import mixed_precision_policy
 
     source = SoftmaxBatches(data.train, data.speakers, batch_size, steps, seed=0)
     batches = [source[i] for i in range(steps)]
-    settings = {"float32": ("float32", False), "float32 + XLA": ("float32", True), mixed_precision_policy(): (mixed_precision_policy(), False)}
+    mixed = mixed_precision_policy()
+    settings = {  # name: (policy, jit_compile, layers as before)
+        BASELINE: ("float32", False, True),
+        "float32": ("float32", False, False),
+        mixed: (mixed, False, False),
+        f"{mixed}, Keras batch norm": (mixed, False, True),
+        "float32 + XLA": ("float32", True, False),  # Last: XLA's own thread pool would stay behind for the others.
+    }
     results = {}
     initial = None
-    for name, (policy, jit) in settings.items():
+    for name, (policy, jit, before) in settings.items():
         keras.mixed_precision.set_global_policy(policy)
-        keras.utils.set_random_seed(0)
-        model = build_model(TrainConfig(mode="softmax", model_size=model_size, batch_size=batch_size), len(data.speakers), False)
+        model = softmax_model(data, model_size, batch_size, before)
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", jit_compile=jit)
         initial = initial or model.get_weights()
         model.set_weights(initial)
@@ -201,18 +212,48 @@ def compare_precision(data, model_size: str, batch_size: int, steps: int) -> dic
         rate = batch_size * steps / (time.perf_counter() - start)
         results[name] = {"windows_per_s": rate, "losses": losses}
         keras.mixed_precision.set_global_policy("float32")
-    base = results["float32"]
+    base = results[BASELINE]
     print(f"training the {model_size} model, batch {batch_size}, {steps} identical batches ({keras.backend.backend()}):")
     rows = []
     for name, result in results.items():
         gap = max(abs(a - b) for a, b in zip(result["losses"], base["losses"]))
-        rows.append({"path": name, "policy": settings[name][0], "jit_compile": settings[name][1], "windows_per_s": result["windows_per_s"],
-                     "ratio": result["windows_per_s"] / base["windows_per_s"], "loss_first": result["losses"][0],
-                     "loss_last": result["losses"][-1], "largest_loss_gap": gap, "losses": result["losses"]})
-        print(f"  {name:16s} {result['windows_per_s']:7.1f} windows/s  ({rows[-1]['ratio']:.2f}x float32)  "
-              f"loss {result['losses'][0]:.3f} -> {result['losses'][-1]:.3f}, largest gap to float32 {gap:.3f}")
+        rows.append({"path": name, "policy": settings[name][0], "jit_compile": settings[name][1], "keras_batch_norm": settings[name][2],
+                     "windows_per_s": result["windows_per_s"], "ratio": result["windows_per_s"] / base["windows_per_s"],
+                     "loss_first": result["losses"][0], "loss_last": result["losses"][-1], "largest_loss_gap": gap, "losses": result["losses"]})
+        print(f"  {name:38s} {result['windows_per_s']:7.1f} windows/s  ({rows[-1]['ratio']:.2f}x the baseline)  "
+              f"loss {result['losses'][0]:.3f} -> {result['losses'][-1]:.3f}, largest gap to the baseline's {gap:.3f}")
     print(json.dumps({"model_size": model_size, "batch_size": batch_size, "steps": steps, "results": results}))
     return {"mode": "compare_precision", "model_size": model_size, "batch_size": batch_size, "steps": steps, "rows": rows}
+
+
+class MaxMinClippedReLU(ClippedReLU):
+    """The clipped ReLU as the model wrote it before: min(max(x, 0), 20), the same numbers."""
+
+    def call(self, inputs):
+        return keras.ops.minimum(keras.ops.maximum(inputs, 0.0), self.max_value)
+
+
+def softmax_model(data, model_size: str, batch_size: int, layers_as_before: bool) -> keras.Model:
+    """`train.build_model`'s softmax model (dropout off, so every setting draws the same masks: none).
+
+    `layers_as_before`: Keras's BatchNormalization and `MaxMinClippedReLU` in place of the
+    model's own layers, with the same names and weights."""
+    from train import TrainConfig, build_model
+
+    keras.utils.set_random_seed(0)
+    model = build_model(TrainConfig(mode="softmax", model_size=model_size, batch_size=batch_size), len(data.speakers), False)
+
+    def clone(layer):
+        config = layer.get_config()
+        if isinstance(layer, keras.layers.Dropout):
+            config["rate"] = 0.0
+        if layers_as_before and isinstance(layer, FusedBatchNormalization):
+            return keras.layers.BatchNormalization.from_config(config)
+        if layers_as_before and isinstance(layer, ClippedReLU):
+            return MaxMinClippedReLU.from_config(config)
+        return layer.__class__.from_config(config)
+
+    return keras.models.clone_model(model, clone_function=clone)
 
 
 def materialise_like_the_reference(utterances: dict[str, list[Path]], num_speakers: int) -> tuple[float, float]:

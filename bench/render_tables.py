@@ -60,6 +60,7 @@ EMBEDDER_FLOAT32, EMBEDDER_BFLOAT16 = "Embedder, float32 (folded)", "Embedder, b
 END_TO_END_REFERENCE, END_TO_END_FLOAT32, END_TO_END_AUTO = "reference:", "Embedder.embed_files, float32", "Embedder.embed_files, auto"
 ACCURACY_BASELINE = "Embedder float32"
 REFERENCE_ARRAY = "reference: every softmax window in one array"
+TRAINING_BASELINE = "float32, layers as before"  # --compare_precision: Keras's batch norm, min(max(x, 0), 20).
 
 
 # ----------------------------------------------------------------------------------------------
@@ -289,11 +290,13 @@ def training_rows(results: dict[str, dict]) -> list[list[str]]:
         rows.append([f"training step, {' / '.join(r['model_size'] for r in steps)} model (windows/s, batch {steps[0]['batch_size']})", "",
                      " / ".join(figure(row["windows_per_s"]) for row in trained), "", " / ".join(command(r) for r in steps)])
     if (record := results.get("training_precision")) is not None:
-        float32, xla = path_row(record, "float32"), path_row(record, "float32 + XLA")
-        mixed = next(row for row in record["rows"] if row["policy"].startswith("mixed"))
+        by_path = {row["path"]: row for row in record["rows"]}
+        baseline, float32, xla = by_path[TRAINING_BASELINE], by_path["float32"], by_path["float32 + XLA"]
+        mixed = by_path[next(path for path, row in by_path.items() if row["policy"].startswith("mixed") and not row["keras_batch_norm"])]
         rows.append([f"training step, {record['model_size']} model, batch {record['batch_size']}, {record['steps']} identical batches (windows/s)",
-                     f"{figure(float32['windows_per_s'])} (float32)",
-                     f"{figure(mixed['windows_per_s'])} ({mixed['policy']}, `--mixed_precision`; float32 + XLA: {figure(xla['windows_per_s'])})",
+                     f"{figure(baseline['windows_per_s'])} (float32, Keras batch norm)",
+                     f"{figure(mixed['windows_per_s'])} ({mixed['policy']}, `--mixed_precision`, fused batch norm; "
+                     f"float32: {figure(float32['windows_per_s'])}, float32 + XLA: {figure(xla['windows_per_s'])})",
                      figure(mixed["ratio"]), command(record)])
     return rows
 

@@ -17,6 +17,7 @@ from constants import EMBEDDING_SIZE, MODEL_FILTERS, NUM_FBANKS
 from conv_models import (
     ClippedReLU,
     DeepSpeakerModel,
+    FusedBatchNormalization,
     L2Normalize,
     TimeAverage,
     build_mtl_model,
@@ -220,12 +221,72 @@ def test_time_average_equals_reshape_then_mean_over_time():
 
 
 @pytest.mark.parametrize(
-    "layer", [ClippedReLU(max_value=6.0), L2Normalize(axis=1, epsilon=1e-6), TimeAverage()]
+    "layer", [ClippedReLU(max_value=6.0), L2Normalize(axis=1, epsilon=1e-6), TimeAverage(), FusedBatchNormalization(momentum=0.9)]
 )
 def test_custom_layers_serialise_with_their_arguments(layer):
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
     assert type(restored) is type(layer)
     assert restored.get_config() == layer.get_config()
+
+
+def _batch_norm_step(layer: keras.layers.BatchNormalization, x: np.ndarray, training: bool):
+    """Output of one call, gradients of a random weighted sum of it (input, gamma, beta), weights after."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(1)
+    layer.build(x.shape)
+    layer.set_weights([rng.normal(size=x.shape[-1]).astype(np.float32), rng.normal(size=x.shape[-1]).astype(np.float32),
+                       rng.normal(size=x.shape[-1]).astype(np.float32), rng.uniform(0.5, 2, size=x.shape[-1]).astype(np.float32)])
+    inputs = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        outputs = layer(inputs, training=training)
+        loss = tf.reduce_sum(tf.cast(outputs, tf.float32) * rng.normal(size=x.shape).astype(np.float32))
+    gradients = tape.gradient(loss, [inputs, layer.gamma, layer.beta])
+    return np.asarray(tf.cast(outputs, tf.float32)), [np.asarray(g) for g in gradients], layer.get_weights()
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
+def test_fused_batch_norm_gives_keras_batch_norms_outputs_gradients_and_moving_statistics(training):
+    x = (np.random.default_rng(0).normal(size=(6, 20, 16, 5)) * 3 + 1).astype(np.float32)
+    fused = _batch_norm_step(FusedBatchNormalization(), x, training)
+    plain = _batch_norm_step(keras.layers.BatchNormalization(), x, training)
+    np.testing.assert_allclose(fused[0], plain[0], rtol=1e-4, atol=1e-4)
+    for a, b in zip(fused[1], plain[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
+    for a, b in zip(fused[2], plain[2]):  # gamma, beta, moving mean, moving (biased) variance
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    if training:
+        assert not np.allclose(fused[2][2], _batch_norm_step(FusedBatchNormalization(), x, False)[2][2])  # The step moved them.
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the fused kernel is TensorFlow's")
+def test_fused_batch_norm_trains_with_tensorflows_fused_kernel_and_infers_with_keras_code():
+    import tensorflow as tf
+
+    layer = FusedBatchNormalization()
+    layer.build((None, None, 16, 5))
+    spec = tf.TensorSpec((None, None, 16, 5), tf.float32)
+
+    def operations(training: bool) -> set[str]:
+        graph = tf.function(lambda x: layer(x, training=training)).get_concrete_function(spec).graph
+        return {operation.type for operation in graph.get_operations()}
+
+    assert "FusedBatchNormV3" in operations(True)
+    assert "FusedBatchNormV3" not in operations(False)
+
+
+def test_fused_batch_norm_in_mixed_bfloat16_stays_close_to_keras_batch_norm():
+    x = np.random.default_rng(0).normal(size=(6, 20, 16, 5)).astype(np.float32)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        fused = _batch_norm_step(FusedBatchNormalization(), x, True)
+        plain = _batch_norm_step(keras.layers.BatchNormalization(), x, True)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    np.testing.assert_allclose(fused[0], plain[0], atol=0.05 * np.abs(plain[0]).max())  # bfloat16 keeps 8 bits
+    for a, b in zip(fused[2], plain[2]):
+        np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-3)
 
 
 # Keras 2 checkpoints.
