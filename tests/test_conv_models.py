@@ -207,6 +207,22 @@ def test_clipped_relu_clips_to_zero_and_twenty():
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(ClippedReLU()(x)), [[0.0, 0.0, 3.5, 20.0, 20.0]])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_clipped_relu_gradient_passes_only_between_zero_and_twenty(dtype):
+    import tensorflow as tf
+
+    x = tf.constant([-5.0, -1e-3, 1e-3, 0.5, 19.9, 20.5, 40.0], dtype=dtype)
+    upstream = tf.constant([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0], dtype=dtype)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        written_out = ClippedReLU()(x)
+        autodiff = tf.minimum(tf.maximum(x, 0.0), 20.0)
+    np.testing.assert_array_equal(np.asarray(tf.cast(written_out, tf.float32)), np.asarray(tf.cast(autodiff, tf.float32)))
+    gradient = np.asarray(tf.cast(tape.gradient(written_out, x, output_gradients=upstream), tf.float32))
+    np.testing.assert_array_equal(gradient, [0.0, 0.0, 3.0, 4.0, 5.0, 0.0, 0.0])
+    np.testing.assert_array_equal(gradient, np.asarray(tf.cast(tape.gradient(autodiff, x, output_gradients=upstream), tf.float32)))
+
+
 def test_l2_normalize_matches_keras2_epsilon_semantics():
     x = np.array([[3.0, 4.0], [1e-7, 0.0], [0.0, 0.0]], dtype=np.float32)
     # x / sqrt(max(sum(x^2), 1e-12)): unit length, except tiny vectors, scaled by 1e6, and zeros.
