@@ -147,7 +147,11 @@ def build_mfcc_cache(working_dir: str, audio_dir: str, workers: int | None, gend
 @click.option("--gender_loss_weight", type=float, help="Hive-MTL: weight of the gender loss (default 1).")
 @click.option("--triplet_loss_weight", type=float, help="Hive-MTL: weight of the triplet loss on the embedding (default 0: off).")
 @click.option("--input_workers", type=int, help="Threads reading batches ahead of the model (default 4).")
-@click.option("--mixed_precision", is_flag=True, default=None, help="float16 compute on a GPU, bfloat16 on a CPU with AVX512-BF16 or AMX.")
+@click.option("--precision", type=click.Choice(["auto", "float32", "mixed"]),
+              help="float32 (default); auto: the fastest this machine does well (float16 compute on a GPU, bfloat16 on a CPU with "
+                   "AVX512-BF16 or AMX, else float32), said in one line and recorded in config.json; mixed: float16 or bfloat16, "
+                   "refused where neither is native.")
+@click.option("--mixed_precision", is_flag=True, default=None, help="The same as --precision mixed.")
 @click.option("--distribution", type=click.Choice(["none", "mirrored", "multi_worker", "data_parallel"]),
               help="mirrored / multi_worker: tf.distribute (TensorFlow backend); data_parallel: keras.distribution (JAX backend).")
 @click.option("--early_stopping_patience", type=int, help="Softmax, mtl: stop after this many epochs without improvement (default 20).")
@@ -186,6 +190,10 @@ def train(working_dir: str, audio_dirs: tuple[str, ...], genders_file: str | Non
     from train import TrainConfig, TrainingError, train_reference_recipe
     from train import train as train_mode
 
+    if options.pop("mixed_precision"):
+        if options["precision"] not in (None, "mixed"):
+            _fail(ValueError(f"--mixed_precision is --precision mixed; it contradicts --precision {options['precision']}"))
+        options["precision"] = "mixed"
     given = {name: value for name, value in options.items() if value is not None}
     if recipe_file:
         try:

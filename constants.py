@@ -117,7 +117,3 @@ EXPORT_WINDOWS_PER_CALL = 32  # Windows per model call inside the exported graph
 # Uncertainty of experiment results (experiment.mtl_answer).
 CONFIDENCE_LEVEL = 0.95
 BOOTSTRAP_RESAMPLES = 1000
-
-# /proc/cpuinfo flags of CPUs that compute bfloat16 in hardware (Intel Cooper Lake and Sapphire
-# Rapids onwards, AMD Zen 4 onwards): where mixed_bfloat16 training and bfloat16 embedding pay.
-BFLOAT16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})

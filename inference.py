@@ -54,6 +54,7 @@ from constants import (
     PRETRAINED_DIR_NAME,
     VERIFY_THRESHOLD,
 )
+from precision import resolve_precision
 
 if TYPE_CHECKING:
     import keras
@@ -65,7 +66,6 @@ KERAS3_WEIGHTS_SUFFIX = ".weights.h5"
 _STAGE_CONV_NAME = re.compile(r"^conv(\d+)-s$")
 _EMBEDDING_LAYER_NAME = "ln"  # conv_models.EMBEDDING_LAYER_NAME, without importing Keras here.
 _AFFINE_LAYER_NAME = "affine"
-PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -340,42 +340,6 @@ def _embedding_model_from_keras_file(info: CheckpointInfo) -> keras.Model:
             except ValueError as error:  # No such layer, or weights of other shapes.
                 raise ValueError(f"{info.path}: layer {layer.name!r} cannot be loaded ({error})") from None
     return model
-
-
-# ----------------------------------------------------------------------------------------------
-# Precision: float32, or bfloat16 where the CPU computes it natively.
-
-def check_precision(precision: str) -> str:
-    """`precision` if it is one of PRECISIONS, else ValueError."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
-    return precision
-
-
-def resolve_precision(precision: str = "auto", cpu_flags: str | None = None, devices: list[str] | None = None, backend: str | None = None) -> str:
-    """'float32' or 'bfloat16': what `precision` means on this machine.
-
-    'auto' is bfloat16 where TensorFlow runs on a CPU that computes bfloat16 natively, with the
-    test `train.mixed_precision_policy` makes for training: the /proc/cpuinfo flags
-    `avx512_bf16` or `amx_bf16`, which Intel Xeons from Cooper Lake (AVX512-BF16) and Sapphire
-    Rapids (AMX) on and AMD from Zen 4 on have; oneDNN then runs the convolutions on those
-    units. Everywhere else 'auto' is float32: older CPUs (bfloat16 would be emulated, slower),
-    a GPU, and the JAX backend (neither measured in bfloat16 here). `cpu_flags`, `devices` and
-    `backend` default to this machine's.
-    """
-    if check_precision(precision) != "auto":
-        return precision
-    import keras
-
-    if (backend or keras.backend.backend()) != "tensorflow":
-        return "float32"
-    from train import mixed_precision_policy
-
-    try:
-        policy = mixed_precision_policy(devices, cpu_flags)
-    except ValueError:  # No GPU, and no native bfloat16 on this CPU.
-        return "float32"
-    return "bfloat16" if policy == "mixed_bfloat16" else "float32"
 
 
 def inference_model(model: keras.Model, precision: str = "float32") -> keras.Model:

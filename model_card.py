@@ -121,7 +121,7 @@ def ship_model(
         "weights": int(model.count_params()),
         "frontend": {"trim": config["trim"], "pad": embedding_pad or config["pad"], "training_pad": config["pad"]},
         "recipe": {k: config[k] for k in ("mode", "head", "aam_margin", "aam_scale", "balanced_sampling", "speed_perturb", "noise_probability",
-                                          "band_limit_probability", "spec_mask_probability", "learning_rate", "mixed_precision", "seed") if k in config},
+                                          "band_limit_probability", "spec_mask_probability", "learning_rate", "precision", "precision_policy", "mixed_precision", "seed") if k in config},
         "training": {
             "corpora": training_corpora,
             "speakers": len(speakers["speakers"]),

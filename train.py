@@ -56,7 +56,6 @@ from constants import (
     AAM_MARGIN,
     AAM_SCALE,
     BATCH_SIZE,
-    BFLOAT16_CPU_FLAGS,
     PAD_MODES,
     TRIM_MODES,
     CHECKPOINTS_MTL_DIR,
@@ -74,6 +73,7 @@ from conv_models import (
     load_weights_by_name,
 )
 from margin_softmax import AdditiveAngularMarginLoss
+from precision import TRAINING_PRECISIONS, policy_reason, training_policy
 from tasks import GENDER_TASK, LabelTask, gender_task, parse_tasks, speaker_source_files
 from triplet_loss import deep_speaker_loss
 
@@ -117,7 +117,7 @@ class TrainConfig:
     reduce_lr_patience: int = 10
     min_learning_rate: float = 1e-4
     input_workers: int = 4  # Threads that read batches from the cache ahead of the model.
-    mixed_precision: bool = False  # float16 on a GPU, bfloat16 on a CPU with AVX512-BF16 or AMX.
+    precision: str = "float32"  # auto: the fastest this machine does well; mixed: float16 (GPU) or bfloat16 (CPU), refused where neither is native (precision.py).
     distribution: str = "none"
     # The recipe beyond the reference (softmax mode); defaults are the reference's behaviour.
     head: str = "softmax"  # Speaker head of softmax and mtl modes: the reference's Dense softmax, or aam (additive angular margin on `ln`).
@@ -159,6 +159,8 @@ class TrainConfig:
             raise ValueError(f"head must be one of {', '.join(SPEAKER_HEADS)}; got {self.head!r}")
         if self.trim not in TRIM_MODES:
             raise ValueError(f"trim must be one of {', '.join(TRIM_MODES)}; got {self.trim!r}")
+        if self.precision not in TRAINING_PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(TRAINING_PRECISIONS)}; got {self.precision!r}")
         if self.pad not in PAD_MODES:
             raise ValueError(f"pad must be one of {', '.join(PAD_MODES)}; got {self.pad!r}")
         if self.snapshot_every < 0:
@@ -519,12 +521,14 @@ def train(working_dir: str | os.PathLike, config: TrainConfig, run_root: str | o
     config.validate()
     if config.distribution == "multi_worker" and not own_copy and not is_cluster_chief(os.environ.get("TF_CONFIG")):
         return train_beside_chief(working_dir, config, run_dir(run_root or working_dir, config.mode))
+    policy = training_policy(config.precision)  # Before any work: an impossible explicit request refuses here.
+    logger.info("precision %s: %s (%s)", config.precision, policy, policy_reason(policy))
     data = load_training_data(working_dir, config.held_out_speakers, validation_split=config.validation_split)
     directory = run_dir(run_root or working_dir, config.mode)
     directory.mkdir(parents=True, exist_ok=True)
     task_values = label_task_values(config, data, working_dir)
     label_tasks = [task for task in config.label_tasks if task.output in task_values]
-    state, saved_config = prepare_run_directory(directory, config, data, label_tasks)
+    state, saved_config = prepare_run_directory(directory, config, data, label_tasks, policy)
     if state and state["finished"]:
         logger.info("%s: this run has finished already; nothing to do", directory)
         return directory
@@ -532,8 +536,7 @@ def train(working_dir: str | os.PathLike, config: TrainConfig, run_root: str | o
         data = recorded_split(directory, data)
     first_epoch = state["epoch"] if state else 0
     previous_policy = keras.mixed_precision.global_policy()
-    if config.mixed_precision:
-        keras.mixed_precision.set_global_policy(mixed_precision_policy())
+    keras.mixed_precision.set_global_policy(policy)
     try:
         with distribution_scope(config.distribution):
             keras.utils.set_random_seed(config.seed)  # Same seed, same initial weights.
@@ -626,14 +629,19 @@ def copy_for_resume(directory: Path, copy: Path) -> None:
                 shutil.copyfile(directory / name, copy / name)
 
 
-def prepare_run_directory(directory: Path, config: TrainConfig, data: TrainingData, label_tasks: list[LabelTask] = ()) -> tuple[dict | None, dict]:
+def prepare_run_directory(directory: Path, config: TrainConfig, data: TrainingData, label_tasks: list[LabelTask] = (),
+                          policy: str = "float32") -> tuple[dict | None, dict]:
     """Write config, speaker index and split of a new run; for an existing one check the config and
-    the training speakers, and return (state, saved config)."""
+    the training speakers, and return (state, saved config).
+
+    config.json is the TrainConfig plus `precision_policy`, the Keras dtype policy its precision
+    meant on the machine that trained (last) on it.
+    """
     config_path = directory / "config.json"
     state = read_state(directory)
+    current = dataclasses.asdict(config)
     if config_path.is_file() and state:
-        saved = json.loads(config_path.read_text())
-        current = dataclasses.asdict(config)
+        saved = upgraded_config(json.loads(config_path.read_text()))
         changed = sorted(k for k in current if saved.get(k) != current[k] and k not in RESUMABLE_CHANGES)
         if changed:
             raise TrainingError(f"{directory} holds a run with another configuration ({', '.join(changed)} differ); use another --working_dir or delete {directory}")
@@ -641,9 +649,9 @@ def prepare_run_directory(directory: Path, config: TrainConfig, data: TrainingDa
         if saved.get("epochs") != config.epochs and state["finished"] and state["epoch"] < config.epochs:
             state = {**state, "finished": False}  # More epochs asked for: continue the finished run,
             write_state(directory, state)  # and say so on disk, or a stop before its next epoch (a NaN) would leave it "finished".
-        write_json_atomically(config_path, current)
+        write_json_atomically(config_path, {**current, "precision_policy": policy})
         return state, saved
-    write_json_atomically(config_path, dataclasses.asdict(config))
+    write_json_atomically(config_path, {**current, "precision_policy": policy})
     write_json_atomically(
         directory / "speakers.json",
         {
@@ -659,6 +667,15 @@ def prepare_run_directory(directory: Path, config: TrainConfig, data: TrainingDa
         for s in data.speakers
     })
     return None, {}
+
+
+def upgraded_config(saved: dict) -> dict:
+    """A config.json of an earlier version in today's keys: `mixed_precision` true/false became
+    `precision` 'mixed'/'float32' (what it meant then), so such runs still resume."""
+    if "mixed_precision" in saved and "precision" not in saved:
+        saved = {**saved, "precision": "mixed" if saved["mixed_precision"] else "float32"}
+        del saved["mixed_precision"]
+    return saved
 
 
 def label_task_values(config: TrainConfig, data: TrainingData, working_dir: str | os.PathLike) -> dict[str, tuple[np.ndarray, bool]]:
@@ -712,7 +729,7 @@ def recorded_split(directory: Path, data: TrainingData) -> TrainingData:
     return dataclasses.replace(data, train=parts["train"], test=parts["test"], validation={s: v for s, v in parts["validation"].items() if v})
 
 
-RESUMABLE_CHANGES = {"epochs", "input_workers", "learning_rate"}  # May differ when a run is resumed.
+RESUMABLE_CHANGES = {"epochs", "input_workers", "learning_rate", "precision"}  # May differ when a run is resumed.
 
 
 def load_initial_checkpoint(model: keras.Model, config: TrainConfig, working_dir: str | os.PathLike) -> None:
@@ -801,24 +818,6 @@ def make_batches(config: TrainConfig, data: TrainingData, model: keras.Model, fi
     train_batches = TripletBatches(data.train, config.batch_size, steps, seed, first_epoch, outputs=outputs, speakers=data.speakers, task_values=task_values, replicas=replicas, **loader)
     validation = TripletBatches(pool, config.batch_size, config.validation_steps, seed + 1, outputs=outputs, speakers=data.speakers, task_values=task_values, replicas=replicas, **loader) if pool and config.validation_steps else None
     return train_batches, validation
-
-
-def mixed_precision_policy(devices: list[str] | None = None, cpu_flags: str | None = None) -> str:
-    """mixed_float16 on a GPU; mixed_bfloat16 on a CPU with native bfloat16; else a clear error.
-
-    On a CPU float16 is emulated (slower than float32), while oneDNN runs bfloat16 on
-    AVX512-BF16 and AMX units (measured 1.3x float32 for the small model on 2 cores).
-    `devices` and `cpu_flags` default to this machine's (Keras devices, /proc/cpuinfo flags).
-    """
-    devices = keras.distribution.list_devices() if devices is None else devices
-    if any(device.lower().startswith("gpu") for device in devices):
-        return "mixed_float16"
-    if cpu_flags is None:
-        cpu_flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    flags = set(cpu_flags.split())
-    if BFLOAT16_CPU_FLAGS & flags:
-        return "mixed_bfloat16"
-    raise ValueError("--mixed_precision: no GPU, and this CPU has no native bfloat16 (AVX512-BF16 or AMX) or float16 support; train in float32")
 
 
 def triplet_pool(utterances: dict[str, list[Path]]) -> dict[str, list[Path]] | None:

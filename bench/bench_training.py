@@ -180,7 +180,7 @@ def compare_precision(data, model_size: str, batch_size: int, steps: int) -> dic
     norm, which splits the gain between the two changes. Returns the figures it printed: one row
     per setting ("path", its policy and XLA flag, windows/s, the ratio to the baseline, the first
     and last loss, the largest gap to the baseline's losses, and every loss)."""
-    from train import mixed_precision_policy
+    from precision import mixed_precision_policy
 
     source = SoftmaxBatches(data.train, data.speakers, batch_size, steps, seed=0)
     batches = [source[i] for i in range(steps)]

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from audio import write_atomically  # noqa: E402
-from constants import BFLOAT16_CPU_FLAGS  # noqa: E402
+from precision import BFLOAT16_CPU_FLAGS  # noqa: E402
 
 # The results files, by the name render_tables gives each (bench/results/<name>.json), and the
 # command (run from the repository root, under `nice -n 19`, on a quiet machine) that writes it.

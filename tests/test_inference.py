@@ -27,7 +27,6 @@ from inference import (
     l2_normalize,
     load_embedding_model,
     load_embeddings,
-    resolve_precision,
     save_embeddings,
     utterance_windows,
     window_starts,
@@ -241,24 +240,6 @@ def test_bfloat16_embeddings_of_the_shipped_model_are_within_cosine_0_9995_of_fl
     float32, bfloat16 = shipped_embeddings["float32"], shipped_embeddings["bfloat16"]
     assert bfloat16.dtype == np.float32 and np.abs(np.linalg.norm(bfloat16, axis=1) - 1).max() < 1e-5
     assert np.sum(float32 * bfloat16, axis=1).min() > BFLOAT16_MIN_COSINE
-
-
-def test_auto_precision_is_bfloat16_only_with_avx512_bf16_or_amx_flags():
-    """The flags `train.mixed_precision_policy` reads from /proc/cpuinfo; none of them: float32."""
-    cpu = ["cpu:0"]
-    assert resolve_precision("auto", cpu_flags="fpu sse4_2 avx2 avx512f avx512_vnni", devices=cpu, backend="tensorflow") == "float32"
-    assert resolve_precision("auto", cpu_flags="", devices=cpu, backend="tensorflow") == "float32"
-    assert resolve_precision("auto", cpu_flags="fpu avx512f avx512_bf16", devices=cpu, backend="tensorflow") == "bfloat16"
-    assert resolve_precision("auto", cpu_flags="fpu amx_bf16 amx_tile", devices=cpu, backend="tensorflow") == "bfloat16"
-
-
-def test_auto_precision_is_float32_with_a_gpu_or_on_jax_and_explicit_precisions_are_kept():
-    assert resolve_precision("auto", cpu_flags="amx_bf16", devices=["gpu:0", "cpu:0"], backend="tensorflow") == "float32"
-    assert resolve_precision("auto", cpu_flags="amx_bf16", devices=["cpu:0"], backend="jax") == "float32"
-    assert resolve_precision("bfloat16", cpu_flags="fpu avx2") == "bfloat16"
-    assert resolve_precision("float32", cpu_flags="amx_bf16") == "float32"
-    with pytest.raises(ValueError, match="precision must be one of auto, float32, bfloat16; got 'float16'"):
-        resolve_precision("float16")
 
 
 def test_from_checkpoint_is_float32_unless_told_otherwise(checkpoints):

@@ -12,7 +12,6 @@ import keras
 
 import audio
 from conv_models import DeepSpeakerModel
-from inference import resolve_precision
 from test import evaluate_checkpoint
 from train import SNAPSHOTS_DIR, TrainConfig, train
 
@@ -37,8 +36,7 @@ def test_a_short_run_of_the_recipe_lowers_test_other_eer_well_below_the_untraine
     working_dir = tmp_path / "work"
     audio.build_feature_cache(SHARED_DATA / "LibriSpeech" / "train-clean-100", working_dir, workers=2, progress=False, waveform_trim=RECIPE["trim"])
     settings = {key: RECIPE[key] for key in RECIPE_SETTINGS} | NO_AUGMENTATION | SHORT_RUN
-    bfloat16 = resolve_precision("auto") == "bfloat16"  # The recipe's mixed precision, where this CPU has bfloat16 in hardware.
-    config = TrainConfig(mode=RECIPE["mode"], model_size=RECIPE["model_size"], mixed_precision=bfloat16, input_workers=2, **settings)
+    config = TrainConfig(mode=RECIPE["mode"], model_size=RECIPE["model_size"], precision=RECIPE["precision"], input_workers=2, **settings)
     run = train(working_dir, config)
 
     keras.utils.set_random_seed(config.seed)  # The weights the run started from, embedded with the run's front end.

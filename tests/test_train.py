@@ -171,6 +171,7 @@ def test_train_without_a_cache_says_to_build_it_first(tmp_path, invoke_cli):
         (["--mode", "softmax", "--batch_size", "0"], "batch_size must be positive"),
         (["--mode", "mtl", "--held_out_speakers", "19,nobody"], "held-out speakers not in the cache"),
         (["--mode", "mtl", "--tasks", "{not json"], "--tasks: neither a JSON object nor a JSON file"),
+        (["--mode", "softmax", "--mixed_precision", "--precision", "float32"], "--mixed_precision is --precision mixed; it contradicts --precision float32"),
     ],
 )
 def test_impossible_settings_are_refused_before_training(samples_cache, tmp_path, invoke_cli, options, message):
@@ -187,11 +188,20 @@ def test_impossible_settings_are_refused_before_training(samples_cache, tmp_path
         ({"mode": "softmax", "tasks": {"language": {"labels": {"a": "en", "b": "fa"}}}}, "tasks are Hive-MTL heads: they need mode 'mtl'"),
         ({"mode": "mtl", "validation_split": 1.5}, r"validation_split must be in \[0, 1\)"),
         ({"mode": "triplet", "hard_negative": True, "trim": "energy"}, "hard_negative mining reads the cached features"),
+        ({"mode": "softmax", "precision": "bfloat16"}, "precision must be one of auto, float32, mixed; got 'bfloat16'"),
     ],
 )
 def test_impossible_task_and_validation_settings_are_refused_by_the_config(settings, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**settings).validate()
+
+
+def test_a_run_directory_of_an_earlier_version_reads_mixed_precision_as_the_precision_it_meant():
+    from train import upgraded_config
+
+    assert upgraded_config({"mode": "softmax", "mixed_precision": True}) == {"mode": "softmax", "precision": "mixed"}
+    assert upgraded_config({"mode": "softmax", "mixed_precision": False}) == {"mode": "softmax", "precision": "float32"}
+    assert upgraded_config({"mode": "softmax", "precision": "auto"}) == {"mode": "softmax", "precision": "auto"}
 
 
 def test_unknown_mode_is_refused(invoke_cli):
@@ -243,27 +253,27 @@ def test_training_runs_on_the_jax_backend_with_data_parallel(samples_cache, tmp_
     assert len(metrics_rows(working_dir / "checkpoints-mtl")) == 1
 
 
-def test_mixed_precision_training_keeps_float32_checkpoints_and_restores_the_policy(samples_cache, tmp_path):
+@pytest.mark.parametrize("precision", ["auto", "mixed"])
+def test_reduced_precision_training_keeps_float32_checkpoints_records_its_policy_and_restores_the_global_one(precision, samples_cache, tmp_path):
+    """'auto' runs on every machine (float32 where nothing faster is native); its twin 'mixed'
+    needs float16 or bfloat16 hardware, which a CPU without AVX512-BF16 or AMX cannot have."""
     import keras
 
+    from precision import training_policy
+
+    try:
+        policy = training_policy(precision)
+    except ValueError as error:
+        pytest.skip(f"this machine cannot train in mixed precision: {error}")
     working_dir = fresh_copy(samples_cache, tmp_path)
-    run = train(working_dir, TrainConfig(mode="mtl", mixed_precision=True, triplet_loss_weight=0.5, **{**TINY, "epochs": 1}))
+    run = train(working_dir, TrainConfig(mode="mtl", precision=precision, triplet_loss_weight=0.5, **{**TINY, "epochs": 1}))
     assert keras.mixed_precision.global_policy().name == "float32"
+    assert json.loads((run / "config.json").read_text())["precision_policy"] == policy
     assert all(np.isfinite(float(value)) for value in metrics_rows(run)[0].values())
     assert conv_kernel(run / "best.h5", "conv16-s").dtype == np.float32
 
 
 # ---------------------------------------------------------------------------------------------- the recipe beyond the reference
-
-
-def test_mixed_precision_is_float16_on_a_gpu_bfloat16_on_a_cpu_that_has_it_and_refused_otherwise():
-    from train import mixed_precision_policy
-
-    assert mixed_precision_policy(["gpu:0", "cpu:0"], "") == "mixed_float16"
-    assert mixed_precision_policy(["cpu:0"], "fpu avx2 avx512f avx512_bf16") == "mixed_bfloat16"
-    assert mixed_precision_policy(["cpu:0"], "fpu avx2 amx_bf16 amx_tile") == "mixed_bfloat16"
-    with pytest.raises(ValueError, match="no native bfloat16"):
-        mixed_precision_policy(["cpu:0"], "fpu sse2 avx2 avx512f")
 
 
 def test_fixed_validation_batches_stay_the_same_across_epochs_where_drawn_ones_change(samples_cache):
