@@ -11,14 +11,11 @@ import logging
 import multiprocessing
 import os
 import re
-import tempfile
 from collections import defaultdict
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 import scipy.fft
@@ -27,6 +24,7 @@ import soxr
 from python_speech_features import get_filterbanks
 from tqdm import tqdm
 
+from fileio import save_npy_atomically, write_json_atomically
 from constants import (
     AUDIO_EXTENSIONS,
     CACHE_DIR_NAME,
@@ -434,47 +432,6 @@ def cache_dir(working_dir: str | os.PathLike) -> Path:
 def waveform_cache_dir(working_dir: str | os.PathLike, trim_mode: str) -> Path:
     """Decoded, trimmed 16 kHz audio (float16 `.npy`, same names as the feature cache), one folder per trim."""
     return Path(working_dir) / f"{WAVEFORM_CACHE_DIR_NAME}-{trim_mode}"
-
-
-def fsync_directory(directory: str | os.PathLike) -> None:
-    """Flush a folder's entries: a rename lives in the folder, so without this a power cut can undo it."""
-    if os.name == "nt":  # Windows cannot open a folder as a file; NTFS journals renames itself.
-        return
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def write_atomically(path: str | os.PathLike, write: Callable[[IO], object], text: bool = False) -> None:
-    """Write through a temporary file in the same folder, flush it, rename it, flush the folder:
-    neither a crash nor a power cut leaves half a file, or an old file after the call returned."""
-    path = Path(path)
-    with tempfile.NamedTemporaryFile("w" if text else "wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as handle:
-        temporary = Path(handle.name)
-        try:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
-    os.chmod(temporary, 0o644)  # NamedTemporaryFile makes owner-only files; these are ordinary outputs.
-    os.replace(temporary, path)
-    fsync_directory(path.parent)
-
-
-def save_npy_atomically(path: str | os.PathLike, array: np.ndarray) -> None:
-    write_atomically(path, lambda handle: np.save(handle, array))
-
-
-def save_npz_atomically(path: str | os.PathLike, **arrays: np.ndarray) -> None:
-    write_atomically(path, lambda handle: np.savez(handle, **arrays))
-
-
-def write_json_atomically(path: str | os.PathLike, payload: object) -> None:
-    write_atomically(path, lambda handle: json.dump(payload, handle, indent=2, sort_keys=True), text=True)
 
 
 @dataclass

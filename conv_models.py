@@ -39,6 +39,7 @@ from constants import (
     STAGE_CONV_STRIDES,
 )
 from margin_softmax import CosineClassifier
+from triplet_loss import l2_normalize
 
 SERIALIZATION_PACKAGE = "hive_mtl"
 EMBEDDING_LAYER_NAME = "ln"  # Reference name of the L2 normalisation: the embedding.
@@ -166,9 +167,7 @@ class L2Normalize(layers.Layer):
         self.epsilon = float(epsilon)
 
     def call(self, inputs):
-        inputs = ops.cast(inputs, "float32")
-        square_sum = ops.sum(ops.square(inputs), axis=self.axis, keepdims=True)
-        return inputs * ops.rsqrt(ops.maximum(square_sum, self.epsilon))
+        return l2_normalize(inputs, self.axis, self.epsilon)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from audio import index_corpus, write_atomically, write_json_atomically
+from audio import index_corpus
+from fileio import write_atomically, write_json_atomically, write_text_atomically
 from tasks import parse_tasks
 
 logger = logging.getLogger(__name__)
@@ -377,7 +378,7 @@ TRIAL_SCORES_FILE = "trial_scores.npz"
 
 def save_trial_scores(path: Path, trial_scores: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
     """Each corpus's trial scores and labels, in trial order, for paired bootstraps over trials (`mtl_answer`)."""
-    from audio import save_npz_atomically
+    from fileio import save_npz_atomically
 
     arrays = {f"{kind}_{corpus_column(corpus)}": array for corpus, pair in trial_scores.items() for kind, array in zip(("scores", "labels"), pair)}
     save_npz_atomically(path, **arrays)
@@ -429,9 +430,7 @@ def write_results_csv(config: ExperimentConfig, working_dir: Path) -> Path:
     writer = csv.DictWriter(buffer, columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows({k: ("" if row.get(k) is None else row.get(k)) for k in columns} for row in rows)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(buffer.getvalue())
-    os.replace(temporary, path)
+    write_text_atomically(path, buffer.getvalue())
     return path
 
 
@@ -533,7 +532,7 @@ def plot_gender_weight(rows: list[dict], configurations: list[str], path: Path) 
         axis.legend()
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=PLOT_DPI)
+    write_atomically(path, lambda handle: figure.savefig(handle, format="png", dpi=PLOT_DPI))
     return path
 
 

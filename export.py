@@ -60,14 +60,14 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from audio import frame_length_and_step, mel_filterbank, write_json_atomically
+from audio import frame_length_and_step, mel_filterbank
+from fileio import write_json_atomically
 from constants import (
     EMBEDDING_PAD_MODES,
     EMBEDDING_SIZE,
     ENERGY_TRIM_TOP_DB,
     EXPORT_WINDOWS_PER_CALL,
     INFERENCE_WINDOW_HOP,
-    L2_NORMALIZE_EPSILON,
     NFFT,
     NORMALISATION_STD_FLOOR,
     NUM_FBANKS,
@@ -79,6 +79,7 @@ from constants import (
     VERSION,
 )
 from inference import REFERENCE_FRONTEND, CheckpointInfo, FrontEnd, inspect_checkpoint, load_embedding_model
+from triplet_loss import l2_normalize
 
 SAVED_MODEL_DIR_NAME = "saved_model"
 TFLITE_FILE_NAME = "embedding.tflite"
@@ -257,11 +258,6 @@ def window_starts(num_frames: tf.Tensor, hop: int = INFERENCE_WINDOW_HOP) -> tf.
     starts = tf.range(0, last + 1, hop)
     closing = tf.repeat(tf.reshape(last, [1]), tf.cast(last % hop != 0, tf.int32))
     return tf.concat([starts, closing], axis=0)
-
-
-def l2_normalize(embedding: tf.Tensor) -> tf.Tensor:
-    """`inference.l2_normalize` of one float32 vector, with the embedding layer's epsilon."""
-    return embedding * tf.math.rsqrt(tf.maximum(tf.reduce_sum(tf.square(embedding)), L2_NORMALIZE_EPSILON))
 
 
 def check_frontend(frontend: FrontEnd) -> FrontEnd:

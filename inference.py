@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from audio import AudioError, natural_key, pad_mfcc, read_mfcc, save_npz_atomically
+from audio import AudioError, natural_key, pad_mfcc, read_mfcc
 from constants import (
     AUDIO_EXTENSIONS,
     EMBEDDING_SIZE,
@@ -54,6 +54,7 @@ from constants import (
     PRETRAINED_DIR_NAME,
     VERIFY_THRESHOLD,
 )
+from fileio import save_npz_atomically
 from precision import resolve_precision
 
 if TYPE_CHECKING:
@@ -173,7 +174,10 @@ def _window(mfcc: np.ndarray, start: int, pad: str = "zeros") -> np.ndarray:
 
 
 def l2_normalize(x: np.ndarray, dtype: type = np.float32) -> np.ndarray:
-    """Rows divided by their norm, with the embedding layer's epsilon (an all-zero row stays zero)."""
+    """Rows divided by their norm, with the embedding layer's epsilon (an all-zero row stays zero).
+
+    The NumPy twin of `triplet_loss.l2_normalize`, the one used inside models; this one serves
+    arrays outside a model without starting Keras."""
     x = np.asarray(x, dtype=dtype)
     return x / np.sqrt(np.maximum(np.sum(np.square(x), axis=-1, keepdims=True), L2_NORMALIZE_EPSILON))
 

@@ -16,7 +16,8 @@ from typing import Any
 import keras
 from keras import layers, ops
 
-from constants import AAM_MARGIN, AAM_SCALE, L2_NORMALIZE_EPSILON
+from constants import AAM_MARGIN, AAM_SCALE
+from triplet_loss import l2_normalize
 
 SERIALIZATION_PACKAGE = "hive_mtl"
 
@@ -34,10 +35,7 @@ class CosineClassifier(layers.Layer):
         self.kernel = self.add_weight(name="kernel", shape=(input_shape[-1], self.num_classes), initializer="glorot_uniform")
 
     def call(self, inputs):
-        inputs = ops.cast(inputs, "float32")
-        unit_inputs = inputs * ops.rsqrt(ops.maximum(ops.sum(ops.square(inputs), axis=-1, keepdims=True), L2_NORMALIZE_EPSILON))
-        kernel = self.kernel * ops.rsqrt(ops.maximum(ops.sum(ops.square(self.kernel), axis=0, keepdims=True), L2_NORMALIZE_EPSILON))
-        return ops.matmul(unit_inputs, kernel)
+        return ops.matmul(l2_normalize(inputs, axis=-1), l2_normalize(self.kernel, axis=0))
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.num_classes)

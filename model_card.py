@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audio import write_atomically, write_json_atomically
+from fileio import quiet_logger, write_atomically, write_json_atomically
 from constants import MODEL_CARD_FILE_NAME, PRETRAINED_CHECKPOINT_NAME
 
 LEARNING_CURVE_COLUMNS = ("epoch", "train_windows", "corpus", "eer", "min_dcf_001", "eer_threshold", "num_trials")
@@ -91,7 +91,6 @@ def ship_model(
     """
     from inference import load_embedding_model
     from test import evaluate_checkpoint
-    from train import quiet_logger
 
     checkpoint_file = Path(checkpoint_file)
     run_directory = checkpoint_file.parent

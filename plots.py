@@ -19,6 +19,7 @@ from scipy.stats import norm
 
 from constants import PLOT_DPI
 from eval_metrics import det_curve, verification_metrics
+from fileio import write_atomically
 
 SAME_COLOUR = "tab:green"
 DIFFERENT_COLOUR = "tab:red"
@@ -37,7 +38,7 @@ def _new_figure(width: float, height: float) -> Figure:
 def _save(figure: Figure, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png", dpi=PLOT_DPI)
+    write_atomically(path, lambda handle: figure.savefig(handle, format="png", dpi=PLOT_DPI))
     return path
 
 

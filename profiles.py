@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audio import save_npz_atomically, write_json_atomically
+from fileio import save_npz_atomically, write_json_atomically
 from inference import l2_normalize
 from constants import EMBEDDING_SIZE, IDENTIFY_TOP
 

@@ -18,16 +18,9 @@ import numpy as np
 
 from constants import NUM_NEGATIVES_PER_SPEAKER
 from tasks import gender_task
+from triplet_loss import batch_cosine_similarity  # noqa: F401  (the reference's example imports it from test)
 
 logger = logging.getLogger(__name__)
-
-
-def batch_cosine_similarity(x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
-    """Row-wise cosine similarity of two (n, d) arrays of L2-normalised embeddings: their dot product."""
-    x1, x2 = np.asarray(x1), np.asarray(x2)
-    if x1.shape != x2.shape:
-        raise ValueError(f"embeddings must have the same shape, got {x1.shape} and {x2.shape}")
-    return np.sum(x1 * x2, axis=-1)
 
 
 def reference_protocol_scores(
@@ -68,7 +61,7 @@ class EvaluationReport:
     notes: list[str] = field(default_factory=list)
 
     def to_json(self, path: str | os.PathLike) -> Path:
-        from audio import write_json_atomically
+        from fileio import write_json_atomically
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -38,7 +38,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from audio import fsync_directory, waveform_cache_dir, write_atomically, write_json_atomically
+from audio import waveform_cache_dir
 from augment import AugmentConfig, NO_AUGMENTATION
 from batcher import (
     AugmentedBatches,
@@ -72,6 +72,7 @@ from conv_models import (
     embedding_model,
     load_weights_by_name,
 )
+from fileio import save_model_atomically, write_atomically, write_json_atomically
 from margin_softmax import AdditiveAngularMarginLoss
 from precision import TRAINING_PRECISIONS, policy_reason, training_policy
 from tasks import GENDER_TASK, LabelTask, gender_task, parse_tasks, speaker_source_files
@@ -392,15 +393,15 @@ class RunCheckpoint(keras.callbacks.Callback):
         value = float(logs.get(self.monitor, np.nan))
         if self.best is None or self.sign * (value - self.best) > 0:
             self.best = value
-            save_atomically(self.model, self.directory / BEST_CHECKPOINT)
+            save_model_atomically(self.model, self.directory / BEST_CHECKPOINT)
         if self.snapshot_every and (epoch + 1) % self.snapshot_every == 0:
             (self.directory / SNAPSHOTS_DIR).mkdir(exist_ok=True)
             shutil.copyfile(self.directory / "config.json", self.directory / SNAPSHOTS_DIR / "config.json")  # Their front end.
-            save_atomically(self.model, self.directory / SNAPSHOTS_DIR / f"epoch_{epoch + 1:04d}.h5")
+            save_model_atomically(self.model, self.directory / SNAPSHOTS_DIR / f"epoch_{epoch + 1:04d}.h5")
         # Weights first, then the metrics, then the state that names both: a kill between any two
         # leaves state.json with the weights of its own epoch (and rows past it are dropped on resume).
         latest = latest_checkpoint_name(epoch + 1)
-        save_atomically(self.model, self.directory / latest)
+        save_model_atomically(self.model, self.directory / latest)
         self.train_seconds += time.monotonic() - self.epoch_started
         self.rows = [row for row in self.rows if int(row["epoch"]) < epoch] + [{"epoch": epoch, **{k: csv_value(v) for k, v in logs.items()}}]
         write_metrics(self.directory / METRICS_FILE, self.rows)
@@ -456,38 +457,6 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
     write_atomically(path, write, text=True)
-
-
-def save_atomically(model: keras.Model, path: Path) -> None:
-    """Save into a temporary file beside `path`, flush it to disk, rename it over `path`, flush the folder."""
-    suffix = ".weights.h5" if path.name.endswith(".weights.h5") else path.suffix
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=suffix)
-    os.close(handle)
-    os.unlink(temporary)  # HDF5 writers want to create the file themselves.
-    try:
-        if suffix == ".weights.h5":
-            model.save_weights(temporary)
-        else:
-            with quiet_logger("absl"):  # Legacy HDF5 on purpose: it loads by layer name, like the reference's files.
-                model.save(temporary)
-        with open(temporary, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(temporary, path)
-        fsync_directory(path.parent)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def quiet_logger(name: str):
-    """Silence one library logger for the duration of a block."""
-    library_logger = logging.getLogger(name)
-    level = library_logger.level
-    library_logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        library_logger.setLevel(level)
 
 
 def write_state(directory: Path, state: dict) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from audio import Corpus, Utterance, natural_key
+from fileio import write_text_atomically
 from inference import l2_normalize
 
 PathLike = str | os.PathLike
@@ -203,7 +204,7 @@ def write_trials(path: PathLike, trials: Sequence[Trial], base_dir: PathLike | N
             raise ValueError(f"{path}: trial label must be 0 or 1, got {trial.label!r} for {trial.path1} {trial.path2}")
         lines.append(f"{int(trial.label)} {_written_path(trial.path1, base, path)} {_written_path(trial.path2, base, path)}\n")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(lines), encoding="utf-8")
+    write_text_atomically(path, "".join(lines))
     return path
 
 

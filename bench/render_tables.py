@@ -33,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from audio import write_atomically  # noqa: E402
+from fileio import write_atomically  # noqa: E402
 from precision import BFLOAT16_CPU_FLAGS  # noqa: E402
 
 # The results files, by the name render_tables gives each (bench/results/<name>.json), and the

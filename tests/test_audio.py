@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -266,38 +265,6 @@ def test_caches_of_several_corpora_in_one_working_dir_add_up(tmp_path):
     assert sorted(index["speakers"], key=audio.natural_key) == ["1688", "1998", "p225", "p226", "p227", "p228"]
     assert index["genders"]["1998"] == "F" and index["genders"]["p226"] == "M"
     assert len(index["audio_dirs"]) == 2
-
-
-class Unpicklable:
-    def __reduce__(self):
-        raise RuntimeError("disk pulled out mid-write")
-
-
-def test_atomic_save_leaves_no_partial_file_when_writing_fails(tmp_path):
-    target = tmp_path / "entry.npy"
-    broken = np.array([1, Unpicklable()], dtype=object)
-    with pytest.raises(RuntimeError, match="mid-write"):
-        audio.save_npy_atomically(target, broken)
-    assert list(tmp_path.iterdir()) == []
-    audio.save_npy_atomically(target, np.arange(3))
-    np.testing.assert_array_equal(np.load(target), np.arange(3))
-
-
-def test_atomic_write_flushes_the_file_then_the_rename_in_its_folder(tmp_path, monkeypatch):
-    target = tmp_path / "entry.npy"
-    synced = []
-    fsync = os.fsync
-
-    def record(descriptor: int) -> None:
-        path = Path(os.readlink(f"/proc/self/fd/{descriptor}"))
-        synced.append((path, path.is_dir(), target.exists()))
-        fsync(descriptor)
-
-    monkeypatch.setattr(os, "fsync", record)
-    audio.save_npy_atomically(target, np.arange(3))
-    (file, file_is_dir, renamed_before), (folder, folder_is_dir, renamed_after) = synced
-    assert not file_is_dir and file.parent == tmp_path.resolve() and not renamed_before
-    assert folder_is_dir and folder == tmp_path.resolve() and renamed_after
 
 
 def two_corpora_with_one_name(tmp_path: Path) -> tuple[Path, Path]:

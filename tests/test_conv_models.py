@@ -24,7 +24,7 @@ from conv_models import (
     embedding_model,
     load_weights_by_name,
 )
-from train import save_atomically
+from fileio import save_model_atomically
 from triplet_loss import deep_speaker_loss
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -405,7 +405,7 @@ def test_a_runs_best_h5_loads_by_name_into_the_keras2_reference_and_embeds_alike
     speakers = SOFTMAX_SPEAKERS if softmax else None
     model = DeepSpeakerModel(include_softmax=softmax, num_speakers_softmax=speakers).m
     set_random_weights(model, seed=3)
-    save_atomically(model, tmp_path / "best.h5")  # How training writes best.h5: Keras 3, legacy HDF5.
+    save_model_atomically(model, tmp_path / "best.h5")  # How training writes best.h5: Keras 3, legacy HDF5.
     np.save(tmp_path / "features.npy", real_features)
     extra = ["--softmax", str(speakers), "--probabilities", str(tmp_path / "keras2_probabilities.npy")] if softmax else []
     run_python([str(TESTS_DIR / "keras2_reference.py"), "--checkpoint", str(tmp_path / "best.h5"), "--input", str(tmp_path / "features.npy"),

@@ -206,7 +206,7 @@ def test_metrics_csv_after_a_resume_keeps_the_earlier_rows_once_and_drops_those_
 
 
 def test_checkpoints_are_flushed_to_disk_then_their_rename_is(tmp_path, monkeypatch):
-    from train import save_atomically
+    from fileio import save_model_atomically
 
     model = DeepSpeakerModel(model_size="small").m
     synced = []
@@ -220,7 +220,7 @@ def test_checkpoints_are_flushed_to_disk_then_their_rename_is(tmp_path, monkeypa
     monkeypatch.setattr(os, "fsync", record)
     for name in ("best.h5", "latest-0001.weights.h5"):
         synced.clear()
-        save_atomically(model, tmp_path / name)
+        save_model_atomically(model, tmp_path / name)
         (file, file_is_dir, before), (folder, folder_is_dir, after) = synced
         assert not file_is_dir and file.parent == tmp_path.resolve() and name not in before  # The temporary file, before the rename.
         assert folder_is_dir and folder == tmp_path.resolve() and name in after  # Then the folder, after it.
