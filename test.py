@@ -23,10 +23,15 @@ logger = logging.getLogger(__name__)
 
 
 def batch_cosine_similarity(x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
-    """Row-wise cosine similarity of two (n, d) arrays of L2-normalised embeddings: their dot product."""
+    """Row-wise cosine similarity of two (n, d) arrays of L2-normalised embeddings: their dot product.
+
+    One side may be a single row (1, d), scored against every row of the other, as the
+    reference's example_pcm.py calls it: `batch_cosine_similarity(predict[0:1], predict[1:])`.
+    """
     x1, x2 = np.asarray(x1), np.asarray(x2)
-    if x1.shape != x2.shape:
-        raise ValueError(f"embeddings must have the same shape, got {x1.shape} and {x2.shape}")
+    one_row = x1.ndim == x2.ndim == 2 and x1.shape[1] == x2.shape[1] and 1 in (len(x1), len(x2))
+    if x1.shape != x2.shape and not one_row:
+        raise ValueError(f"embeddings must have the same shape, or one of them a single row (1, d); got {x1.shape} and {x2.shape}")
     return np.sum(x1 * x2, axis=-1)
 
 
