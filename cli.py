@@ -279,6 +279,46 @@ def read_recipe(path: str) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
+# The reference's command names, which its README and scripts run: each says what it is now.
+
+
+@cli.command("train-model", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--working_dir", required=True, type=click.Path(file_okay=False), help="Folder with the feature cache, as for train.")
+@click.option("--pre_training_phase/--no_pre_training_phase", default=False, show_default=True,
+              help="With it: softmax pre-training (train --mode softmax); without: triplet training (train --mode triplet).")
+@click.pass_context
+def train_model(ctx: click.Context, working_dir: str, pre_training_phase: bool) -> None:
+    """The reference's name for one training phase: runs `train --mode softmax` or `train --mode triplet`.
+
+    Any other option is passed on to train (e.g. --model_size small): see `python cli.py train --help`.
+    """
+    import shlex
+
+    if any(arg == "--mode" or arg.startswith("--mode=") for arg in ctx.args):
+        raise click.UsageError("train-model sets the mode with --pre_training_phase; for another mode run: python cli.py train --mode MODE")
+    args = ["--working_dir", working_dir, "--mode", "softmax" if pre_training_phase else "triplet", *ctx.args]
+    name = "train-model --pre_training_phase" if pre_training_phase else "train-model"
+    click.echo(f"{name} is the reference's name for: python cli.py train {shlex.join(args)}")
+    with train.make_context("train", args, parent=ctx.parent) as train_context:
+        train.invoke(train_context)
+
+
+@cli.command("build-keras-inputs")
+@click.option("--working_dir", required=True, type=click.Path(file_okay=False), help="Folder with the feature cache.")
+@click.option("--counts_per_speaker", default="600,100", show_default=True,
+              help="The reference's training and test windows per speaker; unused: training draws its windows as it runs.")
+def build_keras_inputs(working_dir: str, counts_per_speaker: str) -> None:
+    """The reference's step that wrote every training window to disk: not needed here, so it only says so."""
+    from audio import cache_dir
+
+    cache = cache_dir(working_dir)
+    click.echo(f"build-keras-inputs is not needed: training streams its batches from the feature cache of build-mfcc-cache ({cache}). "
+               f"Next: python cli.py train-model --working_dir {working_dir} --pre_training_phase (= train --mode softmax).")
+    if not cache.is_dir():
+        click.echo(f"note: {cache} does not exist yet: run python cli.py build-mfcc-cache --working_dir {working_dir} --audio_dir CORPUS first.")
+
+
+# ----------------------------------------------------------------------------------------------
 # Using a trained model: embed, verify, enroll, identify. Files, checkpoints and profiles are
 # checked before Keras starts, so bad input fails fast with one line.
 

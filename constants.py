@@ -21,6 +21,15 @@ PRE_EMPHASIS = 0.97
 NORMALISATION_STD_FLOOR = 1e-12
 NUM_FRAMES = 160  # Frames per training/inference window, about 1.6 s.
 
+# Raw PCM input (`DeepSpeakerModel(pcm_input=True)`, the reference's example_pcm.py): features in the
+# graph, as the reference computes them there with tf.signal, which differs from read_mfcc's.
+PCM_FRAME_LENGTH = 400  # Samples per STFT frame (25 ms); tf.signal.stft framing: no padding at either end.
+PCM_FRAME_STEP = 160  # Samples between frames (10 ms).
+PCM_MEL_LOWER_HZ = 0.0  # tf.signal.linear_to_mel_weight_matrix(64, 257, 16000, 0, 8000).
+PCM_MEL_UPPER_HZ = SAMPLE_RATE / 2
+HTK_MEL_BREAK_HZ = 700.0  # mel(f) = 1127 ln(1 + f / 700): TensorFlow's (HTK's) mel scale.
+HTK_MEL_SCALE = 1127.0
+
 # Front end: how silence is trimmed and how a clip shorter than a window is filled. The
 # reference trims between the first and last sample above the 95th percentile and pads with
 # zero frames; on short clips that leaves mostly zeros, so trained models may choose otherwise.

@@ -8,8 +8,14 @@ with `keras.models.load_model` without `custom_objects`, as long as this module 
 tested on TensorFlow and JAX; untested on torch (not installed here).
 
 Only `keras.layers` and `keras.ops` are used, so the same code runs on every Keras 3 backend,
-with one exception that falls back to them: `FusedBatchNormalization` calls TensorFlow's fused
-batch-norm kernel when it trains on the TensorFlow backend (see its docstring for why).
+with two exceptions that add to them: `FusedBatchNormalization` calls TensorFlow's fused
+batch-norm kernel when it trains on the TensorFlow backend (see its docstring for why), and
+`PCMFilterbanks` adds a TensorFlow assertion on the clip length to graphs traced for any length,
+where keras.ops has no way to raise.
+
+`DeepSpeakerModel(pcm_input=True)` is the reference's raw-PCM model (its `example_pcm.py`): the
+features are computed in the graph by `PCMFilterbanks`, the reference's in-graph recipe, which is
+not `audio.read_mfcc`'s.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 
 import h5py
 import keras
+import numpy as np
 from keras import layers, ops
 
 from constants import (
@@ -27,13 +34,23 @@ from constants import (
     CONV_WEIGHT_DECAY,
     EMBEDDING_SIZE,
     FUSED_BATCH_NORM_MIN_EPSILON,
+    HTK_MEL_BREAK_HZ,
+    HTK_MEL_SCALE,
     L2_NORMALIZE_EPSILON,
     MODEL_FILTERS,
     MTL_SHARED_UNITS,
     MTL_SPEAKER_UNITS,
+    NFFT,
+    NORMALISATION_STD_FLOOR,
     NUM_FBANKS,
     NUM_RES_BLOCKS,
+    PCM_FRAME_LENGTH,
+    PCM_FRAME_STEP,
+    PCM_MEL_LOWER_HZ,
+    PCM_MEL_UPPER_HZ,
+    PRE_EMPHASIS,
     RES_CONV_KERNEL,
+    SAMPLE_RATE,
     SOFTMAX_DROPOUT,
     STAGE_CONV_KERNEL,
     STAGE_CONV_STRIDES,
@@ -50,6 +67,10 @@ SPEAKER_HEADS = ("softmax", "aam")
 SPEAKER_OUTPUT = "speaker_pred"
 GENDER_OUTPUT = "gender_pred"
 DEFAULT_INPUT_SHAPE = (None, None, NUM_FBANKS, 1)  # (batch, frames, filterbanks, channel).
+DEFAULT_PCM_INPUT_SHAPE = (None, None)  # (batch, samples) of 16 kHz mono PCM.
+PCM_INPUT_NAME = "raw_inputs"  # The reference's name of the raw-PCM input layer.
+PCM_FEATURES_LAYER_NAME = "pcm_filterbanks"
+PCM_MIN_SAMPLES = PCM_FRAME_LENGTH + 1  # Pre-emphasis drops one sample; one STFT frame needs the rest.
 
 # Layers whose weights come from a reference checkpoint: stage convs, identity-block convs,
 # their batch norms, and the affine projection.
@@ -176,6 +197,88 @@ class L2Normalize(layers.Layer):
         return {**super().get_config(), "axis": self.axis, "epsilon": self.epsilon}
 
 
+def htk_mel_matrix(
+    num_bins: int = NUM_FBANKS,
+    fft_length: int = NFFT,
+    sample_rate: int = SAMPLE_RATE,
+    lower_hz: float = PCM_MEL_LOWER_HZ,
+    upper_hz: float = PCM_MEL_UPPER_HZ,
+) -> np.ndarray:
+    """(fft_length // 2 + 1, num_bins) float32: `tf.signal.linear_to_mel_weight_matrix`'s triangles.
+
+    The reference's PCM model multiplies its power spectra by TensorFlow's mel matrix, not by
+    python_speech_features' filters: triangles evenly spaced on the HTK mel scale
+    (1127 ln(1 + f / 700)), each rising from its lower edge to its centre and falling to its upper
+    edge, evaluated at every FFT bin's frequency; the DC bin gets no weight. Computed here in
+    NumPy (float64, then float32), so the layer that uses it needs no TensorFlow.
+    """
+
+    def mel(hertz):
+        return HTK_MEL_SCALE * np.log(1.0 + np.asarray(hertz, np.float64) / HTK_MEL_BREAK_HZ)
+
+    bin_mels = mel(np.linspace(0.0, sample_rate / 2, fft_length // 2 + 1))[1:, np.newaxis]
+    edges = np.linspace(mel(lower_hz), mel(upper_hz), num_bins + 2)
+    lower, centre, upper = edges[:-2], edges[1:-1], edges[2:]
+    rising = (bin_mels - lower) / (centre - lower)
+    falling = (upper - bin_mels) / (upper - centre)
+    weights = np.maximum(0.0, np.minimum(rising, falling))
+    return np.concatenate([np.zeros((1, num_bins)), weights]).astype(np.float32)
+
+
+@keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
+class PCMFilterbanks(layers.Layer):
+    """(batch, samples) 16 kHz mono PCM -> (batch, frames, 64, 1): the reference's in-graph features.
+
+    What the reference's `DeepSpeakerModel(pcm_input=True)` computes with tf.signal, so that its
+    checkpoints give its embeddings on raw audio: pre-emphasis `x[1:] - 0.97 x[:-1]`; frames of
+    400 samples every 160, rectangular window, no padding (tf.signal.stft's framing: one frame
+    fewer than python_speech_features'); power |rfft(512)|^2 / 512; TensorFlow's mel matrix
+    (`htk_mel_matrix`); no log; each frame minus its mean, divided by max(its std, 1e-12); a
+    channel axis. This is not `audio.read_mfcc`'s front end (no silence trim, other mel filters),
+    so a model trained on cached features sees slightly different inputs here.
+
+    Written with keras.ops only, so it runs on every backend; computed in float32 under any
+    mixed-precision policy. It has no arguments: the base `get_config` is its whole configuration.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("dtype", "float32")  # Power spectra span too many decades for (b)float16.
+        super().__init__(**kwargs)
+        self.mel_matrix = htk_mel_matrix()
+
+    def call(self, inputs):
+        shape = tuple(inputs.shape)
+        if len(shape) != 2:
+            raise ValueError(f"{self.name}: raw PCM input must be 2-D (batch, samples) of 16 kHz mono audio; got shape {shape}.")
+        if shape[1] is not None and shape[1] < PCM_MIN_SAMPLES:
+            raise ValueError(
+                f"{self.name}: raw PCM input needs at least {PCM_MIN_SAMPLES} samples per row (one 25 ms frame after "
+                f"pre-emphasis); got shape {shape}. One clip is a batch of one: samples[np.newaxis]."
+            )
+        if shape[1] is None and keras.backend.backend() == "tensorflow":  # A graph for any length: check each call.
+            import tensorflow as tf
+
+            tf.debugging.assert_greater_equal(
+                tf.shape(inputs)[1], PCM_MIN_SAMPLES,
+                message=f"{self.name}: raw PCM input needs at least {PCM_MIN_SAMPLES} samples per row (one 25 ms frame after pre-emphasis)",
+            )
+        x = ops.cast(inputs, "float32")
+        emphasised = x[:, 1:] - PRE_EMPHASIS * x[:, :-1]
+        num_frames = 1 + (ops.shape(emphasised)[1] - PCM_FRAME_LENGTH) // PCM_FRAME_STEP
+        starts = ops.arange(num_frames, dtype="int32") * PCM_FRAME_STEP
+        frames = ops.take(emphasised, starts[:, None] + ops.arange(PCM_FRAME_LENGTH, dtype="int32")[None, :], axis=1)
+        real, imaginary = ops.rfft(frames, fft_length=NFFT)
+        energies = ops.matmul((ops.square(real) + ops.square(imaginary)) / NFFT, self.mel_matrix)
+        mean = ops.mean(energies, axis=-1, keepdims=True)
+        std = ops.std(energies, axis=-1, keepdims=True)
+        return ops.expand_dims((energies - mean) / ops.maximum(std, NORMALISATION_STD_FLOOR), axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        samples = input_shape[-1]
+        frames = None if samples is None else max(0, 1 + (samples - 1 - PCM_FRAME_LENGTH) // PCM_FRAME_STEP)
+        return (input_shape[0], frames, NUM_FBANKS, 1)
+
+
 def _conv(filters: int, kernel_size: int, strides: int, name: str) -> layers.Conv2D:
     return layers.Conv2D(
         filters,
@@ -245,6 +348,17 @@ def _input(batch_input_shape: tuple) -> keras.KerasTensor:
     return keras.Input(batch_shape=shape, name="input")
 
 
+def _pcm_input(batch_input_shape: tuple) -> keras.KerasTensor:
+    """Validates (batch, samples) for raw PCM; a fixed number of samples must hold one frame."""
+    shape = tuple(batch_input_shape)
+    if len(shape) != 2 or not (shape[1] is None or (isinstance(shape[1], int) and shape[1] >= PCM_MIN_SAMPLES)):
+        raise ValueError(
+            f"with pcm_input=True, batch_input_shape must be (batch, samples), samples None (any length) or at least "
+            f"{PCM_MIN_SAMPLES}, e.g. {DEFAULT_PCM_INPUT_SHAPE}; got {batch_input_shape!r}."
+        )
+    return keras.Input(batch_shape=shape, name=PCM_INPUT_NAME)
+
+
 def _check_class_count(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}.")
@@ -260,6 +374,11 @@ class DeepSpeakerModel:
     used for embeddings by loading them into a fresh `DeepSpeakerModel()` by layer name (see
     `load_weights_by_name`): the dropout and softmax layers are skipped.
 
+    `pcm_input=True` (the reference's, for its `example_pcm.py`): the input layer `raw_inputs`
+    takes raw 16 kHz mono PCM, (batch, samples), and `PCMFilterbanks` computes the reference's
+    in-graph features before the same layers, so every checkpoint loads into it by name alike.
+    `batch_input_shape` defaults to any number of frames, or of samples with `pcm_input`.
+
     `head='aam'` (this project's recipe, not the reference's) trains the embedding `ln` itself
     through a cosine classifier `speaker_cosine` with an additive angular margin loss
     (margin_softmax.py); no dropout. Its checkpoints load into `DeepSpeakerModel()` the same way.
@@ -267,9 +386,10 @@ class DeepSpeakerModel:
 
     def __init__(
         self,
-        batch_input_shape: tuple = DEFAULT_INPUT_SHAPE,
+        batch_input_shape: tuple | None = None,
         include_softmax: bool = False,
         num_speakers_softmax: int | None = None,
+        pcm_input: bool = False,
         model_size: str = "full",
         head: str = "softmax",
     ) -> None:
@@ -280,15 +400,24 @@ class DeepSpeakerModel:
             _check_class_count("num_speakers_softmax", num_speakers_softmax, 2)
         elif num_speakers_softmax is not None:
             raise ValueError("num_speakers_softmax is only used with include_softmax=True.")
-        inputs = _input(batch_input_shape)
+        if not isinstance(pcm_input, bool):
+            raise ValueError(f"pcm_input must be True or False; got {pcm_input!r}.")
+        if batch_input_shape is None:
+            batch_input_shape = DEFAULT_PCM_INPUT_SHAPE if pcm_input else DEFAULT_INPUT_SHAPE
+        if pcm_input:
+            inputs = _pcm_input(batch_input_shape)
+            features = PCMFilterbanks(name=PCM_FEATURES_LAYER_NAME)(inputs)
+        else:
+            inputs = features = _input(batch_input_shape)
         if include_softmax and head == "aam":
-            outputs = CosineClassifier(num_speakers_softmax, name=AAM_LAYER_NAME)(_unified_embedding(inputs, filters))
+            outputs = CosineClassifier(num_speakers_softmax, name=AAM_LAYER_NAME)(_unified_embedding(features, filters))
         elif include_softmax:
-            x = _res_cnn(inputs, filters, dropout_rate=SOFTMAX_DROPOUT)
+            x = _res_cnn(features, filters, dropout_rate=SOFTMAX_DROPOUT)
             outputs = layers.Dense(num_speakers_softmax, activation="softmax", name=SOFTMAX_LAYER_NAME, dtype="float32")(x)
         else:
-            outputs = _unified_embedding(inputs, filters)
+            outputs = _unified_embedding(features, filters)
         self.batch_input_shape = tuple(batch_input_shape)
+        self.pcm_input = pcm_input
         self.include_softmax = include_softmax
         self.num_speakers_softmax = num_speakers_softmax
         self.model_size = model_size

@@ -20,6 +20,14 @@ silently skip the others). `--probabilities` also saves the softmax output (with
 
     python tests/keras2_reference.py --checkpoint best.h5 --input x.npy --output emb.npy \
         [--softmax N --probabilities p.npy]
+
+With `--pcm` the graph is the reference's `DeepSpeakerModel(pcm_input=True)` (its example_pcm.py):
+`--input` holds raw 16 kHz PCM, shape (N, samples), fed to an input layer `raw_inputs`, and the
+features are computed in the graph as the reference does it there, with tf.signal in `Lambda`
+layers (pre-emphasis, `tf.signal.stft`, `tf.signal.linear_to_mel_weight_matrix`, per-frame
+normalisation). The weighted layers are the same, so any checkpoint loads into it by name.
+
+    python tests/keras2_reference.py --pcm --checkpoint weights.h5 --input pcm.npy --output emb.npy
 """
 
 from __future__ import annotations
@@ -56,9 +64,32 @@ def conv(filters: int, kernel: int, strides: int, name: str) -> L.Conv2D:
     )
 
 
-def reference_rescnn(num_speakers_softmax: int | None) -> keras.Model:
-    inputs = L.Input(batch_shape=(None, None, 64, 1), name="input")
-    x = inputs
+def pcm_filterbanks(samples: tf.Tensor) -> tf.Tensor:
+    """Pre-emphasis, |STFT|^2 / 512 (400-sample frames, step 160, FFT 512, rectangular), TensorFlow's mel matrix."""
+    emphasised = samples[:, 1:] - 0.97 * samples[:, :-1]
+    magnitude = tf.abs(tf.signal.stft(emphasised, frame_length=400, frame_step=160, fft_length=512, window_fn=tf.ones))
+    mel = tf.signal.linear_to_mel_weight_matrix(
+        num_mel_bins=64, num_spectrogram_bins=257, sample_rate=16000, lower_edge_hertz=0, upper_edge_hertz=8000
+    )
+    return tf.matmul(tf.square(magnitude) / 512, mel)
+
+
+def normalise_frames(energies: tf.Tensor) -> tf.Tensor:
+    """Each frame minus its mean, divided by max(its standard deviation, 1e-12)."""
+    mean = tf.reduce_mean(energies, axis=-1, keepdims=True)
+    std = tf.math.reduce_std(energies, axis=-1, keepdims=True)
+    return (energies - mean) / tf.maximum(std, 1e-12)
+
+
+def reference_rescnn(num_speakers_softmax: int | None, pcm: bool = False) -> keras.Model:
+    if pcm:
+        inputs = L.Input(batch_shape=(None, None), name="raw_inputs")
+        x = L.Lambda(pcm_filterbanks)(inputs)
+        x = L.Lambda(normalise_frames)(x)
+        x = L.Lambda(lambda y: tf.expand_dims(y, axis=-1))(x)
+    else:
+        inputs = L.Input(batch_shape=(None, None, 64, 1), name="input")
+        x = inputs
     for stage, filters in enumerate((64, 128, 256, 512), start=1):
         name = f"conv{filters}-s"
         x = clipped_relu(L.BatchNormalization(name=name + "_bn")(conv(filters, 5, 2, name)(x)))
@@ -116,7 +147,7 @@ def load_by_name(model: keras.Model, path: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--input", required=True, help=".npy of shape (N, frames, 64, 1)")
+    parser.add_argument("--input", required=True, help=".npy of shape (N, frames, 64, 1); with --pcm (N, samples)")
     parser.add_argument("--output", required=True, help=".npy for the (N, 512) embeddings")
     parser.add_argument("--weights", help="model.save_weights target (*.h5)")
     parser.add_argument("--model", help="model.save target (*.h5, full model)")
@@ -124,6 +155,7 @@ def main() -> None:
     parser.add_argument("--probabilities", help=".npy for the softmax output (with --softmax)")
     parser.add_argument("--softmax", type=int, default=None, help="number of softmax speakers")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pcm", action="store_true", help="the reference's pcm_input=True graph: --input is raw 16 kHz PCM")
     args = parser.parse_args()
     if (args.checkpoint is None) == (args.weights is None or args.model is None):
         parser.error("give either --weights and --model, or --checkpoint")
@@ -134,7 +166,7 @@ def main() -> None:
         "tensorflow.keras is not Keras 2 (tf_keras): is TF_USE_LEGACY_KERAS=1 set before TF loads?"
     )
     tf.random.set_seed(args.seed)
-    model = reference_rescnn(args.softmax)
+    model = reference_rescnn(args.softmax, pcm=args.pcm)
     if args.checkpoint:
         load_by_name(model, args.checkpoint)
     else:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from cli import _LIBRARY_NOISE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,6 +54,40 @@ def test_build_mfcc_cache_on_a_missing_folder_fails_with_one_line(tmp_path, invo
     result = invoke_cli("build-mfcc-cache", "--working_dir", tmp_path, "--audio_dir", tmp_path / "absent")
     assert result.exit_code != 0 and isinstance(result.exception, SystemExit)
     assert len(result.stderr.strip().splitlines()) == 1 and "absent" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------- the reference's command names
+
+
+@pytest.mark.parametrize(
+    "phase, options, mode, refusal",
+    [
+        # Each option is refused in one mode and accepted in the other, where the run stops only at the missing cache.
+        (["--pre_training_phase"], ["--hard_negative"], "softmax", "hard_negative mining is a triplet-mode option"),
+        (["--pre_training_phase"], ["--batch_size", "10"], "softmax", "build-mfcc-cache"),
+        ([], ["--hard_negative"], "triplet", "build-mfcc-cache"),
+        ([], ["--batch_size", "10"], "triplet", "multiple of 3"),
+    ],
+)
+def test_train_model_runs_train_in_softmax_mode_with_pre_training_phase_and_triplet_mode_without(tmp_path, invoke_cli, phase, options, mode, refusal):
+    result = invoke_cli("train-model", "--working_dir", tmp_path, *phase, *options)
+    name = "train-model --pre_training_phase" if phase else "train-model"
+    expected = f"{name} is the reference's name for: python cli.py train --working_dir {tmp_path} --mode {mode} {' '.join(options)}"
+    assert result.stdout.splitlines()[0] == expected
+    assert result.exit_code == 1 and refusal in result.stderr
+    assert not list(tmp_path.glob("checkpoints-*"))
+
+
+def test_train_model_leaves_the_mode_to_pre_training_phase(tmp_path, invoke_cli):
+    result = invoke_cli("train-model", "--working_dir", tmp_path, "--mode", "mtl")
+    assert result.exit_code == 2 and "--pre_training_phase" in result.stderr
+
+
+def test_build_keras_inputs_says_it_is_not_needed_and_exits_0(tmp_path, invoke_cli):
+    result = invoke_cli("build-keras-inputs", "--working_dir", tmp_path, "--counts_per_speaker", "600,100")
+    assert result.exit_code == 0, result.output
+    assert "not needed" in result.stdout and "build-mfcc-cache" in result.stdout
+    assert list(tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------------------------- evaluation verbs

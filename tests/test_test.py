@@ -33,9 +33,18 @@ def test_cosine_of_unit_vectors_is_their_row_wise_dot_product_as_a_numpy_array()
     np.testing.assert_allclose(similarity, [1.0, 0.96, -1.0])
 
 
+def test_one_row_is_scored_against_every_row_of_the_other_as_the_reference_example_pcm_does():
+    anchor = np.array([[1.0, 0.0]])
+    others = np.array([[0.6, 0.8], [-1.0, 0.0], [0.0, 1.0]])
+    np.testing.assert_allclose(batch_cosine_similarity(anchor, others), [0.6, -1.0, 0.0])
+    np.testing.assert_allclose(batch_cosine_similarity(others, anchor), [0.6, -1.0, 0.0])
+
+
 def test_mismatched_shapes_are_refused():
     with pytest.raises(ValueError, match="same shape"):
         batch_cosine_similarity(np.zeros((2, 512)), np.zeros((3, 512)))
+    with pytest.raises(ValueError, match="same shape"):
+        batch_cosine_similarity(np.zeros((1, 512)), np.zeros((3, 256)))
 
 
 # ---------------------------------------------------------------------------------------------- reference protocol
