@@ -279,7 +279,8 @@ def training_rows(results: dict[str, dict]) -> list[list[str]]:
     if pipeline is not None:
         reference = path_row(pipeline, REFERENCE_ARRAY)
         rows.append([f"training input, {pipeline['speakers']:,} speakers x {pipeline['utterances']} utterances (RAM)",
-                     f"{reference['array_gb']:.1f} GB array, {reference['ram_gb_while_building']:.1f} GB peak while built",
+                     f"{reference['array_gb']:.1f} GB array, {reference['ram_gb_while_building']:.1f} GB peak while built "
+                     f"(estimated: measured on {reference['measured_speakers']} speakers, scaled to {pipeline['speakers']:,})",
                      f"{pipeline['peak_rss_mb'] / 1024:.2f} GB peak (index + pipeline)", f"1/{ratio:,.0f}" if (ratio := reference["ratio_to_pipeline_peak"]) >= 10 else f"1/{figure(ratio)}", command(pipeline)])
         rates = [row for row in pipeline["rows"] if row["path"].startswith("input pipeline")]
         rows.append([f"training input (windows/s, {pipeline['workers']} reader threads, batches of {pipeline['batch_size']})", "",
@@ -295,7 +296,7 @@ def training_rows(results: dict[str, dict]) -> list[list[str]]:
         mixed = by_path[next(path for path, row in by_path.items() if row["policy"].startswith("mixed") and not row["keras_batch_norm"])]
         rows.append([f"training step, {record['model_size']} model, batch {record['batch_size']}, {record['steps']} identical batches (windows/s)",
                      f"{figure(baseline['windows_per_s'])} (float32, Keras batch norm)",
-                     f"{figure(mixed['windows_per_s'])} ({mixed['policy']}, `--mixed_precision`, fused batch norm; "
+                     f"{figure(mixed['windows_per_s'])} ({mixed['policy']}, `--precision auto` on this CPU, fused batch norm; "
                      f"float32: {figure(float32['windows_per_s'])}, float32 + XLA: {figure(xla['windows_per_s'])})",
                      figure(mixed["ratio"]), command(record)])
     return rows
