@@ -59,6 +59,7 @@ def run_budget(run_directory: Path) -> dict:
     return {
         "epochs": best_epoch,
         "epochs_run": epochs_run,
+        "epochs_asked": config["epochs"],
         "steps_per_epoch": config["steps_per_epoch"],
         "batch_size": config["batch_size"],
         "train_windows": best_epoch * windows_per_epoch,
@@ -168,7 +169,7 @@ padded with pad = {card['frontend']['training_pad']} in training and are embedde
 
 ## Budget
 The shipped checkpoint is the best on the validation set (the training speakers' held-out
-utterances): epoch {training['epochs']} of {training['epochs_run']}, {training['epochs']} x {training['steps_per_epoch']} steps x {training['batch_size']} windows = {training['train_windows']:,}
+utterances): epoch {training['epochs']} of {training['epochs_run']}{stopped_early_note(training)}, {training['epochs']} x {training['steps_per_epoch']} steps x {training['batch_size']} windows = {training['train_windows']:,}
 training windows. The run took {hours} on {training['machine']}.
 
 ## Figures (whole-utterance embeddings, all pairs within each corpus)
@@ -229,6 +230,14 @@ def learning_curve(run_directory: str | os.PathLike, eval_audio_dirs: list[str],
     output.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(output, lambda handle: handle.write(buffer.getvalue()), text=True)
     return output
+
+
+def stopped_early_note(training: dict) -> str:
+    """Why config.json's `epochs` may differ from the epochs run: the budget asked for, and where the run stopped."""
+    asked = training.get("epochs_asked")
+    if asked is None or asked == training["epochs_run"]:
+        return ""
+    return f" (`config.json` records the {asked} epochs the run asked for; it stopped after {training['epochs_run']})"
 
 
 def figures_table(card: dict) -> str:
