@@ -202,3 +202,48 @@ def test_verification_lines_show_each_corpus_then_the_pooled_figure_labelled_poo
         "VCTK                  speakers = 3, trials = 276 (84 same speaker), EER = 5.00%, threshold = 0.412, minDCF(0.01) = 1.000, minDCF(0.05) = 0.800",
         "pooled (all corpora)  speakers = 5, trials = 496 (96 same speaker), EER = 10.00%, threshold = 0.412, minDCF(0.01) = 1.000, minDCF(0.05) = 0.800",
     ]
+
+
+# ---------------------------------------------------------------------------------------------- the checkpoint's front end
+
+
+@pytest.fixture(scope="module")
+def energy_trim_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(working dir, best.h5): the bundled LibriSpeech cached (reference trim, as every cache), and beside an
+    untrained small model the run files of a run trained with the energy trim, test-other's speakers held out."""
+    import audio
+    from conv_models import DeepSpeakerModel
+    from train import save_atomically
+
+    working_dir = tmp_path_factory.mktemp("energy_trim_run")
+    audio.build_feature_cache(SAMPLES / "LibriSpeech", working_dir, workers=1, progress=False)
+    run = working_dir / "checkpoints-softmax"
+    run.mkdir()
+    save_atomically(DeepSpeakerModel(model_size="small").m, run / "best.h5")
+    (run / "config.json").write_text(json.dumps({"mode": "softmax", "trim": "energy", "pad": "repeat"}))
+    (run / "speakers.json").write_text(json.dumps({"speakers": ["19", "26", "27"], "held_out_speakers": ["1688", "1998"], "genders": {}}))
+    return working_dir, run / "best.h5"
+
+
+def test_cached_and_uncached_evaluation_of_the_same_speakers_give_the_same_scores_with_the_checkpoints_trim(energy_trim_run):
+    working_dir, checkpoint = energy_trim_run
+    cached, uncached = {}, {}
+    evaluate_checkpoint(working_dir, checkpoint, trial_scores=cached)  # 1688 and 1998 from the cache, as held-out speakers.
+    evaluate_checkpoint(None, checkpoint, eval_audio_dirs=(str(TEST_OTHER),), trial_scores=uncached)  # The same speakers from their audio.
+    (cached_scores, cached_labels), = cached.values()
+    (scores, labels), = uncached.values()
+    assert len(scores) == 28 and sorted(cached_labels) == sorted(labels)
+    np.testing.assert_allclose(np.sort(cached_scores), np.sort(scores), atol=1e-6)
+
+
+def test_every_cached_utterance_evaluation_embeds_gets_the_checkpoints_trim(energy_trim_run):
+    """Reference protocol, identification and probes read training speakers' cache entries: with the run's trim."""
+    import audio
+    from inference import Embedder
+
+    working_dir, checkpoint = energy_trim_run
+    embedder = Embedder.from_checkpoint(checkpoint)
+    index = json.loads((working_dir / "corpus.json").read_text())
+    entries = sorted(audio.cache_dir(working_dir).glob("19_*.npy"))
+    sources = [index["sources"][entry.name] for entry in entries]
+    np.testing.assert_allclose(embedder.embed_files(entries), embedder.embed_files(sources), atol=1e-6)
