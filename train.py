@@ -49,6 +49,7 @@ from batcher import (
     TrainingData,
     TripletBatches,
     check_triplet_batch_size,
+    check_triplet_training,
     load_training_data,
     triplet_speakers,
 )
@@ -762,6 +763,8 @@ def make_batches(config: TrainConfig, data: TrainingData, model: keras.Model, fi
     validation_pool = {s: e for s, e in (data.validation if config.validation_split else data.test).items() if e}
     if config.mode == "triplet" and not config.validation_split:
         validation_pool = {s: e for s, e in data.held_out.items() if e} or validation_pool
+    if config.uses_triplets:
+        check_triplet_training(data.train)
     if config.uses_waveforms:
         waveforms = waveform_cache_dir(working_dir, config.trim)
 
@@ -785,21 +788,22 @@ def make_batches(config: TrainConfig, data: TrainingData, model: keras.Model, fi
         train_batches = SoftmaxBatches(data.train, data.speakers, config.batch_size, steps, seed, first_epoch, config.balanced_sampling, config.pad, **loader)
         validation = SoftmaxBatches(validation_pool, data.speakers, config.batch_size, config.validation_steps, seed + 1, 0, config.balanced_sampling, config.pad, **loader) if validation_pool else None
         return train_batches, validation if config.validation_steps else None
-    replicas = loss_replicas()  # Triplet batches are stacked per replica, so each replica's loss pairs its own rows.
+    # Triplet batches are stacked per replica, so each replica's loss pairs its own rows; every triplet batch has the run's sampling options.
+    triplets = {"replicas": loss_replicas(), "balanced": config.balanced_sampling, "pad": config.pad}
     pool = triplet_pool(validation_pool) or (triplet_pool(data.test) if config.mode == "triplet" and not config.validation_split else None)
     if config.mode == "triplet":
         if config.hard_negative:
             from inference import Embedder  # The compiled inference path; it reads the weights as they train.
 
             embed = Embedder(embedding_model(model)).embed_windows
-            train_batches = HardNegativeTripletBatches(data.train, config.batch_size, steps, embed, seed, first_epoch, replicas=replicas, workers=1, use_multiprocessing=False)
+            train_batches = HardNegativeTripletBatches(data.train, config.batch_size, steps, embed, seed, first_epoch, workers=1, use_multiprocessing=False, **triplets)
         else:
-            train_batches = TripletBatches(data.train, config.batch_size, steps, seed, first_epoch, replicas=replicas, **loader)
-        validation = TripletBatches(pool, config.batch_size, config.validation_steps, seed + 1, replicas=replicas, **loader) if pool and config.validation_steps else None
+            train_batches = TripletBatches(data.train, config.batch_size, steps, seed, first_epoch, **triplets, **loader)
+        validation = TripletBatches(pool, config.batch_size, config.validation_steps, seed + 1, **triplets, **loader) if pool and config.validation_steps else None
         return train_batches, validation
-    outputs = model_outputs(model)
-    train_batches = TripletBatches(data.train, config.batch_size, steps, seed, first_epoch, outputs=outputs, speakers=data.speakers, task_values=task_values, replicas=replicas, **loader)
-    validation = TripletBatches(pool, config.batch_size, config.validation_steps, seed + 1, outputs=outputs, speakers=data.speakers, task_values=task_values, replicas=replicas, **loader) if pool and config.validation_steps else None
+    outputs = {"outputs": model_outputs(model), "speakers": data.speakers, "task_values": task_values}
+    train_batches = TripletBatches(data.train, config.batch_size, steps, seed, first_epoch, **outputs, **triplets, **loader)
+    validation = TripletBatches(pool, config.batch_size, config.validation_steps, seed + 1, **outputs, **triplets, **loader) if pool and config.validation_steps else None
     return train_batches, validation
 
 
