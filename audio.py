@@ -52,6 +52,7 @@ logger = logging.getLogger(__name__)
 LIBRISPEECH_NAME = re.compile(r"^(?P<speaker>\d+)-(?P<chapter>\d+)-(?P<index>\d+)$")
 VCTK_SPEAKERS_FILE_NAME = "speaker-info.txt"
 CORPUS_INDEX_FILE_NAME = "corpus.json"
+CACHE_TRIM = "reference"  # The silence trim of every feature-cache entry (see `entry_features`).
 
 
 class AudioError(ValueError):
@@ -458,7 +459,7 @@ def _cache_one(job: tuple[str, str | None, str | None, str]) -> tuple[str, str |
     try:
         samples = read_audio(audio_path, SAMPLE_RATE)
         if feature_target:
-            save_npy_atomically(Path(feature_target), mfcc_from_samples(samples, SAMPLE_RATE, audio_path))
+            save_npy_atomically(Path(feature_target), mfcc_from_samples(samples, SAMPLE_RATE, audio_path, CACHE_TRIM))
         if waveform_target:
             voiced = trim(samples, waveform_trim, audio_path)
             frame_length, _ = frame_length_and_step(SAMPLE_RATE)
@@ -579,6 +580,56 @@ def cached_entries(working_dir: str | os.PathLike) -> tuple[dict[str, list[Path]
     directory = cache_dir(working_dir)
     entries = {s: [directory / f"{s}_{u}.npy" for u in utterances] for s, utterances in index["speakers"].items() if utterances}
     return entries, index.get("genders", {})
+
+
+def entry_features(entry: str | os.PathLike, trim_mode: str = CACHE_TRIM) -> np.ndarray:
+    """The features of a feature-cache entry as `read_mfcc` with `trim_mode` gives them for its audio.
+
+    The cache keeps one front end, the reference's trim (`CACHE_TRIM`): it is what the
+    reference's batchers train on, and a checkpoint with that trim reads the entry as it is.
+    For another trim the features are made again: from the audio file the entry was cached from
+    (corpus.json's `sources`), so a cached speaker gets the very features its audio gets when
+    given as a file (in `embed`, `verify` or an `--eval_audio_dir`); where that file is gone,
+    from the trimmed audio the waveform cache keeps for that trim (float16: features within its
+    rounding, as augmented training reads them). Why not a feature cache per front end: the
+    waveform cache already keeps each trim's audio for training, and a second feature cache per
+    trim would double every build for figures that re-reading a corpus gives in seconds, and
+    be one more copy that can disagree with the audio.
+
+    Raises AudioError naming the entry when neither the audio nor the trimmed audio is there.
+    """
+    entry = Path(entry)
+    if trim_mode not in TRIM_MODES:
+        raise ValueError(f"trim must be one of {', '.join(TRIM_MODES)}; got {trim_mode!r}")
+    if trim_mode == CACHE_TRIM:
+        return np.load(entry)
+    if not entry.is_file():
+        raise FileNotFoundError(f"{entry}: no such feature-cache entry")
+    working_dir = entry.parent.parent
+    source = _recorded_sources(working_dir).get(entry.name) if entry.parent.name == CACHE_DIR_NAME else None
+    if source is not None and source.is_file():
+        return read_mfcc(source, SAMPLE_RATE, trim_mode)
+    waveform = waveform_cache_dir(working_dir, trim_mode) / entry.name
+    if waveform.is_file():
+        return features_of_voiced(np.load(waveform).astype(np.float32), SAMPLE_RATE, entry)
+    where = f"its audio {source} is missing" if source else "corpus.json records no audio file for it"
+    raise AudioError(entry, f"cached with the {CACHE_TRIM} trim; the {trim_mode} trim needs its audio, but {where} and there is no {waveform} "
+                            f"(build-mfcc-cache --waveforms {trim_mode} keeps it)")
+
+
+def _recorded_sources(working_dir: Path) -> dict[str, Path]:
+    """Entry name -> audio file, from the corpus.json of `working_dir` ({} without one); read once per version of the file."""
+    path = working_dir / CORPUS_INDEX_FILE_NAME
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return {}
+    return _sources_of_index(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=8)
+def _sources_of_index(path: str, mtime_ns: int, size: int) -> dict[str, Path]:
+    return {name: Path(source) for name, source in json.loads(Path(path).read_text()).get("sources", {}).items()}
 
 
 def read_corpus_index(working_dir: str | os.PathLike) -> dict:

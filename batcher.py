@@ -220,16 +220,20 @@ class UtteranceSampler:
         speakers = rng.integers(0, len(self.counts), size)
         return self.first_row[speakers] + (rng.random(size) * self.counts[speakers]).astype(np.int64)
 
+    def check_triplets(self) -> None:
+        """Refuse utterances that cannot give triplets: fewer than 2 speakers with utterances."""
+        if len(self.counts) < 2:
+            raise CorpusError("triplet batches need at least 2 speakers with utterances")
+
     def draw_triplets(self, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Rows of `size` (anchor, positive, negative) triplets.
+        """Rows of `size` (anchor, positive, negative) triplets: the one sampler of every random triplet batch.
 
         Anchors are drawn as `draw` draws rows. The positive is another utterance of the anchor's
         speaker where it has one, else the anchor's own utterance (its caller cuts another window).
         The negative is a row of another speaker: a uniform other speaker, then one of its
         utterances (balanced), or a uniform row among the other speakers' rows.
         """
-        if len(self.counts) < 2:
-            raise CorpusError("triplet batches need at least 2 speakers with utterances")
+        self.check_triplets()
         anchors = self.draw(size, rng)
         speakers = np.searchsorted(self.first_row, anchors, side="right") - 1
         first, counts = self.first_row[speakers], self.counts[speakers]
@@ -331,6 +335,7 @@ class AugmentedTripletBatches(AugmentedBatches):
     ):
         super().__init__(waveforms, speakers, batch_size, steps_per_epoch, augment, seed, first_epoch, balanced, pad, **kwargs)
         check_triplet_batch_size(batch_size, replicas)
+        self.sampler.check_triplets()
         self.row_order = replica_order(batch_size // 3, replicas)
         self.outputs = tuple(outputs)
         self.task_values = task_values or {}
@@ -406,6 +411,15 @@ def triplet_speakers(utterances: dict[str, list[Path]]) -> list[str]:
     return [speaker for speaker, entries in utterances.items() if len(entries) >= 2]
 
 
+def check_triplet_training(train: dict[str, list[Path]]) -> None:
+    """Triplet training needs a speaker with 2 training utterances: else every positive is another window of its anchor's utterance.
+
+    Validation may have one utterance a speaker (`UtteranceSampler.draw_triplets` cuts another window).
+    """
+    if not triplet_speakers(train):
+        raise CorpusError("triplet batches need speakers with at least 2 training utterances; every speaker has only 1")
+
+
 def check_triplet_batch_size(batch_size: int, replicas: int = 1) -> None:
     """Every replica must get whole triplets: its slice of the batch is a stacked [anchors; positives; negatives]."""
     if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
@@ -433,13 +447,18 @@ def replica_order(num_triplets: int, replicas: int) -> np.ndarray:
 
 
 class TripletBatches(_EpochSeededBatches):
-    """Random triplets in the reference's stacked order: anchors, then positives, then negatives.
+    """Random triplets of cached features in the reference's stacked order: anchors, then positives, then negatives.
 
-    Anchor and positive are two different utterances of one speaker, the negative an utterance
-    of another speaker. For the Hive-MTL model, `outputs` names the model outputs to give targets
-    for (`speaker_pred`, `ln`, and each label task's output in `task_values`: output name ->
-    (per-speaker class in `speakers` order, NaN where unknown; whether the task is binary)), and
-    batches come with per-output sample weights that mask rows without a label.
+    Drawn by `UtteranceSampler.draw_triplets`, as `AugmentedTripletBatches` draws its triplets
+    from cached audio: one sampler, one set of options. Rows are uniform over utterances, or
+    with `balanced` a uniform speaker then one of its utterances (the reference's triplet
+    batcher drew speakers uniformly); the positive is another utterance of the anchor's speaker
+    where it has one (else another window of the same utterance), the negative an utterance of
+    another speaker. Windows of clips shorter than 160 frames are filled as `pad` says. For the
+    Hive-MTL model, `outputs` names the model outputs to give targets for (`speaker_pred`,
+    `ln`, and each label task's output in `task_values`: output name -> (per-speaker class in
+    `speakers` order, NaN where unknown; whether the task is binary)), and batches come with
+    per-output sample weights that mask rows without a label.
 
     With `replicas` > 1 (tf.distribute), the rows of a batch (windows, targets and weights alike)
     are `replicas` consecutive stacked blocks of batch_size / replicas / 3 triplets each, so the
@@ -457,17 +476,18 @@ class TripletBatches(_EpochSeededBatches):
         speakers: list[str] | None = None,
         task_values: dict[str, tuple[np.ndarray, bool]] | None = None,
         replicas: int = 1,
+        balanced: bool = False,
+        pad: str = "zeros",
         **kwargs,
     ):
         super().__init__(steps_per_epoch, seed, first_epoch, **kwargs)
         check_triplet_batch_size(batch_size, replicas)
         self.utterances = utterances
         self.speaker_names = list(utterances)
-        self.anchor_speakers = np.array([self.speaker_names.index(s) for s in triplet_speakers(utterances)], dtype=np.int64)
-        if len(self.speaker_names) < 2:
-            raise CorpusError("triplet batches need at least 2 speakers")
-        if not len(self.anchor_speakers):
-            raise CorpusError("triplet batches need speakers with at least 2 training utterances; every speaker has only 1")
+        self.entries, self.row_speakers = flat_entries_and_labels(utterances, self.speaker_names)
+        self.sampler = UtteranceSampler(utterances, balanced)
+        self.sampler.check_triplets()
+        self.pad = pad
         self.batch_size = batch_size
         self.replicas = replicas
         self.row_order = replica_order(batch_size // 3, replicas)
@@ -477,25 +497,10 @@ class TripletBatches(_EpochSeededBatches):
             self.class_of_name = np.array([class_of[s] for s in self.speaker_names], dtype=np.int32)
             self.task_values = task_values or {}
 
-    def sample_speakers(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Anchor and negative speakers (positions in `speaker_names`) of one batch's triplets."""
-        num_triplets = self.batch_size // 3
-        anchor_ids = self.anchor_speakers[rng.integers(0, len(self.anchor_speakers), num_triplets)]
-        offsets = rng.integers(1, len(self.speaker_names), num_triplets)  # Never the anchor's speaker.
-        return anchor_ids, (anchor_ids + offsets) % len(self.speaker_names)
-
     def sample(self, rng: np.random.Generator) -> tuple[list[Path], np.ndarray]:
         """Entries of one stacked batch and the speaker (position in `speaker_names`) of each row."""
-        anchor_ids, negative_ids = self.sample_speakers(rng)
-        anchors, positives, negatives = [], [], []
-        for anchor_id, negative_id in zip(anchor_ids, negative_ids):
-            own = self.utterances[self.speaker_names[anchor_id]]
-            first, second = rng.choice(len(own), 2, replace=False)
-            other = self.utterances[self.speaker_names[negative_id]]
-            anchors.append(own[first])
-            positives.append(own[second])
-            negatives.append(other[rng.integers(len(other))])
-        return anchors + positives + negatives, np.concatenate([anchor_ids, anchor_ids, negative_ids])
+        rows = np.concatenate(self.sampler.draw_triplets(self.batch_size // 3, rng))
+        return [self.entries[row] for row in rows], self.row_speakers[rows]
 
     def targets(self, speaker_ids: np.ndarray) -> tuple:
         """(y, sample_weight) of rows of speakers `speaker_ids` (positions in `speaker_names`); see `stacked_targets`."""
@@ -508,7 +513,7 @@ class TripletBatches(_EpochSeededBatches):
         """Windows and speakers of batch `index` in the single stacked order [a; p; n]."""
         rng = self.rng(index)
         entries, speaker_ids = self.sample(rng)
-        return read_windows(entries, rng), speaker_ids
+        return read_windows(entries, rng, pad=self.pad), speaker_ids
 
     def __getitem__(self, index: int):
         windows, speaker_ids = self.windows_and_speakers(index)
@@ -524,7 +529,10 @@ class HardNegativeTripletBatches(TripletBatches):
     Each anchor (a history row) gets as positive the least similar window of another utterance
     of its speaker, and as negative the most similar window of another speaker among
     `negative_candidates` history rows drawn for that anchor. Mining is vectorised: one matrix
-    product per batch. `embed` maps windows (n, 160, 64, 1) to (n, 512).
+    product per batch. `embed` maps windows (n, 160, 64, 1) to (n, 512). The options are those
+    of `TripletBatches`: a refresh draws its speakers (among those with 2 utterances) uniformly
+    with `balanced`, as the reference's did, else in proportion to their utterances, as
+    unbalanced rows come; windows of short clips are filled as `pad` says.
     """
 
     def __init__(
@@ -544,6 +552,7 @@ class HardNegativeTripletBatches(TripletBatches):
         **kwargs,
     ):
         super().__init__(utterances, batch_size, steps_per_epoch, seed, first_epoch, replicas=replicas, **kwargs)
+        self.anchor_speakers = np.array([self.speaker_names.index(s) for s in triplet_speakers(utterances)], dtype=np.int64)
         if len(self.anchor_speakers) < 2:
             raise CorpusError("hard-negative mining needs at least 2 speakers with 2 or more training utterances")
         if history_speakers < 2 or history_utterances < 1 or history_refreshes < 1 or negative_candidates < 1:
@@ -571,7 +580,9 @@ class HardNegativeTripletBatches(TripletBatches):
 
     def refresh(self, rng: np.random.Generator) -> None:
         """Embed fresh windows of random speakers with the current model into the ring buffer."""
-        speakers = rng.choice(self.anchor_speakers, self.speakers_per_refresh, replace=False)
+        counts = np.array([len(self.utterances[self.speaker_names[s]]) for s in self.anchor_speakers], dtype=np.float64)
+        weights = None if self.sampler.balanced else counts / counts.sum()
+        speakers = rng.choice(self.anchor_speakers, self.speakers_per_refresh, replace=False, p=weights)
         entries, speaker_ids, utterance_ids = [], [], []
         for speaker_id in speakers:
             own = self.utterances[self.speaker_names[speaker_id]]
@@ -579,7 +590,7 @@ class HardNegativeTripletBatches(TripletBatches):
             entries += [own[p] for p in picks]
             speaker_ids += [speaker_id] * len(picks)
             utterance_ids += [self.utterance_id(speaker_id, p) for p in picks]
-        self.remember(read_windows(entries, rng), np.array(speaker_ids), np.array(utterance_ids))
+        self.remember(read_windows(entries, rng, pad=self.pad), np.array(speaker_ids), np.array(utterance_ids))
 
     def remember(self, windows: np.ndarray, speaker_ids: np.ndarray, utterance_ids: np.ndarray) -> None:
         """Embed windows and store them in the ring buffer with the speaker and utterance they came from."""

@@ -160,7 +160,7 @@ def build_mfcc_cache(working_dir: str, audio_dir: str, workers: int | None, gend
 @click.option("--head", type=click.Choice(["softmax", "aam"]), help="Speaker head (softmax, mtl): the reference's softmax (default), or additive angular margin (ArcFace) on the embedding.")
 @click.option("--aam_margin", type=float, help="AAM head: margin in radians (default 0.2).")
 @click.option("--aam_scale", type=float, help="AAM head: logit scale (default 30).")
-@click.option("--balanced_sampling/--no_balanced_sampling", default=None, help="Draw speakers uniformly, then their utterances (default off: the reference).")
+@click.option("--balanced_sampling/--no_balanced_sampling", default=None, help="Draw speakers uniformly, then their utterances, for softmax rows and triplets alike (default off: rows uniform over utterances).")
 @click.option("--fixed_validation/--no_fixed_validation", default=None, help="Draw the validation batches once, not every epoch (default on).")
 @click.option("--trim", type=click.Choice(["reference", "energy", "none"]), help="Silence trim of the audio training reads (default reference).")
 @click.option("--pad", type=click.Choice(["zeros", "repeat"]), help="Fill windows of short clips with zeros (reference, default) or repeat their frames.")

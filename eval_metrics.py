@@ -333,6 +333,42 @@ def fast_eer(scores: np.ndarray, labels: np.ndarray) -> float:
     return equal_error_rate(operating_points(scores, labels))[0]
 
 
+def paired_bootstrap_difference(
+    pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    statistic,
+    rng: np.random.Generator,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    confidence: float = CONFIDENCE_LEVEL,
+    within_labels: bool = False,
+) -> Interval:
+    """statistic(labels, b) - statistic(labels, a), averaged over `pairs` of (labels, a, b) on the same
+    items, with a percentile interval from resampling the items (the same resample for both models of
+    a pair). With `within_labels`, items are resampled within each label, so every resample keeps the
+    label counts; else a resample that lacks a label of the pair is left out of it.
+    """
+    def resample(labels: np.ndarray, generator: np.random.Generator) -> np.ndarray:
+        return resample_within_labels(labels, generator) if within_labels else generator.integers(0, len(labels), len(labels))
+
+    def difference(generator: np.random.Generator | None) -> float:
+        values = []
+        for labels, a, b in pairs:
+            chosen = slice(None) if generator is None else resample(labels, generator)
+            if len(np.unique(labels[chosen])) < len(np.unique(labels)):
+                continue
+            values.append(statistic(labels[chosen], b[chosen]) - statistic(labels[chosen], a[chosen]))
+        return float(np.mean(values)) if values else float("nan")
+
+    draws = np.array([difference(rng) for _ in range(resamples)])
+    low, high = np.nanpercentile(draws, [50 * (1 - confidence), 50 * (1 + confidence)])
+    return Interval(difference(None), float(low), float(high))
+
+
+def resample_within_labels(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Indices of a bootstrap resample that draws, with replacement, as many items of each label as there are."""
+    labels = np.asarray(labels)
+    return np.concatenate([rng.choice(rows, len(rows)) for rows in (np.flatnonzero(labels == label) for label in np.unique(labels))])
+
+
 def paired_bootstrap_eer_difference(
     pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
     rng: np.random.Generator,
@@ -345,15 +381,21 @@ def paired_bootstrap_eer_difference(
     Trials share speakers and files, so they are not independent: this interval covers the choice
     of trials only, and is narrower than one that resampled speakers.
     """
-    def difference(generator: np.random.Generator | None) -> float:
-        values = []
-        for labels, scores_a, scores_b in pairs:
-            chosen = slice(None) if generator is None else generator.integers(0, len(labels), len(labels))
-            if labels[chosen].all() or not labels[chosen].any():
-                continue
-            values.append(fast_eer(scores_b[chosen], labels[chosen]) - fast_eer(scores_a[chosen], labels[chosen]))
-        return float(np.mean(values)) if values else float("nan")
+    return paired_bootstrap_difference(pairs, lambda labels, scores: fast_eer(scores, labels), rng, resamples, confidence)
 
-    draws = np.array([difference(rng) for _ in range(resamples)])
-    low, high = np.nanpercentile(draws, [50 * (1 - confidence), 50 * (1 + confidence)])
-    return Interval(difference(None), float(low), float(high))
+
+def paired_bootstrap_accuracy_difference(
+    pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    rng: np.random.Generator,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    confidence: float = CONFIDENCE_LEVEL,
+) -> Interval:
+    """Balanced accuracy of b minus that of a, averaged over `pairs` of (labels, predicted_a, predicted_b)
+    of the same speakers (one label and one prediction each), with a percentile interval from resampling
+    the speakers within each label (the same resample for both models of a pair).
+
+    The speakers, not their files, are the items: a speaker's files share a voice, a channel and
+    often a sentence, so resampling files would count one speaker's many clips as independent.
+    """
+    return paired_bootstrap_difference(pairs, lambda labels, predicted: balanced_accuracy(predicted, labels), rng, resamples, confidence,
+                                       within_labels=True)

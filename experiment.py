@@ -39,10 +39,13 @@ from tasks import parse_tasks
 logger = logging.getLogger(__name__)
 
 RECIPES = ("softmax", "softmax_triplet", "mtl", "mtl_triplet")
+# Label-task accuracies on the unseen speakers (`test.label_task_accuracies`): per file, then per speaker (each speaker
+# once, its files' mean probability deciding), then `<task>_speakers`, the unseen speakers of each label ("7 F, 14 M").
+TASK_COLUMN_SUFFIXES = ("_acc_head", "_acc_probe", "_acc_head_per_speaker", "_acc_probe_per_speaker", "_speakers")
 # Every CSV starts with these; one `eer_<corpus>`, `min_dcf_<corpus>` pair per held-out corpus follows (`csv_columns`).
 CSV_COLUMNS = (
     "config", "seed", "model_size", "backend", "device", "train_steps", "train_windows", "eer_pooled", "min_dcf_pooled",
-    "speaker_id_acc", "gender_acc_head", "gender_acc_probe", "gender_loss_weight", "triplet_loss_weight", "train_seconds",
+    "speaker_id_acc", *(f"gender{suffix}" for suffix in TASK_COLUMN_SUFFIXES), "gender_loss_weight", "triplet_loss_weight", "train_seconds",
 )
 LEGACY_COLUMNS = {"eer": "eer_pooled", "min_dcf": "min_dcf_pooled"}  # CSVs written before per-corpus figures.
 RECIPE_KEYS = ("name", "comment", "splits", "speaker_genders", "model_size", "seeds", "budget", "num_trials", "train", "tasks",
@@ -56,7 +59,8 @@ RUNNER_KEYS = {
     "held_out_speakers": "'splits.held_out_training_speakers'", "initial_checkpoint": "the 'softmax_triplet' recipe", "tasks": "the recipe's 'tasks'",
     "speaker_loss_weight": "the configuration", "gender_loss_weight": "the configuration", "triplet_loss_weight": "the configuration",
 }
-TABLE_METRICS = ("min_dcf_pooled", "speaker_id_acc", "gender_acc_head", "gender_acc_probe")  # Shown after the EERs when they have values.
+TABLE_METRICS = ("min_dcf_pooled", "speaker_id_acc")  # Shown after the EERs when they have values, then each task's accuracies.
+ACCURACY_SUFFIXES = TASK_COLUMN_SUFFIXES[:4]
 
 
 class ExperimentConfigError(ValueError):
@@ -239,8 +243,8 @@ def corpus_column(corpus: str) -> str:
 
 
 def csv_columns(config: ExperimentConfig) -> tuple[str, ...]:
-    """CSV_COLUMNS, then head and probe accuracy of each declared task, then EER and minDCF per held-out corpus."""
-    tasks = tuple(f"{task.name}_acc_{kind}" for task in parse_tasks(config.tasks) for kind in ("head", "probe"))
+    """CSV_COLUMNS, then the accuracies and speaker counts of each declared task, then EER and minDCF per held-out corpus."""
+    tasks = tuple(f"{task.name}{suffix}" for task in parse_tasks(config.tasks) for suffix in TASK_COLUMN_SUFFIXES)
     return CSV_COLUMNS + tasks + tuple(f"{metric}_{corpus_column(corpus)}" for corpus in held_out_corpora(config) for metric in ("eer", "min_dcf"))
 
 
@@ -359,7 +363,7 @@ def run_experiment(config_path: str | os.PathLike, working_dir: str | os.PathLik
             row = {
                 "config": name, "seed": seed, "model_size": config.model_size, "backend": keras.backend.backend(), "device": device_name(),
                 "train_steps": steps, "train_windows": windows, **verification_columns(report.__dict__, corpora),
-                **{key: value for key, value in report.heads.items() if key == "speaker_id_acc" or key.endswith(("_acc_head", "_acc_probe"))},
+                **{key: value for key, value in report.heads.items() if key == "speaker_id_acc" or key.endswith(ACCURACY_SUFFIXES)},
                 "gender_loss_weight": settings.get("gender_loss_weight", 1.0) if settings["recipe"].startswith("mtl") else 0.0,
                 "triplet_loss_weight": settings.get("triplet_loss_weight", 1.0 if settings["recipe"] == "mtl_triplet" else 0.0), "train_seconds": seconds,
             }
@@ -406,6 +410,12 @@ def verification_columns(report: dict, corpora: list[str]) -> dict:
     return columns
 
 
+def speaker_count_columns(report: dict) -> dict:
+    """`<task>_speakers`: the unseen speakers of each label its accuracies were measured on, e.g. "7 F, 14 M" (labels sorted)."""
+    return {f"{task}_speakers": ", ".join(f"{counts[label]} {label}" for label in sorted(counts))
+            for task, counts in (report.get("unseen_labels") or {}).items()}
+
+
 def write_results_csv(config: ExperimentConfig, working_dir: Path) -> Path:
     """One row per scored run, in the recipe's order, written atomically.
 
@@ -420,7 +430,7 @@ def write_results_csv(config: ExperimentConfig, working_dir: Path) -> Path:
             result_file = run_root / "evaluation.json"
             if result_file.is_file():
                 result = json.loads(result_file.read_text())
-                row = {**result["row"], **verification_columns(result["report"], corpora)}
+                row = {**result["row"], **verification_columns(result["report"], corpora), **speaker_count_columns(result["report"])}
                 if row.get("train_windows") is None:
                     row["train_windows"] = train_progress(run_root)[1]
                 rows.append(row)
@@ -455,11 +465,23 @@ def _values(rows: list[dict], metric: str) -> np.ndarray:
 
 def table_metrics(rows: list[dict]) -> list[str]:
     """The EER of each held-out corpus (in the CSV's order), the pooled EER, then the other metrics that have values
-    (minDCF, identification, then the head and probe accuracy of gender and of every other task)."""
+    (minDCF, identification, then the head and probe accuracies of gender and of every other task, per file and per speaker)."""
     columns = list(rows[0]) if rows else []
     corpus_eers = [c for c in columns if c.startswith("eer_") and c != "eer_pooled"]
-    task_accuracies = [c for c in columns if c.endswith(("_acc_head", "_acc_probe")) and c not in TABLE_METRICS]
+    task_accuracies = [c for c in columns if c.endswith(ACCURACY_SUFFIXES)]
     return corpus_eers + ["eer_pooled"] + [m for m in (*TABLE_METRICS, *task_accuracies) if len(_values(rows, m))]
+
+
+def speaker_counts_note(rows: list[dict], metrics: list[str]) -> str:
+    """' Per-speaker accuracies: gender on 21 unseen speakers (7 F, 14 M), ...' for the tasks the table shows per speaker."""
+    counts = []
+    for column in (c for c in (list(rows[0]) if rows else []) if c.endswith("_speakers")):
+        task = column.removesuffix("_speakers")
+        values = sorted({r[column] for r in rows if r.get(column)})
+        if values and any(m.startswith(f"{task}_acc_") and m.endswith("_per_speaker") for m in metrics):
+            total = " or ".join(str(sum(int(part.split()[0]) for part in value.split(", "))) for value in values)
+            counts.append(f"{task} on {total} unseen speakers ({'; '.join(values)})")
+    return f" Per-speaker accuracies (`_per_speaker`, each speaker once): {', '.join(counts)}; the others are per file." if counts else ""
 
 
 def results_table(csv_path: str | os.PathLike) -> str:
@@ -483,7 +505,8 @@ def results_table(csv_path: str | os.PathLike) -> str:
                  f"{first.get('train_steps', '?')} training steps{windows} per run; mean ± standard deviation over seeds. "
                  "EER and minDCF (p_target 0.01) on speaker-disjoint trials, lower is better: eer_<corpus> among that corpus's own speakers, "
                  "eer_pooled among all held-out speakers together; accuracies: higher is better. "
-                 "n/a: no value (a corpus without trials of its own, a head the configuration lacks, or a column the CSV predates).")
+                 "n/a: no value (a corpus without trials of its own, a head the configuration lacks, or a column the CSV predates)."
+                 + speaker_counts_note(rows, metrics))
     return "\n".join(lines)
 
 
@@ -542,21 +565,22 @@ def plot_gender_weight(rows: list[dict], configurations: list[str], path: Path) 
 # The answer: Hive-MTL against the best single-task configuration, task by task, with intervals.
 
 ANSWER_COLUMNS = ("task", "figure", "mtl_config", "single_config", "seeds", "mtl_mean", "single_mean", "difference",
-                  "seeds_low", "seeds_high", "trials_low", "trials_high", "reading")
+                  "seeds_low", "seeds_high", "trials_low", "trials_high", "speakers_low", "speakers_high", "reading")
 
 
 def answer_figures(config: ExperimentConfig) -> list[tuple[str, str, str, str, bool]]:
     """(task, figure, Hive-MTL column, single-task column, lower is better) for every comparison.
 
-    A label task's head exists only in Hive-MTL, so its head is compared with the single-task
+    Label tasks are compared per speaker (each unseen speaker once), not per file. A label
+    task's head exists only in Hive-MTL, so its head is compared with the single-task
     embedding's probe: what a user of either model could get for that task.
     """
     figures = [("speaker verification", f"EER {corpus}", f"eer_{corpus_column(corpus)}", f"eer_{corpus_column(corpus)}", True)
                for corpus in held_out_corpora(config)]
     figures.append(("speaker identification", "accuracy, training speakers' test utterances", "speaker_id_acc", "speaker_id_acc", False))
     for task in ["gender", *(t.name for t in parse_tasks(config.tasks))]:
-        figures.append((task, "probe balanced accuracy, unseen speakers", f"{task}_acc_probe", f"{task}_acc_probe", False))
-        figures.append((task, "Hive-MTL head vs single-task probe", f"{task}_acc_head", f"{task}_acc_probe", False))
+        figures.append((task, "probe balanced accuracy per unseen speaker", f"{task}_acc_probe_per_speaker", f"{task}_acc_probe_per_speaker", False))
+        figures.append((task, "Hive-MTL head vs single-task probe, per unseen speaker", f"{task}_acc_head_per_speaker", f"{task}_acc_probe_per_speaker", False))
     return figures
 
 
@@ -565,11 +589,12 @@ def mtl_answer(config: ExperimentConfig, working_dir: Path, seed: int = 0) -> li
 
     The best single-task configuration is the one with the best mean over seeds for that figure.
     Differences are Hive-MTL minus single, seed by seed (paired), with Student's t interval over
-    seeds; EERs also get a paired bootstrap over trials (`paired_bootstrap_eer_difference`).
+    seeds; EERs also get a paired bootstrap over trials (`paired_bootstrap_eer_difference`), label
+    tasks one over the unseen speakers (`paired_bootstrap_accuracy_difference`).
     The reading comes from the interval over seeds: `supported` where it excludes zero in
     Hive-MTL's favour, `refuted` where it excludes zero against it, else `undecided`.
     """
-    from eval_metrics import paired_bootstrap_eer_difference, paired_t_interval
+    from eval_metrics import paired_bootstrap_accuracy_difference, paired_bootstrap_eer_difference, paired_t_interval
 
     csv_path = config.output_dir / f"{config.name}.csv"
     rows = read_results(csv_path)
@@ -590,11 +615,15 @@ def mtl_answer(config: ExperimentConfig, working_dir: Path, seed: int = 0) -> li
             single_name = min(candidates, key=lambda name: sign * np.mean(list(candidates[name].values())))
             seeds = sorted(set(mtl_values) & set(candidates[single_name]))
             over_seeds = paired_t_interval(np.array([mtl_values[s] - candidates[single_name][s] for s in seeds]))
-            over_trials = None
+            over_trials = over_speakers = None
             if mtl_column.startswith("eer_") and mtl_column == single_column:
                 pairs = [trial_pair(working_dir, single_name, mtl_name, s, mtl_column.removeprefix("eer_")) for s in seeds]
                 if all(p is not None for p in pairs):
                     over_trials = paired_bootstrap_eer_difference(pairs, rng)
+            if mtl_column.endswith("_per_speaker"):
+                pairs = [speaker_pair(working_dir, (single_name, single_column), (mtl_name, mtl_column), s) for s in seeds]
+                if all(p is not None for p in pairs):
+                    over_speakers = paired_bootstrap_accuracy_difference(pairs, rng)
             decided = over_seeds.excludes_zero()
             favours_mtl = decided and (over_seeds.high < 0 if lower_is_better else over_seeds.low > 0)
             better, worse = decided and favours_mtl, decided and not favours_mtl
@@ -603,6 +632,7 @@ def mtl_answer(config: ExperimentConfig, working_dir: Path, seed: int = 0) -> li
                 "mtl_mean": float(np.mean([mtl_values[s] for s in seeds])), "single_mean": float(np.mean([candidates[single_name][s] for s in seeds])),
                 "difference": over_seeds.difference, "seeds_low": over_seeds.low, "seeds_high": over_seeds.high,
                 "trials_low": over_trials.low if over_trials else None, "trials_high": over_trials.high if over_trials else None,
+                "speakers_low": over_speakers.low if over_speakers else None, "speakers_high": over_speakers.high if over_speakers else None,
                 "reading": "supported" if better else "refuted" if worse else "undecided",
             })
     return answers
@@ -623,6 +653,24 @@ def trial_pair(working_dir: Path, single_name: str, mtl_name: str, seed: int, co
     return (labels, single, mtl) if np.array_equal(labels, mtl_labels) else None
 
 
+def speaker_pair(working_dir: Path, single: tuple[str, str], mtl: tuple[str, str], seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(labels, single-task predictions, Hive-MTL predictions) of one label task's unseen speakers for one seed, from
+    each run's evaluation.json; `single` and `mtl` are (configuration, `<task>_acc_<probe|head>_per_speaker` column).
+    None where either run lacks them or the two runs scored other speakers."""
+    found = []
+    for name, column in (single, mtl):
+        path = working_dir / "runs" / name / f"seed{seed}" / "evaluation.json"
+        task, kind = re.fullmatch(r"(.+)_acc_(probe|head)_per_speaker", column).groups()
+        predictions = (json.loads(path.read_text())["report"].get("speaker_predictions") or {}).get(task) if path.is_file() else None
+        if not predictions or kind not in predictions:
+            return None
+        found.append((predictions["speakers"], predictions["labels"], predictions[kind]))
+    (speakers, labels, single_predicted), (mtl_speakers, mtl_labels, mtl_predicted) = found
+    if (speakers, labels) != (mtl_speakers, mtl_labels):
+        return None
+    return np.array(labels), np.array(single_predicted), np.array(mtl_predicted)
+
+
 def write_answer_csv(config: ExperimentConfig, working_dir: Path) -> Path:
     """`<output_dir>/<name>_answer.csv`: the rows of `mtl_answer`, written atomically."""
     path = config.output_dir / f"{config.name}_answer.csv"
@@ -640,19 +688,21 @@ def answer_table(answer_csv: str | os.PathLike) -> str:
         rows = list(csv.DictReader(handle))
 
     def interval(row: dict, kind: str) -> str:
-        low, high = row[f"{kind}_low"], row[f"{kind}_high"]
-        return "n/a" if low == "" else f"[{float(low):+.3f}, {float(high):+.3f}]"
+        low, high = row.get(f"{kind}_low", ""), row.get(f"{kind}_high", "")  # An answer CSV written before speaker intervals lacks them.
+        return "n/a" if low in ("", None) else f"[{float(low):+.3f}, {float(high):+.3f}]"
 
-    lines = ["| task | figure | Hive-MTL | best single-task | seeds | Hive-MTL − single | 95 % CI over seeds | 95 % CI over trials | reading |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | figure | Hive-MTL | best single-task | seeds | Hive-MTL − single | 95 % CI over seeds | 95 % CI over trials "
+             "| 95 % CI over speakers | reading |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(
             f"| {row['task']} | {row['figure']} | {row['mtl_config']} {float(row['mtl_mean']):.3f} | {row['single_config']} {float(row['single_mean']):.3f} | "
-            f"{row['seeds']} | {float(row['difference']):+.3f} | {interval(row, 'seeds')} | {interval(row, 'trials')} | {row['reading']} |"
+            f"{row['seeds']} | {float(row['difference']):+.3f} | {interval(row, 'seeds')} | {interval(row, 'trials')} | {interval(row, 'speakers')} | {row['reading']} |"
         )
     lines.append("")
     lines.append("Differences are Hive-MTL minus the single-task configuration with the best mean for that figure, paired by seed. "
                  "EER: lower is better; accuracies: higher is better. The reading comes from the interval over seeds (Student's t): "
                  "supported where it excludes zero in Hive-MTL's favour, refuted where it excludes zero against it, undecided otherwise "
-                 "(always with one seed). The interval over trials (paired bootstrap, 1,000 resamples) covers the choice of trials only.")
+                 "(always with one seed). The interval over trials (paired bootstrap, 1,000 resamples) covers the choice of trials only; "
+                 "the interval over speakers (paired bootstrap, 1,000 resamples of the unseen speakers within each label) the choice of speakers only.")
     return "\n".join(lines)

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from audio import AudioError, natural_key, pad_mfcc, read_mfcc
+from audio import AudioError, entry_features, natural_key, pad_mfcc, read_mfcc
 from constants import (
     AUDIO_EXTENSIONS,
     EMBEDDING_SIZE,
@@ -136,12 +136,14 @@ REFERENCE_FRONTEND = FrontEnd()
 
 
 def read_features(paths: Sequence[str | os.PathLike], frontend: FrontEnd = REFERENCE_FRONTEND) -> list[np.ndarray]:
-    """Features of each file: a feature-cache entry (`.npy`) as cached, audio by `audio.read_mfcc`
-    with the front end's trim.
+    """Features of each file with the front end's trim, whether it is audio (`audio.read_mfcc`) or a
+    feature-cache entry (`.npy`, `audio.entry_features`: as cached for the cache's own trim, else
+    made again from its audio), so that a checkpoint is scored on the features it was trained on
+    wherever evaluation reads the cache. The one reader of features for embedding and evaluation.
 
-    A bad audio file raises AudioError (or FileNotFoundError) naming it.
+    A bad audio file, or an entry whose audio is gone, raises AudioError (or FileNotFoundError) naming it.
     """
-    return [np.load(path) if str(path).endswith(".npy") else read_mfcc(path, trim_mode=frontend.trim) for path in paths]
+    return [entry_features(path, frontend.trim) if str(path).endswith(".npy") else read_mfcc(path, trim_mode=frontend.trim) for path in paths]
 
 
 # ----------------------------------------------------------------------------------------------

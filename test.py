@@ -58,6 +58,8 @@ class EvaluationReport:
     corpora: dict[str, dict] = field(default_factory=dict)  # Corpus name -> its own verification figures.
     heads: dict = field(default_factory=dict)  # Accuracies of the embedding (probes, identification) and of task heads.
     unseen_labels: dict[str, dict[str, int]] = field(default_factory=dict)  # Task -> label -> unseen speakers carrying it.
+    # Task -> {"speakers", "labels", "probe", "head"}: each unseen speaker's label and predictions (bootstraps over speakers).
+    speaker_predictions: dict[str, dict[str, list]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def to_json(self, path: str | os.PathLike) -> Path:
@@ -239,15 +241,29 @@ def corpus_verification(
     return figures, notes
 
 
-def probe_accuracy(train_embeddings: np.ndarray, train_labels: list[str], test_embeddings: np.ndarray, test_labels: list[str]) -> float:
-    """Balanced accuracy of a logistic-regression probe for a label (gender, language) on frozen embeddings."""
+def fit_probe(train_embeddings: np.ndarray, train_labels: list[str]):
+    """A logistic-regression probe for a label (gender, language) on frozen embeddings."""
     from sklearn.linear_model import LogisticRegression
 
+    return LogisticRegression(max_iter=1000).fit(train_embeddings, np.array(train_labels))
+
+
+def probe_accuracy(train_embeddings: np.ndarray, train_labels: list[str], test_embeddings: np.ndarray, test_labels: list[str]) -> float:
+    """Balanced accuracy of a logistic-regression probe for a label (gender, language) on frozen embeddings, per embedding."""
     from eval_metrics import balanced_accuracy
 
-    probe = LogisticRegression(max_iter=1000)
-    probe.fit(train_embeddings, np.array(train_labels))
-    return balanced_accuracy(probe.predict(test_embeddings), np.array(test_labels))
+    return balanced_accuracy(fit_probe(train_embeddings, train_labels).predict(test_embeddings), np.array(test_labels))
+
+
+def per_speaker_labels(probabilities: np.ndarray, classes: Sequence[str], owners: np.ndarray, num_speakers: int) -> np.ndarray:
+    """Each speaker's label: the class of highest mean probability over its files.
+
+    `probabilities` (files, classes) in the order of `classes`; `owners[i]` is the speaker (0 ..
+    num_speakers - 1) of file i. A speaker of 50 short clips counts once, as one of 2 long files does.
+    """
+    sums = np.zeros((num_speakers, probabilities.shape[1]))
+    np.add.at(sums, owners, probabilities)
+    return np.asarray(classes)[np.argmax(sums / np.bincount(owners, minlength=num_speakers)[:, None], axis=1)]
 
 
 def task_heads(checkpoint_file: str | os.PathLike):
@@ -392,10 +408,11 @@ def evaluate_checkpoint(
     tasks = [gender_task(1.0), *(run_label_tasks(checkpoint_file) if label_tasks is None else label_tasks)]
     files = label_source_files(working_dir, trial_speakers, training_speakers, tasks)
     for task in tasks:
-        figures, counts = label_task_accuracies(task, heads, embed, splits, trial_speakers, files, genders, run)
+        figures, counts, predictions = label_task_accuracies(task, heads, embed, splits, trial_speakers, files, genders, run)
         report.heads.update(figures)
         if counts:
             report.unseen_labels[task.name] = counts
+            report.speaker_predictions[task.name] = predictions
     if plots_dir and trial_speakers:
         rows = [(p, s) for s, paths in trial_speakers.items() for p in paths]
         write_projection_plot(plots_dir, embed([p for p, _ in rows]), [s for _, s in rows], [genders.get(s) for _, s in rows])
@@ -455,29 +472,44 @@ def label_source_files(working_dir, trial_speakers: dict[str, list], training_sp
 
 
 def label_task_accuracies(task, heads, embed: EmbeddingsOnce, splits, trial_speakers: dict[str, list], files: dict[str, Path],
-                          genders: dict[str, str], run: dict | None) -> tuple[dict, dict[str, int]]:
-    """Probe and head balanced accuracies of one label task on the unseen speakers that carry its label,
-    and how many of those speakers carry each label."""
+                          genders: dict[str, str], run: dict | None) -> tuple[dict, dict[str, int], dict[str, list]]:
+    """Probe and head balanced accuracies of one label task on the unseen speakers that carry its label; how many
+    of those speakers carry each label; and each speaker's label and predictions.
+
+    Per speaker (`<task>_acc_probe_per_speaker`, `<task>_acc_head_per_speaker`): the mean
+    probability of a speaker's files decides its label, and each speaker counts once, so FSDD's
+    six speakers of 50 digits each weigh as six speakers, not as most of the files. Per file
+    (`<task>_acc_probe`, `<task>_acc_head`), as figures before these were reported. The probe is
+    trained on the training speakers' training utterances.
+    """
     from eval_metrics import balanced_accuracy
 
     unseen_labels = task.speaker_labels({s: files[s] for s in trial_speakers if s in files}, genders)
     training_labels = task.speaker_labels({s: files[s] for s in splits if s in files}, genders)
-    unseen = [(p, unseen_labels[s]) for s, paths in trial_speakers.items() if s in unseen_labels for p in paths]
-    if not unseen:
-        return {}, {}
+    speakers = [s for s, paths in trial_speakers.items() if s in unseen_labels and paths]
+    if not speakers:
+        return {}, {}, {}
+    rows = [(p, i) for i, s in enumerate(speakers) for p in trial_speakers[s]]
+    owners = np.array([i for _, i in rows])
+    speaker_labels = np.array([unseen_labels[s] for s in speakers])
+    file_labels = speaker_labels[owners]
     counts = {c: sum(v == c for v in unseen_labels.values()) for c in task.classes if c in unseen_labels.values()}
-    figures = {}
+    figures, predictions = {}, {"speakers": speakers, "labels": speaker_labels.tolist()}
+    scored = []  # (kind, class probabilities of each file, their classes)
     train_rows = [(p, training_labels[s]) for s, (train, _) in splits.items() if s in training_labels for p in train]
     if len({label for _, label in train_rows}) >= 2:
-        figures[f"{task.name}_acc_probe"] = probe_accuracy(
-            embed([p for p, _ in train_rows]), [label for _, label in train_rows], embed([p for p, _ in unseen]), [label for _, label in unseen]
-        )
+        probe = fit_probe(embed([p for p, _ in train_rows]), [label for _, label in train_rows])
+        scored.append(("probe", probe.predict_proba(embed([p for p, _ in rows])), probe.classes_))
     if heads is not None and task.output in heads.output:
         classes = ((run or {}).get("tasks") or {}).get(task.name, {}).get("classes") or list(task.classes)
-        predictions = heads.predict(embed([p for p, _ in unseen]), verbose=0)[task.output]
-        indices = (predictions[:, 0] >= 0.5).astype(int) if predictions.shape[1] == 1 else np.argmax(predictions, axis=1)
-        figures[f"{task.name}_acc_head"] = balanced_accuracy(np.array(classes)[indices], np.array([label for _, label in unseen]))
-    return figures, counts
+        outputs = heads.predict(embed([p for p, _ in rows]), verbose=0)[task.output]
+        scored.append(("head", np.concatenate([1 - outputs, outputs], axis=1) if outputs.shape[1] == 1 else outputs, np.array(classes)))
+    for kind, probabilities, classes in scored:
+        figures[f"{task.name}_acc_{kind}"] = balanced_accuracy(classes[np.argmax(probabilities, axis=1)], file_labels)
+        by_speaker = per_speaker_labels(probabilities, classes, owners, len(speakers))
+        figures[f"{task.name}_acc_{kind}_per_speaker"] = balanced_accuracy(by_speaker, speaker_labels)
+        predictions[kind] = by_speaker.tolist()
+    return figures, counts, predictions
 
 
 def write_score_plots(plots_dir: str | os.PathLike, scores: np.ndarray, labels: np.ndarray, threshold: float) -> None:

@@ -25,6 +25,7 @@ import contextlib
 import csv
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -49,6 +50,7 @@ from batcher import (
     TrainingData,
     TripletBatches,
     check_triplet_batch_size,
+    check_triplet_training,
     load_training_data,
     triplet_speakers,
 )
@@ -508,6 +510,8 @@ def train(working_dir: str | os.PathLike, config: TrainConfig, run_root: str | o
     keras.mixed_precision.set_global_policy(policy)
     try:
         with distribution_scope(config.distribution):
+            if config.distribution == "multi_worker":
+                check_workers_agree(data)
             keras.utils.set_random_seed(config.seed)  # Same seed, same initial weights.
             model = build_model(config, len(data.speakers), label_tasks)
             if state:
@@ -557,6 +561,62 @@ def is_cluster_chief(tf_config: str | None) -> bool:
     if task_type in (None, "chief"):
         return True
     return task_type == "worker" and index == 0 and "chief" not in (cluster.get("cluster") or {})
+
+
+def cluster_size(tf_config: str | None) -> int:
+    """How many tasks (chief and workers) the cluster TF_CONFIG describes has; 1 without one."""
+    cluster = (json.loads(tf_config) if tf_config else {}).get("cluster") or {}
+    return max(1, len(cluster.get("chief", [])) + len(cluster.get("worker", [])))
+
+
+def training_data_digest(data: TrainingData) -> str:
+    """SHA-256 of the training speakers in class order and of each one's train, test and validation cache
+    entries: what speakers.json and split.json record, and what every worker of a cluster must share."""
+    split = {s: [[p.name for p in part.get(s, [])] for part in (data.train, data.test, data.validation)] for s in data.speakers}
+    return hashlib.sha256(json.dumps({"speakers": data.speakers, "split": split}, sort_keys=True).encode()).hexdigest()
+
+
+DIGEST_PIECES = 6  # The first 96 bits of the digest, as 16-bit pieces: exact in float32, which every collective carries.
+
+
+def check_workers_agree(data: TrainingData) -> None:
+    """Stop unless every worker of the cluster trains on the same speakers and split.
+
+    Each worker draws the whole global batch from its own cache and keeps its share, so one file
+    that decoded on one machine and not on another shifts class indices there, and the workers
+    silently train on different batches. Inside the cluster's strategy, every worker hands in its
+    `training_data_digest` with its numbers of speakers and training utterances, learns all of
+    them (one all-reduce, before the model is built) and raises the same TrainingError when they
+    differ, naming each worker's figures.
+    """
+    import tensorflow as tf
+
+    strategy = tf.distribute.get_strategy()
+    digest = training_data_digest(data)
+    mine = [int(digest[4 * i : 4 * i + 4], 16) for i in range(DIGEST_PIECES)] + [len(data.speakers), sum(map(len, data.train.values()))]
+    replicas = strategy.num_replicas_in_sync
+
+    def own_row(context) -> tf.Tensor:  # This replica's figures in its own row, zeros elsewhere: their sum holds every replica's.
+        return tf.tensor_scatter_nd_update(tf.zeros((replicas, len(mine))), [[context.replica_id_in_sync_group]], tf.constant([mine], tf.float32))
+
+    # A sum, not `strategy.gather`: on two workers that one leaves an autograph file in $TMPDIR of a worker that is killed.
+    values = strategy.experimental_distribute_values_from_function(own_row)
+    rows = [tuple(int(v) for v in row) for row in strategy.reduce(tf.distribute.ReduceOp.SUM, values, axis=None).numpy()]  # Worker by worker.
+    size = cluster_size(os.environ.get("TF_CONFIG"))
+    workers: dict[tuple, set[int]] = {}  # Figures -> the workers that have them.
+    for replica, row in enumerate(rows):
+        workers.setdefault(row, set()).add(replica * size // len(rows))
+    if len(workers) == 1:
+        logger.info("the %d workers agree on the training data: %d speakers, %d training utterances (digest %s)",
+                    size, mine[-2], mine[-1], digest[: 4 * DIGEST_PIECES])
+        return
+    described = "; ".join(f"worker{'s' * (len(ws) > 1)} {', '.join(map(str, sorted(ws)))}: {row[-2]} speakers, {row[-1]} training "
+                          f"utterances (digest {''.join(f'{v:04x}' for v in row[:DIGEST_PIECES])})" for row, ws in workers.items())
+    raise TrainingError(
+        f"the workers of the cluster do not train on the same data ({described}). Each worker reads its speaker list and split from "
+        "its own feature cache: build the same cache on every machine (compare their corpus.json; a file that failed to decode on one "
+        "of them is listed in build-mfcc-cache's report), then run the same command on every worker again."
+    )
 
 
 def train_beside_chief(working_dir: str | os.PathLike, config: TrainConfig, directory: Path) -> Path:
@@ -748,6 +808,8 @@ def make_batches(config: TrainConfig, data: TrainingData, model: keras.Model, fi
     validation_pool = {s: e for s, e in (data.validation if config.validation_split else data.test).items() if e}
     if config.mode == "triplet" and not config.validation_split:
         validation_pool = {s: e for s, e in data.held_out.items() if e} or validation_pool
+    if config.uses_triplets:
+        check_triplet_training(data.train)
     if config.uses_waveforms:
         waveforms = waveform_cache_dir(working_dir, config.trim)
 
@@ -771,21 +833,22 @@ def make_batches(config: TrainConfig, data: TrainingData, model: keras.Model, fi
         train_batches = SoftmaxBatches(data.train, data.speakers, config.batch_size, steps, seed, first_epoch, config.balanced_sampling, config.pad, **loader)
         validation = SoftmaxBatches(validation_pool, data.speakers, config.batch_size, config.validation_steps, seed + 1, 0, config.balanced_sampling, config.pad, **loader) if validation_pool else None
         return train_batches, validation if config.validation_steps else None
-    replicas = loss_replicas()  # Triplet batches are stacked per replica, so each replica's loss pairs its own rows.
+    # Triplet batches are stacked per replica, so each replica's loss pairs its own rows; every triplet batch has the run's sampling options.
+    triplets = {"replicas": loss_replicas(), "balanced": config.balanced_sampling, "pad": config.pad}
     pool = triplet_pool(validation_pool) or (triplet_pool(data.test) if config.mode == "triplet" and not config.validation_split else None)
     if config.mode == "triplet":
         if config.hard_negative:
             from inference import Embedder  # The compiled inference path; it reads the weights as they train.
 
             embed = Embedder(embedding_model(model)).embed_windows
-            train_batches = HardNegativeTripletBatches(data.train, config.batch_size, steps, embed, seed, first_epoch, replicas=replicas, workers=1, use_multiprocessing=False)
+            train_batches = HardNegativeTripletBatches(data.train, config.batch_size, steps, embed, seed, first_epoch, workers=1, use_multiprocessing=False, **triplets)
         else:
-            train_batches = TripletBatches(data.train, config.batch_size, steps, seed, first_epoch, replicas=replicas, **loader)
-        validation = TripletBatches(pool, config.batch_size, config.validation_steps, seed + 1, replicas=replicas, **loader) if pool and config.validation_steps else None
+            train_batches = TripletBatches(data.train, config.batch_size, steps, seed, first_epoch, **triplets, **loader)
+        validation = TripletBatches(pool, config.batch_size, config.validation_steps, seed + 1, **triplets, **loader) if pool and config.validation_steps else None
         return train_batches, validation
-    outputs = model_outputs(model)
-    train_batches = TripletBatches(data.train, config.batch_size, steps, seed, first_epoch, outputs=outputs, speakers=data.speakers, task_values=task_values, replicas=replicas, **loader)
-    validation = TripletBatches(pool, config.batch_size, config.validation_steps, seed + 1, outputs=outputs, speakers=data.speakers, task_values=task_values, replicas=replicas, **loader) if pool and config.validation_steps else None
+    outputs = {"outputs": model_outputs(model), "speakers": data.speakers, "task_values": task_values}
+    train_batches = TripletBatches(data.train, config.batch_size, steps, seed, first_epoch, **outputs, **triplets, **loader)
+    validation = TripletBatches(pool, config.batch_size, config.validation_steps, seed + 1, **outputs, **triplets, **loader) if pool and config.validation_steps else None
     return train_batches, validation
 
 

@@ -199,6 +199,21 @@ def test_history_rows_remember_the_utterance_their_window_was_cut_from(training_
             assert any(np.array_equal(mfcc[start : start + NUM_FRAMES], window) for start in range(len(mfcc) - NUM_FRAMES + 1)), row
 
 
+def test_a_hard_negative_refresh_draws_its_speakers_as_the_run_samples(training_data):
+    """Balanced: each of 3 speakers is in a 2-speaker refresh 2/3 of the time; else in proportion to its
+    utterances (19: 6 of 10, so in 0.6 + 0.4 x 0.6 / 0.8 = 0.9 of the refreshes)."""
+    utterances = {"19": training_data.train["19"], "26": training_data.train["26"][:2], "27": training_data.train["27"][:2]}
+    for balanced, share_of_19 in ((True, 2 / 3), (False, 0.9)):
+        batches = HardNegativeTripletBatches(utterances, 12, 1, lambda w: np.ones((len(w), EMBEDDING_SIZE), np.float32), history_speakers=2,
+                                             history_utterances=1, history_refreshes=1, balanced=balanced)
+        rng = np.random.default_rng(0)
+        refreshed = []
+        for _ in range(600):
+            batches.refresh(rng)
+            refreshed.append(set(batches.history_speakers))  # The 2 slots of the history: one window of each speaker drawn.
+        assert np.mean([0 in speakers for speakers in refreshed]) == pytest.approx(share_of_19, abs=0.05), balanced
+
+
 def test_validation_takes_the_last_training_utterances_of_speakers_that_keep_two_to_train_on():
     from batcher import split_validation
 

@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -77,15 +78,16 @@ def free_ports(count: int) -> list[int]:
         return [handle.getsockname()[1] for handle in sockets]
 
 
-def start_cluster(start, working_dir: Path, logs: Path, name: str) -> list[subprocess.Popen]:
-    """Both workers of a 2-epoch run; worker 1's $TMPDIR is `<logs>/<name>-tmp`, for its private copy of the run."""
+def start_cluster(start, working_dir: Path, logs: Path, name: str, second_working_dir: Path | None = None) -> list[subprocess.Popen]:
+    """Both workers of a 2-epoch run (worker 1 on `second_working_dir` if given, as on another machine);
+    worker 1's $TMPDIR is `<logs>/<name>-tmp1`, for its private copy of the run."""
     ports = free_ports(2)
     workers = []
-    for index in range(2):
+    for index, directory in enumerate((working_dir, second_working_dir or working_dir)):
         tf_config = {"cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]}, "task": {"type": "worker", "index": index}}
         tmp = logs / f"{name}-tmp{index}"
         tmp.mkdir()
-        command = ["cli.py", "train", "--working_dir", str(working_dir), "--epochs", "2", "--distribution", "multi_worker", *TRAIN_OPTIONS]
+        command = ["cli.py", "train", "--working_dir", str(directory), "--epochs", "2", "--distribution", "multi_worker", *TRAIN_OPTIONS]
         workers.append(start(command, logs / f"{name}-worker{index}.log", TF_CONFIG=json.dumps(tf_config), TMPDIR=str(tmp)))
     return workers
 
@@ -176,6 +178,7 @@ def test_the_same_command_on_both_workers_resumes_from_the_chiefs_last_epoch_and
         succeeded(cluster[run])
         assert re.search(r"resuming \S+ after epoch 1 \(optimizer step 2\)", cluster[run]["log"]), cluster[run]["log"][-3000:]
         assert "MultiWorkerMirroredStrategy over 2 replicas" in cluster[run]["log"]
+        assert "the 2 workers agree on the training data: 3 speakers, 18 training utterances" in cluster[run]["log"]
     assert (cluster["final"]["state"]["epoch"], cluster["final"]["state"]["finished"]) == (2, True)
 
 
@@ -204,6 +207,25 @@ def test_two_workers_train_what_one_worker_with_two_replicas_trains_on_the_same_
         trained, reference = weights(cluster["cluster_dir"] / name), weights(cluster["one_worker_dir"] / name)
         assert trained.keys() == reference.keys()
         assert max(float(np.abs(trained[key] - reference[key]).max(initial=0)) for key in trained) <= TOLERANCE, name
+
+
+def test_workers_whose_caches_differ_by_one_file_stop_before_training_and_say_so(tmp_path):
+    """Worker 1's machine could not decode one file, so its cache lacks it: its speaker list and split differ."""
+    corpus, logs = tmp_path / "train-clean-100", tmp_path / "logs"
+    shutil.copytree(TRAIN_CLEAN, corpus)
+    logs.mkdir()
+    audio.build_feature_cache(corpus, tmp_path / "machine0", workers=1, progress=False)
+    (corpus / "19" / "198" / "19-198-0001.flac").write_bytes(b"not audio")
+    assert len(audio.build_feature_cache(corpus, tmp_path / "machine1", workers=1, progress=False).failed) == 1
+    with processes() as start:
+        workers = start_cluster(start, tmp_path / "machine0", logs, "mismatch", second_working_dir=tmp_path / "machine1")
+        runs = [finish(worker, logs / f"mismatch-worker{index}.log") for index, worker in enumerate(workers)]
+    for run in runs:
+        assert run["returncode"] == 1, run["log"][-3000:]
+        assert re.search(r"Error: the workers of the cluster do not train on the same data \(worker 0: 3 speakers, 18 training utterances "
+                         r"\(digest [0-9a-f]{24}\); worker 1: 3 speakers, 17 training utterances \(digest [0-9a-f]{24}\)\)", run["log"]), run["log"][-3000:]
+        assert "Traceback (most recent call last)" not in run["log"] and "Epoch 1/2" not in run["log"]
+    assert not (tmp_path / "machine0" / RUN_DIR / "state.json").exists(), "no epoch was trained"
 
 
 @pytest.mark.parametrize(

@@ -286,3 +286,26 @@ def test_paired_bootstrap_of_eer_is_zero_for_the_same_model_and_excludes_zero_fo
     better = paired_bootstrap_eer_difference([(labels, weak, strong), (labels, weak, strong)], np.random.default_rng(1), resamples=200)
     assert better.difference == pytest.approx(fast_eer(strong, labels) - fast_eer(weak, labels))
     assert better.low <= better.difference <= better.high < 0  # The stronger model's EER is lower on every resample.
+
+
+def test_paired_bootstrap_of_accuracy_resamples_speakers_within_each_label():
+    from eval_metrics import balanced_accuracy, paired_bootstrap_accuracy_difference
+
+    labels = np.array(["M"] * 14 + ["F"] * 7)  # One label and one prediction per unseen speaker.
+    weak = labels.copy()
+    weak[[0, 1, 2, 14, 15]] = np.where(labels[[0, 1, 2, 14, 15]] == "M", "F", "M")  # 3 men and 2 women wrong.
+    same = paired_bootstrap_accuracy_difference([(labels, weak, weak)], np.random.default_rng(1), resamples=200)
+    assert (same.difference, same.low, same.high) == (0.0, 0.0, 0.0)
+    better = paired_bootstrap_accuracy_difference([(labels, weak, labels)], np.random.default_rng(1), resamples=400)
+    assert better.difference == pytest.approx(1.0 - balanced_accuracy(weak, labels))
+    assert 0 < better.low <= better.difference <= better.high
+
+
+def test_a_resample_within_labels_keeps_the_count_of_each_label_and_draws_with_replacement():
+    from eval_metrics import resample_within_labels
+
+    labels = np.array(["M"] * 14 + ["F"] * 7)
+    rng = np.random.default_rng(0)
+    resamples = [resample_within_labels(labels, rng) for _ in range(100)]
+    assert all(sorted(labels[rows]) == sorted(labels) for rows in resamples)  # 14 men and 7 women, every time,
+    assert any(len(set(rows)) < len(rows) for rows in resamples)  # some of them drawn twice.

@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples" / "LibriSpeech"
 COMMON_VOICE = REPO / "samples" / "CommonVoice-fa"
 TEST_OTHER_COLUMNS = ("eer_test_other", "min_dcf_test_other")
-TINY_COLUMNS = CSV_COLUMNS + ("language_acc_head", "language_acc_probe") + TEST_OTHER_COLUMNS + ("eer_commonvoice_fa", "min_dcf_commonvoice_fa")
+LANGUAGE_COLUMNS = ("language_acc_head", "language_acc_probe", "language_acc_head_per_speaker", "language_acc_probe_per_speaker", "language_speakers")
+TINY_COLUMNS = CSV_COLUMNS + LANGUAGE_COLUMNS + TEST_OTHER_COLUMNS + ("eer_commonvoice_fa", "min_dcf_commonvoice_fa")
 
 
 def write_recipe(tmp_path: Path, **changes) -> Path:
@@ -73,10 +74,12 @@ def test_tiny_experiment_writes_one_csv_row_per_run_and_the_plot_and_resumes(tmp
     assert [r["train_steps"] for r in rows] == ["2", "2"]  # Same budget: one softmax + one triplet epoch against two MTL epochs.
     assert [r["train_windows"] for r in rows] == ["24", "24"]
     for row in rows:
-        for metric in ("eer_pooled", "min_dcf_pooled", *TEST_OTHER_COLUMNS, "speaker_id_acc", "gender_acc_probe", "language_acc_probe"):
+        for metric in ("eer_pooled", "min_dcf_pooled", *TEST_OTHER_COLUMNS, "speaker_id_acc", "gender_acc_probe", "language_acc_probe",
+                       "gender_acc_probe_per_speaker", "language_acc_probe_per_speaker"):
             assert 0.0 <= float(row[metric]) <= 1.0, metric
         assert row["eer_commonvoice_fa"] == ""  # One held-out Common Voice speaker: no trials of its own, but in the pooled ones.
-    for head in ("gender_acc_head", "language_acc_head"):  # Only Hive-MTL has the heads.
+        assert (row["gender_speakers"], row["language_speakers"]) == ("1 F, 1 M", "2 en, 1 fa")  # Per-speaker figures: of these speakers (labels sorted).
+    for head in ("gender_acc_head", "language_acc_head", "gender_acc_head_per_speaker", "language_acc_head_per_speaker"):  # Only Hive-MTL has the heads.
         assert rows[0][head] == "" and 0.0 <= float(rows[1][head]) <= 1.0
     report = json.loads((tmp_path / "work" / "runs" / "softmax_triplet" / "seed0" / "evaluation.json").read_text())["report"]
     assert report["unseen_labels"]["language"] == {"en": 2, "fa": 1}  # test-other's two speakers, the held-out Common Voice one.
@@ -90,6 +93,10 @@ def test_tiny_experiment_writes_one_csv_row_per_run_and_the_plot_and_resumes(tmp
     eer = next(r for r in answer if r["figure"] == "EER test-other")
     assert float(eer["difference"]) == pytest.approx(float(rows[1]["eer_test_other"]) - float(rows[0]["eer_test_other"]))
     assert eer["seeds_low"] == "" and float(eer["trials_low"]) <= float(eer["difference"]) <= float(eer["trials_high"])  # One seed: only the bootstrap.
+    assert eer["speakers_low"] == ""
+    language = next(r for r in answer if r["figure"] == "probe balanced accuracy per unseen speaker" and r["task"] == "language")
+    assert float(language["difference"]) == pytest.approx(float(rows[1]["language_acc_probe_per_speaker"]) - float(rows[0]["language_acc_probe_per_speaker"]))
+    assert language["trials_low"] == "" and float(language["speakers_low"]) <= float(language["difference"]) <= float(language["speakers_high"])
     plot = tmp_path / "results" / "tiny_gender_weight.png"
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     evaluation = tmp_path / "work" / "runs" / "mtl_triplet" / "seed0" / "evaluation.json"
@@ -98,6 +105,8 @@ def test_tiny_experiment_writes_one_csv_row_per_run_and_the_plot_and_resumes(tmp
     assert evaluation.stat().st_mtime_ns == before
     table = results_table(csv_path)
     assert "| mtl_triplet | 1 |" in table and "| eer_test_other | eer_commonvoice_fa | eer_pooled | min_dcf_pooled |" in table.splitlines()[0]
+    assert "| gender_acc_probe | gender_acc_head_per_speaker | gender_acc_probe_per_speaker | language_acc_head |" in table.splitlines()[0]
+    assert "gender on 2 unseen speakers (1 F, 1 M), language on 3 unseen speakers (2 en, 1 fa)" in table
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- mtl-results -->\nold table\n<!-- /mtl-results -->\noutro\n")
     update_readme_table(csv_path, readme)

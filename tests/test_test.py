@@ -110,7 +110,8 @@ def test_evaluation_of_an_mtl_checkpoint_reports_every_figure(mtl_run, tmp_path)
     assert report.trials["num_trials"] == 28  # 8 utterances: 12 same-speaker and 16 different-speaker pairs.
     assert list(report.corpora) == ["LibriSpeech"]  # The run's held-out speakers are one corpus, named by the folder they were cached from.
     assert {k: report.corpora["LibriSpeech"][k] for k in ("speakers", "num_trials", "eer")} == {k: report.trials[k] for k in ("speakers", "num_trials", "eer")}
-    assert set(report.heads) == {"speaker_id_acc", "speaker_id_acc_head", "gender_acc_head", "gender_acc_probe"}
+    assert set(report.heads) == {"speaker_id_acc", "speaker_id_acc_head", "gender_acc_head", "gender_acc_probe", "gender_acc_head_per_speaker",
+                                 "gender_acc_probe_per_speaker"}
     assert report.unseen_labels == {"gender": {"M": 1, "F": 1}}  # 1688 and 1998.
     assert all(0.0 <= value <= 1.0 for value in report.heads.values())
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["det_curve.png", "embedding_projection.png", "score_histograms.png"]
@@ -214,3 +215,91 @@ def test_verification_lines_show_each_corpus_then_the_pooled_figure_labelled_poo
         "VCTK                  speakers = 3, trials = 276 (84 same speaker), EER = 5.00%, threshold = 0.412, minDCF(0.01) = 1.000, minDCF(0.05) = 0.800",
         "pooled (all corpora)  speakers = 5, trials = 496 (96 same speaker), EER = 10.00%, threshold = 0.412, minDCF(0.01) = 1.000, minDCF(0.05) = 0.800",
     ]
+
+
+# ---------------------------------------------------------------------------------------------- the checkpoint's front end
+
+
+@pytest.fixture(scope="module")
+def energy_trim_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(working dir, best.h5): the bundled LibriSpeech cached (reference trim, as every cache), and beside an
+    untrained small model the run files of a run trained with the energy trim, test-other's speakers held out."""
+    import audio
+    from conv_models import DeepSpeakerModel
+    from train import save_atomically
+
+    working_dir = tmp_path_factory.mktemp("energy_trim_run")
+    audio.build_feature_cache(SAMPLES / "LibriSpeech", working_dir, workers=1, progress=False)
+    run = working_dir / "checkpoints-softmax"
+    run.mkdir()
+    save_atomically(DeepSpeakerModel(model_size="small").m, run / "best.h5")
+    (run / "config.json").write_text(json.dumps({"mode": "softmax", "trim": "energy", "pad": "repeat"}))
+    (run / "speakers.json").write_text(json.dumps({"speakers": ["19", "26", "27"], "held_out_speakers": ["1688", "1998"], "genders": {}}))
+    return working_dir, run / "best.h5"
+
+
+def test_cached_and_uncached_evaluation_of_the_same_speakers_give_the_same_scores_with_the_checkpoints_trim(energy_trim_run):
+    working_dir, checkpoint = energy_trim_run
+    cached, uncached = {}, {}
+    evaluate_checkpoint(working_dir, checkpoint, trial_scores=cached)  # 1688 and 1998 from the cache, as held-out speakers.
+    evaluate_checkpoint(None, checkpoint, eval_audio_dirs=(str(TEST_OTHER),), trial_scores=uncached)  # The same speakers from their audio.
+    (cached_scores, cached_labels), = cached.values()
+    (scores, labels), = uncached.values()
+    assert len(scores) == 28 and sorted(cached_labels) == sorted(labels)
+    np.testing.assert_allclose(np.sort(cached_scores), np.sort(scores), atol=1e-6)
+
+
+def test_every_cached_utterance_evaluation_embeds_gets_the_checkpoints_trim(energy_trim_run):
+    """Reference protocol, identification and probes read training speakers' cache entries: with the run's trim."""
+    import audio
+    from inference import Embedder
+
+    working_dir, checkpoint = energy_trim_run
+    embedder = Embedder.from_checkpoint(checkpoint)
+    index = json.loads((working_dir / "corpus.json").read_text())
+    entries = sorted(audio.cache_dir(working_dir).glob("19_*.npy"))
+    sources = [index["sources"][entry.name] for entry in entries]
+    np.testing.assert_allclose(embedder.embed_files(entries), embedder.embed_files(sources), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- label tasks per speaker
+
+
+def test_label_accuracies_count_each_unseen_speaker_once_whatever_its_number_of_files():
+    """A stand-in embedding puts each file at a designed point: the probe sees which side of zero it lies.
+    m1 has 10 files, 4 of them weakly on the female side; f1 has 2, both female."""
+    from tasks import gender_task
+    from test import label_task_accuracies
+
+    points = {f"m1/{i}": [-2.0] for i in range(6)} | {f"m1/{i}": [0.3] for i in range(6, 10)} | {"f1/0": [2.0], "f1/1": [1.5]}
+    points |= {f"{s}/{i}": [(2.0 if s.startswith("f") else -2.0) + 0.1 * i] for s in ("fa", "fb", "ma", "mb") for i in range(3)}
+
+    def embed(paths: list) -> np.ndarray:
+        return np.array([points[p] for p in paths])
+
+    splits = {s: ([f"{s}/{i}" for i in range(3)], []) for s in ("fa", "fb", "ma", "mb")}
+    unseen = {"m1": [f"m1/{i}" for i in range(10)], "f1": ["f1/0", "f1/1"]}
+    genders = {"fa": "F", "fb": "F", "ma": "M", "mb": "M", "m1": "M", "f1": "F"}
+    files = {s: Path() for s in [*splits, *unseen]}
+    figures, counts, predictions = label_task_accuracies(gender_task(1.0), None, embed, splits, unseen, files, genders, None)
+    assert figures["gender_acc_probe"] == pytest.approx((6 / 10 + 1.0) / 2)  # Per file: 4 of m1's 10 files answered F.
+    assert figures["gender_acc_probe_per_speaker"] == 1.0  # Per speaker: m1's files average to M.
+    assert counts == {"M": 1, "F": 1}
+    assert predictions == {"speakers": ["m1", "f1"], "labels": ["M", "F"], "probe": ["M", "F"]}
+
+
+def test_evaluation_reports_label_accuracies_per_speaker_with_each_speakers_prediction(mtl_run, tmp_path):
+    working_dir, checkpoint = mtl_run
+    fsdd = tmp_path / "FSDD" / "george"  # 12 digits of one speaker beside test-other's 2 speakers of 4 files each.
+    fsdd.mkdir(parents=True)
+    for path in sorted((REPO.parent / "shared" / "data" / "FSDD" / "george").glob("*.wav"))[:12]:
+        shutil.copy(path, fsdd / path.name)
+    report = evaluate_checkpoint(working_dir, checkpoint, eval_audio_dirs=(str(TEST_OTHER), str(fsdd.parent)), extra_genders={"george": "M"})
+    assert report.unseen_labels == {"gender": {"M": 2, "F": 1}}
+    predicted = report.speaker_predictions["gender"]
+    assert (predicted["speakers"], predicted["labels"]) == (["1688", "1998", "george"], ["M", "F", "M"])
+    for kind in ("probe", "head"):
+        assert len(predicted[kind]) == 3
+        male = np.mean([p == "M" for p, label in zip(predicted[kind], predicted["labels"]) if label == "M"])
+        female = float(predicted[kind][1] == "F")
+        assert report.heads[f"gender_acc_{kind}_per_speaker"] == pytest.approx((male + female) / 2)  # Three speakers, each one vote.

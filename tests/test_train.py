@@ -131,6 +131,52 @@ def test_hard_negative_batches_mine_the_embeddings_of_the_model_being_trained(sa
     np.testing.assert_allclose(batches.history_embeddings[filled], expected, atol=1e-5)
 
 
+@pytest.fixture(scope="module")
+def short_clips_cache(tmp_path_factory) -> Path:
+    """Cached FSDD digits, every clip shorter than a 160-frame window: george 10, jackson 3, lucas 3 (8, 2 and 2 train)."""
+    corpus = tmp_path_factory.mktemp("fsdd_digits")
+    for speaker, count in {"george": 10, "jackson": 3, "lucas": 3}.items():
+        (corpus / speaker).mkdir()
+        for path in sorted((SHARED_DATA / "FSDD" / speaker).glob("*.wav"))[:count]:
+            shutil.copy(path, corpus / speaker / path.name)
+    working_dir = tmp_path_factory.mktemp("fsdd_cache")
+    audio.build_feature_cache(corpus, working_dir, workers=1, progress=False)
+    return working_dir
+
+
+@pytest.mark.parametrize("mode, hard_negative", [("triplet", False), ("triplet", True), ("mtl", False)])
+def test_every_triplet_batch_fills_short_clips_as_the_run_pads(short_clips_cache, mode, hard_negative):
+    from batcher import load_training_data
+    from train import build_model, make_batches
+
+    data = load_training_data(short_clips_cache)
+    assert all(len(np.load(entry)) < 160 for entries in data.train.values() for entry in entries)
+    model = build_model(TrainConfig(mode=mode, **TINY), len(data.speakers))
+    for pad in ("zeros", "repeat"):
+        batches = make_batches(TrainConfig(mode=mode, hard_negative=hard_negative, pad=pad, **TINY), data, model, 0)
+        for windows in (batches[0][0][0], batches[1][0][0]):  # Training, then validation.
+            silent_frames = np.all(windows[..., 0] == 0, axis=2)
+            if pad == "zeros":
+                assert silent_frames[:, -1].all(), "each short clip ends in zero frames"
+            else:
+                assert not silent_frames.any(), "each short clip's frames are repeated to fill its window"
+
+
+@pytest.mark.parametrize("mode", ["triplet", "mtl"])
+def test_every_triplet_batch_draws_speakers_as_the_run_samples(short_clips_cache, mode):
+    """Balanced: anchors and negatives of every speaker alike; else as many as its share of the training utterances (george 8 of 12)."""
+    from batcher import load_training_data
+    from train import build_model, make_batches
+
+    data = load_training_data(short_clips_cache)
+    model = build_model(TrainConfig(mode=mode, **TINY), len(data.speakers))
+    for balanced, george_share in ((True, 1 / 3), (False, 8 / 12)):
+        batches, _ = make_batches(TrainConfig(mode=mode, balanced_sampling=balanced, **TINY), data, model, 0)
+        rng = np.random.default_rng(0)
+        anchors = np.concatenate([np.split(batches.sample(rng)[1], 3)[0] for _ in range(500)])  # 2,000 anchors.
+        assert np.mean(np.array(batches.speaker_names)[anchors] == "george") == pytest.approx(george_share, abs=0.05), balanced
+
+
 def test_mtl_on_own_data_without_gender_labels_trains_the_speaker_head_only(tmp_path, caplog):
     corpus = tmp_path / "my_speakers"
     for speaker in ("george", "jackson", "lucas"):
