@@ -139,7 +139,13 @@ def read_windows(entries: list[Path], rng: np.random.Generator, num_frames: int 
 
 
 class _EpochSeededBatches(keras.utils.PyDataset):
-    """Random batches that are a pure function of (seed, epoch, index): a resumed run sees the same data."""
+    """Batches whose random draws are a pure function of (seed, epoch, index): a resumed run sees the same data.
+
+    A subclass may add state that also decides a batch: `HardNegativeTripletBatches` picks its
+    negatives and positives from a history of embeddings of the model being trained, so its
+    batches depend on the weights as well (a resumed run draws the same candidates, and mines
+    them with the weights it resumed with).
+    """
 
     def __init__(self, steps_per_epoch: int, seed: int, first_epoch: int = 0, **kwargs):
         super().__init__(**kwargs)
@@ -157,8 +163,9 @@ class _EpochSeededBatches(keras.utils.PyDataset):
         return np.random.default_rng([self.seed, self.epoch, index])
 
 
-class SoftmaxBatches(_EpochSeededBatches):
-    """(windows, speaker index) batches from the feature cache.
+class SpeakerClassBatches(_EpochSeededBatches):
+    """(windows, speaker class) batches from the feature cache, for a speaker head: the reference's
+    softmax or the additive angular margin head (`--mode softmax --head aam`).
 
     Each row is a random utterance of the whole pool (the reference: speakers with many
     utterances fill most batches) or, with `balanced`, a uniformly drawn speaker and then one

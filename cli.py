@@ -132,7 +132,9 @@ def build_mfcc_cache(working_dir: str, audio_dir: str, workers: int | None, gend
               help="Build (or complete) the feature cache from this corpus first (repeatable: several corpora train together).")
 @click.option("--genders", "genders_file", type=click.Path(dir_okay=False), help="With --audio_dir: speaker table with 'speaker' and 'gender' columns.")
 @click.option("--mode", type=click.Choice(["reference", "softmax", "triplet", "mtl"]),
-              help="reference (default): softmax pre-training then triplet training; softmax, triplet: one phase; mtl: Hive-MTL speaker, gender and --tasks heads.")
+              help="reference (default): softmax pre-training then triplet training; softmax: speaker-classification pre-training alone "
+                   "(the reference's name: its head is a softmax Dense, or with --head aam an additive angular margin head); "
+                   "triplet: triplet training alone; mtl: Hive-MTL speaker, gender and --tasks heads.")
 @click.option("--model_size", type=click.Choice(["full", "small"]), help="full: the reference ResCNN (default); small: fewer filters, for CPUs.")
 @click.option("--epochs", type=int, help="Epochs (default 1000, with early stopping in softmax and mtl modes).")
 @click.option("--steps_per_epoch", type=int, help="Batches per epoch (default: one pass over the utterances; triplet: 2000).")

@@ -46,7 +46,7 @@ from batcher import (
     AugmentedTripletBatches,
     FixedBatches,
     HardNegativeTripletBatches,
-    SoftmaxBatches,
+    SpeakerClassBatches,
     TrainingData,
     TripletBatches,
     check_triplet_batch_size,
@@ -830,8 +830,8 @@ def make_batches(config: TrainConfig, data: TrainingData, model: keras.Model, fi
         validation = batches(audio(validation_pool), speakers, config.batch_size, config.validation_steps, NO_AUGMENTATION, seed + 1, 0) if has_validation else None
         return train_batches, validation if config.validation_steps else None
     if config.mode == "softmax":
-        train_batches = SoftmaxBatches(data.train, data.speakers, config.batch_size, steps, seed, first_epoch, config.balanced_sampling, config.pad, **loader)
-        validation = SoftmaxBatches(validation_pool, data.speakers, config.batch_size, config.validation_steps, seed + 1, 0, config.balanced_sampling, config.pad, **loader) if validation_pool else None
+        train_batches = SpeakerClassBatches(data.train, data.speakers, config.batch_size, steps, seed, first_epoch, config.balanced_sampling, config.pad, **loader)
+        validation = SpeakerClassBatches(validation_pool, data.speakers, config.batch_size, config.validation_steps, seed + 1, 0, config.balanced_sampling, config.pad, **loader) if validation_pool else None
         return train_batches, validation if config.validation_steps else None
     # Triplet batches are stacked per replica, so each replica's loss pairs its own rows; every triplet batch has the run's sampling options.
     triplets = {"replicas": loss_replicas(), "balanced": config.balanced_sampling, "pad": config.pad}

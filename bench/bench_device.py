@@ -15,7 +15,7 @@ What it measures, for each dtype policy (mixed_bfloat16, float32, mixed_float16)
   * inference: windows/s of the embedding model through one jitted stateless call, as
     `inference.Embedder` runs it on JAX: with the batch already on the GPU, and with NumPy in and
     out (what `Embedder` pays);
-  * end to end (first policy only): `fit` fed by `batcher.SoftmaxBatches` reading windows
+  * end to end (first policy only): `fit` fed by `batcher.SpeakerClassBatches` reading windows
     through memory maps from a synthetic feature cache, with the training default of 4 reader
     threads: it shows whether the input pipeline keeps the GPU busy;
   * the input pipeline alone (4 and 16 reader threads, no model), and peak GPU memory
@@ -218,13 +218,13 @@ def measure_training(model, batch_size: int, windows: int, num_classes: int, flo
 
 
 def measure_end_to_end(model, batch_size: int, windows: int, working_dir: str, input_workers: int) -> dict:
-    """`fit` windows/s fed by `batcher.SoftmaxBatches` from the cache, as `train.make_batches` sets it up."""
-    from batcher import SoftmaxBatches, load_training_data
+    """`fit` windows/s fed by `batcher.SpeakerClassBatches` from the cache, as `train.make_batches` sets it up."""
+    from batcher import SpeakerClassBatches, load_training_data
 
     data = load_training_data(working_dir)
     steps = max(2, math.ceil(windows / batch_size))
     loader = {"workers": input_workers, "use_multiprocessing": False, "max_queue_size": 2 * input_workers}
-    seconds, loss = timed_fit(model, SoftmaxBatches(data.train, data.speakers, batch_size, steps, seed=2, **loader))
+    seconds, loss = timed_fit(model, SpeakerClassBatches(data.train, data.speakers, batch_size, steps, seed=2, **loader))
     return {"windows_per_s": steps * batch_size / seconds, "steps": steps, "seconds": seconds, "loss": loss, "input_workers": input_workers}
 
 
@@ -262,14 +262,14 @@ def measure_inference(model, batch_size: int, min_seconds: float, flops: int) ->
 
 
 def measure_pipeline(working_dir: str, batch_size: int, windows: int, input_workers: int) -> dict:
-    """Windows/s of `SoftmaxBatches` through Keras's PyDataset machinery, no model (as bench_training.py)."""
+    """Windows/s of `SpeakerClassBatches` through Keras's PyDataset machinery, no model (as bench_training.py)."""
     from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
-    from batcher import SoftmaxBatches, load_training_data
+    from batcher import SpeakerClassBatches, load_training_data
 
     data = load_training_data(working_dir)
     steps = max(2, math.ceil(windows / batch_size))
-    batches = SoftmaxBatches(data.train, data.speakers, batch_size, steps, seed=3, workers=input_workers,
+    batches = SpeakerClassBatches(data.train, data.speakers, batch_size, steps, seed=3, workers=input_workers,
                              use_multiprocessing=False, max_queue_size=2 * input_workers)
     adapter = PyDatasetAdapter(batches, shuffle=False)
     drawn, start = 0, time.perf_counter()

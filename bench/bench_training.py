@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from audio import CORPUS_INDEX_FILE_NAME, cache_dir  # noqa: E402
 from fileio import write_json_atomically  # noqa: E402
-from batcher import SoftmaxBatches, TripletBatches, load_training_data, read_window  # noqa: E402
+from batcher import SpeakerClassBatches, TripletBatches, load_training_data, read_window  # noqa: E402
 from constants import BATCH_SIZE, NUM_FBANKS, NUM_FRAMES  # noqa: E402
 from conv_models import ClippedReLU, FusedBatchNormalization  # noqa: E402
 from render_tables import TRAINING_BASELINE as BASELINE, results_path, results_record, write_results  # noqa: E402
@@ -131,7 +131,7 @@ def main() -> None:
     loader = {"workers": args.workers, "use_multiprocessing": False, "max_queue_size": 2 * args.workers}
     genders = data.gender_labels(data.speakers)
     results = {
-        "softmax": time_batches(SoftmaxBatches(data.train, data.speakers, args.batch_size, args.batches, **loader), args.batches),
+        "softmax": time_batches(SpeakerClassBatches(data.train, data.speakers, args.batch_size, args.batches, **loader), args.batches),
         "triplet": time_batches(TripletBatches(data.train, args.batch_size, args.batches, **loader), args.batches),
         "mtl": time_batches(TripletBatches(data.train, args.batch_size, args.batches, outputs=("speaker_pred", "gender_pred"), speakers=data.speakers, task_values={"gender_pred": (genders, True)}, **loader), args.batches),
     }
@@ -152,7 +152,7 @@ def main() -> None:
         from train import TrainConfig, build_model
 
         model = build_model(TrainConfig(mode="softmax", model_size=args.model_size, batch_size=args.batch_size), len(data.speakers), False)
-        batches = SoftmaxBatches(data.train, data.speakers, args.batch_size, args.train_steps + 1, **loader)
+        batches = SpeakerClassBatches(data.train, data.speakers, args.batch_size, args.train_steps + 1, **loader)
         timer = StepTimer()
         model.fit(batches, epochs=1, verbose=0, callbacks=[timer])
         rate = args.batch_size * (len(timer.times) - 1) / sum(timer.times[1:])  # The first step traces the graph.
@@ -183,7 +183,7 @@ def compare_precision(data, model_size: str, batch_size: int, steps: int) -> dic
     and last loss, the largest gap to the baseline's losses, and every loss)."""
     from precision import mixed_precision_policy
 
-    source = SoftmaxBatches(data.train, data.speakers, batch_size, steps, seed=0)
+    source = SpeakerClassBatches(data.train, data.speakers, batch_size, steps, seed=0)
     batches = [source[i] for i in range(steps)]
     mixed = mixed_precision_policy()
     settings = {  # name: (policy, jit_compile, layers as before)

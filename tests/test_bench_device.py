@@ -82,7 +82,7 @@ def test_forward_flops_counts_every_convolution_and_dense_layer(model_size):
 
 
 def test_synthetic_cache_is_a_training_corpus_of_normalised_librispeech_like_features(tmp_path):
-    from batcher import SoftmaxBatches, load_training_data
+    from batcher import SpeakerClassBatches, load_training_data
 
     figures = bench_device.build_synthetic_cache(tmp_path, speakers=5, utterances=4, pool_size=7)
     assert figures["entries"] == 20 and not figures["reused"]
@@ -92,7 +92,7 @@ def test_synthetic_cache_is_a_training_corpus_of_normalised_librispeech_like_fea
     assert all(f.dtype == np.float32 and f.shape[1] == 64 and 100 <= len(f) <= 3500 for f in features)
     np.testing.assert_allclose(features[0].mean(axis=1), 0, atol=1e-5)
     np.testing.assert_allclose(features[0].std(axis=1), 1, atol=1e-4)
-    windows, labels = SoftmaxBatches(data.train, data.speakers, 8, 1)[0]
+    windows, labels = SpeakerClassBatches(data.train, data.speakers, 8, 1)[0]
     assert windows.shape == (8, 160, 64, 1) and labels.max() < 5
     assert bench_device.build_synthetic_cache(tmp_path, speakers=5, utterances=4, pool_size=7)["reused"]
 

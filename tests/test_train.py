@@ -323,12 +323,12 @@ def test_reduced_precision_training_keeps_float32_checkpoints_records_its_policy
 
 
 def test_fixed_validation_batches_stay_the_same_across_epochs_where_drawn_ones_change(samples_cache):
-    from batcher import FixedBatches, SoftmaxBatches, load_training_data
+    from batcher import FixedBatches, SpeakerClassBatches, load_training_data
 
     data = load_training_data(samples_cache)
     test = {s: e for s, e in data.test.items() if e}
-    drawn = SoftmaxBatches(test, data.speakers, 12, 2, seed=1)
-    fixed = FixedBatches.draw(SoftmaxBatches(test, data.speakers, 12, 2, seed=1), 2)
+    drawn = SpeakerClassBatches(test, data.speakers, 12, 2, seed=1)
+    fixed = FixedBatches.draw(SpeakerClassBatches(test, data.speakers, 12, 2, seed=1), 2)
     first_drawn, first_fixed = drawn[0][0].copy(), fixed[0][0].copy()
     drawn.on_epoch_end()
     fixed.on_epoch_end()
