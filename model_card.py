@@ -6,13 +6,17 @@
     pretrained/README.md         the same card for people, rendered from model_card.json
 
 Every verb uses `pretrained/model.h5` when no `--checkpoint_file` is given, and `verify` then
-uses the card's EER threshold. The learning curve of a run (EER per held-out corpus against
-training windows, from the run's snapshots) is made here too, since the card quotes it.
+uses the card's EER threshold. Shipping is one transaction: the four files are written and the
+model evaluated in a new folder beside `pretrained/`, which then takes its place whole. The
+learning curve of a run (EER per held-out corpus against training windows, from the run's
+snapshots) is made here too, since the card quotes it.
 """
 
 from __future__ import annotations
 
 import csv
+import ctypes
+import errno
 import io
 import json
 import os
@@ -22,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from audio import write_atomically, write_json_atomically
+from audio import fsync_directory, write_atomically, write_json_atomically
 from constants import MODEL_CARD_FILE_NAME, PRETRAINED_CHECKPOINT_NAME
 
 LEARNING_CURVE_COLUMNS = ("epoch", "train_windows", "corpus", "eer", "min_dcf_001", "eer_threshold", "num_trials")
+SHIPPED_FILES = (PRETRAINED_CHECKPOINT_NAME, "config.json", MODEL_CARD_FILE_NAME, "README.md")
 
 
 def machine_description() -> str:
@@ -88,21 +93,81 @@ def ship_model(
     The EER threshold of the card is the mean of the per-corpus EER thresholds, so no single
     corpus sets it. `embedding_pad` embeds clips shorter than a window otherwise than training
     padded them (e.g. `exact`); the card then also gives the figures with the training padding.
+
+    One transaction: model, config, card and README are written, and the model evaluated, in a
+    new folder beside `output_dir`, which then replaces `output_dir` whole (`replace_directory`).
+    A failed or interrupted evaluation leaves the model that was shipped there with its own card.
+    `output_dir` may hold only the files of a shipped model (`SHIPPED_FILES`): the swap would drop others.
     """
+    output = Path(output_dir)
+    check_shipped_folder(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = output.parent / f".{output.name}.shipping-{os.getpid()}"  # Same file system, ordinary folder permissions.
+    shutil.rmtree(staging, ignore_errors=True)  # Left by an earlier, interrupted shipment.
+    staging.mkdir()
+    try:
+        write_shipped_model(Path(checkpoint_file), eval_audio_dirs, staging, command, training_corpora, train_seconds, embedding_pad)
+        replace_directory(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # After the swap: the folder that was shipped before.
+    return output
+
+
+def check_shipped_folder(output: Path) -> None:
+    """Refuse an `output_dir` that is not a folder of a shipped model, before any work."""
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"{output}: not a folder")
+    others = sorted(p.name for p in output.iterdir() if p.name not in SHIPPED_FILES) if output.is_dir() else []
+    if others:
+        raise ValueError(f"{output}: holds {', '.join(others)}, not part of a shipped model; shipping replaces the whole folder, "
+                         "so move them or choose another --output_dir")
+
+
+def replace_directory(new: Path, target: Path) -> None:
+    """Put folder `new` in the place of folder `target` (absent or not), then flush the parent folder.
+
+    On Linux the two are exchanged in one step (renameat2 with RENAME_EXCHANGE), so `target` always
+    names a complete folder and `new` then holds the old one. Elsewhere `target` is moved to `new`'s
+    name plus `.previous` first: a crash between the two renames leaves both hidden beside it.
+    """
+    if not target.exists():
+        os.rename(new, target)
+    elif not exchange_paths(new, target):
+        previous = new.with_name(new.name + ".previous")
+        os.rename(target, previous)
+        os.rename(new, target)
+        os.rename(previous, new)
+    fsync_directory(target.parent)
+
+
+def exchange_paths(first: Path, second: Path) -> bool:
+    """Swap two paths atomically with Linux's renameat2(RENAME_EXCHANGE); False where the system has no such call."""
+    try:
+        renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    except (OSError, TypeError):  # No C library to open by None (Windows).
+        return False
+    if renameat2 is None:
+        return False
+    at_current_directory, rename_exchange = -100, 2  # AT_FDCWD, RENAME_EXCHANGE (linux/fcntl.h, linux/fs.h)
+    if renameat2(at_current_directory, os.fsencode(first), at_current_directory, os.fsencode(second), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):  # A file system or kernel without the exchange.
+        return False
+    raise OSError(code, os.strerror(code), str(first), None, str(second))
+
+
+def write_shipped_model(checkpoint_file: Path, eval_audio_dirs: list[str], output: Path, command: str, training_corpora: list[str],
+                        train_seconds: float | None, embedding_pad: str | None) -> None:
+    """The files of `ship_model` in `output`, the card's figures measured on the model written there."""
     from inference import load_embedding_model
     from test import evaluate_checkpoint
-    from train import quiet_logger
+    from train import save_atomically
 
-    checkpoint_file = Path(checkpoint_file)
     run_directory = checkpoint_file.parent
-    output = Path(output_dir)
-    output.mkdir(parents=True, exist_ok=True)
     model = load_embedding_model(checkpoint_file)
     target = output / PRETRAINED_CHECKPOINT_NAME
-    temporary = output / f".{PRETRAINED_CHECKPOINT_NAME}.tmp.h5"
-    with quiet_logger("absl"):
-        model.save(temporary, include_optimizer=False)
-    os.replace(temporary, target)
+    save_atomically(model, target)
     config = json.loads((run_directory / "config.json").read_text())
     write_json_atomically(output / "config.json", config)
     training_pad_figures = None
@@ -138,7 +203,6 @@ def ship_model(
     write_json_atomically(output / MODEL_CARD_FILE_NAME, card)
     card = json.loads((output / MODEL_CARD_FILE_NAME).read_text())  # Render what the file holds (sorted keys), so both agree.
     write_atomically(output / "README.md", lambda handle: handle.write(render_model_card(card)), text=True)
-    return output
 
 
 def render_model_card(card: dict) -> str:
