@@ -6,8 +6,8 @@ frames the model reads:
 
 - speed perturbation (0.9 / 1.1): resampling changes tempo and pitch together, so each
   perturbed speaker is a new class (the Kaldi and WeSpeaker practice);
-- additive noise at a random SNR: babble (a sum of other training utterances) or coloured
-  noise (white, pink or brown);
+- additive noise at a random SNR: babble (a sum of utterances of other training speakers, never
+  the target's own) or coloured noise (white, pink or brown);
 - band limiting: through 8 kHz and back, as telephone and FSDD audio are;
 - time and frequency masking of the normalised filterbanks (SpecAugment), masked cells set to
   0, the mean of a normalised frame.
@@ -144,7 +144,8 @@ def augmented_window_features(
     """Normalised filterbanks (at most `num_frames` frames) of one augmented random window.
 
     `samples` is the whole trimmed utterance (a memory map is fine: only the window is read);
-    `babble_source(length, rng)` returns that many samples of a few other utterances.
+    `babble_source(length, rng)` returns that many samples of each of a few utterances of other
+    speakers than the window's (`batcher.AugmentedBatches.babble`).
     """
     needed = window_samples(num_frames)
     _, frame_step = frame_length_and_step(SAMPLE_RATE)
@@ -170,6 +171,6 @@ def _fit_all(segments: list[np.ndarray], length: int) -> np.ndarray:
 
 
 def babble_speakers(rng: np.random.Generator) -> int:
-    """How many other utterances make one babble noise."""
+    """How many utterances of other speakers make one babble noise."""
     low, high = AUGMENT_BABBLE_SPEAKERS
     return int(rng.integers(low, high + 1))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -282,13 +283,21 @@ class AugmentedBatches(_EpochSeededBatches):
         if missing:
             raise CorpusError(f"{len(missing)} cached waveforms are missing (e.g. {missing[0]}); build the cache with waveforms (train --audio_dir, or build-mfcc-cache --waveforms)")
         self.sampler = UtteranceSampler(waveforms, balanced)
+        classes, first_rows, counts = np.unique(self.labels, return_index=True, return_counts=True)
+        self.speaker_rows = {int(c): (int(f), int(n)) for c, f, n in zip(classes, first_rows, counts)}  # Each speaker's rows: one block.
+        if augment.noise_probability > 0 and len(self.speaker_rows) < 2:
+            raise CorpusError("babble noise mixes utterances of other speakers: it needs at least 2 speakers with utterances")
         self.num_speakers = len(speakers)
         self.batch_size = batch_size
         self.augment = augment
         self.pad = pad
 
-    def babble(self, length: int, rng: np.random.Generator) -> list[np.ndarray]:
-        rows = rng.integers(0, len(self.entries), babble_speakers(rng))
+    def babble(self, length: int, rng: np.random.Generator, speaker: int) -> list[np.ndarray]:
+        """`length` samples of each of a few utterances of speakers other than `speaker` (a class in `speakers`),
+        uniform over those utterances: the target's own voice is never its noise."""
+        first, count = self.speaker_rows[speaker]
+        rows = rng.integers(0, len(self.entries) - count, babble_speakers(rng))
+        rows = np.where(rows >= first, rows + count, rows)  # Skip the speaker's own block.
         return [random_segment(load_cached_array(self.entries[r]), length, rng) for r in rows]
 
     def windows(self, rows: np.ndarray, speed_index: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -296,7 +305,8 @@ class AugmentedBatches(_EpochSeededBatches):
         windows = np.empty((len(rows), NUM_FRAMES, NUM_FBANKS, 1), dtype=np.float32)
         for i, (row, k) in enumerate(zip(rows, speed_index)):
             samples = load_cached_array(self.entries[row])
-            features = augmented_window_features(samples, self.augment.speeds[k], self.augment, rng, self.babble)
+            babble = functools.partial(self.babble, speaker=int(self.labels[row]))
+            features = augmented_window_features(samples, self.augment.speeds[k], self.augment, rng, babble)
             windows[i, :, :, 0] = pad_mfcc(features[:NUM_FRAMES], NUM_FRAMES, self.pad)
         return windows
 

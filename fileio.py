@@ -9,6 +9,8 @@ on it, so an interrupted run resumes from files that are whole.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import logging
 import os
@@ -84,6 +86,40 @@ def save_model_atomically(model: Any, path: str | os.PathLike) -> None:
         fsync_directory(path.parent)
     finally:
         Path(temporary).unlink(missing_ok=True)
+
+
+def replace_directory(new: Path, target: Path) -> None:
+    """Put folder `new` in the place of folder `target` (absent or not), then flush the parent folder.
+
+    On Linux the two are exchanged in one step (renameat2 with RENAME_EXCHANGE), so `target` always
+    names a complete folder and `new` then holds the old one. Elsewhere `target` is moved to `new`'s
+    name plus `.previous` first: a crash between the two renames leaves both hidden beside it.
+    """
+    if not target.exists():
+        os.rename(new, target)
+    elif not exchange_paths(new, target):
+        previous = new.with_name(new.name + ".previous")
+        os.rename(target, previous)
+        os.rename(new, target)
+        os.rename(previous, new)
+    fsync_directory(target.parent)
+
+
+def exchange_paths(first: Path, second: Path) -> bool:
+    """Swap two paths atomically with Linux's renameat2(RENAME_EXCHANGE); False where the system has no such call."""
+    try:
+        renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    except (OSError, TypeError):  # No C library to open by None (Windows).
+        return False
+    if renameat2 is None:
+        return False
+    at_current_directory, rename_exchange = -100, 2  # AT_FDCWD, RENAME_EXCHANGE (linux/fcntl.h, linux/fs.h)
+    if renameat2(at_current_directory, os.fsencode(first), at_current_directory, os.fsencode(second), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):  # A file system or kernel without the exchange.
+        return False
+    raise OSError(code, os.strerror(code), str(first), None, str(second))
 
 
 @contextlib.contextmanager

@@ -6,8 +6,10 @@
     pretrained/README.md         the same card for people, rendered from model_card.json
 
 Every verb uses `pretrained/model.h5` when no `--checkpoint_file` is given, and `verify` then
-uses the card's EER threshold. The learning curve of a run (EER per held-out corpus against
-training windows, from the run's snapshots) is made here too, since the card quotes it.
+uses the card's EER threshold. Shipping is one transaction: the four files are written and the
+model evaluated in a new folder beside `pretrained/`, which then takes its place whole. The
+learning curve of a run (EER per held-out corpus against training windows, from the run's
+snapshots) is made here too, since the card quotes it.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fileio import quiet_logger, write_atomically, write_json_atomically
+from fileio import replace_directory, save_model_atomically, write_atomically, write_json_atomically
 from constants import MODEL_CARD_FILE_NAME, PRETRAINED_CHECKPOINT_NAME
 
 LEARNING_CURVE_COLUMNS = ("epoch", "train_windows", "corpus", "eer", "min_dcf_001", "eer_threshold", "num_trials")
+SHIPPED_FILES = (PRETRAINED_CHECKPOINT_NAME, "config.json", MODEL_CARD_FILE_NAME, "README.md")
 
 
 def machine_description() -> str:
@@ -89,20 +92,46 @@ def ship_model(
     The EER threshold of the card is the mean of the per-corpus EER thresholds, so no single
     corpus sets it. `embedding_pad` embeds clips shorter than a window otherwise than training
     padded them (e.g. `exact`); the card then also gives the figures with the training padding.
+
+    One transaction: model, config, card and README are written, and the model evaluated, in a
+    new folder beside `output_dir`, which then replaces `output_dir` whole (`replace_directory`).
+    A failed or interrupted evaluation leaves the model that was shipped there with its own card.
+    `output_dir` may hold only the files of a shipped model (`SHIPPED_FILES`): the swap would drop others.
     """
+    output = Path(output_dir)
+    check_shipped_folder(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = output.parent / f".{output.name}.shipping-{os.getpid()}"  # Same file system, ordinary folder permissions.
+    shutil.rmtree(staging, ignore_errors=True)  # Left by an earlier, interrupted shipment.
+    staging.mkdir()
+    try:
+        write_shipped_model(Path(checkpoint_file), eval_audio_dirs, staging, command, training_corpora, train_seconds, embedding_pad)
+        replace_directory(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # After the swap: the folder that was shipped before.
+    return output
+
+
+def check_shipped_folder(output: Path) -> None:
+    """Refuse an `output_dir` that is not a folder of a shipped model, before any work."""
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"{output}: not a folder")
+    others = sorted(p.name for p in output.iterdir() if p.name not in SHIPPED_FILES) if output.is_dir() else []
+    if others:
+        raise ValueError(f"{output}: holds {', '.join(others)}, not part of a shipped model; shipping replaces the whole folder, "
+                         "so move them or choose another --output_dir")
+
+
+def write_shipped_model(checkpoint_file: Path, eval_audio_dirs: list[str], output: Path, command: str, training_corpora: list[str],
+                        train_seconds: float | None, embedding_pad: str | None) -> None:
+    """The files of `ship_model` in `output`, the card's figures measured on the model written there."""
     from inference import load_embedding_model
     from test import evaluate_checkpoint
 
-    checkpoint_file = Path(checkpoint_file)
     run_directory = checkpoint_file.parent
-    output = Path(output_dir)
-    output.mkdir(parents=True, exist_ok=True)
     model = load_embedding_model(checkpoint_file)
     target = output / PRETRAINED_CHECKPOINT_NAME
-    temporary = output / f".{PRETRAINED_CHECKPOINT_NAME}.tmp.h5"
-    with quiet_logger("absl"):
-        model.save(temporary, include_optimizer=False)
-    os.replace(temporary, target)
+    save_model_atomically(model, target)
     config = json.loads((run_directory / "config.json").read_text())
     write_json_atomically(output / "config.json", config)
     training_pad_figures = None
@@ -138,7 +167,6 @@ def ship_model(
     write_json_atomically(output / MODEL_CARD_FILE_NAME, card)
     card = json.loads((output / MODEL_CARD_FILE_NAME).read_text())  # Render what the file holds (sorted keys), so both agree.
     write_atomically(output / "README.md", lambda handle: handle.write(render_model_card(card)), text=True)
-    return output
 
 
 def render_model_card(card: dict) -> str:

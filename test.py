@@ -404,7 +404,7 @@ def evaluate_checkpoint(
         report.heads["speaker_id_acc"] = speaker_id
     heads = task_heads(checkpoint_file)
     if heads is not None:
-        report.heads.update(speaker_head_accuracy(heads, embed, splits, training_speakers))
+        report.heads.update(speaker_head_accuracy(heads, embed, splits, run["speakers"] if run else training_speakers))
     tasks = [gender_task(1.0), *(run_label_tasks(checkpoint_file) if label_tasks is None else label_tasks)]
     files = label_source_files(working_dir, trial_speakers, training_speakers, tasks)
     for task in tasks:
@@ -440,15 +440,19 @@ def speaker_id_accuracy(embed: EmbeddingsOnce, splits: dict[str, tuple[list, lis
     return nearest_profile_accuracy(enrollment, embed([p for p, _ in test_rows]), [s for _, s in test_rows])
 
 
-def speaker_head_accuracy(heads, embed: EmbeddingsOnce, splits, training_speakers: list[str]) -> dict:
-    """Speaker-head accuracy on the test utterances of the training speakers (a speed-perturbed class counts as its speaker)."""
+def speaker_head_accuracy(heads, embed: EmbeddingsOnce, splits, class_speakers: list[str]) -> dict:
+    """Speaker-head accuracy on the test utterances of the training speakers (a speed-perturbed class counts as its speaker).
+
+    `class_speakers` are the run's training speakers in class order (its speakers.json), also those
+    the cache no longer holds: class s + k * len(class_speakers) is speaker s at the k-th speed.
+    """
     from conv_models import SPEAKER_OUTPUT
 
-    test_rows = [(p, training_speakers.index(s)) for s, (_, test) in splits.items() for p in test]
+    test_rows = [(p, class_speakers.index(s)) for s, (_, test) in splits.items() for p in test]
     if not test_rows:
         return {}
     predictions = heads.predict(embed([p for p, _ in test_rows]), verbose=0)[SPEAKER_OUTPUT]
-    predicted = np.argmax(predictions, axis=1) % len(training_speakers)
+    predicted = np.argmax(predictions, axis=1) % len(class_speakers)
     return {"speaker_id_acc_head": float(np.mean(predicted == np.array([c for _, c in test_rows])))}
 
 

@@ -7,16 +7,18 @@ understand and resume it:
     speakers.json             training speakers in class order, their genders, the held-out speakers
     split.json                each training speaker's train and test cache entries, as the run drew them
     latest-<epoch>.weights.h5 model and optimizer state after the last finished epoch (for resuming)
-    state.json                last finished epoch, the weights file of that epoch, best monitored value,
-                              learning rate, early-stopping and learning-rate-schedule counters, whether
-                              the run is finished
+    state.json                last finished epoch, the weights file of that epoch, best monitored value
+                              and its epoch, learning rate, early-stopping and learning-rate-schedule
+                              counters, whether the run is finished
     best.h5                   the best model so far (legacy HDF5: loads by layer name, like the reference)
     metrics.csv               one row of losses and metrics per finished epoch
     tensorboard/              TensorBoard logs (TensorFlow backend)
 
 Every file is written atomically and flushed to disk. The weights of an epoch are written before
-the state.json that names them, so an interruption at any point leaves a consistent pair; running
-the same command again resumes after the last finished epoch, on the same utterances.
+the state.json that names them, and best.h5 after it, so an interruption at any point leaves a
+consistent pair and never a best checkpoint of an epoch that state.json has not finished (a best
+checkpoint it names but lacks is written when the run resumes); running the same command again
+resumes after the last finished epoch, on the same utterances.
 """
 
 from __future__ import annotations
@@ -378,7 +380,17 @@ class RunCheckpoint(keras.callbacks.Callback):
         previous = read_state(directory) or {}
         self.train_seconds = float(previous.get("train_seconds") or 0.0)  # Wall time of all finished epochs, across resumes.
         self.rows = read_metrics(directory / METRICS_FILE, before_epoch=int(previous.get("epoch") or 0))
+        self.best_epoch: int | None = previous.get("best_epoch")
+        self.best_unwritten = previous.get("epoch") is not None and previous.get("best_epoch") == previous.get("epoch")
         self.epoch_started = time.monotonic()
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        """Write the best checkpoint state.json names when it is the epoch just resumed from: a run killed
+        after that epoch's state.json and before its best.h5 would otherwise keep an older best.h5. The
+        model holds that epoch's weights (`train` loaded them), so writing it again is harmless."""
+        if self.best_unwritten:
+            save_model_atomically(self.model, self.directory / BEST_CHECKPOINT)
+            self.best_unwritten = False
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.epoch_started = time.monotonic()
@@ -393,25 +405,28 @@ class RunCheckpoint(keras.callbacks.Callback):
             logger.warning("%s is not in this epoch's logs; the best checkpoint follows the training loss instead", self.monitor)
             self.monitor, self.sign, self.best = "loss", -1.0, None
         value = float(logs.get(self.monitor, np.nan))
-        if self.best is None or self.sign * (value - self.best) > 0:
-            self.best = value
-            save_model_atomically(self.model, self.directory / BEST_CHECKPOINT)
+        improved = self.best is None or self.sign * (value - self.best) > 0
+        if improved:
+            self.best, self.best_epoch = value, epoch + 1
         if self.snapshot_every and (epoch + 1) % self.snapshot_every == 0:
             (self.directory / SNAPSHOTS_DIR).mkdir(exist_ok=True)
             shutil.copyfile(self.directory / "config.json", self.directory / SNAPSHOTS_DIR / "config.json")  # Their front end.
             save_model_atomically(self.model, self.directory / SNAPSHOTS_DIR / f"epoch_{epoch + 1:04d}.h5")
-        # Weights first, then the metrics, then the state that names both: a kill between any two
-        # leaves state.json with the weights of its own epoch (and rows past it are dropped on resume).
+        # Weights first, then the metrics, then the state that names both, then best.h5: a kill between
+        # any two leaves state.json with the weights of its own epoch (rows past it are dropped on resume),
+        # and best.h5 never ahead of state.json (a best it names but lacks is written on resume).
         latest = latest_checkpoint_name(epoch + 1)
         save_model_atomically(self.model, self.directory / latest)
         self.train_seconds += time.monotonic() - self.epoch_started
         self.rows = [row for row in self.rows if int(row["epoch"]) < epoch] + [{"epoch": epoch, **{k: csv_value(v) for k, v in logs.items()}}]
         write_metrics(self.directory / METRICS_FILE, self.rows)
         write_state(self.directory, {
-            "epoch": epoch + 1, "latest": latest, "monitor": self.monitor, "best": self.best, "finished": False,
+            "epoch": epoch + 1, "latest": latest, "monitor": self.monitor, "best": self.best, "best_epoch": self.best_epoch, "finished": False,
             "train_seconds": self.train_seconds, "learning_rate": self.learning_rate(),
             "callbacks": {name: callback.counters() for name, callback in self.counters.items()},
         })
+        if improved:
+            save_model_atomically(self.model, self.directory / BEST_CHECKPOINT)
         remove_other_latest_checkpoints(self.directory, keep=latest)
 
     def learning_rate(self) -> float | None:

@@ -132,6 +132,32 @@ def test_augmented_batches_give_speed_classes_and_are_seeded(cached_waveforms):
     np.testing.assert_array_equal(labels, again_labels)
 
 
+def test_babble_mixes_utterances_of_other_speakers_only(cached_waveforms):
+    """Babble is "other training utterances": never the target speaker's own, whose voice would be its own noise.
+    Each babble segment is found, sample for sample, in the cached audio of exactly one speaker."""
+    utterances, speakers = cached_waveforms
+    batches = AugmentedBatches(utterances, speakers, 24, 1, AugmentConfig(noise_probability=1.0), seed=0)
+    audio_of = {s: [np.load(path).tobytes() for path in paths] for s, paths in utterances.items()}
+
+    def speakers_holding(segment: np.ndarray) -> list[str]:
+        needle = segment.astype(np.float16).tobytes()  # Cached as float16: the segment's samples are those values.
+        return [s for s, arrays in audio_of.items() if any(found(array, needle) for array in arrays)]
+
+    rng = np.random.default_rng(0)
+    for target, speaker in enumerate(speakers):
+        sources = [speakers_holding(segment) for _ in range(10) for segment in batches.babble(window_samples(), rng, target)]
+        assert all(len(holders) == 1 for holders in sources)
+        assert {holders[0] for holders in sources} == set(speakers) - {speaker}
+
+
+def found(haystack: bytes, needle: bytes, itemsize: int = 2) -> bool:
+    """Whether `needle` occurs in `haystack` at a whole sample."""
+    start = haystack.find(needle)
+    while start >= 0 and start % itemsize:
+        start = haystack.find(needle, start + 1)
+    return start >= 0
+
+
 def test_triplets_take_the_positive_from_another_utterance_where_the_speaker_has_one_and_never_the_anchor_speaker_as_negative():
     utterances = {"big": [Path(f"big_{i}") for i in range(98)], "single": [Path("single_0")], "pair": [Path("p0"), Path("p1")]}
     speaker_of_row = np.array([0] * 98 + [1] + [2] * 2)

@@ -231,6 +231,58 @@ def test_clipped_relu_gradient_passes_only_between_zero_and_twenty(dtype):
     np.testing.assert_array_equal(gradient, np.asarray(tf.cast(tape.gradient(autodiff, x, output_gradients=upstream), tf.float32)))
 
 
+TINY = float(np.finfo(np.float32).tiny)  # The smallest normal number, in float32 and bfloat16 alike (CPUs flush subnormals to 0).
+# Inputs at the two kinks and beside them, as each dtype holds them, and the gradient each gets (see `clipped_relu`).
+# float32: the neighbours of 20 one ulp away. bfloat16: 19.875 and 20.125 are the neighbours of 20.0, and 19.95 and
+# 20.05 round to 20.0 itself (bfloat16 keeps 8 significant bits): in bfloat16 they are the kink.
+CLIPPED_RELU_BOUNDARIES = {
+    "float32": ([-TINY, 0.0, TINY, float(np.nextafter(np.float32(20), np.float32(0))), 20.0, float(np.nextafter(np.float32(20), np.float32(21)))],
+                [0.0, 0.0, 1.0, 1.0, 0.0, 0.0]),
+    "bfloat16": ([-TINY, 0.0, TINY, 19.875, 19.95, 20.0, 20.05, 20.125], [0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_clipped_relu_gradient_at_zero_and_at_twenty_is_zero_and_one_just_inside(dtype):
+    import tensorflow as tf
+
+    inputs, expected = CLIPPED_RELU_BOUNDARIES[dtype]
+    x = tf.constant(inputs, dtype=dtype)
+    if dtype == "bfloat16":
+        assert list(np.asarray(tf.cast(x, tf.float32))[4:7]) == [20.0, 20.0, 20.0]  # 19.95 and 20.05 are 20.0 here.
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        outputs = ClippedReLU()(x)
+    np.testing.assert_array_equal(np.asarray(tf.cast(outputs, tf.float32)), np.asarray(tf.cast(tf.minimum(tf.maximum(x, 0.0), 20.0), tf.float32)))
+    np.testing.assert_array_equal(np.asarray(tf.cast(tape.gradient(outputs, x), tf.float32)), expected)
+
+
+JAX_CLIPPED_RELU_GRADIENT = """
+import json
+import sys
+import jax
+import jax.numpy as jnp
+import keras
+assert keras.backend.backend() == "jax", keras.backend.backend()
+from conv_models import ClippedReLU
+gradients = {}
+for dtype, inputs in json.loads(sys.argv[1]).items():
+    x = jnp.array(inputs, dtype=dtype)
+    gradients[dtype] = jax.grad(lambda v: ClippedReLU()(v).astype("float32").sum())(x).astype("float32").tolist()
+print(json.dumps(gradients))
+"""
+
+
+def test_clipped_relu_gradient_at_the_kinks_is_the_same_on_jax(jax_subprocess_env):
+    import json
+
+    inputs = {dtype: values for dtype, (values, _) in CLIPPED_RELU_BOUNDARIES.items()}
+    result = subprocess.run([sys.executable, "-c", JAX_CLIPPED_RELU_GRADIENT, json.dumps(inputs)], cwd=REPO_ROOT, env=jax_subprocess_env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {dtype: expected for dtype, (_, expected) in CLIPPED_RELU_BOUNDARIES.items()}
+
+
 def test_l2_normalize_matches_keras2_epsilon_semantics():
     x = np.array([[3.0, 4.0], [1e-7, 0.0], [0.0, 0.0]], dtype=np.float32)
     # x / sqrt(max(sum(x^2), 1e-12)): unit length, except tiny vectors, scaled by 1e6, and zeros.

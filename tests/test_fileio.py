@@ -69,3 +69,18 @@ def test_trial_lists_and_plots_are_written_atomically_and_synced(writer, tmp_pat
         assert target.read_bytes().startswith(b"\x89PNG")
     assert tmp_path.resolve() in synced and any(p.parent == tmp_path.resolve() and p.name.startswith(f".{target.name}.") for p in synced)
     assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]
+
+
+@pytest.mark.parametrize("target_exists", [True, False])
+def test_a_folder_replaced_whole_holds_every_new_file_and_none_of_the_old(target_exists, tmp_path):
+    from fileio import replace_directory
+
+    target, new = tmp_path / "shipped", tmp_path / ".shipped.new"
+    if target_exists:
+        target.mkdir()
+        (target / "model.h5").write_text("old weights")
+        (target / "stale.txt").write_text("old")
+    new.mkdir()
+    (new / "model.h5").write_text("new weights")
+    replace_directory(new, target)
+    assert {p.name: p.read_text() for p in target.iterdir()} == {"model.h5": "new weights"}

@@ -80,6 +80,61 @@ def test_a_run_killed_between_its_weights_and_its_state_resumes_from_the_weights
     assert [row["epoch"] for row in metrics_rows(run)] == ["0", "1"]
 
 
+@pytest.mark.parametrize("killed_before", ["state.json", "best.h5"])
+def test_a_run_killed_around_the_state_of_an_epoch_has_no_best_checkpoint_ahead_of_that_state(tmp_path, monkeypatch, killed_before):
+    """Killed before epoch 1's state.json, the run has no finished epoch, so it must have no best.h5 either
+    (it would hold the weights of an epoch trained again, absent from metrics.csv). Killed after that
+    state.json and before best.h5, the resume writes the best.h5 the state names: epoch 1's weights."""
+    import numpy as np
+
+    import train as train_module
+    from train import RunCheckpoint
+
+    logs = {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.5}
+    write_json, save = train_module.write_json_atomically, train_module.save_atomically
+
+    def killed_before_the_state(path, payload):
+        if killed_before == "state.json" and Path(path).name == "state.json":
+            raise Killed
+        write_json(path, payload)
+
+    def killed_before_best_h5(model, path):
+        if killed_before == "best.h5" and Path(path).name == "best.h5":
+            raise Killed
+        save(model, path)
+
+    monkeypatch.setattr(train_module, "write_json_atomically", killed_before_the_state)
+    monkeypatch.setattr(train_module, "save_atomically", killed_before_best_h5)
+    checkpoint = RunCheckpoint(tmp_path, "val_accuracy", "max")
+    checkpoint.set_model(compiled_small_model())
+    with pytest.raises(Killed):
+        checkpoint.on_epoch_end(0, logs)  # The first epoch: always the best so far.
+    monkeypatch.undo()
+    assert not (tmp_path / "best.h5").exists()
+    if killed_before == "state.json":
+        assert not (tmp_path / "state.json").exists()
+        return
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert (state["epoch"], state["best_epoch"], state["latest"]) == (1, 1, "latest-0001.weights.h5")
+    resumed = compiled_small_model()  # As `train` resumes: a fresh model with the weights state.json names.
+    resumed.load_weights(tmp_path / state["latest"])
+    checkpoint = RunCheckpoint(tmp_path, "val_accuracy", "max", state["best"])
+    checkpoint.set_model(resumed)
+    checkpoint.on_train_begin()
+    best = keras_model(tmp_path / "best.h5")
+    for layer in best.layers:
+        for saved, trained in zip(layer.get_weights(), resumed.get_layer(layer.name).get_weights(), strict=True):
+            np.testing.assert_array_equal(saved, trained)
+
+
+def keras_model(path: Path):
+    import keras
+
+    import conv_models  # noqa: F401  (registers the custom layers)
+
+    return keras.models.load_model(path, compile=False)
+
+
 def test_runs_written_before_state_json_named_their_weights_resume_from_latest_weights_h5(tmp_path):
     from train import latest_checkpoint
 

@@ -152,6 +152,30 @@ def test_evaluation_scores_the_test_utterances_the_run_recorded_when_the_cache_g
     assert {speaker: len(split["test"]) for speaker, split in recorded.items()} == scored
 
 
+def test_the_speaker_head_is_scored_by_the_class_order_of_the_runs_speakers_json_when_a_run_speaker_left_the_cache(mtl_run, tmp_path):
+    """The run trained speakers 19, 26 and 27 (classes 0, 1, 2); the cache evaluated here no longer holds 19.
+    A head that names class 0, speaker 19, for every utterance is right on none of the test utterances
+    left (26's and 27's). Counted by position among the cached speakers, class 0 would be 26: 0.5."""
+    import keras
+
+    import audio
+    from train import save_atomically
+
+    corpus = tmp_path / "LibriSpeech"
+    shutil.copytree(SAMPLES / "LibriSpeech", corpus, ignore=shutil.ignore_patterns("19"))
+    working_dir = tmp_path / "work"
+    audio.build_feature_cache(corpus, working_dir, workers=1, progress=False)
+    run = shutil.copytree(mtl_run[0] / "checkpoints-mtl", tmp_path / "run", ignore=shutil.ignore_patterns("tensorboard"))
+    assert json.loads((run / "speakers.json").read_text())["speakers"] == ["19", "26", "27"]
+    model = keras.models.load_model(run / "best.h5", compile=False)
+    head = model.get_layer("speaker_pred")
+    kernel, bias = head.get_weights()
+    head.set_weights([np.zeros_like(kernel), np.where(np.arange(len(bias)) == 0, 10.0, -10.0).astype(bias.dtype)])
+    save_atomically(model, run / "best.h5")
+    report = evaluate_checkpoint(working_dir, run / "best.h5", held_out_speakers=[])  # No trials: only the heads are read here.
+    assert report.heads["speaker_id_acc_head"] == 0.0
+
+
 # ---------------------------------------------------------------------------------------------- figures per held-out corpus
 
 TEST_OTHER = SAMPLES / "LibriSpeech" / "test-other"  # 1688 and 1998, 4 utterances each.
