@@ -91,7 +91,7 @@ def test_a_run_killed_around_the_state_of_an_epoch_has_no_best_checkpoint_ahead_
     from train import RunCheckpoint
 
     logs = {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.5}
-    write_json, save = train_module.write_json_atomically, train_module.save_atomically
+    write_json, save = train_module.write_json_atomically, train_module.save_model_atomically
 
     def killed_before_the_state(path, payload):
         if killed_before == "state.json" and Path(path).name == "state.json":
@@ -104,7 +104,7 @@ def test_a_run_killed_around_the_state_of_an_epoch_has_no_best_checkpoint_ahead_
         save(model, path)
 
     monkeypatch.setattr(train_module, "write_json_atomically", killed_before_the_state)
-    monkeypatch.setattr(train_module, "save_atomically", killed_before_best_h5)
+    monkeypatch.setattr(train_module, "save_model_atomically", killed_before_best_h5)
     checkpoint = RunCheckpoint(tmp_path, "val_accuracy", "max")
     checkpoint.set_model(compiled_small_model())
     with pytest.raises(Killed):

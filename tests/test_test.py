@@ -159,7 +159,7 @@ def test_the_speaker_head_is_scored_by_the_class_order_of_the_runs_speakers_json
     import keras
 
     import audio
-    from train import save_atomically
+    from fileio import save_model_atomically
 
     corpus = tmp_path / "LibriSpeech"
     shutil.copytree(SAMPLES / "LibriSpeech", corpus, ignore=shutil.ignore_patterns("19"))
@@ -171,7 +171,7 @@ def test_the_speaker_head_is_scored_by_the_class_order_of_the_runs_speakers_json
     head = model.get_layer("speaker_pred")
     kernel, bias = head.get_weights()
     head.set_weights([np.zeros_like(kernel), np.where(np.arange(len(bias)) == 0, 10.0, -10.0).astype(bias.dtype)])
-    save_atomically(model, run / "best.h5")
+    save_model_atomically(model, run / "best.h5")
     report = evaluate_checkpoint(working_dir, run / "best.h5", held_out_speakers=[])  # No trials: only the heads are read here.
     assert report.heads["speaker_id_acc_head"] == 0.0
 
@@ -250,13 +250,13 @@ def energy_trim_run(tmp_path_factory) -> tuple[Path, Path]:
     untrained small model the run files of a run trained with the energy trim, test-other's speakers held out."""
     import audio
     from conv_models import DeepSpeakerModel
-    from train import save_atomically
+    from fileio import save_model_atomically
 
     working_dir = tmp_path_factory.mktemp("energy_trim_run")
     audio.build_feature_cache(SAMPLES / "LibriSpeech", working_dir, workers=1, progress=False)
     run = working_dir / "checkpoints-softmax"
     run.mkdir()
-    save_atomically(DeepSpeakerModel(model_size="small").m, run / "best.h5")
+    save_model_atomically(DeepSpeakerModel(model_size="small").m, run / "best.h5")
     (run / "config.json").write_text(json.dumps({"mode": "softmax", "trim": "energy", "pad": "repeat"}))
     (run / "speakers.json").write_text(json.dumps({"speakers": ["19", "26", "27"], "held_out_speakers": ["1688", "1998"], "genders": {}}))
     return working_dir, run / "best.h5"
