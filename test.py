@@ -341,7 +341,7 @@ def evaluate_checkpoint(
 
     `held_out_speakers` restricts the unseen speakers to those named; `extra_genders` adds
     gender labels that no label file gives; `trial_scores` receives each corpus's trial scores;
-    `precision` is the Embedder's (`inference.resolve_precision`).
+    `precision` is the Embedder's (`precision.resolve_precision`).
     """
     from audio import cached_entries
     from eval_metrics import reference_metrics, verification_metrics
