@@ -11,6 +11,18 @@ import pytest
 
 from constants import NORMALISATION_STD_FLOOR, NUM_FBANKS, NUM_FRAMES, RESAMPLE_QUALITY, SAMPLE_RATE
 
+# Under pytest-xdist each worker gets its share of the cores for TensorFlow, oneDNN and XLA (and
+# the child processes tests start inherit it): with every library's default, two workers on two
+# cores ran four or more compute threads that spin and preempt each other (a training test took
+# 1.4x the wall time and 1.1x the CPU time with two threads as with one, beside other work).
+# Set in the environment before any test imports TensorFlow; a value the user set is kept.
+if (workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))) > 1:
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(name, threads)
+    if threads == "1":  # JAX's documented single-thread setting.
+        os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLES_DIR = REPO_ROOT / "samples"
 SHARED_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
