@@ -82,6 +82,7 @@ def test_mirrored_strategy_on_two_replicas_matches_one_device_stepping_on_each_r
     assert_batch_norms_trained(result)
     assert abs(result["loss_two"] - result["loss_reference"]) <= TOLERANCE, result
     assert result["gradient_difference"] <= TOLERANCE, result
+    assert result["statistics_difference"] <= TOLERANCE, result  # The mean of the replicas' moving statistics, on every replica.
     # One device's single stacked order pairs the wrong rows on each replica: another loss, silently.
     assert abs(result["loss_two_contiguous"] - result["loss_two_evaluated"]) > 1e-3, result
 
