@@ -147,7 +147,17 @@ class FusedBatchNormalization(layers.BatchNormalization):
     difference. Same weights and names, same outputs and moving statistics as Keras's layer (within
     float rounding; the kernel's unbiased batch variance is turned back into Keras's biased one).
     Inference, frozen layers, other backends and options the kernel lacks run Keras's own code.
+
+    Under tf.distribute each replica normalises with its own slice's batch statistics, and the
+    moving mean and variance are created with 'mean' aggregation: every replica's update is
+    averaged into one value that all replicas keep. Keras creates them with none, and then each
+    replica kept a moving average of its own slices, which checkpoints saved from replica 0.
     """
+
+    def add_weight(self, *args, **kwargs):
+        if kwargs.get("trainable") is False:  # The moving statistics.
+            kwargs.setdefault("aggregation", "mean")
+        return super().add_weight(*args, **kwargs)
 
     def call(self, inputs, training=None, mask=None):
         fused = (

@@ -258,7 +258,9 @@ def distribution_scope(name: str):
     """Build and compile inside the engine that spreads batches over devices and machines.
 
     TensorFlow backend: `mirrored` (all GPUs of one machine) and `multi_worker` (a cluster
-    described by TF_CONFIG). JAX backend: `data_parallel` (all local devices).
+    described by TF_CONFIG). JAX backend: `data_parallel` (all local devices). Batch norms train
+    on each replica's own slice under tf.distribute, on the global batch under `data_parallel`
+    (tests/test_distribution.py).
     """
     backend = keras.backend.backend()
     if name == "none":

@@ -1,4 +1,4 @@
-"""Run `cli.py` with this process's CPU split into two logical devices, for test_cluster.py:
+"""Run `cli.py` with this process's CPU split into two logical devices, for test_cluster.py and test_train.py:
 
     python tests/cli_on_two_cpus.py train --working_dir W ... --distribution mirrored
 

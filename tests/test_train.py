@@ -115,20 +115,30 @@ def test_mtl_run_trains_speaker_and_gender_heads_and_the_triplet_term_on_shared_
 
 
 def test_hard_negative_batches_mine_the_embeddings_of_the_model_being_trained(samples_cache):
-    """The mining itself is tested in test_batcher.py; here, that a hard-negative run mines with its own model."""
+    """The mining itself is tested in test_batcher.py; here, that a hard-negative run mines with its own model
+    as it trains: after a training step, the next refresh of the history embeds with the new weights."""
     from batcher import load_training_data
     from conv_models import embedding_model
     from train import build_model, make_batches
 
-    config = TrainConfig(mode="triplet", hard_negative=True, **TINY)
+    config = TrainConfig(mode="triplet", hard_negative=True, learning_rate=0.1, **TINY)
     data = load_training_data(samples_cache)
     model = build_model(config, len(data.speakers))
+    initial = model.get_weights()
     batches, _ = make_batches(config, data, model, 0)
-    windows, _, _ = batches[0]
+    batches.refresh_every = 1  # Every batch refreshes the history (the default waits 100 batches).
+    windows, targets, weights = batches[0]  # Fills the history with the untrained model.
     assert windows.shape == (12, 160, 64, 1)
-    filled = batches.history_speakers >= 0
-    expected = embedding_model(model).predict(batches.history_windows[filled], verbose=0)
-    np.testing.assert_allclose(batches.history_embeddings[filled], expected, atol=1e-5)
+    model.train_on_batch(windows, targets, sample_weight=weights)
+    first_slot = batches.next_slot
+    batches[1]  # Refreshes: embeds new windows.
+    refreshed = (first_slot + np.arange((batches.next_slot - first_slot) % len(batches.history_speakers))) % len(batches.history_speakers)
+    assert len(refreshed) == 10  # 5 speakers x 2 utterances.
+    trained = embedding_model(model).predict(batches.history_windows[refreshed], verbose=0)
+    np.testing.assert_allclose(batches.history_embeddings[refreshed], trained, atol=1e-5)
+    model.set_weights(initial)
+    untrained = embedding_model(model).predict(batches.history_windows[refreshed], verbose=0)
+    assert np.abs(trained - untrained).max() > 1e-3, "the step must change the embeddings for this test to mean anything"
 
 
 @pytest.fixture(scope="module")
@@ -283,10 +293,19 @@ def test_a_run_directory_of_another_configuration_is_not_overwritten(samples_cac
         train(working_dir, TrainConfig(mode="softmax", **{**TINY, "batch_size": 6}))
 
 
-def test_mirrored_strategy_trains_on_the_tensorflow_backend(samples_cache, tmp_path):
+def test_mirrored_strategy_trains_on_two_replicas_on_the_tensorflow_backend(samples_cache, tmp_path):
+    """`cli.py train --distribution mirrored` with the CPU split into two logical devices (tests/cli_on_two_cpus.py:
+    devices must be set up before TensorFlow starts, so in a process of its own)."""
     working_dir = fresh_copy(samples_cache, tmp_path)
-    run = train(working_dir, TrainConfig(mode="softmax", distribution="mirrored", **{**TINY, "epochs": 1}))
-    assert len(metrics_rows(run)) == 1
+    result = subprocess.run(
+        [sys.executable, "tests/cli_on_two_cpus.py", "train", "--working_dir", str(working_dir), "--mode", "softmax", "--model_size", "small",
+         "--epochs", "1", "--steps_per_epoch", "1", "--batch_size", "12", "--validation_steps", "0", "--input_workers", "1", "--distribution", "mirrored"],
+        cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MirroredStrategy over 2 replicas" in result.stderr
+    run = working_dir / "checkpoints-softmax"
+    assert len(metrics_rows(run)) == 1 and json.loads((run / "state.json").read_text())["finished"]
 
 
 def test_training_runs_on_the_jax_backend_with_data_parallel(samples_cache, tmp_path):
