@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from constants import NUM_NEGATIVES_PER_SPEAKER
-from tasks import gender_task
+from tasks import entry_sources, gender_task
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,8 @@ class EvaluationReport:
     unseen_labels: dict[str, dict[str, int]] = field(default_factory=dict)  # Task -> label -> unseen speakers carrying it.
     # Task -> {"speakers", "labels", "probe", "head"}: each unseen speaker's label and predictions (bootstraps over speakers).
     speaker_predictions: dict[str, dict[str, list]] = field(default_factory=dict)
+    # Per-clip task -> {"clips", "speakers", "labels", "probe", "head"}: each labelled unseen clip, its speaker, label and predictions.
+    clip_predictions: dict[str, dict[str, list]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def to_json(self, path: str | os.PathLike) -> Path:
@@ -343,6 +345,8 @@ def evaluate_checkpoint(
       training utterances, tested on the unseen speakers), `<task>_acc_probe`; for a Hive-MTL
       checkpoint with that head, the head's balanced accuracy on the unseen speakers,
       `<task>_acc_head`; and how many unseen speakers carry each label (`report.unseen_labels`);
+      a per-clip task (emotion) the same two over the unseen speakers' labelled clips, each clip
+      once (`clip_task_accuracies`; each clip's label and predictions in `report.clip_predictions`);
     - closed-set speaker identification from the embedding (nearest training-speaker profile) on
       the test utterances (never the validation ones), and a Hive-MTL speaker head's accuracy.
 
@@ -414,7 +418,14 @@ def evaluate_checkpoint(
         report.heads.update(speaker_head_accuracy(heads, embed, splits, training_speakers))
     tasks = [gender_task(1.0), *(run_label_tasks(checkpoint_file) if label_tasks is None else label_tasks)]
     files = label_source_files(working_dir, trial_speakers, training_speakers, tasks)
+    sources = entry_sources(working_dir) if working_dir is not None and any(task.per_clip for task in tasks) else {}
     for task in tasks:
+        if task.per_clip:
+            figures, predictions = clip_task_accuracies(task, heads, embed, splits, trial_speakers, sources, run)
+            report.heads.update(figures)
+            if predictions:
+                report.clip_predictions[task.name] = predictions
+            continue
         figures, counts, predictions = label_task_accuracies(task, heads, embed, splits, trial_speakers, files, genders, run)
         report.heads.update(figures)
         if counts:
@@ -469,9 +480,9 @@ def run_label_tasks(checkpoint_file: str | os.PathLike) -> list:
 
 def label_source_files(working_dir, trial_speakers: dict[str, list], training_speakers: list[str], tasks: Sequence) -> dict[str, Path]:
     """One source audio file per speaker to read folder labels from: cached speakers' from corpus.json, the others' own files."""
-    from tasks import GENDER_TASK, speaker_source_files
+    from tasks import speaker_source_files
 
-    if all(task.labels == GENDER_TASK for task in tasks):
+    if not any(isinstance(task.labels, dict) for task in tasks):  # Gender comes from the speaker tables, clip labels from clip tables.
         return {s: Path() for s in [*trial_speakers, *training_speakers]}
     cached = speaker_source_files(working_dir) if working_dir is not None else {}
     files = {s: Path(paths[0]) for s, paths in trial_speakers.items() if paths}
@@ -517,6 +528,43 @@ def label_task_accuracies(task, heads, embed: EmbeddingsOnce, splits, trial_spea
         figures[f"{task.name}_acc_{kind}_per_speaker"] = balanced_accuracy(by_speaker, speaker_labels)
         predictions[kind] = by_speaker.tolist()
     return figures, counts, predictions
+
+
+def clip_task_accuracies(task, heads, embed: EmbeddingsOnce, splits, trial_speakers: dict[str, list], sources: dict[str, Path],
+                         run: dict | None) -> tuple[dict, dict[str, list]]:
+    """Probe and head balanced accuracies of a per-clip task (emotion) over the labelled clips of the unseen speakers,
+    and each such clip's speaker, label and predictions.
+
+    Balanced over the task's classes (the mean of their recalls: 1/7 is chance for seven emotions,
+    whatever their mix). The probe (`<task>_acc_probe`, logistic regression on the frozen embedding)
+    is trained on the labelled training utterances of the training speakers; the head
+    (`<task>_acc_head`) is the Hive-MTL checkpoint's own. A cache entry's label is its audio file's
+    (`sources`: entry name -> audio file), an audio file's its own.
+    """
+    from eval_metrics import balanced_accuracy
+
+    def audio_file(path) -> Path:
+        path = Path(path)
+        return sources.get(path.name, path) if path.suffix == ".npy" else path
+
+    unseen = task.clip_labels({str(p): audio_file(p) for paths in trial_speakers.values() for p in paths})
+    rows = [(p, s, unseen[str(p)]) for s, paths in trial_speakers.items() for p in paths if str(p) in unseen]
+    if not rows:
+        return {}, {}
+    training = task.clip_labels({str(p): audio_file(p) for train, _ in splits.values() for p in train})
+    labels = np.array([label for _, _, label in rows])
+    predictions = {"clips": [str(p) for p, _, _ in rows], "speakers": [s for _, s, _ in rows], "labels": labels.tolist()}
+    figures = {}
+    if len(set(training.values())) >= 2:
+        probe = fit_probe(embed(list(training)), list(training.values()))
+        predicted = probe.predict(embed([p for p, _, _ in rows]))
+        figures[f"{task.name}_acc_probe"], predictions["probe"] = balanced_accuracy(predicted, labels), predicted.tolist()
+    if heads is not None and task.output in heads.output:
+        classes = np.array(((run or {}).get("tasks") or {}).get(task.name, {}).get("classes") or list(task.classes))
+        outputs = heads.predict(embed([p for p, _, _ in rows]), verbose=0)[task.output]
+        predicted = classes[(outputs[:, 0] > 0.5).astype(int)] if outputs.shape[1] == 1 else classes[np.argmax(outputs, axis=1)]
+        figures[f"{task.name}_acc_head"], predictions["head"] = balanced_accuracy(predicted, labels), predicted.tolist()
+    return figures, predictions
 
 
 def write_score_plots(plots_dir: str | os.PathLike, scores: np.ndarray, labels: np.ndarray, threshold: float) -> None:

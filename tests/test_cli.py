@@ -52,6 +52,22 @@ def test_build_mfcc_cache_on_a_missing_folder_fails_with_one_line(tmp_path, invo
     assert len(result.stderr.strip().splitlines()) == 1 and "absent" in result.stderr
 
 
+def test_a_clips_table_is_named_relative_to_the_tasks_file_or_recipe_that_declares_it(tmp_path, monkeypatch):
+    from cli import read_recipe, read_tasks_option
+
+    (tmp_path / "conf").mkdir()
+    declared = {"emotion": {"clips": "../EmoDB/clips.tsv", "column": "emotion", "loss": "categorical"}}
+    tasks_file = tmp_path / "conf" / "tasks.json"
+    tasks_file.write_text(json.dumps(declared))
+    recipe = tmp_path / "conf" / "recipe.json"
+    recipe.write_text(json.dumps({"mode": "mtl", "tasks": declared}))
+    table = str((tmp_path / "EmoDB" / "clips.tsv").resolve())
+    assert read_tasks_option(str(tasks_file))["emotion"]["clips"] == table
+    assert read_recipe(str(recipe))["tasks"]["emotion"]["clips"] == table
+    monkeypatch.chdir(tmp_path / "conf")  # Given as JSON on the command line: relative to the current folder.
+    assert read_tasks_option(json.dumps({"emotion": {**declared["emotion"], "clips": "clips.tsv"}}))["emotion"]["clips"] == str((tmp_path / "conf" / "clips.tsv").resolve())
+
+
 # ---------------------------------------------------------------------------------------------- evaluation verbs
 
 
