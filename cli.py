@@ -171,7 +171,7 @@ def build_mfcc_cache(working_dir: str, audio_dir: str, workers: int | None, gend
 @click.option("--tasks", "tasks_json", help='Hive-MTL: label tasks besides speaker and gender, as JSON or a JSON file, e.g. '
                                              '\'{"language": {"labels": {"LibriSpeech": "en", "CommonVoice-fa": "fa"}, "loss": "binary", "weight": 1}}\' '
                                              '(labels: corpus folder name -> label of its speakers; or per clip, "clips": a table with a path column and '
-                                             '"column": its label column).')
+                                             '"column": its label column; "adversarial": true puts the head behind a gradient reversal).')
 @click.option("--recipe", "recipe_file", type=click.Path(exists=True, dir_okay=False),
               help="JSON recipe (e.g. recipes/pretrained_small.json): option names as keys, audio_dirs relative to the file; "
                    "options given on the command line win.")

@@ -17,7 +17,9 @@ per speaker or per clip, declared by its name, its label source, its loss and it
 
 `loss` is `binary` (one sigmoid unit, exactly two labels) or `categorical` (a softmax over the
 labels). Rows (speakers, clips) without a label are masked out of that task's loss and accuracy, so
-a task trains from the part of the data that carries its labels.
+a task trains from the part of the data that carries its labels. `"adversarial": true` puts the
+task's head behind a gradient-reversal layer (`conv_models.GradientReversal`, scale
+`reversal_lambda`, default 1), so the embedding is trained to remove what the head predicts.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 TASK_LOSSES = ("binary", "categorical")
-TASK_KEYS = ("labels", "clips", "column", "loss", "weight")
+TASK_KEYS = ("labels", "clips", "column", "loss", "weight", "adversarial", "reversal_lambda")
 CLIP_PATH_COLUMN = "path"  # The column of a clips table that names each clip's audio file.
 GENDER_TASK = "gender"
 GENDER_CLASSES = ("M", "F")  # Binary label 1.0 is female, as the gender head always had it.
@@ -50,6 +52,8 @@ class LabelTask:
     weight: float = 1.0
     clips: str | None = None
     column: str | None = None
+    adversarial: bool = False
+    reversal_lambda: float = 1.0
 
     @property
     def output(self) -> str:
@@ -167,8 +171,15 @@ def parse_tasks(declared: dict[str, dict]) -> list[LabelTask]:
             raise ValueError(f"task {name!r}: 'labels' must map corpus folder names to labels, e.g. {{\"CommonVoice-fa\": \"fa\"}}")
         elif column is not None:
             raise ValueError(f"task {name!r}: 'column' names the label column of a 'clips' table; a task with 'labels' has none")
+        adversarial, reversal_lambda = spec.get("adversarial", False), spec.get("reversal_lambda", 1.0)
+        if not isinstance(adversarial, bool):
+            raise ValueError(f"task {name!r}: 'adversarial' must be true or false; got {adversarial!r}")
+        if isinstance(reversal_lambda, bool) or not isinstance(reversal_lambda, (int, float)) or not reversal_lambda > 0:
+            raise ValueError(f"task {name!r}: 'reversal_lambda' must be a number > 0; got {reversal_lambda!r}")
+        if "reversal_lambda" in spec and not adversarial:
+            raise ValueError(f"task {name!r}: 'reversal_lambda' scales a gradient reversal: it needs \"adversarial\": true")
         task = LabelTask(name, dict(labels) if clips is None else None, spec.get("loss", "binary"), spec.get("weight", 1.0),
-                         clips, column if clips is not None else None)
+                         clips, column if clips is not None else None, adversarial, float(reversal_lambda))
         if task.loss not in TASK_LOSSES:
             raise ValueError(f"task {name!r}: 'loss' must be one of {', '.join(TASK_LOSSES)}; got {task.loss!r}")
         if isinstance(task.weight, bool) or not isinstance(task.weight, (int, float)) or task.weight < 0:

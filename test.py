@@ -279,7 +279,8 @@ def task_heads(checkpoint_file: str | os.PathLike):
     """The Hive-MTL heads as a model on 512-d embeddings (outputs keyed by head name), or None for a checkpoint without heads.
 
     The speaker head reads `speaker_task` (softmax head) or the embedding itself (AAM head);
-    every label head (`<task>_pred`) reads `shared`.
+    every label head (`<task>_pred`) reads `shared`, an adversarial one its own `<task>_pred_hidden`
+    (its gradient reversal is the identity forward).
     """
     import keras
 
@@ -298,7 +299,8 @@ def task_heads(checkpoint_file: str | os.PathLike):
     outputs = {SPEAKER_OUTPUT: model.get_layer(SPEAKER_OUTPUT)(speaker_input)}
     for name in names:
         if name.endswith("_pred") and name != SPEAKER_OUTPUT:
-            outputs[name] = model.get_layer(name)(shared)
+            head_input = model.get_layer(f"{name}_hidden")(embedding) if f"{name}_hidden" in names else shared
+            outputs[name] = model.get_layer(name)(head_input)
     return keras.Model(embedding, outputs)
 
 

@@ -208,8 +208,8 @@ def run_dir(working_dir: str | os.PathLike, mode: str) -> Path:
 def build_model(config: TrainConfig, num_speakers: int, label_tasks: list[LabelTask] = ()) -> keras.Model:
     """The model a mode trains, compiled with the reference's optimizer and losses.
 
-    Hive-MTL gets a head per task of `label_tasks` (those its training speakers have labels for).
-    With speed perturbation each speaker at each speed is a class of its own (softmax, mtl).
+    Hive-MTL gets a head per task of `label_tasks` (those its training data has labels for), an
+    adversarial task's behind a gradient reversal. With speed perturbation each speaker at each speed is a class of its own (softmax, mtl).
     """
     num_classes = num_speakers * len(config.augment.speeds)
     speaker_loss = AdditiveAngularMarginLoss(config.aam_margin, config.aam_scale) if config.head == "aam" else "sparse_categorical_crossentropy"
@@ -221,7 +221,8 @@ def build_model(config: TrainConfig, num_speakers: int, label_tasks: list[LabelT
         model.compile(keras.optimizers.SGD(config.optimizer_learning_rate), deep_speaker_loss)
     else:
         model = build_mtl_model(
-            num_classes, label_heads={task.output: task.units for task in label_tasks}, speaker_head=config.head,
+            num_classes, label_heads={task.output: task.units for task in label_tasks},
+            reversed_heads={task.output: task.reversal_lambda for task in label_tasks if task.adversarial}, speaker_head=config.head,
             model_size=config.model_size, embedding_output=config.triplet_loss_weight > 0,
         )
         losses = {SPEAKER_OUTPUT: speaker_loss}

@@ -71,6 +71,13 @@ def test_relative_clips_tables_are_taken_relative_to_the_declaring_file(tmp_path
     assert resolved["language"] == LANGUAGE["language"] and resolve_clip_tables(EMOTION, tmp_path) == EMOTION  # Absolute tables stay.
 
 
+def test_an_adversarial_task_keeps_its_gradient_reversal_scale():
+    (task,) = parse_tasks({"language": {**LANGUAGE["language"], "adversarial": True, "reversal_lambda": 0.3}})
+    assert (task.adversarial, task.reversal_lambda) == (True, 0.3)
+    (plain,) = parse_tasks(LANGUAGE)
+    assert (plain.adversarial, plain.reversal_lambda) == (False, 1.0)
+
+
 @pytest.mark.parametrize(
     "declared, message",
     [
@@ -89,6 +96,9 @@ def test_relative_clips_tables_are_taken_relative_to_the_declaring_file(tmp_path
         ({"emotion": {**EMOTION["emotion"], "clips": "/nowhere/clips.tsv"}}, "task 'emotion': /nowhere/clips.tsv: no such clips table"),
         ({"emotion": {**EMOTION["emotion"], "loss": "binary"}}, "a binary task needs exactly 2 labels; got \\['anger'"),
         ({"language": {**LANGUAGE["language"], "column": "language"}}, "'column' names the label column of a 'clips' table"),
+        ({"language": {**LANGUAGE["language"], "adversarial": "yes"}}, "'adversarial' must be true or false"),
+        ({"language": {**LANGUAGE["language"], "adversarial": True, "reversal_lambda": 0}}, "'reversal_lambda' must be a number > 0"),
+        ({"language": {**LANGUAGE["language"], "reversal_lambda": 0.5}}, "'reversal_lambda' scales a gradient reversal: it needs \"adversarial\": true"),
     ],
 )
 def test_bad_task_declarations_are_refused_naming_the_task_and_key(declared, message):
