@@ -165,9 +165,11 @@ def corpus_names(directories: Sequence[str | os.PathLike]) -> list[str]:
             depth[path] += 1
 
 
-def evaluation_corpora(eval_audio_dirs: Sequence[str | os.PathLike], held_out: dict[str, list[Path]], held_out_name: str = HELD_OUT_CORPUS) -> list[HeldOutCorpus]:
+def evaluation_corpora(eval_audio_dirs: Sequence[str | os.PathLike], held_out: dict[str, list[Path]],
+                       held_out_homes: dict[str, str] | None = None) -> list[HeldOutCorpus]:
     """One corpus per folder given (a folder given twice counts once), then the run's held-out speakers
-    that no folder given holds, as `held_out_name`."""
+    that no folder given holds, one corpus per home (`held_out_homes`: speaker -> the name of the training
+    corpus it comes from; `held_out` for a speaker without one)."""
     from audio import index_corpus
 
     corpora: dict[str, HeldOutCorpus] = {}
@@ -177,26 +179,33 @@ def evaluation_corpora(eval_audio_dirs: Sequence[str | os.PathLike], held_out: d
             speakers = {speaker: [u.path for u in utterances] for speaker, utterances in corpus.utterances_by_speaker().items()}
             corpora[name] = HeldOutCorpus(name, str(directory), speakers, dict(corpus.genders))
     listed = {speaker for corpus in corpora.values() for speaker in corpus.speakers}
-    held_out = {speaker: entries for speaker, entries in held_out.items() if speaker not in listed}  # Scored once, from their folder.
-    if held_out:
-        name = held_out_name if held_out_name not in corpora else f"{held_out_name} (held out)"
-        corpora[name] = HeldOutCorpus(name, None, held_out)
+    homes: dict[str, dict[str, list[Path]]] = {}
+    for speaker, entries in held_out.items():
+        if speaker not in listed:  # Scored once, from their folder.
+            homes.setdefault((held_out_homes or {}).get(speaker, HELD_OUT_CORPUS), {})[speaker] = entries
+    for home, speakers in homes.items():
+        name = home if home not in corpora else f"{home} (held out)"
+        corpora[name] = HeldOutCorpus(name, None, speakers)
     return list(corpora.values())
 
 
-def held_out_corpus_name(working_dir: str | os.PathLike, speakers: Sequence[str]) -> str:
-    """The training corpus the run's held-out speakers come from (its folder name, e.g. `CommonVoice-fa`),
-    or `held_out` when they come from several or a cache that does not record its sources."""
+def held_out_homes(working_dir: str | os.PathLike, speakers: Sequence[str]) -> dict[str, str]:
+    """The training corpus each of the run's held-out speakers comes from (its folder name, e.g. `CommonVoice-fa`),
+    for those the cache records the sources of; `evaluation_corpora` scores each home's speakers as one corpus."""
     from audio import CorpusError, read_corpus_index
     from tasks import speaker_source_files
 
     try:
         files = speaker_source_files(working_dir)
     except CorpusError:
-        return HELD_OUT_CORPUS
+        return {}
     audio_dirs = [Path(d) for d in read_corpus_index(working_dir).get("audio_dirs", [])]
-    homes = {d.name for s in speakers if s in files for d in audio_dirs if d in files[s].parents}
-    return homes.pop() if len(homes) == 1 else HELD_OUT_CORPUS
+    homes = {}
+    for speaker in speakers:
+        found = [d.name for d in audio_dirs if speaker in files and d in files[speaker].parents]
+        if found:
+            homes[speaker] = found[0]
+    return homes
 
 
 def pooled_speakers(corpora: Sequence[HeldOutCorpus]) -> tuple[dict[str, list[Path]], dict[str, str]]:
@@ -381,7 +390,7 @@ def evaluate_checkpoint(
     else:
         report.notes.append("reference protocol skipped: it needs 2 speakers with test utterances, one with at least 2")
 
-    corpora = evaluation_corpora(eval_audio_dirs, held_out, held_out_corpus_name(working_dir, list(held_out)) if held_out else HELD_OUT_CORPUS)
+    corpora = evaluation_corpora(eval_audio_dirs, held_out, held_out_homes(working_dir, list(held_out)) if held_out else None)
     trial_speakers, trial_genders = pooled_speakers(corpora)
     if held_out_speakers is not None:
         trial_speakers = {s: trial_speakers[s] for s in held_out_speakers if s in trial_speakers}

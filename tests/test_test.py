@@ -319,3 +319,12 @@ def test_clip_task_accuracies_score_each_labelled_unseen_clip_balanced_over_the_
     assert predictions == {"clips": [*unseen["u1"][:4], *unseen["u2"]], "speakers": ["u1"] * 4 + ["u2"], "labels": ["calm", "calm", "tense", "calm", "tense"],
                            "probe": ["calm", "calm", "tense", "tense", "tense"]}
 
+
+def test_held_out_training_speakers_are_scored_as_one_corpus_per_home_corpus():
+    from test import evaluation_corpora
+
+    held_out = {"0874d76d": [Path("a.npy"), Path("b.npy")], "11": [Path("c.npy"), Path("d.npy")], "13": [Path("e.npy")], "x": [Path("f.npy")],
+                "1688": [Path("g.npy")]}
+    corpora = evaluation_corpora([str(TEST_OTHER)], held_out, {"0874d76d": "CommonVoice-fa", "11": "EmoDB", "13": "EmoDB"})
+    assert [(c.name, sorted(c.speakers)) for c in corpora] == [("test-other", ["1688", "1998"]), ("CommonVoice-fa", ["0874d76d"]),
+                                                             ("EmoDB", ["11", "13"]), ("held_out", ["x"])]  # 1688 is scored from its folder.
