@@ -690,7 +690,7 @@ def mtl_answer(config: ExperimentConfig, working_dir: Path, seed: int = 0, boots
     Hive-MTL's favour, `refuted` where it excludes zero against it, else `undecided`, with
     `seeds_needed`: how many seeds would decide it if the mean and spread of the differences
     stayed as seen (`eval_metrics.seeds_to_exclude_zero`; none with one seed). `bootstrap_trials=False`
-    leaves out the bootstrap over trials (minutes for FSDD's 44,850 trials of five seeds), as the
+    leaves out the bootstrap over trials (slow for FSDD's 44,850 trials at five seeds), as the
     answer written after every run does; the verdicts do not depend on it.
     """
     from eval_metrics import paired_bootstrap_accuracy_difference, paired_bootstrap_eer_difference, paired_t_interval, seeds_to_exclude_zero
