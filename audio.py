@@ -327,27 +327,53 @@ def utterance_from_path(path: Path, root: Path) -> Utterance | None:
     return Utterance(speaker, utterance, path)
 
 
+GENDER_WORDS = {"m": "M", "male": "M", "f": "F", "female": "F", "male_masculine": "M", "female_feminine": "F"}  # Any case.
+
+
+def gender_label(value: str) -> str | None:
+    """'M' or 'F' of a gender cell: M, F, male or female in any case (and Common Voice's male_masculine,
+    female_feminine); None for an empty cell (no label). Anything else raises ValueError."""
+    value = value.strip()
+    if not value:
+        return None
+    if value.lower() not in GENDER_WORDS:
+        raise ValueError(f"gender {value!r} is none of M, F, male, female (any case); leave the cell empty for a speaker without a label")
+    return GENDER_WORDS[value.lower()]
+
+
+def _gender_of_row(path: Path, line_number: int, speaker: str, value: str) -> str | None:
+    """`gender_label` of one row of a label file, its error naming the file, the line and the speaker."""
+    try:
+        return gender_label(value)
+    except ValueError as error:
+        raise CorpusError(f"{path}, line {line_number} (speaker {speaker}): {error}") from None
+
+
 def read_gender_table(path: Path, text: str) -> dict[str, str]:
-    """A plain speaker table: a header row naming `speaker` and `gender` columns (tab or comma)."""
-    lines = [line for line in text.splitlines() if line.strip()]
-    delimiter = "\t" if "\t" in lines[0] else ","
-    header = [name.strip().lower() for name in lines[0].split(delimiter)]
+    """A plain speaker table: a header row naming `speaker` and `gender` columns (tab or comma); see `gender_label`."""
+    lines = [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    header_line = lines[0][1]
+    delimiter = "\t" if "\t" in header_line else ","
+    header = [name.strip().lower() for name in header_line.split(delimiter)]
     if "speaker" not in header or not ({"gender", "sex"} & set(header)):
-        raise CorpusError(f"{path}: a speaker table needs a header with 'speaker' and 'gender' columns; got {lines[0]!r}")
+        raise CorpusError(f"{path}: a speaker table needs a header with 'speaker' and 'gender' columns; got {header_line!r}")
     speaker_column = header.index("speaker")
     gender_column = header.index("gender" if "gender" in header else "sex")
     genders = {}
-    for line in lines[1:]:
+    for number, line in lines[1:]:
         fields = [part.strip() for part in line.split(delimiter)]
-        sex = fields[gender_column].upper()[:1] if len(fields) > gender_column else ""
-        if sex in ("F", "M"):
-            genders[fields[speaker_column]] = sex
+        speaker = fields[speaker_column]
+        sex = _gender_of_row(path, number, speaker, fields[gender_column] if len(fields) > gender_column else "")
+        if sex is not None:
+            genders[speaker] = sex
     return genders
 
 
 def read_gender_labels(path: str | os.PathLike) -> dict[str, str]:
     """Speaker -> 'F'/'M' from LibriSpeech `SPEAKERS.TXT`, VCTK `speaker-info.txt`, or a speaker
-    table with `speaker` and `gender` columns (Common Voice style `speakers.tsv`, or CSV)."""
+    table with `speaker` and `gender` columns (Common Voice style `speakers.tsv`, or CSV). A gender
+    may be written M, F, male or female in any case (`gender_label`); an empty one is no label, and
+    any other value raises CorpusError naming the file, the line and the speaker."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such gender label file")
@@ -356,9 +382,9 @@ def read_gender_labels(path: str | os.PathLike) -> dict[str, str]:
     if "speaker" in first.lower() and ("\t" in first or "," in first):
         return read_gender_table(path, text)
     genders: dict[str, str] = {}
-    for line in text.splitlines():
+    for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
-        if not line or line.startswith(";"):
+        if not line or line.startswith((";", "#")):  # Comments: LibriSpeech's ';', a '#' line under a copied VCTK table.
             continue
         if "|" in line:  # LibriSpeech: ID | SEX | SUBSET | MINUTES | NAME
             fields = [part.strip() for part in line.split("|")]
@@ -368,8 +394,9 @@ def read_gender_labels(path: str | os.PathLike) -> dict[str, str]:
             if len(fields) < 3 or fields[0] == "ID":
                 continue
             speaker, sex = (fields[0] if fields[0].startswith("p") else f"p{fields[0]}"), fields[2]
-        if sex.upper() in ("F", "M"):
-            genders[speaker] = sex.upper()
+        label = _gender_of_row(path, number, speaker, sex)
+        if label is not None:
+            genders[speaker] = label
     return genders
 
 

@@ -329,8 +329,9 @@ class AugmentedTripletBatches(AugmentedBatches):
     positive as another window of it). The positive keeps the anchor's speed, so it is the same
     class; the negative draws its own. `outputs` names the targets to give: `speaker_pred` (the
     class), `ln` (a dummy for the triplet loss, which reads only the embeddings), and one per
-    label task in `task_values` (output name -> (per-speaker class, NaN where unknown; whether
-    the task is binary); see `masked_task_targets`). Without `outputs`, a triplet-mode batch: (x, dummy, ones).
+    label task in `task_values` (output name -> (labels, whether the task is binary), the labels
+    per speaker or per clip as `task_values_by_row` reads them; see `masked_task_targets`).
+    Without `outputs`, a triplet-mode batch: (x, dummy, ones).
     Rows are ordered in `replicas` stacked blocks as `TripletBatches` orders them.
     """
 
@@ -346,7 +347,7 @@ class AugmentedTripletBatches(AugmentedBatches):
         balanced: bool = True,
         pad: str = "repeat",
         outputs: tuple[str, ...] = (),
-        task_values: dict[str, tuple[np.ndarray, bool]] | None = None,
+        task_values: dict[str, tuple[np.ndarray | dict[str, float], bool]] | None = None,
         replicas: int = 1,
         **kwargs,
     ):
@@ -355,25 +356,52 @@ class AugmentedTripletBatches(AugmentedBatches):
         self.sampler.check_triplets()
         self.row_order = replica_order(batch_size // 3, replicas)
         self.outputs = tuple(outputs)
-        self.task_values = task_values or {}
+        self.task_rows = task_values_by_row(task_values or {}, self.entries, self.labels)
 
-    def __getitem__(self, index: int):
-        rng = self.rng(index)
+    def stacked_rows(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Rows (positions in `entries`) of one batch in the replicas' order, and each row's speed index."""
         num_triplets = self.batch_size // 3
         rows = np.concatenate(self.sampler.draw_triplets(num_triplets, rng))
         speeds = rng.integers(0, len(self.augment.speeds), (2, num_triplets))
         speed_index = np.concatenate([speeds[0], speeds[0], speeds[1]])  # The positive at the anchor's speed.
-        rows, speed_index = rows[self.row_order], speed_index[self.row_order]
+        return rows[self.row_order], speed_index[self.row_order]
+
+    def __getitem__(self, index: int):
+        rng = self.rng(index)
+        rows, speed_index = self.stacked_rows(rng)
         windows = self.windows(rows, speed_index, rng)
-        return (windows, *stacked_targets(self.outputs, self.classes(rows, speed_index), self.labels[rows], self.task_values))
+        return (windows, *stacked_targets(self.outputs, self.classes(rows, speed_index), rows_of(self.task_rows, rows)))
 
 
-def stacked_targets(outputs: tuple[str, ...], classes: np.ndarray, speakers: np.ndarray, task_values: dict[str, tuple[np.ndarray, bool]]) -> tuple:
+def task_values_by_row(task_values: dict[str, tuple[np.ndarray | dict[str, float], bool]], entries: list[Path],
+                       row_classes: np.ndarray) -> dict[str, tuple[np.ndarray, bool]]:
+    """Each label task's class for every row of a flat utterance list (NaN where the row has no label), and whether it is binary.
+
+    A per-speaker task's labels are an array in training-speaker order: a row gets its speaker's
+    (`row_classes`: each row's speaker, a position in that order). A per-clip task's are a dict by
+    cache entry name: a row gets its own clip's, so the feature cache and the waveform cache (the
+    same names) read the same labels.
+    """
+    by_row = {}
+    for name, (values, binary) in task_values.items():
+        if isinstance(values, dict):
+            by_row[name] = (np.array([values.get(entry.name, np.nan) for entry in entries], dtype=np.float32), binary)
+        else:
+            by_row[name] = (np.asarray(values, dtype=np.float32)[row_classes], binary)
+    return by_row
+
+
+def rows_of(task_rows: dict[str, tuple[np.ndarray, bool]], rows: np.ndarray) -> dict[str, tuple[np.ndarray, bool]]:
+    """The labels of a batch's `rows` from `task_values_by_row`'s table."""
+    return {name: (values[rows], binary) for name, (values, binary) in task_rows.items()}
+
+
+def stacked_targets(outputs: tuple[str, ...], classes: np.ndarray, task_values: dict[str, tuple[np.ndarray, bool]]) -> tuple:
     """(y, sample_weight) of a stacked triplet batch: arrays for the triplet model (no `outputs`),
     dicts by output for the Hive-MTL model.
 
-    `classes` are the rows' speaker classes (speed classes included), `speakers` their speakers'
-    positions in the training speaker list, which `task_values` is indexed by. The triplet loss's
+    `classes` are the rows' speaker classes (speed classes included), `task_values` each label
+    task's class of the same rows (NaN where unknown; `rows_of`). The triplet loss's
     weights are all ones, and needed: Keras 3 divides a loss by the number of tf.distribute
     replicas (whose gradients are then summed) only when it has a value per row, and
     `deep_speaker_loss` returns one scalar; a weight per row broadcasts it to rows, so each
@@ -384,7 +412,7 @@ def stacked_targets(outputs: tuple[str, ...], classes: np.ndarray, speakers: np.
     if not outputs:
         return dummy, ones
     targets = {"speaker_pred": (classes, ones), "ln": (dummy, ones)}
-    targets.update({name: masked_task_targets(values[speakers], binary) for name, (values, binary) in task_values.items()})
+    targets.update({name: masked_task_targets(values, binary) for name, (values, binary) in task_values.items()})
     return {k: targets[k][0] for k in outputs}, {k: targets[k][1] for k in outputs}
 
 
@@ -473,9 +501,10 @@ class TripletBatches(_EpochSeededBatches):
     where it has one (else another window of the same utterance), the negative an utterance of
     another speaker. Windows of clips shorter than 160 frames are filled as `pad` says. For the
     Hive-MTL model, `outputs` names the model outputs to give targets for (`speaker_pred`,
-    `ln`, and each label task's output in `task_values`: output name -> (per-speaker class in
-    `speakers` order, NaN where unknown; whether the task is binary)), and batches come with
-    per-output sample weights that mask rows without a label.
+    `ln`, and each label task's output in `task_values`: output name -> (labels, whether the task
+    is binary), the labels per speaker in `speakers` order or per clip by cache entry name, see
+    `task_values_by_row`), and batches come with per-output sample weights that mask rows
+    without a label.
 
     With `replicas` > 1 (tf.distribute), the rows of a batch (windows, targets and weights alike)
     are `replicas` consecutive stacked blocks of batch_size / replicas / 3 triplets each, so the
@@ -491,7 +520,7 @@ class TripletBatches(_EpochSeededBatches):
         first_epoch: int = 0,
         outputs: tuple[str, ...] = (),
         speakers: list[str] | None = None,
-        task_values: dict[str, tuple[np.ndarray, bool]] | None = None,
+        task_values: dict[str, tuple[np.ndarray | dict[str, float], bool]] | None = None,
         replicas: int = 1,
         balanced: bool = False,
         pad: str = "zeros",
@@ -512,30 +541,29 @@ class TripletBatches(_EpochSeededBatches):
         if self.outputs:
             class_of = {speaker: i for i, speaker in enumerate(speakers or self.speaker_names)}
             self.class_of_name = np.array([class_of[s] for s in self.speaker_names], dtype=np.int32)
-            self.task_values = task_values or {}
+            self.task_rows = task_values_by_row(task_values or {}, self.entries, self.class_of_name[self.row_speakers])
 
-    def sample(self, rng: np.random.Generator) -> tuple[list[Path], np.ndarray]:
-        """Entries of one stacked batch and the speaker (position in `speaker_names`) of each row."""
-        rows = np.concatenate(self.sampler.draw_triplets(self.batch_size // 3, rng))
-        return [self.entries[row] for row in rows], self.row_speakers[rows]
-
-    def targets(self, speaker_ids: np.ndarray) -> tuple:
-        """(y, sample_weight) of rows of speakers `speaker_ids` (positions in `speaker_names`); see `stacked_targets`."""
+    def targets(self, rows: np.ndarray) -> tuple:
+        """(y, sample_weight) of the utterances `rows` (positions in `entries`); see `stacked_targets`."""
+        speaker_ids = self.row_speakers[rows]
         if not self.outputs:
-            return stacked_targets((), speaker_ids, speaker_ids, {})
-        classes = self.class_of_name[speaker_ids]
-        return stacked_targets(self.outputs, classes, classes, self.task_values)
+            return stacked_targets((), speaker_ids, {})
+        return stacked_targets(self.outputs, self.class_of_name[speaker_ids], rows_of(self.task_rows, rows))
 
-    def windows_and_speakers(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Windows and speakers of batch `index` in the single stacked order [a; p; n]."""
+    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Rows (positions in `entries`) of one stacked batch and the speaker (position in `speaker_names`) of each."""
+        rows = np.concatenate(self.sampler.draw_triplets(self.batch_size // 3, rng))
+        return rows, self.row_speakers[rows]
+
+    def windows_and_rows(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Windows of batch `index` and the utterance (position in `entries`) of each, in the single stacked order [a; p; n]."""
         rng = self.rng(index)
-        entries, speaker_ids = self.sample(rng)
-        return read_windows(entries, rng, pad=self.pad), speaker_ids
+        rows, _ = self.sample(rng)
+        return read_windows([self.entries[row] for row in rows], rng, pad=self.pad), rows
 
     def __getitem__(self, index: int):
-        windows, speaker_ids = self.windows_and_speakers(index)
-        windows, speaker_ids = windows[self.row_order], speaker_ids[self.row_order]
-        return (windows, *self.targets(speaker_ids))
+        windows, rows = self.windows_and_rows(index)
+        return (windows[self.row_order], *self.targets(rows[self.row_order]))
 
 
 class HardNegativeTripletBatches(TripletBatches):
@@ -672,7 +700,8 @@ class HardNegativeTripletBatches(TripletBatches):
         assert valid[np.arange(len(anchors)), best].all(), "each refresh embeds at least 2 speakers, so every anchor has negatives"
         return candidates[np.arange(len(anchors)), best]
 
-    def windows_and_speakers(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def windows_and_rows(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Mined windows and the utterance of each: a history row's utterance id is its position in `entries`."""
         with self.lock:
             rng = self.rng(index)
             if self.history_speakers.max() < 0:
@@ -683,4 +712,4 @@ class HardNegativeTripletBatches(TripletBatches):
                 self.batches_since_refresh = 0
             self.batches_since_refresh += 1
             rows = self.mine(rng)
-            return self.history_windows[rows], self.history_speakers[rows]
+            return self.history_windows[rows], self.history_utterance_ids[rows]

@@ -176,7 +176,8 @@ def build_mfcc_cache(working_dir: str, audio_dir: str, workers: int | None, gend
                    "(default 0: validate on the test utterances, as the reference).")
 @click.option("--tasks", "tasks_json", help='Hive-MTL: label tasks besides speaker and gender, as JSON or a JSON file, e.g. '
                                              '\'{"language": {"labels": {"LibriSpeech": "en", "CommonVoice-fa": "fa"}, "loss": "binary", "weight": 1}}\' '
-                                             "(labels: corpus folder name -> label of its speakers).")
+                                             '(labels: corpus folder name -> label of its speakers; or per clip, "clips": a table with a path column and '
+                                             '"column": its label column; "adversarial": true puts the head behind a gradient reversal).')
 @click.option("--recipe", "recipe_file", type=click.Path(exists=True, dir_okay=False),
               help="JSON recipe (e.g. recipes/pretrained_small.json): option names as keys, audio_dirs relative to the file; "
                    "options given on the command line win.")
@@ -245,18 +246,22 @@ def is_lost_worker_error(error: Exception) -> bool:
 
 
 def read_tasks_option(value: str) -> dict:
-    """--tasks: a JSON object, or the path of a file holding one."""
+    """--tasks: a JSON object, or the path of a file holding one; a relative clips table is taken relative to that file
+    (else to the current folder)."""
     import json
     from pathlib import Path
 
-    text = Path(value).read_text() if Path(value).is_file() else value
+    from tasks import resolve_clip_tables
+
+    is_file = Path(value).is_file()
+    text = Path(value).read_text() if is_file else value
     try:
         tasks = json.loads(text)
     except ValueError as error:
         _fail(ValueError(f"--tasks: neither a JSON object nor a JSON file ({error})"))
     if not isinstance(tasks, dict):
-        _fail(ValueError("--tasks: expected a JSON object mapping task names to {labels, loss, weight}"))
-    return tasks
+        _fail(ValueError("--tasks: expected a JSON object mapping task names to {labels or clips, loss, weight}"))
+    return resolve_clip_tables(tasks, Path(value).parent if is_file else Path.cwd())
 
 
 def read_recipe(path: str) -> dict:
@@ -265,6 +270,7 @@ def read_recipe(path: str) -> dict:
     import json
     from pathlib import Path
 
+    from tasks import resolve_clip_tables
     from train import TrainConfig
 
     try:
@@ -277,6 +283,8 @@ def read_recipe(path: str) -> dict:
         raise ValueError(f"{path}: unknown recipe keys {', '.join(unknown)} (keys are train options without the dashes)")
     recipe.pop("comment", None)
     recipe["audio_dirs"] = [str((Path(path).parent / d).resolve()) for d in recipe.get("audio_dirs", [])]
+    if "tasks" in recipe:
+        recipe["tasks"] = resolve_clip_tables(recipe["tasks"], Path(path).parent)
     return recipe
 
 
@@ -392,6 +400,10 @@ def test_model(working_dir: str | None, checkpoint_file: str | None, eval_audio_
         click.echo(f"{name.replace('_', ' ')} = {value:.3f}")
     for task, counts in report.unseen_labels.items():
         click.echo(f"{task} of the unseen speakers: " + ", ".join(f"{label} {count}" for label, count in counts.items()))
+    for task, clips in report.clip_predictions.items():
+        labels = clips["labels"]
+        click.echo(f"{task} of {len(labels)} clips of {len(set(clips['speakers']))} unseen speakers: "
+                   + ", ".join(f"{label} {labels.count(label)}" for label in sorted(set(labels))))
     for note in report.notes:
         click.echo(f"note: {note}")
     written = report.to_json(output or Path(checkpoint_file).parent / "test-model.json")

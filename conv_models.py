@@ -135,6 +135,43 @@ class ClippedReLU(layers.Layer):
         return {**super().get_config(), "max_value": self.max_value}
 
 
+def reverse_gradient(x, scale: float):
+    """x forward; backward, the upstream gradient times -scale (Ganin and Lempitsky's gradient reversal)."""
+
+    @ops.custom_gradient
+    def forward(x):
+        def gradient(*args, upstream=None):  # Keras's signature for every backend.
+            upstream = args[0] if upstream is None else upstream
+            return ops.multiply(upstream, -scale)
+
+        return ops.copy(x), gradient
+
+    return forward(x)
+
+
+@keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
+class GradientReversal(layers.Layer):
+    """Identity forward; backward, the gradient multiplied by -`scale` (lambda).
+
+    A head behind it learns its task as usual, while the layers before it receive the reversed
+    gradient: they are trained to make the task *harder* for the head, i.e. to remove what it
+    predicts (domain-adversarial training, Ganin and Lempitsky 2015).
+    """
+
+    def __init__(self, scale: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.scale = float(scale)
+
+    def call(self, inputs):
+        return reverse_gradient(inputs, self.scale)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "scale": self.scale}
+
+
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
 class FusedBatchNormalization(layers.BatchNormalization):
     """Keras's batch normalisation, trained with TensorFlow's fused kernel on the TensorFlow backend.
@@ -453,6 +490,7 @@ def build_mtl_model(
     num_speakers: int,
     *,
     label_heads: dict[str, int] | None = None,
+    reversed_heads: dict[str, float] | None = None,
     speaker_head: str = "softmax",
     model_size: str = "full",
     shared_units: int = MTL_SHARED_UNITS,
@@ -467,7 +505,10 @@ def build_mtl_model(
     the speaker loss shapes the embedding directly, as in single-task AAM training.
     `label_heads` maps each label task's output name to its units (1: sigmoid, more: softmax),
     each on `shared`; default: the gender head `gender_pred` (1 unit). Outputs are a dict keyed
-    by those names, so losses and metrics are given per task by name.
+    by those names, so losses and metrics are given per task by name. A head named in
+    `reversed_heads` (output name -> lambda) is an adversary instead: `ln` -> `GradientReversal`
+    `<name>_reversal` -> Dense `<name>_hidden` (relu, `shared_units`) -> `<name>`, so it learns its
+    task while the embedding receives -lambda times its gradient (it is trained to remove the label).
 
     The embedding is always reachable with `embedding_model(model)`. It is an output (key `ln`)
     only with `embedding_output=True`, for a loss on the embedding such as the triplet loss:
@@ -481,13 +522,20 @@ def build_mtl_model(
     if speaker_head not in SPEAKER_HEADS:
         raise ValueError(f"speaker_head must be one of {', '.join(SPEAKER_HEADS)}; got {speaker_head!r}.")
     label_heads = {GENDER_OUTPUT: 1} if label_heads is None else dict(label_heads)
+    reversed_heads = dict(reversed_heads or {})
     for name, units in label_heads.items():
         _check_class_count(f"units of {name}", units, 1)
         if name in (SPEAKER_OUTPUT, EMBEDDING_LAYER_NAME, "shared", "speaker_task"):
             raise ValueError(f"label head name {name!r} is taken by another layer of the model.")
+    for name, scale in reversed_heads.items():
+        if name not in label_heads:
+            raise ValueError(f"reversed head {name!r} is not one of the label heads ({', '.join(label_heads) or 'none'}).")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+            raise ValueError(f"the gradient reversal of {name!r} must scale by a number > 0; got {scale!r}.")
     inputs = _input(batch_input_shape)
     embedding = _unified_embedding(inputs, _filters(model_size))
-    shared = layers.Dense(shared_units, activation="relu", name="shared")(embedding) if label_heads or speaker_head == "softmax" else None
+    on_shared = [name for name in label_heads if name not in reversed_heads]
+    shared = layers.Dense(shared_units, activation="relu", name="shared")(embedding) if on_shared or speaker_head == "softmax" else None
     if speaker_head == "aam":
         outputs = {SPEAKER_OUTPUT: CosineClassifier(num_speakers, name=SPEAKER_OUTPUT)(embedding)}
     else:
@@ -495,7 +543,12 @@ def build_mtl_model(
         outputs = {SPEAKER_OUTPUT: layers.Dense(num_speakers, activation="softmax", name=SPEAKER_OUTPUT, dtype="float32")(speaker)}
     for name, units in label_heads.items():
         activation = "sigmoid" if units == 1 else "softmax"
-        outputs[name] = layers.Dense(units, activation=activation, name=name, dtype="float32")(shared)
+        if name in reversed_heads:
+            reversed_embedding = GradientReversal(reversed_heads[name], name=f"{name}_reversal")(embedding)
+            head_input = layers.Dense(shared_units, activation="relu", name=f"{name}_hidden")(reversed_embedding)
+        else:
+            head_input = shared
+        outputs[name] = layers.Dense(units, activation=activation, name=name, dtype="float32")(head_input)
     if embedding_output:
         outputs[EMBEDDING_LAYER_NAME] = embedding
     return keras.Model(inputs, outputs, name="HiveMTL")

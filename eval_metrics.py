@@ -328,6 +328,29 @@ def paired_t_interval(differences: np.ndarray, confidence: float = CONFIDENCE_LE
     return Interval(mean, mean - half, mean + half)
 
 
+def seeds_to_exclude_zero(differences: np.ndarray, confidence: float = CONFIDENCE_LEVEL) -> int | None:
+    """The fewest seeds at which `paired_t_interval` would exclude zero if the mean and the standard deviation of
+    the paired differences stayed as seen: the smallest n >= len(differences) with t(n - 1) * sd / sqrt(n) < |mean|.
+
+    It is the count seen where the interval excludes zero already; None where the spread cannot be
+    seen (one seed) or no number of seeds would do (a mean of exactly zero). An estimate: the next
+    seeds move both the mean and the spread.
+    """
+    from scipy.stats import norm, t
+
+    differences = np.asarray(differences, dtype=np.float64)
+    if len(differences) < 2 or differences.mean() == 0:
+        return None
+    mean, spread = abs(float(differences.mean())), float(differences.std(ddof=1))
+    if spread == 0:
+        return len(differences)
+    quantile = 0.5 + confidence / 2
+    n = max(len(differences), int(np.ceil((norm.ppf(quantile) * spread / mean) ** 2)))  # The normal bound: t only needs more.
+    while t.ppf(quantile, n - 1) * spread / np.sqrt(n) >= mean:
+        n += 1
+    return n
+
+
 def fast_eer(scores: np.ndarray, labels: np.ndarray) -> float:
     """`equal_error_rate` of (scores, labels) without the other operating-point figures (for bootstraps)."""
     return equal_error_rate(operating_points(scores, labels))[0]

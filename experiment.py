@@ -5,16 +5,19 @@ task as well as specialised ones?) and ablations of the training recipe
 (`recipes/ablation_small.json`: what each part of the shipped model's recipe is worth) run on the
 same machinery. A recipe file (JSON) names the data splits, the model size, the step budget, the
 seeds and the configurations to compare; its `train` object holds TrainConfig settings shared by
-every configuration (head, sampling, augmentation, front end, ...), and a configuration's own
-`train` object overrides them. `run_experiment` trains every configuration with every seed,
-scores each model with the code paths `test-model` uses, and writes one CSV row per run (EER and
-minDCF per held-out corpus and pooled) plus, if the recipe asks for it, a plot. Finished runs are
-skipped when the command runs again, so an interrupted experiment resumes.
+every configuration (head, sampling, augmentation, front end, ...); a configuration's own `train`
+object overrides them, its `seeds` replace the recipe's, and its `tasks` change the recipe's label
+tasks for it alone (e.g. `{"language": {"adversarial": true}}`). `run_experiment` trains every
+configuration with each of its seeds, scores each model with the code paths `test-model` uses,
+and writes one CSV row per run (EER and minDCF per held-out corpus and pooled) plus, if the
+recipe asks for them, a plot and the answer (Hive-MTL against single-task training, figure by
+figure, with a verdict; rewritten after every run, as the CSV is). Finished runs are skipped when the command runs
+again, so an interrupted experiment resumes.
 
     <working_dir>/audio-fbanks/, corpus.json     the training speakers' feature cache
     <working_dir>/audio-waveforms-<trim>/        trimmed audio, for configurations that augment
     <working_dir>/runs/<configuration>/seed<k>/  run directories and evaluation.json
-    results/<name>.csv, results/<name>_gender_weight.png
+    results/<name>.csv, results/<name>_answer.csv, results/<name>_gender_weight.png
 """
 
 from __future__ import annotations
@@ -32,9 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-from audio import index_corpus
+from audio import gender_label, index_corpus
 from fileio import write_atomically, write_json_atomically, write_text_atomically
-from tasks import parse_tasks
+from tasks import gender_task, parse_tasks, resolve_clip_tables
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +45,9 @@ RECIPES = ("softmax", "softmax_triplet", "mtl", "mtl_triplet")
 # Label-task accuracies on the unseen speakers (`test.label_task_accuracies`): per file, then per speaker (each speaker
 # once, its files' mean probability deciding), then `<task>_speakers`, the unseen speakers of each label ("7 F, 14 M").
 TASK_COLUMN_SUFFIXES = ("_acc_head", "_acc_probe", "_acc_head_per_speaker", "_acc_probe_per_speaker", "_speakers")
+# A per-clip task's (`test.clip_task_accuracies`): balanced accuracies over the unseen speakers' labelled clips, then
+# `<task>_clips`, those clips per label ("49 anger, 31 boredom, ..."), and `<task>_speakers`, how many speakers they are of.
+CLIP_TASK_COLUMN_SUFFIXES = ("_acc_head", "_acc_probe", "_clips", "_speakers")
 # Every CSV starts with these; one `eer_<corpus>`, `min_dcf_<corpus>` pair per held-out corpus follows (`csv_columns`).
 CSV_COLUMNS = (
     "config", "seed", "model_size", "backend", "device", "train_steps", "train_windows", "eer_pooled", "min_dcf_pooled",
@@ -51,7 +57,7 @@ LEGACY_COLUMNS = {"eer": "eer_pooled", "min_dcf": "min_dcf_pooled"}  # CSVs writ
 RECIPE_KEYS = ("name", "comment", "splits", "speaker_genders", "model_size", "seeds", "budget", "num_trials", "train", "tasks",
                "configurations", "gender_weight_plot", "output_dir", "answer")
 BUDGET_KEYS = ("epochs", "steps_per_epoch", "batch_size", "validation_steps", "learning_rate")
-CONFIGURATION_KEYS = ("recipe", "speaker_loss_weight", "gender_loss_weight", "triplet_loss_weight", "train")
+CONFIGURATION_KEYS = ("recipe", "speaker_loss_weight", "gender_loss_weight", "triplet_loss_weight", "train", "seeds", "tasks")
 # TrainConfig fields a `train` object may not set, because the runner sets them: where a recipe sets them instead.
 RUNNER_KEYS = {
     "mode": "the configuration's 'recipe'", "seed": "'seeds'", "model_size": "'model_size'",
@@ -136,6 +142,8 @@ def load_experiment_config(path: str | os.PathLike) -> ExperimentConfig:
             if key.endswith("_loss_weight") and not (isinstance(value, (int, float)) and value >= 0):
                 raise ExperimentConfigError(f"{path}: '{where}.{key}' must be a number >= 0; got {value!r}")
         check_train_settings(path, f"{where}.train", settings.get("train", {}))
+        if "seeds" in settings:
+            check_seeds(path, f"{where}.seeds", settings["seeds"])
     plot = raw.get("gender_weight_plot", [])
     for name in plot:
         if name not in configurations:
@@ -144,11 +152,15 @@ def load_experiment_config(path: str | os.PathLike) -> ExperimentConfig:
     for key in budget:
         if key not in BUDGET_KEYS:
             raise ExperimentConfigError(f"{path}: unknown key 'budget.{key}' (known: {', '.join(BUDGET_KEYS)})")
-    tasks = raw.get("tasks", {})
+    tasks = resolve_clip_tables(raw.get("tasks", {}), base)
     try:
         parse_tasks(tasks)
     except ValueError as error:
         raise ExperimentConfigError(f"{path}: 'tasks': {error}") from None
+    for name, settings in configurations.items():
+        if isinstance(settings.get("tasks"), dict):
+            settings["tasks"] = resolve_clip_tables(settings["tasks"], base)
+        check_configuration_tasks(path, name, settings, tasks)
     kept_out = splits.get("held_out_training_speakers") or []
     if not isinstance(kept_out, list) or not all(isinstance(s, str) for s in kept_out):
         raise ExperimentConfigError(f"{path}: 'splits.held_out_training_speakers' must be a list of speaker names")
@@ -158,9 +170,12 @@ def load_experiment_config(path: str | os.PathLike) -> ExperimentConfig:
     for name in [*answer.get("mtl", []), *answer.get("single", [])]:
         if name not in configurations:
             raise ExperimentConfigError(f"{path}: 'answer' names an unknown configuration {name!r} (known: {', '.join(configurations)})")
-    seeds = require("seeds")
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        raise ExperimentConfigError(f"{path}: 'seeds' must be a non-empty list of integers")
+    seeds = check_seeds(path, "seeds", require("seeds"))
+    speaker_genders = raw.get("speaker_genders", {})
+    try:
+        speaker_genders = {speaker: gender_label(value) for speaker, value in speaker_genders.items()}
+    except (AttributeError, ValueError) as error:
+        raise ExperimentConfigError(f"{path}: 'speaker_genders' must map speakers to M or F (male, female): {error}") from None
     model_size = raw.get("model_size", "small")
     if model_size not in ("small", "full"):
         raise ExperimentConfigError(f"{path}: 'model_size' must be 'small' or 'full'; got {model_size!r}")
@@ -169,7 +184,7 @@ def load_experiment_config(path: str | os.PathLike) -> ExperimentConfig:
         train_audio_dirs=train_dirs,
         held_out_audio_dirs=held_out_dirs,
         held_out_speakers=splits.get("held_out_speakers"),
-        speaker_genders=raw.get("speaker_genders", {}),
+        speaker_genders={speaker: gender for speaker, gender in speaker_genders.items() if gender},
         model_size=model_size,
         seeds=seeds,
         budget=budget,
@@ -186,6 +201,52 @@ def load_experiment_config(path: str | os.PathLike) -> ExperimentConfig:
     check_columns(path, config)
     check_splits(path, config)
     return config
+
+
+def check_seeds(path: Path, where: str, seeds) -> list[int]:
+    """A non-empty list of distinct integers."""
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) < len(seeds):
+        raise ExperimentConfigError(f"{path}: '{where}' must be a non-empty list of distinct integers; got {seeds!r}")
+    return seeds
+
+
+def check_configuration_tasks(path: Path, name: str, settings: dict, tasks: dict) -> None:
+    """A configuration's `tasks`: changes to the recipe's tasks (e.g. {"language": {"adversarial": true}}), for a Hive-MTL recipe."""
+    changes = settings.get("tasks")
+    if changes is None:
+        return
+    where = f"configurations.{name}.tasks"
+    if not settings["recipe"].startswith("mtl"):
+        raise ExperimentConfigError(f"{path}: '{where}': tasks are Hive-MTL heads; the {settings['recipe']!r} recipe has none")
+    if not isinstance(changes, dict) or not all(isinstance(change, dict) for change in changes.values()):
+        raise ExperimentConfigError(f"{path}: '{where}' must map task names to the keys it changes, e.g. {{\"language\": {{\"adversarial\": true}}}}")
+    unknown = sorted(set(changes) - set(tasks))
+    if unknown:
+        raise ExperimentConfigError(f"{path}: '{where}' names a task the recipe does not declare: {unknown[0]!r} (declared: {', '.join(tasks) or 'none'})")
+    try:
+        parse_tasks(configuration_task_specs(tasks, changes))
+    except ValueError as error:
+        raise ExperimentConfigError(f"{path}: '{where}': {error}") from None
+
+
+def configuration_task_specs(tasks: dict, changes: dict) -> dict:
+    """The recipe's tasks with a configuration's changes over them, key by key."""
+    return {name: {**spec, **changes.get(name, {})} for name, spec in tasks.items()}
+
+
+def configuration_tasks(config: "ExperimentConfig", name: str) -> dict:
+    """The tasks a configuration trains: the recipe's, with the configuration's own `tasks` changes."""
+    return configuration_task_specs(config.tasks, config.configurations[name].get("tasks", {}))
+
+
+def configuration_seeds(config: "ExperimentConfig", name: str) -> list[int]:
+    """The seeds a configuration runs: its own `seeds`, else the recipe's."""
+    return config.configurations[name].get("seeds", config.seeds)
+
+
+def experiment_seeds(config: "ExperimentConfig") -> list[int]:
+    """Every seed some configuration runs: the recipe's in order, then the others as configurations name them."""
+    return list(dict.fromkeys([*config.seeds, *(seed for name in config.configurations for seed in configuration_seeds(config, name))]))
 
 
 def check_train_settings(path: Path, where: str, settings) -> dict:
@@ -227,13 +288,15 @@ def check_columns(path: Path, config: ExperimentConfig) -> None:
 
 def held_out_corpora(config: ExperimentConfig) -> list[str]:
     """Names of the held-out corpora, in the recipe's order, as `EvaluationReport.corpora` keys them; last,
-    the training folder the held-out training speakers come from."""
+    each training folder that held-out training speakers come from (`test.evaluation_corpora` scores
+    each folder's on their own, e.g. CommonVoice-fa and EmoDB)."""
     from test import corpus_names
 
     names = list(dict.fromkeys(corpus_names(config.held_out_audio_dirs)))
-    if config.held_out_training_speakers:
-        homes = [d.name for d in config.train_audio_dirs if set(config.held_out_training_speakers) & set(index_corpus(d).speakers)]
-        names.append(homes[0] if len(homes) == 1 else "held_out")
+    kept_out = set(config.held_out_training_speakers)
+    for directory in config.train_audio_dirs:
+        if kept_out & set(index_corpus(directory).speakers):
+            names.append(directory.name if directory.name not in names else f"{directory.name} (held out)")
     return names
 
 
@@ -243,8 +306,9 @@ def corpus_column(corpus: str) -> str:
 
 
 def csv_columns(config: ExperimentConfig) -> tuple[str, ...]:
-    """CSV_COLUMNS, then the accuracies and speaker counts of each declared task, then EER and minDCF per held-out corpus."""
-    tasks = tuple(f"{task.name}{suffix}" for task in parse_tasks(config.tasks) for suffix in TASK_COLUMN_SUFFIXES)
+    """CSV_COLUMNS, then the accuracies and speaker (or clip) counts of each declared task, then EER and minDCF per held-out corpus."""
+    tasks = tuple(f"{task.name}{suffix}" for task in parse_tasks(config.tasks)
+                  for suffix in (CLIP_TASK_COLUMN_SUFFIXES if task.per_clip else TASK_COLUMN_SUFFIXES))
     return CSV_COLUMNS + tasks + tuple(f"{metric}_{corpus_column(corpus)}" for corpus in held_out_corpora(config) for metric in ("eer", "min_dcf"))
 
 
@@ -272,7 +336,7 @@ def training_phases(config: ExperimentConfig, name: str, seed: int) -> list:
                 TrainConfig(mode="triplet", **{**common, "epochs": max(1, epochs - softmax_epochs)})]
     weights = {k: v for k, v in settings.items() if k.endswith("_loss_weight")}
     triplet_weight = weights.get("triplet_loss_weight", 1.0 if recipe == "mtl_triplet" else 0.0)
-    return [TrainConfig(mode="mtl", **common, **{**weights, "triplet_loss_weight": triplet_weight}, tasks=config.tasks)]
+    return [TrainConfig(mode="mtl", **common, **{**weights, "triplet_loss_weight": triplet_weight}, tasks=configuration_tasks(config, name))]
 
 
 def waveform_trims(config: ExperimentConfig) -> list[str]:
@@ -339,8 +403,10 @@ def run_experiment(config_path: str | os.PathLike, working_dir: str | os.PathLik
             logger.info("%s", build_feature_cache(audio_dir, working_dir, waveform_trim=trim).summary())
     corpora = held_out_corpora(config)
     held_out_dirs = tuple(str(d) for d in config.held_out_audio_dirs)
-    for seed in config.seeds:  # Seed by seed: an experiment stopped part-way has whole seeds of every configuration.
+    for seed in experiment_seeds(config):  # Seed by seed: an experiment stopped part-way has whole seeds of every configuration.
         for name, settings in config.configurations.items():
+            if seed not in configuration_seeds(config, name):
+                continue
             run_root = working_dir / "runs" / name / f"seed{seed}"
             result_file = run_root / "evaluation.json"
             if result_file.is_file():
@@ -368,7 +434,9 @@ def run_experiment(config_path: str | os.PathLike, working_dir: str | os.PathLik
                 "triplet_loss_weight": settings.get("triplet_loss_weight", 1.0 if settings["recipe"] == "mtl_triplet" else 0.0), "train_seconds": seconds,
             }
             write_json_atomically(result_file, {"row": row, "report": report.__dict__})
-            write_results_csv(config, working_dir)  # After every run: an experiment stopped part-way has its rows so far.
+            write_results_csv(config, working_dir)  # After every run: an experiment stopped part-way has its rows so far,
+            if config.answer:  # and the answer says which figures the seeds so far decide (the bootstrap over trials comes at the end).
+                write_answer_csv(config, working_dir, bootstrap_trials=False)
     csv_path = write_results_csv(config, working_dir)
     if config.answer:
         write_answer_csv(config, working_dir)
@@ -411,9 +479,16 @@ def verification_columns(report: dict, corpora: list[str]) -> dict:
 
 
 def speaker_count_columns(report: dict) -> dict:
-    """`<task>_speakers`: the unseen speakers of each label its accuracies were measured on, e.g. "7 F, 14 M" (labels sorted)."""
-    return {f"{task}_speakers": ", ".join(f"{counts[label]} {label}" for label in sorted(counts))
-            for task, counts in (report.get("unseen_labels") or {}).items()}
+    """`<task>_speakers`: the unseen speakers of each label its accuracies were measured on, e.g. "7 F, 14 M" (labels sorted);
+    for a per-clip task, `<task>_clips`, its labelled unseen clips per label ("49 anger, 31 boredom, ..."), and
+    `<task>_speakers`, how many unseen speakers those clips are of."""
+    columns = {f"{task}_speakers": ", ".join(f"{counts[label]} {label}" for label in sorted(counts))
+               for task, counts in (report.get("unseen_labels") or {}).items()}
+    for task, clips in (report.get("clip_predictions") or {}).items():
+        labels = clips["labels"]
+        columns[f"{task}_clips"] = ", ".join(f"{labels.count(label)} {label}" for label in sorted(set(labels)))
+        columns[f"{task}_speakers"] = str(len(set(clips["speakers"])))
+    return columns
 
 
 def write_results_csv(config: ExperimentConfig, working_dir: Path) -> Path:
@@ -425,7 +500,7 @@ def write_results_csv(config: ExperimentConfig, working_dir: Path) -> Path:
     corpora, columns = held_out_corpora(config), csv_columns(config)
     rows = []
     for name in config.configurations:
-        for seed in config.seeds:  # The CSV groups rows by configuration, whatever order they were trained in.
+        for seed in configuration_seeds(config, name):  # The CSV groups rows by configuration, whatever order they were trained in.
             run_root = working_dir / "runs" / name / f"seed{seed}"
             result_file = run_root / "evaluation.json"
             if result_file.is_file():
@@ -484,6 +559,19 @@ def speaker_counts_note(rows: list[dict], metrics: list[str]) -> str:
     return f" Per-speaker accuracies (`_per_speaker`, each speaker once): {', '.join(counts)}; the others are per file." if counts else ""
 
 
+def clip_counts_note(rows: list[dict], metrics: list[str]) -> str:
+    """' Per-clip tasks: emotion on 215 clips of 4 unseen speakers (49 anger, ...), balanced over its 7 labels.' for the tasks the table shows."""
+    notes = []
+    for column in (c for c in (list(rows[0]) if rows else []) if c.endswith("_clips")):
+        task = column.removesuffix("_clips")
+        values = sorted({(r[column], r.get(f"{task}_speakers", "")) for r in rows if r.get(column)})
+        if values and any(m.startswith(f"{task}_acc_") for m in metrics):
+            described = "; ".join(f"{sum(int(part.split()[0]) for part in clips.split(', '))} clips of {speakers} unseen speakers ({clips})"
+                                  for clips, speakers in values)
+            notes.append(f"{task} on {described}, balanced over its {len(values[0][0].split(', '))} labels")
+    return f" Per-clip tasks, each clip once: {', '.join(notes)}." if notes else ""
+
+
 def results_table(csv_path: str | os.PathLike) -> str:
     """Markdown table: per configuration, mean ± standard deviation over seeds of every metric (n/a: no value)."""
     rows = read_results(csv_path)
@@ -506,7 +594,7 @@ def results_table(csv_path: str | os.PathLike) -> str:
                  "EER and minDCF (p_target 0.01) on speaker-disjoint trials, lower is better: eer_<corpus> among that corpus's own speakers, "
                  "eer_pooled among all held-out speakers together; accuracies: higher is better. "
                  "n/a: no value (a corpus without trials of its own, a head the configuration lacks, or a column the CSV predates)."
-                 + speaker_counts_note(rows, metrics))
+                 + speaker_counts_note(rows, metrics) + clip_counts_note(rows, metrics))
     return "\n".join(lines)
 
 
@@ -565,36 +653,46 @@ def plot_gender_weight(rows: list[dict], configurations: list[str], path: Path) 
 # The answer: Hive-MTL against the best single-task configuration, task by task, with intervals.
 
 ANSWER_COLUMNS = ("task", "figure", "mtl_config", "single_config", "seeds", "mtl_mean", "single_mean", "difference",
-                  "seeds_low", "seeds_high", "trials_low", "trials_high", "speakers_low", "speakers_high", "reading")
+                  "seeds_low", "seeds_high", "trials_low", "trials_high", "speakers_low", "speakers_high", "verdict", "seeds_needed")
 
 
 def answer_figures(config: ExperimentConfig) -> list[tuple[str, str, str, str, bool]]:
     """(task, figure, Hive-MTL column, single-task column, lower is better) for every comparison.
 
-    Label tasks are compared per speaker (each unseen speaker once), not per file. A label
-    task's head exists only in Hive-MTL, so its head is compared with the single-task
-    embedding's probe: what a user of either model could get for that task.
+    Per-speaker label tasks are compared per speaker (each unseen speaker once), not per file;
+    per-clip tasks (emotion) per clip. A label task's head exists only in Hive-MTL, so its head is
+    compared with the single-task embedding's probe: what a user of either model could get for
+    that task.
     """
     figures = [("speaker verification", f"EER {corpus}", f"eer_{corpus_column(corpus)}", f"eer_{corpus_column(corpus)}", True)
                for corpus in held_out_corpora(config)]
     figures.append(("speaker identification", "accuracy, training speakers' test utterances", "speaker_id_acc", "speaker_id_acc", False))
-    for task in ["gender", *(t.name for t in parse_tasks(config.tasks))]:
-        figures.append((task, "probe balanced accuracy per unseen speaker", f"{task}_acc_probe_per_speaker", f"{task}_acc_probe_per_speaker", False))
-        figures.append((task, "Hive-MTL head vs single-task probe, per unseen speaker", f"{task}_acc_head_per_speaker", f"{task}_acc_probe_per_speaker", False))
+    for task in [gender_task(1.0), *parse_tasks(config.tasks)]:
+        if task.per_clip:
+            figures.append((task.name, "probe balanced accuracy per clip, unseen speakers", f"{task.name}_acc_probe", f"{task.name}_acc_probe", False))
+            figures.append((task.name, "Hive-MTL head vs single-task probe, per clip", f"{task.name}_acc_head", f"{task.name}_acc_probe", False))
+            continue
+        name = task.name
+        figures.append((name, "probe balanced accuracy per unseen speaker", f"{name}_acc_probe_per_speaker", f"{name}_acc_probe_per_speaker", False))
+        figures.append((name, "Hive-MTL head vs single-task probe, per unseen speaker", f"{name}_acc_head_per_speaker", f"{name}_acc_probe_per_speaker", False))
     return figures
 
 
-def mtl_answer(config: ExperimentConfig, working_dir: Path, seed: int = 0) -> list[dict]:
+def mtl_answer(config: ExperimentConfig, working_dir: Path, seed: int = 0, bootstrap_trials: bool = True) -> list[dict]:
     """One row per (Hive-MTL configuration, figure): its difference from the best single-task configuration.
 
     The best single-task configuration is the one with the best mean over seeds for that figure.
     Differences are Hive-MTL minus single, seed by seed (paired), with Student's t interval over
     seeds; EERs also get a paired bootstrap over trials (`paired_bootstrap_eer_difference`), label
     tasks one over the unseen speakers (`paired_bootstrap_accuracy_difference`).
-    The reading comes from the interval over seeds: `supported` where it excludes zero in
-    Hive-MTL's favour, `refuted` where it excludes zero against it, else `undecided`.
+    The verdict comes from the interval over seeds: `supported` where it excludes zero in
+    Hive-MTL's favour, `refuted` where it excludes zero against it, else `undecided`, with
+    `seeds_needed`: how many seeds would decide it if the mean and spread of the differences
+    stayed as seen (`eval_metrics.seeds_to_exclude_zero`; none with one seed). `bootstrap_trials=False`
+    leaves out the bootstrap over trials (slow for FSDD's 44,850 trials at five seeds), as the
+    answer written after every run does; the verdicts do not depend on it.
     """
-    from eval_metrics import paired_bootstrap_accuracy_difference, paired_bootstrap_eer_difference, paired_t_interval
+    from eval_metrics import paired_bootstrap_accuracy_difference, paired_bootstrap_eer_difference, paired_t_interval, seeds_to_exclude_zero
 
     csv_path = config.output_dir / f"{config.name}.csv"
     rows = read_results(csv_path)
@@ -614,9 +712,10 @@ def mtl_answer(config: ExperimentConfig, working_dir: Path, seed: int = 0) -> li
             sign = 1.0 if lower_is_better else -1.0
             single_name = min(candidates, key=lambda name: sign * np.mean(list(candidates[name].values())))
             seeds = sorted(set(mtl_values) & set(candidates[single_name]))
-            over_seeds = paired_t_interval(np.array([mtl_values[s] - candidates[single_name][s] for s in seeds]))
+            differences = np.array([mtl_values[s] - candidates[single_name][s] for s in seeds])
+            over_seeds = paired_t_interval(differences)
             over_trials = over_speakers = None
-            if mtl_column.startswith("eer_") and mtl_column == single_column:
+            if bootstrap_trials and mtl_column.startswith("eer_") and mtl_column == single_column:
                 pairs = [trial_pair(working_dir, single_name, mtl_name, s, mtl_column.removeprefix("eer_")) for s in seeds]
                 if all(p is not None for p in pairs):
                     over_trials = paired_bootstrap_eer_difference(pairs, rng)
@@ -633,7 +732,8 @@ def mtl_answer(config: ExperimentConfig, working_dir: Path, seed: int = 0) -> li
                 "difference": over_seeds.difference, "seeds_low": over_seeds.low, "seeds_high": over_seeds.high,
                 "trials_low": over_trials.low if over_trials else None, "trials_high": over_trials.high if over_trials else None,
                 "speakers_low": over_speakers.low if over_speakers else None, "speakers_high": over_speakers.high if over_speakers else None,
-                "reading": "supported" if better else "refuted" if worse else "undecided",
+                "verdict": "supported" if better else "refuted" if worse else "undecided",
+                "seeds_needed": None if decided else seeds_to_exclude_zero(differences),
             })
     return answers
 
@@ -671,13 +771,13 @@ def speaker_pair(working_dir: Path, single: tuple[str, str], mtl: tuple[str, str
     return np.array(labels), np.array(single_predicted), np.array(mtl_predicted)
 
 
-def write_answer_csv(config: ExperimentConfig, working_dir: Path) -> Path:
+def write_answer_csv(config: ExperimentConfig, working_dir: Path, bootstrap_trials: bool = True) -> Path:
     """`<output_dir>/<name>_answer.csv`: the rows of `mtl_answer`, written atomically."""
     path = config.output_dir / f"{config.name}_answer.csv"
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, ANSWER_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows({k: ("" if row[k] is None else row[k]) for k in ANSWER_COLUMNS} for row in mtl_answer(config, working_dir))
+    writer.writerows({k: ("" if row[k] is None else row[k]) for k in ANSWER_COLUMNS} for row in mtl_answer(config, working_dir, bootstrap_trials=bootstrap_trials))
     write_atomically(path, lambda handle: handle.write(buffer.getvalue()), text=True)
     return path
 
@@ -691,18 +791,24 @@ def answer_table(answer_csv: str | os.PathLike) -> str:
         low, high = row.get(f"{kind}_low", ""), row.get(f"{kind}_high", "")  # An answer CSV written before speaker intervals lacks them.
         return "n/a" if low in ("", None) else f"[{float(low):+.3f}, {float(high):+.3f}]"
 
+    def verdict(row: dict) -> str:
+        said = row.get("verdict") or row.get("reading")  # Answer CSVs written before the verdict column called it the reading.
+        return f"{said} (about {row['seeds_needed']} seeds in all)" if said == "undecided" and row.get("seeds_needed") else said
+
     lines = ["| task | figure | Hive-MTL | best single-task | seeds | Hive-MTL − single | 95 % CI over seeds | 95 % CI over trials "
-             "| 95 % CI over speakers | reading |",
+             "| 95 % CI over speakers | verdict |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(
             f"| {row['task']} | {row['figure']} | {row['mtl_config']} {float(row['mtl_mean']):.3f} | {row['single_config']} {float(row['single_mean']):.3f} | "
-            f"{row['seeds']} | {float(row['difference']):+.3f} | {interval(row, 'seeds')} | {interval(row, 'trials')} | {interval(row, 'speakers')} | {row['reading']} |"
+            f"{row['seeds']} | {float(row['difference']):+.3f} | {interval(row, 'seeds')} | {interval(row, 'trials')} | {interval(row, 'speakers')} | {verdict(row)} |"
         )
     lines.append("")
     lines.append("Differences are Hive-MTL minus the single-task configuration with the best mean for that figure, paired by seed. "
-                 "EER: lower is better; accuracies: higher is better. The reading comes from the interval over seeds (Student's t): "
+                 "EER: lower is better; accuracies: higher is better. The verdict comes from the interval over seeds (Student's t): "
                  "supported where it excludes zero in Hive-MTL's favour, refuted where it excludes zero against it, undecided otherwise "
-                 "(always with one seed). The interval over trials (paired bootstrap, 1,000 resamples) covers the choice of trials only; "
-                 "the interval over speakers (paired bootstrap, 1,000 resamples of the unseen speakers within each label) the choice of speakers only.")
+                 "(always with one seed); for an undecided figure, about how many seeds would decide it if the mean and the spread of its "
+                 "differences stayed as seen (an estimate). The interval over trials (paired bootstrap, 1,000 resamples) covers the choice of trials only; "
+                 "the interval over speakers (paired bootstrap, 1,000 resamples of the unseen speakers within each label) the choice of speakers only. "
+                 "Per-clip tasks (emotion) have neither: their clips come from a few speakers each.")
     return "\n".join(lines)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from constants import NUM_NEGATIVES_PER_SPEAKER
-from tasks import gender_task
+from tasks import entry_sources, gender_task
 from triplet_loss import batch_cosine_similarity  # noqa: F401  (the reference's example imports it from test)
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,8 @@ class EvaluationReport:
     unseen_labels: dict[str, dict[str, int]] = field(default_factory=dict)  # Task -> label -> unseen speakers carrying it.
     # Task -> {"speakers", "labels", "probe", "head"}: each unseen speaker's label and predictions (bootstraps over speakers).
     speaker_predictions: dict[str, dict[str, list]] = field(default_factory=dict)
+    # Per-clip task -> {"clips", "speakers", "labels", "probe", "head"}: each labelled unseen clip, its speaker, label and predictions.
+    clip_predictions: dict[str, dict[str, list]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def to_json(self, path: str | os.PathLike) -> Path:
@@ -156,9 +158,11 @@ def corpus_names(directories: Sequence[str | os.PathLike]) -> list[str]:
             depth[path] += 1
 
 
-def evaluation_corpora(eval_audio_dirs: Sequence[str | os.PathLike], held_out: dict[str, list[Path]], held_out_name: str = HELD_OUT_CORPUS) -> list[HeldOutCorpus]:
+def evaluation_corpora(eval_audio_dirs: Sequence[str | os.PathLike], held_out: dict[str, list[Path]],
+                       held_out_homes: dict[str, str] | None = None) -> list[HeldOutCorpus]:
     """One corpus per folder given (a folder given twice counts once), then the run's held-out speakers
-    that no folder given holds, as `held_out_name`."""
+    that no folder given holds, one corpus per home (`held_out_homes`: speaker -> the name of the training
+    corpus it comes from; `held_out` for a speaker without one)."""
     from audio import index_corpus
 
     corpora: dict[str, HeldOutCorpus] = {}
@@ -168,26 +172,33 @@ def evaluation_corpora(eval_audio_dirs: Sequence[str | os.PathLike], held_out: d
             speakers = {speaker: [u.path for u in utterances] for speaker, utterances in corpus.utterances_by_speaker().items()}
             corpora[name] = HeldOutCorpus(name, str(directory), speakers, dict(corpus.genders))
     listed = {speaker for corpus in corpora.values() for speaker in corpus.speakers}
-    held_out = {speaker: entries for speaker, entries in held_out.items() if speaker not in listed}  # Scored once, from their folder.
-    if held_out:
-        name = held_out_name if held_out_name not in corpora else f"{held_out_name} (held out)"
-        corpora[name] = HeldOutCorpus(name, None, held_out)
+    homes: dict[str, dict[str, list[Path]]] = {}
+    for speaker, entries in held_out.items():
+        if speaker not in listed:  # Scored once, from their folder.
+            homes.setdefault((held_out_homes or {}).get(speaker, HELD_OUT_CORPUS), {})[speaker] = entries
+    for home, speakers in homes.items():
+        name = home if home not in corpora else f"{home} (held out)"
+        corpora[name] = HeldOutCorpus(name, None, speakers)
     return list(corpora.values())
 
 
-def held_out_corpus_name(working_dir: str | os.PathLike, speakers: Sequence[str]) -> str:
-    """The training corpus the run's held-out speakers come from (its folder name, e.g. `CommonVoice-fa`),
-    or `held_out` when they come from several or a cache that does not record its sources."""
+def held_out_homes(working_dir: str | os.PathLike, speakers: Sequence[str]) -> dict[str, str]:
+    """The training corpus each of the run's held-out speakers comes from (its folder name, e.g. `CommonVoice-fa`),
+    for those the cache records the sources of; `evaluation_corpora` scores each home's speakers as one corpus."""
     from audio import CorpusError, read_corpus_index
     from tasks import speaker_source_files
 
     try:
         files = speaker_source_files(working_dir)
     except CorpusError:
-        return HELD_OUT_CORPUS
+        return {}
     audio_dirs = [Path(d) for d in read_corpus_index(working_dir).get("audio_dirs", [])]
-    homes = {d.name for s in speakers if s in files for d in audio_dirs if d in files[s].parents}
-    return homes.pop() if len(homes) == 1 else HELD_OUT_CORPUS
+    homes = {}
+    for speaker in speakers:
+        found = [d.name for d in audio_dirs if speaker in files and d in files[speaker].parents]
+        if found:
+            homes[speaker] = found[0]
+    return homes
 
 
 def pooled_speakers(corpora: Sequence[HeldOutCorpus]) -> tuple[dict[str, list[Path]], dict[str, str]]:
@@ -270,7 +281,8 @@ def task_heads(checkpoint_file: str | os.PathLike):
     """The Hive-MTL heads as a model on 512-d embeddings (outputs keyed by head name), or None for a checkpoint without heads.
 
     The speaker head reads `speaker_task` (softmax head) or the embedding itself (AAM head);
-    every label head (`<task>_pred`) reads `shared`.
+    every label head (`<task>_pred`) reads `shared`, an adversarial one its own `<task>_pred_hidden`
+    (its gradient reversal is the identity forward).
     """
     import keras
 
@@ -289,7 +301,8 @@ def task_heads(checkpoint_file: str | os.PathLike):
     outputs = {SPEAKER_OUTPUT: model.get_layer(SPEAKER_OUTPUT)(speaker_input)}
     for name in names:
         if name.endswith("_pred") and name != SPEAKER_OUTPUT:
-            outputs[name] = model.get_layer(name)(shared)
+            head_input = model.get_layer(f"{name}_hidden")(embedding) if f"{name}_hidden" in names else shared
+            outputs[name] = model.get_layer(name)(head_input)
     return keras.Model(embedding, outputs)
 
 
@@ -336,6 +349,8 @@ def evaluate_checkpoint(
       training utterances, tested on the unseen speakers), `<task>_acc_probe`; for a Hive-MTL
       checkpoint with that head, the head's balanced accuracy on the unseen speakers,
       `<task>_acc_head`; and how many unseen speakers carry each label (`report.unseen_labels`);
+      a per-clip task (emotion) the same two over the unseen speakers' labelled clips, each clip
+      once (`clip_task_accuracies`; each clip's label and predictions in `report.clip_predictions`);
     - closed-set speaker identification from the embedding (nearest training-speaker profile) on
       the test utterances (never the validation ones), and a Hive-MTL speaker head's accuracy.
 
@@ -368,7 +383,7 @@ def evaluate_checkpoint(
     else:
         report.notes.append("reference protocol skipped: it needs 2 speakers with test utterances, one with at least 2")
 
-    corpora = evaluation_corpora(eval_audio_dirs, held_out, held_out_corpus_name(working_dir, list(held_out)) if held_out else HELD_OUT_CORPUS)
+    corpora = evaluation_corpora(eval_audio_dirs, held_out, held_out_homes(working_dir, list(held_out)) if held_out else None)
     trial_speakers, trial_genders = pooled_speakers(corpora)
     if held_out_speakers is not None:
         trial_speakers = {s: trial_speakers[s] for s in held_out_speakers if s in trial_speakers}
@@ -407,7 +422,14 @@ def evaluate_checkpoint(
         report.heads.update(speaker_head_accuracy(heads, embed, splits, run["speakers"] if run else training_speakers))
     tasks = [gender_task(1.0), *(run_label_tasks(checkpoint_file) if label_tasks is None else label_tasks)]
     files = label_source_files(working_dir, trial_speakers, training_speakers, tasks)
+    sources = entry_sources(working_dir) if working_dir is not None and any(task.per_clip for task in tasks) else {}
     for task in tasks:
+        if task.per_clip:
+            figures, predictions = clip_task_accuracies(task, heads, embed, splits, trial_speakers, sources, run)
+            report.heads.update(figures)
+            if predictions:
+                report.clip_predictions[task.name] = predictions
+            continue
         figures, counts, predictions = label_task_accuracies(task, heads, embed, splits, trial_speakers, files, genders, run)
         report.heads.update(figures)
         if counts:
@@ -466,9 +488,9 @@ def run_label_tasks(checkpoint_file: str | os.PathLike) -> list:
 
 def label_source_files(working_dir, trial_speakers: dict[str, list], training_speakers: list[str], tasks: Sequence) -> dict[str, Path]:
     """One source audio file per speaker to read folder labels from: cached speakers' from corpus.json, the others' own files."""
-    from tasks import GENDER_TASK, speaker_source_files
+    from tasks import speaker_source_files
 
-    if all(task.labels == GENDER_TASK for task in tasks):
+    if not any(isinstance(task.labels, dict) for task in tasks):  # Gender comes from the speaker tables, clip labels from clip tables.
         return {s: Path() for s in [*trial_speakers, *training_speakers]}
     cached = speaker_source_files(working_dir) if working_dir is not None else {}
     files = {s: Path(paths[0]) for s, paths in trial_speakers.items() if paths}
@@ -514,6 +536,43 @@ def label_task_accuracies(task, heads, embed: EmbeddingsOnce, splits, trial_spea
         figures[f"{task.name}_acc_{kind}_per_speaker"] = balanced_accuracy(by_speaker, speaker_labels)
         predictions[kind] = by_speaker.tolist()
     return figures, counts, predictions
+
+
+def clip_task_accuracies(task, heads, embed: EmbeddingsOnce, splits, trial_speakers: dict[str, list], sources: dict[str, Path],
+                         run: dict | None) -> tuple[dict, dict[str, list]]:
+    """Probe and head balanced accuracies of a per-clip task (emotion) over the labelled clips of the unseen speakers,
+    and each such clip's speaker, label and predictions.
+
+    Balanced over the task's classes (the mean of their recalls: 1/7 is chance for seven emotions,
+    whatever their mix). The probe (`<task>_acc_probe`, logistic regression on the frozen embedding)
+    is trained on the labelled training utterances of the training speakers; the head
+    (`<task>_acc_head`) is the Hive-MTL checkpoint's own. A cache entry's label is its audio file's
+    (`sources`: entry name -> audio file), an audio file's its own.
+    """
+    from eval_metrics import balanced_accuracy
+
+    def audio_file(path) -> Path:
+        path = Path(path)
+        return sources.get(path.name, path) if path.suffix == ".npy" else path
+
+    unseen = task.clip_labels({str(p): audio_file(p) for paths in trial_speakers.values() for p in paths})
+    rows = [(p, s, unseen[str(p)]) for s, paths in trial_speakers.items() for p in paths if str(p) in unseen]
+    if not rows:
+        return {}, {}
+    training = task.clip_labels({str(p): audio_file(p) for train, _ in splits.values() for p in train})
+    labels = np.array([label for _, _, label in rows])
+    predictions = {"clips": [str(p) for p, _, _ in rows], "speakers": [s for _, s, _ in rows], "labels": labels.tolist()}
+    figures = {}
+    if len(set(training.values())) >= 2:
+        probe = fit_probe(embed(list(training)), list(training.values()))
+        predicted = probe.predict(embed([p for p, _, _ in rows]))
+        figures[f"{task.name}_acc_probe"], predictions["probe"] = balanced_accuracy(predicted, labels), predicted.tolist()
+    if heads is not None and task.output in heads.output:
+        classes = np.array(((run or {}).get("tasks") or {}).get(task.name, {}).get("classes") or list(task.classes))
+        outputs = heads.predict(embed([p for p, _, _ in rows]), verbose=0)[task.output]
+        predicted = classes[(outputs[:, 0] > 0.5).astype(int)] if outputs.shape[1] == 1 else classes[np.argmax(outputs, axis=1)]
+        figures[f"{task.name}_acc_head"], predictions["head"] = balanced_accuracy(predicted, labels), predicted.tolist()
+    return figures, predictions
 
 
 def write_score_plots(plots_dir: str | os.PathLike, scores: np.ndarray, labels: np.ndarray, threshold: float) -> None:

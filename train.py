@@ -79,7 +79,7 @@ from conv_models import (
 from fileio import save_model_atomically, write_atomically, write_json_atomically
 from margin_softmax import AdditiveAngularMarginLoss
 from precision import TRAINING_PRECISIONS, policy_reason, training_policy
-from tasks import GENDER_TASK, LabelTask, gender_task, parse_tasks, speaker_source_files
+from tasks import LabelTask, entry_sources, gender_task, parse_tasks, speaker_source_files
 from triplet_loss import deep_speaker_loss
 
 logger = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ class TrainConfig:
     spec_mask_probability: float = 0.0
     snapshot_every: int = 0  # > 0: keep snapshots/epoch_<n>.h5 every n epochs (learning curves).
     validation_split: float = 0.0  # > 0: validate on this share of each speaker's training utterances, not on its test ones.
-    tasks: dict = field(default_factory=dict)  # Hive-MTL label tasks beyond speaker and gender (tasks.py).
+    tasks: dict = field(default_factory=dict)  # Hive-MTL label tasks beyond speaker and gender, per speaker or per clip (tasks.py).
 
     def validate(self) -> None:
         """Refuse impossible settings before any work starts."""
@@ -214,8 +214,8 @@ def run_dir(working_dir: str | os.PathLike, mode: str) -> Path:
 def build_model(config: TrainConfig, num_speakers: int, label_tasks: list[LabelTask] = ()) -> keras.Model:
     """The model a mode trains, compiled with the reference's optimizer and losses.
 
-    Hive-MTL gets a head per task of `label_tasks` (those its training speakers have labels for).
-    With speed perturbation each speaker at each speed is a class of its own (softmax, mtl).
+    Hive-MTL gets a head per task of `label_tasks` (those its training data has labels for), an
+    adversarial task's behind a gradient reversal. With speed perturbation each speaker at each speed is a class of its own (softmax, mtl).
     """
     num_classes = num_speakers * len(config.augment.speeds)
     speaker_loss = AdditiveAngularMarginLoss(config.aam_margin, config.aam_scale) if config.head == "aam" else "sparse_categorical_crossentropy"
@@ -227,7 +227,8 @@ def build_model(config: TrainConfig, num_speakers: int, label_tasks: list[LabelT
         model.compile(keras.optimizers.SGD(config.optimizer_learning_rate), deep_speaker_loss)
     else:
         model = build_mtl_model(
-            num_classes, label_heads={task.output: task.units for task in label_tasks}, speaker_head=config.head,
+            num_classes, label_heads={task.output: task.units for task in label_tasks},
+            reversed_heads={task.output: task.reversal_lambda for task in label_tasks if task.adversarial}, speaker_head=config.head,
             model_size=config.model_size, embedding_output=config.triplet_loss_weight > 0,
         )
         losses = {SPEAKER_OUTPUT: speaker_loss}
@@ -724,21 +725,33 @@ def upgraded_config(saved: dict) -> dict:
     return saved
 
 
-def label_task_values(config: TrainConfig, data: TrainingData, working_dir: str | os.PathLike) -> dict[str, tuple[np.ndarray, bool]]:
-    """For each label task some training speakers have labels for: output name -> (class per training
-    speaker, NaN where unknown; whether binary). A task without any labelled training speaker gets no head."""
+def label_task_values(config: TrainConfig, data: TrainingData, working_dir: str | os.PathLike) -> dict[str, tuple[np.ndarray | dict[str, float], bool]]:
+    """For each label task its training data has labels for: output name -> (labels, whether binary). A per-speaker
+    task's labels are each training speaker's class (an array in `data.speakers` order, NaN where unknown); a per-clip
+    task's, each labelled cache entry's class ({entry name: class}). A task without any label gets no head."""
     tasks = config.label_tasks
-    files = speaker_source_files(working_dir) if any(task.labels != GENDER_TASK for task in tasks) else {s: "" for s in data.speakers}
+    files = speaker_source_files(working_dir) if any(isinstance(task.labels, dict) for task in tasks) else {s: "" for s in data.speakers}
+    clips = training_clips(data, working_dir) if any(task.per_clip for task in tasks) else {}
     values = {}
     for task in tasks:
-        labels = task.speaker_labels({s: files[s] for s in data.speakers}, data.genders)
+        what, labels = ("clips", task.clip_labels(clips)) if task.per_clip else ("speakers", task.speaker_labels({s: files[s] for s in data.speakers}, data.genders))
         if not labels:
-            logger.warning("no training speaker has a %s label: Hive-MTL trains without the %s head", task.name, task.name)
+            logger.warning("no training %s has a %s label: Hive-MTL trains without the %s head", what[:-1], task.name, task.name)
             continue
-        logger.info("task %s: %d of %d training speakers labelled (%s)", task.name, len(labels), len(data.speakers),
+        logger.info("task %s: %d of %d training %s labelled (%s)", task.name, len(labels), len(clips) if task.per_clip else len(data.speakers), what,
                     ", ".join(f"{c}: {sum(v == c for v in labels.values())}" for c in task.classes))
-        values[task.output] = (task.values(data.speakers, labels), task.loss == "binary")
+        if task.per_clip:
+            values[task.output] = (dict(zip(labels, task.values(list(labels), labels).tolist())), task.loss == "binary")
+        else:
+            values[task.output] = (task.values(data.speakers, labels), task.loss == "binary")
     return values
+
+
+def training_clips(data: TrainingData, working_dir: str | os.PathLike) -> dict[str, Path]:
+    """Cache entry name -> audio file of every utterance of the training speakers (train, validation and test parts)."""
+    sources = entry_sources(working_dir)
+    names = [entry.name for part in (data.train, data.validation, data.test) for s in data.speakers for entry in part.get(s, [])]
+    return {name: sources[name] for name in names if name in sources}
 
 
 def check_training_speakers(directory: Path, speakers: list[str]) -> None:

@@ -78,6 +78,35 @@ def real_features() -> np.ndarray:
     return np.stack([_first_window(path) for path in REAL_FEATURE_FILES])
 
 
+EMODB_DIR = SHARED_DATA_DIR / "EmoDB"
+EMODB_SAMPLE_SPEAKERS = ("10", "11", "13", "14")  # 10 M, 11 M, 13 F, 14 F.
+
+
+@pytest.fixture(scope="session")
+def emodb_sample(tmp_path_factory) -> Path:
+    """A small EmoDB corpus, `<tmp>/EmoDB`, copied from ../shared/data/EmoDB: for each of four actors (10 M, 11 M, 13 F,
+    14 F) one clip of each of the seven emotions (the version listeners recognised best), with those rows of its
+    clips.tsv (28 clips) and speakers.tsv."""
+    import csv
+    import shutil
+
+    folder = tmp_path_factory.mktemp("emodb") / "EmoDB"
+    with open(EMODB_DIR / "clips.tsv", newline="") as handle:
+        rows = [row for row in csv.DictReader(handle, delimiter="\t") if row["speaker"] in EMODB_SAMPLE_SPEAKERS]
+    chosen = [max((r for r in rows if (r["speaker"], r["emotion"]) == key), key=lambda r: float(r["recognised_percent"]))
+              for key in sorted({(r["speaker"], r["emotion"]) for r in rows})]
+    for row in chosen:
+        (folder / row["speaker"]).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(EMODB_DIR / row["path"], folder / row["path"])
+    with open(folder / "clips.tsv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(chosen[0]), delimiter="\t", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(chosen)
+    lines = (EMODB_DIR / "speakers.tsv").read_text().splitlines(keepends=True)
+    (folder / "speakers.tsv").write_text(lines[0] + "".join(line for line in lines[1:] if line.split("\t")[0] in EMODB_SAMPLE_SPEAKERS))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def jax_subprocess_env() -> dict[str, str]:
     """Environment for a child Python on the JAX backend; fails in CI (env CI set) if jax is missing."""

@@ -342,6 +342,34 @@ def test_a_genders_file_adds_labels_and_wins_over_the_corpus_table(tmp_path):
     assert corpus.genders == {"00243bfe": "M", "0874d76d": "F", "fbc91278": "M"}
 
 
+def test_gender_tables_whose_values_are_words_read_as_labels(tmp_path):
+    table = tmp_path / "people.tsv"
+    table.write_text("speaker\tgender\n0874d76d\tFemale\n00243bfe\tMALE\nfbc91278\t\n")  # Words in any case; an empty cell is no label.
+    assert audio.read_gender_labels(table) == {"0874d76d": "F", "00243bfe": "M"}
+    corpus = audio.index_corpus(CV_SAMPLES, genders_file=table)
+    assert corpus.genders == {"0874d76d": "F", "00243bfe": "M", "fbc91278": "F"}  # The corpus's own F stays where the file gives none.
+    vctk = tmp_path / "speaker-info.txt"
+    vctk.write_text("ID  AGE  GENDER  ACCENTS  REGION\n225  23  female  English  Southern England\n226  22  Male  English  Surrey\n")
+    assert audio.read_gender_labels(vctk) == {"p225": "F", "p226": "M"}
+    emodb = audio.index_corpus(SHARED_DATA / "EmoDB")  # Its speakers.tsv: M and F, with ages.
+    assert sorted(emodb.genders.items()) == [("03", "M"), ("08", "F"), ("09", "F"), ("10", "M"), ("11", "M"), ("12", "M"), ("13", "F"), ("14", "F"),
+                                             ("15", "M"), ("16", "F")]
+
+
+@pytest.mark.parametrize("kind", ["table", "vctk"])
+def test_a_gender_that_is_no_label_is_refused_naming_the_file_line_and_speaker(tmp_path, kind):
+    if kind == "table":
+        path = tmp_path / "people.csv"
+        path.write_text("speaker,gender\nx,M\ny,unknown\n")
+        where = "people.csv, line 3 (speaker y)"
+    else:
+        path = tmp_path / "speaker-info.txt"
+        path.write_text("ID  AGE  GENDER  ACCENTS  REGION\n225  23  F  English  Southern England\n226  22  unknown  English  Surrey\n")
+        where = "speaker-info.txt, line 3 (speaker p226)"
+    with pytest.raises(CorpusError, match=f"{where.replace('(', r'[(]').replace(')', r'[)]')}: gender 'unknown' is none of M, F, male, female"):
+        audio.read_gender_labels(path)
+
+
 def test_a_speaker_table_without_gender_column_is_refused_naming_it(tmp_path):
     table = tmp_path / "people.tsv"
     table.write_text("speaker\tage\nx\t30\n")

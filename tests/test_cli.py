@@ -90,6 +90,22 @@ def test_build_keras_inputs_says_it_is_not_needed_and_exits_0(tmp_path, invoke_c
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_clips_table_is_named_relative_to_the_tasks_file_or_recipe_that_declares_it(tmp_path, monkeypatch):
+    from cli import read_recipe, read_tasks_option
+
+    (tmp_path / "conf").mkdir()
+    declared = {"emotion": {"clips": "../EmoDB/clips.tsv", "column": "emotion", "loss": "categorical"}}
+    tasks_file = tmp_path / "conf" / "tasks.json"
+    tasks_file.write_text(json.dumps(declared))
+    recipe = tmp_path / "conf" / "recipe.json"
+    recipe.write_text(json.dumps({"mode": "mtl", "tasks": declared}))
+    table = str((tmp_path / "EmoDB" / "clips.tsv").resolve())
+    assert read_tasks_option(str(tasks_file))["emotion"]["clips"] == table
+    assert read_recipe(str(recipe))["tasks"]["emotion"]["clips"] == table
+    monkeypatch.chdir(tmp_path / "conf")  # Given as JSON on the command line: relative to the current folder.
+    assert read_tasks_option(json.dumps({"emotion": {**declared["emotion"], "clips": "clips.tsv"}}))["emotion"]["clips"] == str((tmp_path / "conf" / "clips.tsv").resolve())
+
+
 # ---------------------------------------------------------------------------------------------- evaluation verbs
 
 

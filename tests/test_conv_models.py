@@ -22,6 +22,7 @@ from conv_models import (
     ClippedReLU,
     DeepSpeakerModel,
     FusedBatchNormalization,
+    GradientReversal,
     PCMFilterbanks,
     htk_mel_matrix,
     L2Normalize,
@@ -296,9 +297,49 @@ def test_time_average_equals_reshape_then_mean_over_time():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(TimeAverage()(x)), expected, rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_gradient_reversal_passes_values_and_sends_back_minus_lambda_times_the_gradient(dtype):
+    import tensorflow as tf
+
+    x = tf.constant([[-2.0, 0.0, 0.5, 3.0]], dtype=dtype)
+    upstream = tf.constant([[1.0, -2.0, 4.0, 0.25]], dtype=dtype)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        reversed_x = GradientReversal(scale=0.5)(x)
+    np.testing.assert_array_equal(np.asarray(tf.cast(reversed_x, tf.float32)), [[-2.0, 0.0, 0.5, 3.0]])
+    gradient = tape.gradient(reversed_x, x, output_gradients=tf.cast(upstream, reversed_x.dtype))
+    np.testing.assert_array_equal(np.asarray(tf.cast(gradient, tf.float32)), [[-0.5, 1.0, -2.0, -0.125]])
+
+
+def test_an_adversarial_head_learns_its_task_while_the_trunk_gets_minus_lambda_times_its_gradient(real_features):
+    import tensorflow as tf
+
+    model = build_mtl_model(4, label_heads={"gender_pred": 1, "language_pred": 3}, reversed_heads={"language_pred": 0.5},
+                            speaker_head="aam", model_size="small")
+    hidden, head = model.get_layer("language_pred_hidden"), model.get_layer("language_pred")
+    plain = keras.Model(model.inputs, head(hidden(model.get_layer("ln").output)))  # The same head without the reversal.
+    labels = tf.constant([0, 2, 1, 1])
+
+    def language_gradients(network: keras.Model) -> list[np.ndarray]:
+        with tf.GradientTape() as tape:
+            outputs = network(real_features, training=False)
+            predicted = outputs["language_pred"] if isinstance(outputs, dict) else outputs
+            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, predicted))
+        return [np.asarray(g) for g in tape.gradient(loss, [model.get_layer("affine").kernel, hidden.kernel, head.kernel])]
+
+    (trunk, *heads), (plain_trunk, *plain_heads) = language_gradients(model), language_gradients(plain)
+    for gradient, plain_gradient in zip(heads, plain_heads):  # The adversary learns language as any head would,
+        np.testing.assert_allclose(gradient, plain_gradient, rtol=1e-6)
+    assert np.abs(plain_trunk).max() > 0
+    np.testing.assert_allclose(trunk, -0.5 * plain_trunk, rtol=1e-4, atol=1e-9)  # while the trunk is pushed to remove it.
+    with pytest.raises(ValueError, match="reversed head 'accent_pred' is not one of the label heads"):
+        build_mtl_model(4, label_heads={"gender_pred": 1}, reversed_heads={"accent_pred": 1.0}, model_size="small")
+
+
 @pytest.mark.parametrize(
     "layer",
-    [ClippedReLU(max_value=6.0), L2Normalize(axis=1, epsilon=1e-6), TimeAverage(), FusedBatchNormalization(momentum=0.9), PCMFilterbanks(name="pcm")],
+    [ClippedReLU(max_value=6.0), L2Normalize(axis=1, epsilon=1e-6), TimeAverage(), FusedBatchNormalization(momentum=0.9), PCMFilterbanks(name="pcm"),
+     GradientReversal(scale=0.25)],
 )
 def test_custom_layers_serialise_with_their_arguments(layer):
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
@@ -818,6 +859,30 @@ def test_jax_backend_gives_the_reference_pcm_models_embeddings(pcm_reference, ja
     output = tmp_path / "jax_embeddings.npy"
     run_python(["-c", JAX_PCM_EMBED, str(pcm_reference.checkpoint), str(pcm_reference.pcm), str(output)], jax_subprocess_env)
     assert np.abs(np.load(output) - pcm_reference.embeddings).max() < TOLERANCE
+
+
+JAX_GRADIENT_REVERSAL = """
+import sys
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+assert keras.backend.backend() == "jax", keras.backend.backend()
+from conv_models import GradientReversal
+layer = GradientReversal(scale=0.5)
+x = jnp.array([[-2.0, 0.0, 0.5, 3.0]])
+upstream = jnp.array([[1.0, -2.0, 4.0, 0.25]])
+gradient = jax.grad(lambda x: jnp.sum(layer(x) * upstream))(x)
+np.save(sys.argv[1], np.stack([np.asarray(layer(x)), np.asarray(gradient)]))
+"""
+
+
+def test_gradient_reversal_on_jax_negates_the_scaled_gradient(jax_subprocess_env, tmp_path):
+    output = tmp_path / "reversal.npy"
+    run_python(["-c", JAX_GRADIENT_REVERSAL, str(output)], jax_subprocess_env)
+    values, gradient = np.load(output)
+    np.testing.assert_array_equal(values, [[-2.0, 0.0, 0.5, 3.0]])
+    np.testing.assert_array_equal(gradient, [[-0.5, 1.0, -2.0, -0.125]])
 
 
 # ---------------------------------------------------------------------------------------------- mixed precision

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from eval_metrics import (
+    seeds_to_exclude_zero,
     det_curve,
     operating_points,
     reference_labels,
@@ -309,3 +310,19 @@ def test_a_resample_within_labels_keeps_the_count_of_each_label_and_draws_with_r
     resamples = [resample_within_labels(labels, rng) for _ in range(100)]
     assert all(sorted(labels[rows]) == sorted(labels) for rows in resamples)  # 14 men and 7 women, every time,
     assert any(len(set(rows)) < len(rows) for rows in resamples)  # some of them drawn twice.
+
+
+def test_seeds_to_exclude_zero_is_where_the_t_interval_would_exclude_zero_at_the_spread_seen():
+    from scipy.stats import t
+
+    differences = np.array([-0.010, 0.001, -0.009])  # Mean -0.006, SD 0.0061: the interval over 3 seeds spans zero.
+    mean, spread = abs(differences.mean()), differences.std(ddof=1)
+
+    def half_width(n: int) -> float:
+        return t.ppf(0.975, n - 1) * spread / np.sqrt(n)
+
+    needed = seeds_to_exclude_zero(differences)
+    assert needed == 7 and half_width(needed) < mean <= half_width(needed - 1)
+    assert seeds_to_exclude_zero(np.array([0.05, 0.06, 0.07])) == 3  # Excludes zero already: the seeds there are.
+    assert seeds_to_exclude_zero(np.array([0.1])) is None  # One seed shows no spread,
+    assert seeds_to_exclude_zero(np.array([0.01, -0.01])) is None  # and no number of seeds decides a mean of zero.

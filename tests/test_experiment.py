@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import keras
@@ -15,31 +16,41 @@ from experiment import (
     CSV_COLUMNS,
     RUNNER_KEYS,
     ExperimentConfigError,
+    configuration_seeds,
     device_name,
+    experiment_seeds,
+    held_out_corpora,
     load_experiment_config,
+    mtl_answer,
     results_table,
     run_experiment,
     training_phases,
     update_readme_table,
+    write_results_csv,
 )
+from tasks import parse_tasks
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples" / "LibriSpeech"
 COMMON_VOICE = REPO / "samples" / "CommonVoice-fa"
 TEST_OTHER_COLUMNS = ("eer_test_other", "min_dcf_test_other")
 LANGUAGE_COLUMNS = ("language_acc_head", "language_acc_probe", "language_acc_head_per_speaker", "language_acc_probe_per_speaker", "language_speakers")
-TINY_COLUMNS = CSV_COLUMNS + LANGUAGE_COLUMNS + TEST_OTHER_COLUMNS + ("eer_commonvoice_fa", "min_dcf_commonvoice_fa")
+EMOTION_COLUMNS = ("emotion_acc_head", "emotion_acc_probe", "emotion_clips", "emotion_speakers")
+TINY_COLUMNS = CSV_COLUMNS + LANGUAGE_COLUMNS + EMOTION_COLUMNS + TEST_OTHER_COLUMNS + ("eer_commonvoice_fa", "min_dcf_commonvoice_fa", "eer_emodb", "min_dcf_emodb")
 
 
-def write_recipe(tmp_path: Path, **changes) -> Path:
-    """A tiny recipe on the bundled samples: train-clean-100 and two Common Voice speakers train; test-other's
-    speakers and a third Common Voice speaker are held out; language is a task besides speaker and gender."""
+def write_recipe(tmp_path: Path, emodb: Path, **changes) -> Path:
+    """A tiny recipe on the bundled samples and four EmoDB actors: train-clean-100, two Common Voice speakers and
+    EmoDB actors 10 (M) and 14 (F) train; test-other's speakers, a third Common Voice speaker and EmoDB actors 11 (M)
+    and 13 (F) are held out. Language (three-way) and emotion (per clip, from the clips table, named relative to the
+    recipe) are tasks besides speaker and gender; a third configuration trains language adversarially."""
     recipe = {
         "name": "tiny",
-        "splits": {"train_audio_dirs": [str(SAMPLES / "train-clean-100"), str(COMMON_VOICE)], "held_out_audio_dirs": [str(SAMPLES / "test-other")],
-                   "held_out_training_speakers": ["0874d76d"], "held_out_speakers": None},
-        "tasks": {"language": {"labels": {"train-clean-100": "en", "test-other": "en", "CommonVoice-fa": "fa"}, "loss": "binary", "weight": 1.0}},
-        "answer": {"mtl": ["mtl_triplet"], "single": ["softmax_triplet"]},
+        "splits": {"train_audio_dirs": [str(SAMPLES / "train-clean-100"), str(COMMON_VOICE), str(emodb)], "held_out_audio_dirs": [str(SAMPLES / "test-other")],
+                   "held_out_training_speakers": ["0874d76d", "11", "13"], "held_out_speakers": None},
+        "tasks": {"language": {"labels": {"train-clean-100": "en", "test-other": "en", "CommonVoice-fa": "fa", "EmoDB": "de"}, "loss": "categorical", "weight": 1.0},
+                  "emotion": {"clips": os.path.relpath(emodb / "clips.tsv", tmp_path), "column": "emotion", "loss": "categorical", "weight": 1.0}},
+        "answer": {"mtl": ["mtl_triplet", "mtl_language_adversarial"], "single": ["softmax_triplet"]},
         "model_size": "small",
         "seeds": [0],
         "budget": {"epochs": 2, "steps_per_epoch": 1, "batch_size": 12, "validation_steps": 1},
@@ -47,6 +58,7 @@ def write_recipe(tmp_path: Path, **changes) -> Path:
         "configurations": {
             "softmax_triplet": {"recipe": "softmax_triplet"},
             "mtl_triplet": {"recipe": "mtl_triplet", "gender_loss_weight": 0.5, "triplet_loss_weight": 1.0},
+            "mtl_language_adversarial": {"recipe": "mtl", "tasks": {"language": {"adversarial": True, "reversal_lambda": 0.5}}},
         },
         "gender_weight_plot": ["mtl_triplet"],
         "output_dir": str(tmp_path / "results"),
@@ -62,51 +74,74 @@ def write_recipe(tmp_path: Path, **changes) -> Path:
     return path
 
 
-def test_tiny_experiment_writes_one_csv_row_per_run_and_the_plot_and_resumes(tmp_path):
-    recipe = write_recipe(tmp_path)
+def test_tiny_experiment_writes_one_csv_row_per_run_and_the_plot_and_resumes(tmp_path, emodb_sample):
+    from inference import inspect_checkpoint
+
+    recipe = write_recipe(tmp_path, emodb_sample)
     csv_path = run_experiment(recipe, tmp_path / "work")
     with open(csv_path, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert tuple(rows[0]) == TINY_COLUMNS  # The fixed columns, each task's, then each held-out corpus's (the held-out Common Voice speaker's last).
+    assert tuple(rows[0]) == TINY_COLUMNS  # The fixed columns, each task's, then each held-out corpus's (the held-out training speakers' homes last).
     backend, device = keras.backend.backend(), device_name()  # Recorded as found, whichever machine runs this.
     assert [(r["config"], r["seed"], r["model_size"], r["backend"], r["device"]) for r in rows] == [
-        ("softmax_triplet", "0", "small", backend, device), ("mtl_triplet", "0", "small", backend, device)]
-    assert [r["train_steps"] for r in rows] == ["2", "2"]  # Same budget: one softmax + one triplet epoch against two MTL epochs.
-    assert [r["train_windows"] for r in rows] == ["24", "24"]
+        ("softmax_triplet", "0", "small", backend, device), ("mtl_triplet", "0", "small", backend, device), ("mtl_language_adversarial", "0", "small", backend, device)]
+    assert [r["train_steps"] for r in rows] == ["2", "2", "2"]  # Same budget: one softmax + one triplet epoch against two MTL epochs.
+    assert [r["train_windows"] for r in rows] == ["24", "24", "24"]
     for row in rows:
-        for metric in ("eer_pooled", "min_dcf_pooled", *TEST_OTHER_COLUMNS, "speaker_id_acc", "gender_acc_probe", "language_acc_probe",
-                       "gender_acc_probe_per_speaker", "language_acc_probe_per_speaker"):
+        for metric in ("eer_pooled", "min_dcf_pooled", *TEST_OTHER_COLUMNS, "eer_emodb", "speaker_id_acc", "gender_acc_probe", "language_acc_probe",
+                       "gender_acc_probe_per_speaker", "language_acc_probe_per_speaker", "emotion_acc_probe"):
             assert 0.0 <= float(row[metric]) <= 1.0, metric
         assert row["eer_commonvoice_fa"] == ""  # One held-out Common Voice speaker: no trials of its own, but in the pooled ones.
-        assert (row["gender_speakers"], row["language_speakers"]) == ("1 F, 1 M", "2 en, 1 fa")  # Per-speaker figures: of these speakers (labels sorted).
-    for head in ("gender_acc_head", "language_acc_head", "gender_acc_head_per_speaker", "language_acc_head_per_speaker"):  # Only Hive-MTL has the heads.
-        assert rows[0][head] == "" and 0.0 <= float(rows[1][head]) <= 1.0
+        assert (row["gender_speakers"], row["language_speakers"]) == ("2 F, 2 M", "2 de, 2 en, 1 fa")  # Per-speaker figures: of these speakers (labels sorted).
+        # Emotion per clip: the seven clips of each held-out actor (11 M, 13 F), one per emotion.
+        assert (row["emotion_clips"], row["emotion_speakers"]) == ("2 anger, 2 boredom, 2 disgust, 2 fear, 2 happiness, 2 neutral, 2 sadness", "2")
+    for head in ("gender_acc_head", "language_acc_head", "gender_acc_head_per_speaker", "language_acc_head_per_speaker", "emotion_acc_head"):  # Only Hive-MTL has the heads.
+        assert rows[0][head] == "" and 0.0 <= float(rows[1][head]) <= 1.0 and 0.0 <= float(rows[2][head]) <= 1.0
     report = json.loads((tmp_path / "work" / "runs" / "softmax_triplet" / "seed0" / "evaluation.json").read_text())["report"]
-    assert report["unseen_labels"]["language"] == {"en": 2, "fa": 1}  # test-other's two speakers, the held-out Common Voice one.
-    speakers = json.loads((tmp_path / "work" / "runs" / "mtl_triplet" / "seed0" / "checkpoints-mtl" / "speakers.json").read_text())
-    assert "0874d76d" in speakers["held_out_speakers"] and "0874d76d" not in speakers["speakers"]
-    assert speakers["tasks"]["language"] == {"output": "language_pred", "loss": "binary", "classes": ["en", "fa"]}
+    assert report["unseen_labels"]["language"] == {"de": 2, "en": 2, "fa": 1}  # test-other's two speakers, two EmoDB actors, the held-out Common Voice one.
+    assert sorted(report["corpora"]) == ["EmoDB", "test-other"]  # The held-out EmoDB actors are a corpus of their own.
+    assert sorted(Path(clip).stem for clip in report["clip_predictions"]["emotion"]["clips"]) == sorted(  # Cache entries of both actors' clips.
+        f"{actor}_{clip.stem}" for actor in ("11", "13") for clip in (emodb_sample / actor).iterdir())
+    runs = tmp_path / "work" / "runs"
+    speakers = json.loads((runs / "mtl_triplet" / "seed0" / "checkpoints-mtl" / "speakers.json").read_text())
+    assert {"0874d76d", "11", "13"} <= set(speakers["held_out_speakers"]) and not {"0874d76d", "11", "13"} & set(speakers["speakers"])
+    assert speakers["tasks"]["language"] == {"output": "language_pred", "loss": "categorical", "classes": ["de", "en", "fa"]}
+    assert speakers["tasks"]["emotion"] == {"output": "emotion_pred", "loss": "categorical",
+                                            "classes": ["anger", "boredom", "disgust", "fear", "happiness", "neutral", "sadness"]}
+    adversarial = runs / "mtl_language_adversarial" / "seed0" / "checkpoints-mtl"
+    assert json.loads((adversarial / "config.json").read_text())["tasks"]["language"]["adversarial"] is True
+    assert json.loads((adversarial / "config.json").read_text())["tasks"]["emotion"]["clips"] == str((emodb_sample / "clips.tsv").resolve())
+    assert "language_pred_reversal" in inspect_checkpoint(adversarial / "best.h5").layer_names  # Its language head sits behind a gradient reversal,
+    assert "language_pred_reversal" not in inspect_checkpoint(runs / "mtl_triplet" / "seed0" / "checkpoints-mtl" / "best.h5").layer_names  # Hive-MTL's not.
     with open(tmp_path / "results" / "tiny_answer.csv", newline="") as handle:
         answer = list(csv.DictReader(handle))
-    assert {(r["task"], r["mtl_config"], r["single_config"], r["seeds"], r["reading"]) for r in answer} >= {
-        ("speaker verification", "mtl_triplet", "softmax_triplet", "1", "undecided"), ("language", "mtl_triplet", "softmax_triplet", "1", "undecided")}
+    assert {(r["task"], r["mtl_config"], r["single_config"], r["seeds"], r["verdict"], r["seeds_needed"]) for r in answer} >= {
+        ("speaker verification", "mtl_triplet", "softmax_triplet", "1", "undecided", ""), ("language", "mtl_triplet", "softmax_triplet", "1", "undecided", ""),
+        ("emotion", "mtl_triplet", "softmax_triplet", "1", "undecided", ""), ("emotion", "mtl_language_adversarial", "softmax_triplet", "1", "undecided", "")}
     eer = next(r for r in answer if r["figure"] == "EER test-other")
     assert float(eer["difference"]) == pytest.approx(float(rows[1]["eer_test_other"]) - float(rows[0]["eer_test_other"]))
     assert eer["seeds_low"] == "" and float(eer["trials_low"]) <= float(eer["difference"]) <= float(eer["trials_high"])  # One seed: only the bootstrap.
     assert eer["speakers_low"] == ""
+    quick = next(r for r in mtl_answer(load_experiment_config(recipe), tmp_path / "work", bootstrap_trials=False) if r["figure"] == "EER test-other")
+    assert quick["trials_low"] is None and quick["difference"] == pytest.approx(float(eer["difference"]))  # As written after each run: no bootstrap over trials.
+    assert any(r["figure"] == "EER EmoDB" for r in answer)
     language = next(r for r in answer if r["figure"] == "probe balanced accuracy per unseen speaker" and r["task"] == "language")
     assert float(language["difference"]) == pytest.approx(float(rows[1]["language_acc_probe_per_speaker"]) - float(rows[0]["language_acc_probe_per_speaker"]))
     assert language["trials_low"] == "" and float(language["speakers_low"]) <= float(language["difference"]) <= float(language["speakers_high"])
+    emotion = next(r for r in answer if r["figure"] == "Hive-MTL head vs single-task probe, per clip" and r["mtl_config"] == "mtl_language_adversarial")
+    assert float(emotion["difference"]) == pytest.approx(float(rows[2]["emotion_acc_head"]) - float(rows[0]["emotion_acc_probe"]))
     plot = tmp_path / "results" / "tiny_gender_weight.png"
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    evaluation = tmp_path / "work" / "runs" / "mtl_triplet" / "seed0" / "evaluation.json"
+    evaluation = runs / "mtl_triplet" / "seed0" / "evaluation.json"
     before = evaluation.stat().st_mtime_ns
     run_experiment(recipe, tmp_path / "work")  # A rerun skips what is scored already.
     assert evaluation.stat().st_mtime_ns == before
     table = results_table(csv_path)
-    assert "| mtl_triplet | 1 |" in table and "| eer_test_other | eer_commonvoice_fa | eer_pooled | min_dcf_pooled |" in table.splitlines()[0]
+    assert "| mtl_triplet | 1 |" in table and "| eer_test_other | eer_commonvoice_fa | eer_emodb | eer_pooled | min_dcf_pooled |" in table.splitlines()[0]
     assert "| gender_acc_probe | gender_acc_head_per_speaker | gender_acc_probe_per_speaker | language_acc_head |" in table.splitlines()[0]
-    assert "gender on 2 unseen speakers (1 F, 1 M), language on 3 unseen speakers (2 en, 1 fa)" in table
+    assert "| emotion_acc_head | emotion_acc_probe |" in table.splitlines()[0]
+    assert "gender on 4 unseen speakers (2 F, 2 M), language on 5 unseen speakers (2 de, 2 en, 1 fa)" in table
+    assert "emotion on 14 clips of 2 unseen speakers (2 anger, 2 boredom, 2 disgust, 2 fear, 2 happiness, 2 neutral, 2 sadness), balanced over its 7 labels" in table
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- mtl-results -->\nold table\n<!-- /mtl-results -->\noutro\n")
     update_readme_table(csv_path, readme)
@@ -123,7 +158,16 @@ def test_tiny_experiment_writes_one_csv_row_per_run_and_the_plot_and_resumes(tmp
         ({"splits.held_out_audio_dirs": [str(SAMPLES / "train-clean-100")]}, "in both training and held-out data: 19, 26, 27"),
         ({"splits.train_audio_dirs": ["/nowhere/at/all"]}, "'splits.train_audio_dirs' names a missing folder"),
         ({"budget.epoch": 3}, "unknown key 'budget.epoch'"),
-        ({"seeds": []}, "'seeds' must be a non-empty list of integers"),
+        ({"seeds": []}, "'seeds' must be a non-empty list of distinct integers"),
+        ({"configurations.softmax_triplet.seeds": [0, 0]}, "'configurations.softmax_triplet.seeds' must be a non-empty list of distinct integers"),
+        ({"configurations.mtl_language_adversarial.tasks": {"accent": {"adversarial": True}}},
+         "'configurations.mtl_language_adversarial.tasks' names a task the recipe does not declare: 'accent'"),
+        ({"configurations.softmax_triplet.tasks": {"language": {"adversarial": True}}}, "'configurations.softmax_triplet.tasks': tasks are Hive-MTL heads"),
+        ({"configurations.mtl_language_adversarial.tasks": {"language": {"adversarial": False, "reversal_lambda": 0.5}}},
+         "'configurations.mtl_language_adversarial.tasks': task 'language': 'reversal_lambda' scales a gradient reversal"),
+        ({"tasks.emotion.column": "mood"}, "'tasks': task 'emotion': .*clips.tsv: a clips table needs a header with a 'path' column and the label column 'mood'"),
+        ({"tasks.emotion.clips": "nowhere.tsv"}, "'tasks': task 'emotion': .*nowhere.tsv: no such clips table"),
+        ({"speaker_genders": {"george": "boy"}}, "'speaker_genders' must map speakers to M or F (male, female): gender 'boy'"),
         ({"trian": {"head": "aam"}}, "unknown key 'trian'"),
         ({"train": {"speed_perturbation": True}}, "unknown key 'train.speed_perturbation'"),
         ({"configurations.mtl_triplet.train": {"seed": 3}}, "'configurations.mtl_triplet.train.seed' is set by the experiment runner"),
@@ -137,26 +181,69 @@ def test_tiny_experiment_writes_one_csv_row_per_run_and_the_plot_and_resumes(tmp
         ({"answer": {"mtl": ["mtl"], "single": ["softmax_triplet"]}}, "'answer' names an unknown configuration 'mtl'"),
     ],
 )
-def test_bad_recipes_are_refused_naming_the_key(tmp_path, change, message):
+def test_bad_recipes_are_refused_naming_the_key(tmp_path, emodb_sample, change, message):
     with pytest.raises(ExperimentConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        load_experiment_config(write_recipe(tmp_path, **change))
+        load_experiment_config(write_recipe(tmp_path, emodb_sample, **change))
     assert not (tmp_path / "results").exists()
 
 
 def test_the_shipped_recipe_is_valid_and_names_every_split():
+    from audio import index_corpus
+
     config = load_experiment_config(REPO / "recipes" / "mtl_vs_single.json")
-    assert len(config.seeds) >= 3
-    assert {"softmax", "softmax_triplet", "mtl", "mtl_triplet"} <= set(config.configurations)
+    assert {"softmax", "softmax_triplet", "mtl", "mtl_triplet", "mtl_language_adversarial"} <= set(config.configurations)
+    assert {name: len(configuration_seeds(config, name)) for name in config.configurations} == {
+        "softmax": 5, "softmax_triplet": 3, "mtl": 5, "mtl_triplet": 5, "mtl_language_adversarial": 5}
     assert [d.name for d in config.held_out_audio_dirs] == ["test-other", "dev-other", "VCTK", "FSDD"]
-    assert [d.name for d in config.train_audio_dirs] == ["train-clean-100", "CommonVoice-fa"]
+    assert [d.name for d in config.train_audio_dirs] == ["train-clean-100", "CommonVoice-fa", "EmoDB"]
     budget = config.budget
     assert budget["epochs"] * budget["steps_per_epoch"] * budget["batch_size"] >= 100_000
-    assert len(config.held_out_training_speakers) >= 5 and "language" in config.tasks
+    emodb = index_corpus(config.train_audio_dirs[2])
+    held_out = {s for s in config.held_out_training_speakers if s in emodb.speakers}
+    assert len(held_out) == 4 and len(set(emodb.speakers) - held_out) == 6  # EmoDB's actors: 4 unseen, 6 train, both genders each side.
+    assert {emodb.genders[s] for s in held_out} == {emodb.genders[s] for s in set(emodb.speakers) - held_out} == {"F", "M"}
+    assert len(config.held_out_training_speakers) - len(held_out) >= 5  # Common Voice speakers, for the language task.
+    assert held_out_corpora(config)[-2:] == ["CommonVoice-fa", "EmoDB"]  # Each scored on its own.
+    language, emotion = parse_tasks(config.tasks)
+    assert (language.name, language.loss, language.classes, language.labels["EmoDB"]) == ("language", "categorical", ("de", "en", "fa"), "de")
+    assert (emotion.name, emotion.per_clip, emotion.loss, len(emotion.classes)) == ("emotion", True, "categorical", 7)
     phases = {name: training_phases(config, name, 0) for name in config.configurations}
     shared = {"head", "balanced_sampling", "trim", "pad", "speed_perturb", "noise_probability", "validation_split", "held_out_speakers"}
     for name, configs in phases.items():  # One recipe, sampler, validation set and held-out split for every configuration.
         assert all({k: getattr(c, k) for k in shared} == {k: getattr(phases["softmax"][0], k) for k in shared} for c in configs), name
     assert sum(c.epochs for c in phases["softmax_triplet"]) == phases["mtl"][0].epochs
+    (mtl,), (adversarial,) = phases["mtl"], phases["mtl_language_adversarial"]
+    changed = {k for k, v in dataclasses.asdict(adversarial).items() if v != getattr(mtl, k)}
+    assert changed == {"tasks"} and adversarial.tasks == {**mtl.tasks, "language": {**mtl.tasks["language"], "adversarial": True, "reversal_lambda": 1.0}}
+    assert set(config.answer["mtl"]) == {"mtl", "mtl_triplet", "mtl_language_adversarial"}
+
+
+def test_each_configuration_runs_its_own_seeds_and_the_csv_keeps_only_those(tmp_path, emodb_sample):
+    config = load_experiment_config(write_recipe(tmp_path, emodb_sample, seeds=[0, 1], **{"configurations.softmax_triplet.seeds": [2, 0]}))
+    assert configuration_seeds(config, "softmax_triplet") == [2, 0] and configuration_seeds(config, "mtl_triplet") == [0, 1]
+    assert experiment_seeds(config) == [0, 1, 2]
+    for name, seed in (("softmax_triplet", 0), ("softmax_triplet", 1), ("softmax_triplet", 2), ("mtl_triplet", 2)):  # Scored runs, as run_experiment leaves them.
+        result = tmp_path / "work" / "runs" / name / f"seed{seed}" / "evaluation.json"
+        result.parent.mkdir(parents=True)
+        result.write_text(json.dumps({"row": {"config": name, "seed": seed, "train_windows": 24, "eer_pooled": 0.25}, "report": {}}))
+    with open(write_results_csv(config, tmp_path / "work"), newline="") as handle:
+        rows = [(r["config"], r["seed"]) for r in csv.DictReader(handle)]
+    assert rows == [("softmax_triplet", "2"), ("softmax_triplet", "0")]  # Seed 1 is not softmax_triplet's, seed 2 not mtl_triplet's.
+
+
+def test_the_answer_says_how_many_seeds_would_decide_an_undecided_figure(tmp_path, emodb_sample):
+    config = load_experiment_config(write_recipe(tmp_path, emodb_sample, seeds=[0, 1, 2]))
+    eers = {"softmax_triplet": [0.030, 0.020, 0.040], "mtl_triplet": [0.020, 0.021, 0.031], "mtl_language_adversarial": [0.010, 0.000, 0.020]}
+    (tmp_path / "results").mkdir()
+    with open(tmp_path / "results" / "tiny.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["config", "seed", "eer_test_other"])
+        writer.writeheader()
+        writer.writerows({"config": name, "seed": seed, "eer_test_other": eer} for name, values in eers.items() for seed, eer in enumerate(values))
+    answer = {row["mtl_config"]: row for row in mtl_answer(config, tmp_path / "work")}
+    # Differences -0.010, +0.001, -0.009: mean -0.006, SD 0.006; the t interval over 3 seeds spans zero, and would exclude it at 7 seeds.
+    assert (answer["mtl_triplet"]["verdict"], answer["mtl_triplet"]["seeds_needed"]) == ("undecided", 7)
+    assert answer["mtl_triplet"]["seeds_low"] < 0 < answer["mtl_triplet"]["seeds_high"]
+    assert (answer["mtl_language_adversarial"]["verdict"], answer["mtl_language_adversarial"]["seeds_needed"]) == ("supported", None)  # -0.020 on every seed.
 
 
 def write_ablation_recipe(tmp_path: Path) -> Path:

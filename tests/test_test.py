@@ -327,3 +327,40 @@ def test_evaluation_reports_label_accuracies_per_speaker_with_each_speakers_pred
         male = np.mean([p == "M" for p, label in zip(predicted[kind], predicted["labels"]) if label == "M"])
         female = float(predicted[kind][1] == "F")
         assert report.heads[f"gender_acc_{kind}_per_speaker"] == pytest.approx((male + female) / 2)  # Three speakers, each one vote.
+
+
+# ---------------------------------------------------------------------------------------------- label tasks per clip
+
+
+def test_clip_task_accuracies_score_each_labelled_unseen_clip_balanced_over_the_labels(tmp_path):
+    """A stand-in embedding puts calm clips below zero and tense ones above, but one calm clip of u1 above: per clip,
+    calm is recalled 2 times in 3 and tense 2 in 2. A cache entry reads the label of the audio it was made from."""
+    from tasks import parse_tasks
+    from test import clip_task_accuracies
+
+    (tmp_path / "clips.tsv").write_text("path\tmood\n" + "".join(f"{clip}\t{mood}\n" for clip, mood in (
+        ("t1/0.wav", "calm"), ("t1/1.wav", "tense"), ("t2/0.wav", "calm"), ("t2/1.wav", "tense"),
+        ("u1/0.wav", "calm"), ("u1/1.wav", "calm"), ("u1/2.wav", "tense"), ("u1/3.wav", "calm"), ("u1/4.wav", ""), ("u2/0.wav", "tense"))))
+    (task,) = parse_tasks({"mood": {"clips": str(tmp_path / "clips.tsv"), "column": "mood", "loss": "binary"}})
+    at = {"t1/0": -2.0, "t1/1": 2.0, "t2/0": -1.5, "t2/1": 1.5, "u1/0": -2.0, "u1/1": -1.0, "u1/2": 2.0, "u1/3": 0.5, "u1/4": 3.0}
+    points = {str(tmp_path / f"{clip}.wav"): [value] for clip, value in at.items()} | {str(tmp_path / "cache" / "u2_0.npy"): [1.5]}
+
+    def embed(paths: list) -> np.ndarray:
+        return np.array([points[str(p)] for p in paths])
+
+    splits = {s: ([str(tmp_path / f"{s}/{i}.wav") for i in range(2)], []) for s in ("t1", "t2")}
+    unseen = {"u1": [str(tmp_path / f"u1/{i}.wav") for i in range(5)], "u2": [str(tmp_path / "cache" / "u2_0.npy")]}
+    figures, predictions = clip_task_accuracies(task, None, embed, splits, unseen, {"u2_0.npy": tmp_path / "u2" / "0.wav"}, None)
+    assert figures == {"mood_acc_probe": pytest.approx((2 / 3 + 1.0) / 2)}  # u1/4 has no label: not scored.
+    assert predictions == {"clips": [*unseen["u1"][:4], *unseen["u2"]], "speakers": ["u1"] * 4 + ["u2"], "labels": ["calm", "calm", "tense", "calm", "tense"],
+                           "probe": ["calm", "calm", "tense", "tense", "tense"]}
+
+
+def test_held_out_training_speakers_are_scored_as_one_corpus_per_home_corpus():
+    from test import evaluation_corpora
+
+    held_out = {"0874d76d": [Path("a.npy"), Path("b.npy")], "11": [Path("c.npy"), Path("d.npy")], "13": [Path("e.npy")], "x": [Path("f.npy")],
+                "1688": [Path("g.npy")]}
+    corpora = evaluation_corpora([str(TEST_OTHER)], held_out, {"0874d76d": "CommonVoice-fa", "11": "EmoDB", "13": "EmoDB"})
+    assert [(c.name, sorted(c.speakers)) for c in corpora] == [("test-other", ["1688", "1998"]), ("CommonVoice-fa", ["0874d76d"]),
+                                                             ("EmoDB", ["11", "13"]), ("held_out", ["x"])]  # 1688 is scored from its folder.

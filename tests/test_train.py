@@ -172,6 +172,48 @@ def test_every_triplet_batch_fills_short_clips_as_the_run_pads(short_clips_cache
                 assert not silent_frames.any(), "each short clip's frames are repeated to fill its window"
 
 
+@pytest.fixture(scope="module")
+def emodb_cache(tmp_path_factory, emodb_sample) -> Path:
+    """Cached features and energy-trimmed audio of four EmoDB actors (10 M, 11 M, 13 F, 14 F), one clip per emotion each."""
+    working_dir = tmp_path_factory.mktemp("emodb_cache")
+    audio.build_feature_cache(emodb_sample, working_dir, workers=1, progress=False, waveform_trim="energy")
+    return working_dir
+
+
+@pytest.mark.parametrize("trim", ["reference", "energy"], ids=["cached_features", "cached_audio"])
+def test_every_mtl_batch_gives_each_row_its_own_clips_label_and_masks_clips_without_one(emodb_sample, emodb_cache, tmp_path, trim):
+    """The emotion task reads each clip's label from a clips table (here without the neutral clips' labels), in
+    batches of cached features (TripletBatches) and of cached audio (AugmentedTripletBatches) alike."""
+    from batcher import load_training_data
+    from train import build_model, label_task_values, make_batches
+
+    lines = (emodb_sample / "clips.tsv").read_text().splitlines()
+    header = lines[0].split("\t")
+    rows = [dict(zip(header, line.split("\t"))) for line in lines[1:]]
+    table = tmp_path / "clips.tsv"  # Paths made absolute, so the table may lie anywhere.
+    table.write_text("path\temotion\n" + "".join(f"{emodb_sample / r['path']}\t{'' if r['emotion'] == 'neutral' else r['emotion']}\n" for r in rows))
+    config = TrainConfig(mode="mtl", trim=trim, tasks={"emotion": {"clips": str(table), "column": "emotion", "loss": "categorical"}}, **{**TINY, "batch_size": 30})
+    data = load_training_data(emodb_cache)
+    values = label_task_values(config, data, emodb_cache)
+    emotion, binary = values["emotion_pred"]
+    classes = ["anger", "boredom", "disgust", "fear", "happiness", "sadness"]
+    assert not binary and emotion == {f"{r['speaker']}_{Path(r['path']).stem}.npy": float(classes.index(r["emotion"])) for r in rows if r["emotion"] != "neutral"}
+    model = build_model(config, len(data.speakers), [task for task in config.label_tasks if task.output in values])
+    batches, _ = make_batches(config, data, model, 0, emodb_cache, values)
+    _, targets, weights = batches[0]
+    if trim == "energy":
+        drawn = batches.stacked_rows(batches.rng(0))[0]
+    else:
+        drawn = batches.windows_and_rows(0)[1][batches.row_order]
+    names = [batches.entries[row].name for row in drawn]
+    labelled = np.array([name in emotion for name in names])
+    assert labelled.any() and not labelled.all()
+    np.testing.assert_array_equal(targets["emotion_pred"][labelled], [emotion[name] for name in names if name in emotion])
+    assert np.all(weights["emotion_pred"][~labelled] == 0) and np.allclose(weights["emotion_pred"][labelled], 30 / labelled.sum())
+    genders = {"10": 0.0, "11": 0.0, "13": 1.0, "14": 1.0}  # Gender stays a label per speaker, from speakers.tsv.
+    np.testing.assert_array_equal(targets["gender_pred"][:, 0], [genders[name.split("_")[0]] for name in names])
+
+
 @pytest.mark.parametrize("mode", ["triplet", "mtl"])
 def test_every_triplet_batch_draws_speakers_as_the_run_samples(short_clips_cache, mode):
     """Balanced: anchors and negatives of every speaker alike; else as many as its share of the training utterances (george 8 of 12)."""
@@ -362,9 +404,9 @@ def test_gender_loss_weights_average_over_labelled_rows_only():
     utterances = {s: [Path(f"{s}_{i}.npy") for i in range(2)] for s in ("a", "b", "c")}
     genders = np.array([1.0, np.nan, 0.0], dtype=np.float32)
     batches = TripletBatches(utterances, 12, 1, outputs=("speaker_pred", "gender_pred"), speakers=["a", "b", "c"], task_values={"gender_pred": (genders, True)})
-    speaker_ids = np.array([0, 1, 2, 1, 1, 1, 0, 2, 1, 1, 0, 1])
-    _, weights = batches.targets(speaker_ids)
-    labelled = speaker_ids != 1
+    rows = np.array([0, 2, 4, 3, 2, 3, 1, 5, 2, 3, 0, 3])  # Utterances a_0, b_0, c_0, b_1, ...: speakers a b c b b b a c b b a b.
+    _, weights = batches.targets(rows)
+    labelled = batches.row_speakers[rows] != 1
     assert np.all(weights["gender_pred"][~labelled] == 0)
     # Keras divides the weighted sum by all 12 rows: the weights make that the mean over the 5 labelled ones.
     np.testing.assert_allclose(weights["gender_pred"][labelled], 12 / 5)
