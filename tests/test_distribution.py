@@ -84,7 +84,9 @@ def test_mirrored_strategy_on_two_replicas_matches_one_device_stepping_on_each_r
     assert result["gradient_difference"] <= TOLERANCE, result
     assert result["statistics_difference"] <= TOLERANCE, result  # The mean of the replicas' moving statistics, on every replica.
     # One device's single stacked order pairs the wrong rows on each replica: another loss, silently.
-    assert abs(result["loss_two_contiguous"] - result["loss_two_evaluated"]) > 1e-3, result
+    # How much another depends on the drawn batch (2.7e-4 on today's sampler's); ten times the
+    # tolerance of "the same" above tells the two apart.
+    assert abs(result["loss_two_contiguous"] - result["loss_two_evaluated"]) > 10 * TOLERANCE, result
 
 
 @pytest.mark.parametrize("mode", MODES)
