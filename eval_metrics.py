@@ -288,6 +288,70 @@ def verification_metrics(scores: np.ndarray, labels: np.ndarray) -> Verification
     )
 
 
+# ----------------------------------------------------------------------------------------------
+# Calibrated scores: log-likelihood ratios, their decisions and their cost.
+
+
+def bayes_threshold(p_target: float, cost_miss: float = DCF_COST_MISS, cost_false_alarm: float = DCF_COST_FALSE_ALARM) -> float:
+    """The log-likelihood ratio above which accepting costs less than rejecting: log(C_fa (1 - p) / (C_miss p))."""
+    if not 0 < p_target < 1:
+        raise ValueError(f"p_target must be strictly between 0 and 1, got {p_target}")
+    if cost_miss <= 0 or cost_false_alarm <= 0:
+        raise ValueError(f"the costs of a miss and of a false alarm must be positive, got {cost_miss} and {cost_false_alarm}")
+    return float(np.log(cost_false_alarm * (1 - p_target) / (cost_miss * p_target)))
+
+
+def actual_dcf(
+    scores: np.ndarray, labels: np.ndarray, threshold: float, p_target: float,
+    cost_miss: float = DCF_COST_MISS, cost_false_alarm: float = DCF_COST_FALSE_ALARM,
+) -> float:
+    """Normalised detection cost of the decisions actually taken, accepting `score >= threshold`.
+
+    `min_dcf`'s cost at one operating point, the one a deployed system uses: for log-likelihood
+    ratios that is `bayes_threshold(p_target, ...)`, and actual minus minimum DCF is the cost of
+    miscalibration.
+    """
+    scores, labels = _validated(scores, labels)
+    if not 0 < p_target < 1:
+        raise ValueError(f"p_target must be strictly between 0 and 1, got {p_target}")
+    accepted = scores >= threshold
+    p_miss, p_false_alarm = np.mean(~accepted[labels]), np.mean(accepted[~labels])
+    cost = cost_miss * p_miss * p_target + cost_false_alarm * p_false_alarm * (1 - p_target)
+    return float(cost / min(cost_miss * p_target, cost_false_alarm * (1 - p_target)))
+
+
+def cllr(llrs: np.ndarray, labels: np.ndarray) -> float:
+    """Log-likelihood-ratio cost in bits (Brummer): the mean of log2(1 + e^-llr) over same-speaker trials
+    and of log2(1 + e^llr) over different-speaker ones, halved. 0 is perfect, 1 is an uninformative LLR of 0."""
+    llrs, labels = _validated(llrs, labels)
+    return float((np.mean(np.logaddexp(0, -llrs[labels])) + np.mean(np.logaddexp(0, llrs[~labels]))) / (2 * np.log(2)))
+
+
+def optimal_posteriors(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """P(same speaker | score) of the best monotonic calibration of these trials: the pool-adjacent-violators
+    (isotonic regression) fit of the labels on the scores, tied scores sharing one value."""
+    from sklearn.isotonic import IsotonicRegression
+
+    scores, labels = _validated(scores, labels)
+    return IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True).fit_transform(scores, labels.astype(np.float64))
+
+
+def min_cllr(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Cllr after the optimal monotonic calibration (`optimal_posteriors`): what the scores could give, so Cllr
+    minus minCllr is the calibration loss. Any increasing transform of the scores leaves it unchanged.
+
+    A posterior p becomes the LLR logit(p) - logit(share of same-speaker trials); written on p itself so
+    that p = 1 on a same-speaker trial (and p = 0 on another) costs 0 rather than an infinity's arithmetic.
+    """
+    scores, labels = _validated(scores, labels)
+    posteriors = optimal_posteriors(scores, labels)
+    prior_odds = labels.mean() / (1 - labels.mean())
+    target, nontarget = posteriors[labels], posteriors[~labels]
+    target_cost = np.log2(1 + (1 - target) / target * prior_odds)  # PAV never gives a same-speaker trial p = 0.
+    nontarget_cost = np.log2(1 + nontarget / (1 - nontarget) / prior_odds)  # Nor a different-speaker one p = 1.
+    return float((target_cost.mean() + nontarget_cost.mean()) / 2)
+
+
 def balanced_accuracy(predicted: np.ndarray, actual: np.ndarray) -> float:
     """Mean over the classes present of the share of their items predicted right.
 

@@ -326,3 +326,55 @@ def test_seeds_to_exclude_zero_is_where_the_t_interval_would_exclude_zero_at_the
     assert seeds_to_exclude_zero(np.array([0.05, 0.06, 0.07])) == 3  # Excludes zero already: the seeds there are.
     assert seeds_to_exclude_zero(np.array([0.1])) is None  # One seed shows no spread,
     assert seeds_to_exclude_zero(np.array([0.01, -0.01])) is None  # and no number of seeds decides a mean of zero.
+
+
+# ----------------------------------------------------------------------------------------------
+# Calibrated scores: actual DCF, Cllr, minCllr.
+
+
+def test_bayes_threshold_is_zero_at_even_odds_and_log_99_at_a_prior_of_one_percent():
+    from eval_metrics import bayes_threshold
+
+    assert bayes_threshold(0.5) == 0.0
+    assert bayes_threshold(0.01) == pytest.approx(np.log(99))
+    assert bayes_threshold(0.5, cost_miss=10) == pytest.approx(-np.log(10))
+
+
+def test_actual_dcf_counts_the_misses_and_false_alarms_of_the_decisions_taken_at_the_threshold():
+    from eval_metrics import actual_dcf
+
+    llrs, labels = np.array([2.0, -1.0, -3.0, 0.5]), np.array([1, 1, 0, 0])
+    # At 0: one of two targets missed, one of two non-targets accepted: 0.5 * 0.5 + 0.5 * 0.5, over the trivial 0.5.
+    assert actual_dcf(llrs, labels, 0.0, 0.5) == pytest.approx(1.0)
+    # At -2: no miss, one false alarm in two: 0.5 * 0.5 / 0.5.
+    assert actual_dcf(llrs, labels, -2.0, 0.5) == pytest.approx(0.5)
+    # At p = 0.25 and threshold -2: 0.75 * 0.5 / min(0.25, 0.75).
+    assert actual_dcf(llrs, labels, -2.0, 0.25) == pytest.approx(1.5)
+
+
+def test_cllr_is_one_bit_for_llrs_of_zero_and_log2_of_four_thirds_for_llrs_of_plus_and_minus_log_3():
+    from eval_metrics import cllr
+
+    assert cllr(np.zeros(4), np.array([1, 0, 1, 0])) == pytest.approx(1.0)
+    assert cllr(np.array([np.log(3), -np.log(3)]), np.array([1, 0])) == pytest.approx(np.log2(4 / 3))
+
+
+def test_min_cllr_pools_adjacent_violators_and_ignores_any_increasing_transform_of_the_scores():
+    from eval_metrics import min_cllr
+
+    scores, labels = np.array([0.0, 1.0, 2.0, 3.0]), np.array([0, 1, 0, 1])
+    # PAV posteriors 0, 0.5, 0.5, 1 at a prior of 0.5: the two middle trials cost a bit each, the others nothing.
+    assert min_cllr(scores, labels) == pytest.approx(0.5)
+    assert min_cllr(np.exp(3 * scores), labels) == pytest.approx(0.5)
+    assert min_cllr(scores, np.array([0, 0, 1, 1])) == pytest.approx(0.0)
+    assert min_cllr(scores, np.array([1, 1, 0, 0])) == pytest.approx(1.0)  # Reversed scores: the best is to ignore them.
+
+
+def test_min_cllr_is_at_most_the_cllr_of_any_calibration_of_the_same_scores():
+    from eval_metrics import cllr, min_cllr
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([1, 0], [200, 800])
+    scores = rng.normal(np.where(labels == 1, 2.0, 0.0), 1.0)
+    assert min_cllr(scores, labels) < cllr(2 * scores - 2, labels)  # The LLR of these two Gaussians.
+    assert min_cllr(scores, labels) < cllr(scores, labels)
