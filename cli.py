@@ -143,6 +143,7 @@ def build_mfcc_cache(working_dir: str, audio_dir: str, workers: int | None, gend
 @click.option("--learning_rate", type=float, help="Default: Adam 1e-3 (softmax, mtl), SGD 1e-2 (triplet).")
 @click.option("--seed", type=int, help="Seed of batch sampling (default 0).")
 @click.option("--held_out_speakers", help="Comma-separated speakers kept out of training, for speaker-disjoint evaluation.")
+@click.option("--calibration_speakers", help="Comma-separated speakers kept out of training and of every figure, for `calibrate-model` to fit on.")
 @click.option("--hard_negative", is_flag=True, default=None, help="Triplet mode: mine hard negatives from recent embeddings.")
 @click.option("--initial_checkpoint", type=click.Path(dir_okay=False), help="Triplet mode: start from this .h5 (default: the softmax run's best.h5).")
 @click.option("--speaker_loss_weight", type=float, help="Hive-MTL: weight of the speaker-identity loss (default 1).")
@@ -181,7 +182,7 @@ def build_mfcc_cache(working_dir: str, audio_dir: str, workers: int | None, gend
 @click.option("--recipe", "recipe_file", type=click.Path(exists=True, dir_okay=False),
               help="JSON recipe (e.g. recipes/pretrained_small.json): option names as keys, audio_dirs relative to the file; "
                    "options given on the command line win.")
-def train(working_dir: str, audio_dirs: tuple[str, ...], genders_file: str | None, mode: str | None, held_out_speakers: str | None,
+def train(working_dir: str, audio_dirs: tuple[str, ...], genders_file: str | None, mode: str | None, held_out_speakers: str | None, calibration_speakers: str | None,
           recipe_file: str | None, tasks_json: str | None, **options) -> None:
     """Train on the feature cache of WORKING_DIR; rerun the same command to resume.
 
@@ -209,8 +210,9 @@ def train(working_dir: str, audio_dirs: tuple[str, ...], genders_file: str | Non
         recipe.pop("mode", None)
         given = {**recipe, **given}
     mode = mode or "reference"
-    if held_out_speakers:
-        given["held_out_speakers"] = [s.strip() for s in held_out_speakers.split(",") if s.strip()]
+    for name, speakers in (("held_out_speakers", held_out_speakers), ("calibration_speakers", calibration_speakers)):
+        if speakers:
+            given[name] = [s.strip() for s in speakers.split(",") if s.strip()]
     if tasks_json:
         given["tasks"] = read_tasks_option(tasks_json)
     try:
@@ -332,13 +334,26 @@ def build_keras_inputs(working_dir: str, counts_per_speaker: str) -> None:
 # Using a trained model: embed, verify, enroll, identify. Files, checkpoints and profiles are
 # checked before Keras starts, so bad input fails fast with one line.
 
-from constants import IDENTIFY_TOP, INFERENCE_BATCH_SIZE, VERIFY_THRESHOLD  # noqa: E402
+from constants import (  # noqa: E402
+    CALIBRATION_CROP_SECONDS, DCF_COST_FALSE_ALARM, DCF_COST_MISS, IDENTIFY_TOP, INFERENCE_BATCH_SIZE, VERIFY_PRIOR, VERIFY_THRESHOLD,
+)
 
 _checkpoint_option = click.option(
     "--checkpoint_file",
     help="Model to embed with: a reference Keras 2 .h5 (e.g. ResCNN_triplet_training_checkpoint_265.h5), a run's best.h5 "
          "(softmax, triplet or mtl), or a .keras file. Default: the shipped model, pretrained/model.h5.",
 )
+
+
+def _seconds_list(text: str, option: str) -> list[float]:
+    """`1,2,4` -> [1.0, 2.0, 4.0]; a clear error for anything but positive numbers."""
+    try:
+        seconds = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"comma-separated seconds, e.g. 1,2,4; got {text!r}", param_hint=option) from None
+    if any(not value > 0 for value in seconds):
+        raise click.BadParameter(f"every duration must be a positive number of seconds; got {text!r}", param_hint=option)
+    return seconds
 
 
 def _checkpoint(checkpoint_file: str | None) -> str:
@@ -370,9 +385,11 @@ _precision_option = click.option("--precision", type=click.Choice(["float32", "b
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Write score histograms, a DET curve and an embedding projection (PNG) here.")
 @click.option("--output", type=click.Path(dir_okay=False), help="JSON of every figure (default: test-model.json beside the checkpoint).")
+@click.option("--durations", default="", help="Also score each corpus on centred crops of every file of these seconds, e.g. 1,2,4 "
+                                               "(of the front end's frames after the trim; a file no longer is scored whole).")
 @_precision_option
 def test_model(working_dir: str | None, checkpoint_file: str | None, eval_audio_dirs: tuple[str, ...], trials_file: str | None, num_trials: int | None,
-               window: str, seed: int, plots_dir: str | None, output: str | None, precision: str) -> None:
+               window: str, seed: int, plots_dir: str | None, output: str | None, durations: str, precision: str) -> None:
     """Score a checkpoint: the reference's protocol and speaker-disjoint trials.
 
     \b
@@ -389,7 +406,8 @@ def test_model(working_dir: str | None, checkpoint_file: str | None, eval_audio_
 
     checkpoint_file = _checkpoint(checkpoint_file)
     try:
-        report = evaluate_checkpoint(working_dir, checkpoint_file, eval_audio_dirs, trials_file, num_trials, window, seed, plots_dir, precision=precision)
+        report = evaluate_checkpoint(working_dir, checkpoint_file, eval_audio_dirs, trials_file, num_trials, window, seed, plots_dir, precision=precision,
+                                     crop_seconds=_seconds_list(durations, "--durations"))
     except (AudioError, CorpusError, ValueError, FileNotFoundError) as error:
         _fail(error)
     if report.reference:
@@ -404,6 +422,8 @@ def test_model(working_dir: str | None, checkpoint_file: str | None, eval_audio_
         labels = clips["labels"]
         click.echo(f"{task} of {len(labels)} clips of {len(set(clips['speakers']))} unseen speakers: "
                    + ", ".join(f"{label} {labels.count(label)}" for label in sorted(set(labels))))
+    click.echo(f"calibration: {report.calibration['description']}" if report.calibration
+               else "no calibration.json beside the checkpoint: no Cllr or actual DCF (fit one with `cli.py calibrate-model`)")
     for note in report.notes:
         click.echo(f"note: {note}")
     written = report.to_json(output or Path(checkpoint_file).parent / "test-model.json")
@@ -565,32 +585,78 @@ def embed_command(files_or_dirs: tuple[str, ...], checkpoint_file: str | None, o
 @click.argument("file_a")
 @click.argument("file_b")
 @_checkpoint_option
+@click.option("--prior", type=float, default=VERIFY_PRIOR, show_default=True, help="Prior probability that the two files hold the same speaker.")
+@click.option("--cost_miss", type=float, default=DCF_COST_MISS, show_default=True, help="Cost of rejecting the same speaker.")
+@click.option("--cost_fa", type=float, default=DCF_COST_FALSE_ALARM, show_default=True, help="Cost of accepting another speaker.")
 @click.option("--threshold", type=float,
-              help="Same speaker when the cosine score is at least this. Default: the EER threshold in the model card beside the "
-                   f"checkpoint (model_card.json, as the shipped model has), else {VERIFY_THRESHOLD}, which is tuned to no model: "
-                   "`python cli.py test-model` reports a model's EER threshold.")
+              help="Same speaker when the cosine score is at least this, overriding the calibrated decision. Without a calibration.json "
+                   f"beside the checkpoint the default is the EER threshold of its model card, else {VERIFY_THRESHOLD}, which is tuned "
+                   "to no model: `python cli.py test-model` reports a model's EER threshold.")
 @_batch_size_option
 @_precision_option
-def verify_command(file_a: str, file_b: str, checkpoint_file: str | None, threshold: float | None, batch_size: int, precision: str) -> None:
+def verify_command(file_a: str, file_b: str, checkpoint_file: str | None, prior: float, cost_miss: float, cost_fa: float, threshold: float | None,
+                   batch_size: int, precision: str) -> None:
     """Say whether FILE_A and FILE_B hold the same speaker: cosine score of their whole-utterance embeddings.
+
+    With a calibration beside the checkpoint (calibration.json, `calibrate-model`), also the score's
+    log-likelihood ratio (given both files' durations) and the probability of the same speaker at
+    --prior, deciding at the Bayes threshold of --prior, --cost_miss and --cost_fa.
 
     \b
     python cli.py verify samples/PhilippeRemy/PhilippeRemy_001.wav samples/PhilippeRemy/PhilippeRemy_002.wav
     """
+    import numpy as np
+
+    from calibration import decide, read_calibration
     from inference import Embedder, audio_file, inspect_checkpoint, verification_threshold
+    from verification import EmbeddingsOnce
 
     checkpoint_file = _checkpoint(checkpoint_file)
     try:
-        paths = [audio_file(file_a), audio_file(file_b)]
+        paths = [str(audio_file(file_a)), str(audio_file(file_b))]
         inspect_checkpoint(checkpoint_file)
-        if threshold is None:
-            threshold = verification_threshold(checkpoint_file)
-        embeddings = Embedder.from_checkpoint(checkpoint_file, batch_size, precision=precision).embed_files(paths)
+        calibration = read_calibration(checkpoint_file)
+        embed = EmbeddingsOnce(Embedder.from_checkpoint(checkpoint_file, batch_size, precision=precision), "mean", np.random.default_rng(0))
+        embeddings = embed(paths)
+        score = float(embeddings[0] @ embeddings[1])
+        decision = decide(score, (embed.seconds[paths[0]], embed.seconds[paths[1]]), calibration, prior, cost_miss, cost_fa, threshold,
+                          verification_threshold(checkpoint_file))
     except (OSError, ValueError) as error:
         _fail(error)
-    score = float(embeddings[0] @ embeddings[1])
-    decision = "same speaker" if score >= threshold else "different speakers"
-    click.echo(f"score = {score:.3f} -> {decision} (threshold {threshold:.3f})")
+    if calibration is None:
+        click.echo("no calibration.json beside the checkpoint: deciding on the cosine score alone, without an LLR", err=True)
+    click.echo(decision.line())
+
+
+@cli.command("calibrate-model")
+@_checkpoint_option
+@click.option("--working_dir", type=click.Path(file_okay=False), help="Feature cache of the run: fit on the speakers it set aside (--calibration_speakers).")
+@click.option("--audio_dir", "audio_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Fit on the speakers of this folder instead (repeatable): speakers neither trained on nor scored by any figure.")
+@click.option("--speakers", help="Comma-separated: only these speakers of the folders or of the run.")
+@click.option("--description", required=True, help="What the speakers are, for calibration.json and the model card, e.g. 'EmoDB, 10 actors'.")
+@click.option("--durations", default=",".join(f"{s:g}" for s in CALIBRATION_CROP_SECONDS), show_default=True,
+              help="Seconds of the centred crops scored besides the whole files.")
+@click.option("--num_trials", type=int, help="Sample this many trials, half same-speaker (default: all pairs).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@_precision_option
+def calibrate_model(checkpoint_file: str | None, working_dir: str | None, audio_dirs: tuple[str, ...], speakers: str | None, description: str,
+                    durations: str, num_trials: int | None, seed: int, precision: str) -> None:
+    """Fit the duration-aware calibration of scores to log-likelihood ratios; write calibration.json beside the checkpoint."""
+    from audio import AudioError, CorpusError
+    from calibration import calibrate_checkpoint, calibration_file, speakers_to_calibrate_on
+
+    checkpoint_file = _checkpoint(checkpoint_file)
+    only = [s.strip() for s in speakers.split(",") if s.strip()] if speakers else None
+    try:
+        chosen = speakers_to_calibrate_on(checkpoint_file, working_dir, audio_dirs, only)
+        calibration = calibrate_checkpoint(checkpoint_file, chosen, description, _seconds_list(durations, "--durations"), num_trials, seed, precision)
+    except (AudioError, CorpusError, ValueError, FileNotFoundError) as error:
+        _fail(error)
+    weights = ", ".join(f"{name} {value:+.3f}" for name, value in calibration.weights.items())
+    click.echo(f"LLR = {calibration.bias:+.3f} + {weights}, fitted on {calibration.fitted_on['num_trials']} trials of {len(chosen)} speakers "
+               f"({description})")
+    click.echo(f"written to {calibration_file(checkpoint_file)}")
 
 
 @cli.command("enroll")

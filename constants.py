@@ -104,6 +104,13 @@ HARD_NEGATIVE_CANDIDATES = 1_280  # Random history rows searched for each anchor
 MIN_DCF_P_TARGETS = (0.01, 0.05)  # Prior of a same-speaker trial; reported as min_dcf_001 and min_dcf_005.
 DCF_COST_MISS = 1.0
 DCF_COST_FALSE_ALARM = 1.0
+FRAMES_PER_SECOND = 100  # Front-end frames per second of audio (10 ms hop): a duration crop of s seconds keeps 100 s frames.
+
+# Calibration of scores to log-likelihood ratios (calibration.py) and `verify`'s decision.
+CALIBRATION_FILE_NAME = "calibration.json"  # Beside a checkpoint: its duration-aware score-to-LLR calibration.
+CALIBRATION_CROP_SECONDS = (1.0, 2.0, 4.0)  # Centred crops the calibration trials are scored on, besides the whole files.
+CALIBRATION_REGULARISATION = 1e4  # Inverse L2 strength of the logistic regression: 4 weights on thousands of trials need almost none.
+VERIFY_PRIOR = 0.5  # Prior of the same speaker that `verify` decides for by default (with DCF_COST_MISS and DCF_COST_FALSE_ALARM).
 
 # Plots (plots.py).
 PLOT_DPI = 120

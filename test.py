@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from calibration import read_calibration
 from plots import write_projection_plot, write_score_plots
 from probes import (
     clip_task_accuracies, label_source_files, label_task_accuracies, run_label_tasks, speaker_head_accuracy, speaker_id_accuracy,
@@ -39,6 +40,8 @@ class EvaluationReport:
     reference: dict | None = None
     trials: dict | None = None  # Pooled over every corpus, or the given trial list.
     corpora: dict[str, dict] = field(default_factory=dict)  # Corpus name -> its own verification figures.
+    durations: dict[str, dict[str, dict]] = field(default_factory=dict)  # Corpus name -> crop seconds ("1", "2") -> figures.
+    calibration: dict | None = None  # What the calibration that gave the LLR figures was fitted on.
     heads: dict = field(default_factory=dict)  # Accuracies of the embedding (probes, identification) and of task heads.
     unseen_labels: dict[str, dict[str, int]] = field(default_factory=dict)  # Task -> label -> unseen speakers carrying it.
     # Task -> {"speakers", "labels", "probe", "head"}: each unseen speaker's label and predictions (bootstraps over speakers).
@@ -61,6 +64,8 @@ class EvaluationReport:
         if self.trials:
             trials_file = self.trials.get("trials_file")
             rows.append((f"trial list {Path(trials_file).name}" if trials_file else "pooled (all corpora)", self.trials))
+        rows[len(self.corpora):len(self.corpora)] = [(f"{name}, {seconds} s crops", figures)
+                                                     for name, crops in self.durations.items() for seconds, figures in crops.items()]
         width = max((len(name) for name, _ in rows), default=0)
         return [f"{name:<{width}}  {verification_line(figures)}" for name, figures in rows]
 
@@ -109,6 +114,7 @@ def evaluate_checkpoint(
     label_tasks: Sequence | None = None,
     trial_scores: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
     precision: str = "float32",
+    crop_seconds: Sequence[float] = (),
 ) -> EvaluationReport:
     """Every figure of a checkpoint on the cache of `working_dir` (and on unseen corpora if given).
 
@@ -131,7 +137,9 @@ def evaluate_checkpoint(
 
     `held_out_speakers` restricts the unseen speakers to those named; `extra_genders` adds
     gender labels that no label file gives; `trial_scores` receives each corpus's trial scores;
-    `precision` is the Embedder's (`precision.resolve_precision`).
+    `precision` is the Embedder's (`precision.resolve_precision`). `crop_seconds` scores each corpus's trials
+    again on centred crops of every file of that many seconds (`report.durations`). With a calibration beside
+    the checkpoint (`calibration.json`), each corpus's figures add those of its LLRs (`calibrated_figures`).
     """
     from audio import cached_entries
     from inference import Embedder
@@ -139,7 +147,10 @@ def evaluate_checkpoint(
     embedder = Embedder.from_checkpoint(checkpoint_file, precision=precision)
     report = EvaluationReport(str(checkpoint_file))
     rng = np.random.default_rng(seed)
-    embed = EmbeddingsOnce(embedder, window, rng)
+    features: dict | None = {} if crop_seconds else None  # Decoded once for the whole file and every crop.
+    embed = EmbeddingsOnce(embedder, window, rng, features=features)
+    calibration = read_calibration(checkpoint_file)
+    report.calibration = calibration.fitted_on if calibration else None
     entries, genders = cached_entries(working_dir) if working_dir is not None else ({}, {})
     run = read_run_info(checkpoint_file)
     if run is None and working_dir is not None:
@@ -157,7 +168,11 @@ def evaluate_checkpoint(
         corpora = [replace(c, speakers={s: p for s, p in c.speakers.items() if s in trial_speakers}) for c in corpora]
     genders = {**genders, **trial_genders, **(extra_genders or {})}
     report.notes.extend(speaker_notes(corpora, trial_speakers, training_speakers))
-    score_trials_of_unseen_speakers(report, corpora, trial_speakers, embed, trials_file, num_trials, window, seed, plots_dir, trial_scores)
+    score_trials_of_unseen_speakers(report, corpora, trial_speakers, embed, trials_file, num_trials, window, seed, plots_dir, trial_scores, calibration)
+    for seconds in crop_seconds if not trials_file else ():
+        crops = EmbeddingsOnce(embedder, window, rng, crop_seconds=seconds, features=features)
+        for name, figures in corpus_verification(corpora, crops, num_trials, seed, calibration=calibration)[0].items():
+            report.durations.setdefault(name, {})[f"{seconds:g}"] = figures
 
     speaker_id = speaker_id_accuracy(embed, splits)
     if speaker_id is not None:
@@ -199,7 +214,7 @@ def speaker_notes(corpora: Sequence[HeldOutCorpus], trial_speakers: dict[str, li
 
 def score_trials_of_unseen_speakers(
     report: EvaluationReport, corpora: Sequence[HeldOutCorpus], trial_speakers: dict[str, list], embed: EmbeddingsOnce,
-    trials_file, num_trials: int | None, window: str, seed: int, plots_dir, trial_scores: dict | None,
+    trials_file, num_trials: int | None, window: str, seed: int, plots_dir, trial_scores: dict | None, calibration=None,
 ) -> None:
     """The pooled (or trial-list) figure in `report.trials` and, without a trial list, each corpus's own in `report.corpora`."""
     from eval_metrics import verification_metrics
@@ -221,7 +236,7 @@ def score_trials_of_unseen_speakers(
     if plots_dir:
         write_score_plots(plots_dir, scores, labels, metrics.eer_threshold)
     if not trials_file:
-        report.corpora, notes = corpus_verification(corpora, embed, num_trials, seed, trial_scores)
+        report.corpora, notes = corpus_verification(corpora, embed, num_trials, seed, trial_scores, calibration)
         report.notes.extend(notes)
 
 

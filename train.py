@@ -113,6 +113,7 @@ class TrainConfig:
     learning_rate: float | None = None  # None: Adam 1e-3 (softmax, mtl), SGD 1e-2 (triplet).
     seed: int = 0
     held_out_speakers: list[str] = field(default_factory=list)
+    calibration_speakers: list[str] = field(default_factory=list)  # Kept out of training and of every figure: `calibrate-model` fits on them.
     hard_negative: bool = False  # Triplet mode: mine hard negatives instead of random triplets.
     initial_checkpoint: str | None = None  # Triplet mode default: the softmax run's best.h5.
     speaker_loss_weight: float = 1.0  # Hive-MTL per-head loss weights.
@@ -512,7 +513,7 @@ def train(working_dir: str | os.PathLike, config: TrainConfig, run_root: str | o
         return train_beside_chief(working_dir, config, run_dir(run_root or working_dir, config.mode))
     policy = training_policy(config.precision)  # Before any work: an impossible explicit request refuses here.
     logger.info("precision %s: %s (%s)", config.precision, policy, policy_reason(policy))
-    data = load_training_data(working_dir, config.held_out_speakers, validation_split=config.validation_split)
+    data = load_training_data(working_dir, [*config.held_out_speakers, *config.calibration_speakers], validation_split=config.validation_split)
     directory = run_dir(run_root or working_dir, config.mode)
     directory.mkdir(parents=True, exist_ok=True)
     task_values = label_task_values(config, data, working_dir)
@@ -705,7 +706,8 @@ def prepare_run_directory(directory: Path, config: TrainConfig, data: TrainingDa
             "speakers": data.speakers,
             "genders": {s: data.genders[s] for s in data.speakers if s in data.genders},
             "tasks": {task.name: {"output": task.output, "loss": task.loss, "classes": list(task.classes)} for task in label_tasks},
-            "held_out_speakers": sorted(data.held_out),
+            "held_out_speakers": sorted(set(data.held_out) - set(config.calibration_speakers)),
+            "calibration_speakers": sorted(set(data.held_out) & set(config.calibration_speakers)),
             "speeds": list(config.augment.speeds) if config.mode != "triplet" else [1.0],  # Class s + k * len(speakers) is speaker s at speeds[k].
         },
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from constants import NUM_NEGATIVES_PER_SPEAKER
+from constants import FRAMES_PER_SECOND, INFERENCE_FILES_PER_CHUNK, NUM_NEGATIVES_PER_SPEAKER
 
 
 def reference_protocol_scores(
@@ -42,12 +42,18 @@ def reference_protocol_scores(
 
 
 def verification_line(figures: dict) -> str:
-    """`speakers = 2, trials = 28 (12 same speaker), EER = 25.00%, threshold = 0.412, minDCF(0.01) = ..., minDCF(0.05) = ...`."""
+    """`speakers = 2, trials = 28 (12 same speaker), EER = 25.00%, threshold = 0.412, minDCF(0.01) = ..., minDCF(0.05) = ...`,
+    then minCllr, and the calibrated figures (actDCF(0.01), Cllr, half total error) where there are."""
     speakers = f"speakers = {len(figures['speakers'])}, " if figures.get("speakers") is not None else ""
-    return (
+    line = (
         f"{speakers}trials = {figures['num_trials']} ({figures['num_target']} same speaker), EER = {100 * figures['eer']:.2f}%, "
         f"threshold = {figures['eer_threshold']:.3f}, minDCF(0.01) = {figures['min_dcf_001']:.3f}, minDCF(0.05) = {figures['min_dcf_005']:.3f}"
     )
+    if "min_cllr" in figures:
+        line += f", minCllr = {figures['min_cllr']:.3f}"
+    if "cllr" in figures:
+        line += f", actDCF(0.01) = {figures['act_dcf_001']:.3f}, Cllr = {figures['cllr']:.3f}, HTER = {100 * figures['half_total_error']:.2f}%"
+    return line
 
 
 HELD_OUT_CORPUS = "held_out"
@@ -143,18 +149,20 @@ def pooled_speakers(corpora: Sequence[HeldOutCorpus]) -> tuple[dict[str, list[Pa
 
 def corpus_verification(
     corpora: Sequence[HeldOutCorpus], embed: Callable[[list], np.ndarray], num_trials: int | None, seed: int,
-    trial_scores: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    trial_scores: dict[str, tuple[np.ndarray, np.ndarray]] | None = None, calibration=None,
 ) -> tuple[dict[str, dict], list[str]]:
-    """EER and minDCF of each corpus on trials among its own speakers only, and notes on corpora skipped or cut.
-    `trial_scores`, when given, receives each corpus's (scores, labels), in trial order (for bootstraps).
+    """EER, minDCF and minCllr of each corpus on trials among its own speakers only, and notes on corpora skipped or cut.
+    `trial_scores`, when given, receives each corpus's (scores, labels), in trial order (for bootstraps). With a
+    `calibration.Calibration` (then `embed` is an `EmbeddingsOnce`, which knows each file's seconds), also the
+    figures of its LLRs (`calibrated_figures`).
 
     Pooled trials also pair files of different corpora, and such a pair (another channel, often
     another language) is an easy rejection that flatters the pooled EER; a corpus's own figure is
     what compares across models and with published results. `num_trials` applies to each corpus;
     a corpus with fewer pairs gets as many as it has, still half same-speaker.
     """
-    from eval_metrics import verification_metrics
-    from trials import count_pairs, generate_trials, score_trials
+    from eval_metrics import min_cllr, verification_metrics
+    from trials import count_pairs, generate_trials
 
     figures: dict[str, dict] = {}
     notes: list[str] = []
@@ -169,27 +177,77 @@ def corpus_verification(
             wanted = 2 * min(num_target, num_nontarget)
             notes.append(f"{corpus.name}: {wanted} trials instead of {num_trials}: it has {num_target} same-speaker and {num_nontarget} different-speaker pairs")
         trials = generate_trials(speakers, wanted, seed)
-        paths = sorted({str(p) for trial in trials for p in (trial.path1, trial.path2)})
-        scores, labels = score_trials(trials, dict(zip(paths, embed(paths))))
+        scores, labels, seconds_a, seconds_b = trial_scores_and_seconds(trials, embed, with_seconds=calibration is not None)
         if trial_scores is not None:
             trial_scores[corpus.name] = (scores, labels)
         metrics = verification_metrics(scores, labels)
         figures[corpus.name] = {
-            **metrics.__dict__, "num_trials": len(trials), "num_target_trials": metrics.num_target,
+            **metrics.__dict__, "num_trials": len(trials), "num_target_trials": metrics.num_target, "min_cllr": min_cllr(scores, labels),
             "speakers": sorted(speakers), "directory": corpus.directory,
         }
+        if calibration is not None:
+            figures[corpus.name].update(calibrated_figures(calibration.llr(scores, seconds_a, seconds_b), labels))
     return figures, notes
 
 
-class EmbeddingsOnce:
-    """Embeds each cache entry or audio file once (whole utterance) and remembers the result."""
+def trial_scores_and_seconds(trials: Sequence, embed: Callable[[list], np.ndarray], with_seconds: bool = True) -> tuple[np.ndarray, ...]:
+    """(cosine scores, labels, seconds of each first side, of each second side) of the trials; the seconds
+    (of what `embed`, an `EmbeddingsOnce`, embedded of each file) are None without `with_seconds`."""
+    from trials import score_trials
 
-    def __init__(self, embedder, mode: str, rng: np.random.Generator):
+    paths = sorted({str(p) for trial in trials for p in (trial.path1, trial.path2)})
+    scores, labels = score_trials(trials, dict(zip(paths, embed(paths))))
+    if not with_seconds:
+        return scores, labels, None, None
+    return scores, labels, *(np.array([embed.seconds[str(getattr(t, side))] for t in trials]) for side in ("path1", "path2"))
+
+
+def calibrated_figures(llrs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Cllr of the LLRs, the actual DCF of their Bayes decision at p_target 0.01, and the half total error rate
+    (mean of the miss and false-alarm rates) of `verify`'s default decision (prior VERIFY_PRIOR, unit costs)."""
+    from constants import MIN_DCF_P_TARGETS, VERIFY_PRIOR
+    from eval_metrics import actual_dcf, bayes_threshold, cllr
+
+    low_p = MIN_DCF_P_TARGETS[0]
+    # At unit costs the normalised DCF at the prior 0.5 is P_miss + P_fa: twice the half total error rate.
+    half_total_error = actual_dcf(llrs, labels, bayes_threshold(VERIFY_PRIOR), VERIFY_PRIOR) * min(VERIFY_PRIOR, 1 - VERIFY_PRIOR)
+    return {"cllr": cllr(llrs, labels), "act_dcf_001": actual_dcf(llrs, labels, bayes_threshold(low_p), low_p), "half_total_error": half_total_error}
+
+
+def centre_crop(features: np.ndarray, frames: int) -> np.ndarray:
+    """The middle `frames` frames of an utterance's features; the whole utterance where it is no longer."""
+    start = max(0, (len(features) - frames) // 2)
+    return features[start : start + frames]
+
+
+class EmbeddingsOnce:
+    """Embeds each cache entry or audio file once, whole or as its centred crop of `crop_seconds` (of the front
+    end's frames, after the checkpoint's trim), and remembers the embedding and the seconds it saw (`seconds`).
+
+    Evaluations at several crops of the same files share one `features` dict, so each file is decoded once.
+    """
+
+    def __init__(self, embedder, mode: str, rng: np.random.Generator, crop_seconds: float | None = None, features: dict | None = None):
         self.embedder, self.mode, self.rng = embedder, mode, rng
+        self.crop_frames = None if crop_seconds is None else max(1, round(crop_seconds * FRAMES_PER_SECOND))
+        self.features = features
         self.known: dict[str, np.ndarray] = {}
+        self.seconds: dict[str, float] = {}
 
     def __call__(self, paths: list) -> np.ndarray:
+        from inference import read_features
+
         keys = [str(p) for p in paths]
         missing = [k for k in dict.fromkeys(keys) if k not in self.known]
-        self.known.update(zip(missing, self.embedder.embed_files(missing, self.mode, self.rng)))
+        for start in range(0, len(missing), INFERENCE_FILES_PER_CHUNK):  # Features of one chunk of files in memory at a time.
+            chunk = missing[start : start + INFERENCE_FILES_PER_CHUNK]
+            if self.features is None:
+                features = read_features(chunk, self.embedder.frontend)
+            else:
+                unread = [k for k in chunk if k not in self.features]
+                self.features.update(zip(unread, read_features(unread, self.embedder.frontend)))
+                features = [self.features[k] for k in chunk]
+            crops = features if self.crop_frames is None else [centre_crop(f, self.crop_frames) for f in features]
+            self.known.update(zip(chunk, self.embedder.embed_mfccs(crops, self.mode, self.rng)))
+            self.seconds.update((k, len(crop) / FRAMES_PER_SECOND) for k, crop in zip(chunk, crops))
         return np.stack([self.known[k] for k in keys])

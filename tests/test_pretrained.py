@@ -91,10 +91,14 @@ def test_the_readmes_table_of_the_shipped_model_is_rendered_from_its_card(card):
     assert f"<!-- pretrained-model -->\n{figures_table(card)}\n<!-- /pretrained-model -->" in readme
 
 
-def test_verify_without_a_checkpoint_uses_the_shipped_model_and_its_eer_threshold(card):
+def test_verify_without_a_checkpoint_uses_the_shipped_model_and_its_calibration():
+    from calibration import read_calibration
+    from inference import pretrained_checkpoint
+
+    assert read_calibration(pretrained_checkpoint()) is not None
     same = run_cli("verify", str(PHILIPPE / "PhilippeRemy_001.wav"), str(PHILIPPE / "PhilippeRemy_002.wav"))
     assert same.returncode == 0, same.stderr
-    assert "-> same speaker" in same.stdout and f"(threshold {card['eer_threshold']:.3f})" in same.stdout
+    assert "LLR = " in same.stdout and "-> same speaker (LLR >= 0.000, the Bayes threshold of prior 0.5" in same.stdout
     different = run_cli("verify", str(PHILIPPE / "PhilippeRemy_001.wav"), str(SAMPLES / "1255-90413-0001.flac"))
     assert different.returncode == 0, different.stderr
     assert "-> different speakers" in different.stdout
