@@ -135,7 +135,7 @@ class Decision:
     llr: float | None
     probability: float | None
     same_speaker: bool
-    basis: str  # What the decision compared, e.g. "LLR >= 0.000, the Bayes threshold of prior 0.50 and costs 1/1".
+    basis: str  # What the decision compared, e.g. "Bayes threshold 0.000 on the LLR: prior 0.5, costs 1 (miss) / 1 (false alarm)".
 
     def line(self) -> str:
         decision = "same speaker" if self.same_speaker else "different speakers"
@@ -159,7 +159,7 @@ def decide(score: float, seconds: tuple[float, float], calibration: Calibration 
         return Decision(score, llr, probability, score >= threshold, f"threshold {threshold:.3f} on the score, as given")
     bayes = bayes_threshold(prior, cost_miss, cost_false_alarm)
     return Decision(score, llr, probability, llr >= bayes,
-                    f"LLR >= {bayes:.3f}, the Bayes threshold of prior {prior:g} and costs {cost_miss:g} (miss) / {cost_false_alarm:g} (false alarm)")
+                    f"Bayes threshold {bayes:.3f} on the LLR: prior {prior:g}, costs {cost_miss:g} (miss) / {cost_false_alarm:g} (false alarm)")
 
 
 def speakers_to_calibrate_on(checkpoint_file: str | os.PathLike, working_dir: str | os.PathLike | None,

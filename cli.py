@@ -521,6 +521,26 @@ def ship_model_command(checkpoint_file: str, eval_audio_dirs: tuple[str, ...], o
     click.echo((output / "README.md").read_text())
 
 
+@cli.command("card-durations")
+@click.option("--results", "results_file", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="test-model's JSON of the shipped model, written with --durations (e.g. results/pretrained_durations.json).")
+@click.option("--pretrained_dir", default="pretrained", show_default=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--note", default="", help="A sentence the card prints under the table (what the figures are, where they are not speaker-disjoint).")
+@click.option("--readme", type=click.Path(exists=True, dir_okay=False), help="Also put the table into this README between <!-- pretrained-durations --> markers.")
+def card_durations(results_file: str, pretrained_dir: str, note: str, readme: str | None) -> None:
+    """Put the figures by duration and the calibration into the shipped model's card and render its README again."""
+    from experiment import replace_marked_section
+    from model_card import duration_table, record_duration_figures
+
+    try:
+        card = record_duration_figures(pretrained_dir, results_file, note)
+        if readme:
+            replace_marked_section(readme, "pretrained-durations", duration_table(card["by_duration"]))
+    except (OSError, ValueError, KeyError) as error:
+        _fail(error)
+    click.echo(duration_table(card["by_duration"]))
+
+
 @cli.command()
 @click.option("--checkpoint_file", type=click.Path(dir_okay=False), help="best.h5 of a run, a reference .h5, or a .keras file. Default: the shipped model.")
 @click.option("--output_dir", required=True, type=click.Path(file_okay=False),

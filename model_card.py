@@ -25,10 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from fileio import replace_directory, save_model_atomically, write_atomically, write_json_atomically
-from constants import MODEL_CARD_FILE_NAME, PRETRAINED_CHECKPOINT_NAME
+from constants import CALIBRATION_FILE_NAME, MODEL_CARD_FILE_NAME, PRETRAINED_CHECKPOINT_NAME
 
 LEARNING_CURVE_COLUMNS = ("epoch", "train_windows", "corpus", "eer", "min_dcf_001", "eer_threshold", "num_trials")
-SHIPPED_FILES = (PRETRAINED_CHECKPOINT_NAME, "config.json", MODEL_CARD_FILE_NAME, "README.md")
+# calibration.json belongs to the weights it was fitted for: a new shipment drops it until `calibrate-model` fits the new model.
+SHIPPED_FILES = (PRETRAINED_CHECKPOINT_NAME, "config.json", MODEL_CARD_FILE_NAME, "README.md", CALIBRATION_FILE_NAME)
+DURATION_COLUMNS = ("eer", "min_dcf_001", "min_cllr", "cllr", "act_dcf_001", "half_total_error", "num_trials")
 
 
 def machine_description() -> str:
@@ -206,12 +208,64 @@ training windows. The run took {hours} on {training['machine']}.
 |---|---|---|---|---|---|
 {rows}
 
-## Retrain it
+{duration_section(card)}## Retrain it
 
 ```bash
 {training['command']}
 ```
 """
+
+
+def duration_figures(report: dict) -> dict[str, dict[str, dict]]:
+    """Corpus -> crop ("1", "2", "4", "whole") -> the figures of `DURATION_COLUMNS`, from a test-model report (JSON)
+    written with --durations: what the card and the README tables are rendered from."""
+    figures: dict[str, dict[str, dict]] = {}
+    for corpus, whole in report["corpora"].items():
+        crops = {**report.get("durations", {}).get(corpus, {}), "whole": whole}
+        figures[corpus] = {crop: {k: f[k] for k in DURATION_COLUMNS if k in f} for crop, f in crops.items()}
+    return figures
+
+
+def duration_table(by_duration: dict[str, dict[str, dict]]) -> str:
+    """One row per corpus and crop: EER, minDCF(0.01), minCllr and, where calibrated, Cllr, actDCF(0.01) and the half total error of `verify`'s decision."""
+    def value(f: dict, key: str, percent: bool = False) -> str:
+        return "-" if key not in f else f"{100 * f[key]:.2f} %" if percent else f"{f[key]:.3f}"
+
+    lines = ["| corpus | crop | trials | EER | minDCF(0.01) | minCllr | Cllr | actDCF(0.01) | verify's HTER |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for corpus, crops in by_duration.items():
+        for crop, f in crops.items():
+            lines.append(f"| {corpus} | {crop if crop == 'whole' else crop + ' s'} | {f['num_trials']:,} | {value(f, 'eer', True)} | {value(f, 'min_dcf_001')} | "
+                         f"{value(f, 'min_cllr')} | {value(f, 'cllr')} | {value(f, 'act_dcf_001')} | {value(f, 'half_total_error', True)} |")
+    return "\n".join(lines)
+
+
+def duration_section(card: dict) -> str:
+    """The card's figures by duration and its calibration, where it has them."""
+    if "by_duration" not in card:
+        return ""
+    calibration = card.get("calibration")
+    fitted = (f"Scores are calibrated to log-likelihood ratios (`calibration.json`, fitted on {calibration['description']}; "
+              f"{calibration['num_trials']:,} trials at crops of {', '.join(map(str, calibration['crop_seconds']))}).") if calibration else "No calibration."
+    return f"""## Figures by duration (centred crops of every file; all pairs within each corpus)
+
+{duration_table(card['by_duration'])}
+
+{fitted} {card.get('by_duration_note', '')}
+
+"""
+
+
+def record_duration_figures(pretrained_dir: str | os.PathLike, results_file: str | os.PathLike, note: str) -> dict:
+    """Put a test-model report's figures by duration (and the calibration it used) into the card of `pretrained_dir`,
+    and render its README again from the card."""
+    directory = Path(pretrained_dir)
+    report = json.loads(Path(results_file).read_text())
+    card = json.loads((directory / MODEL_CARD_FILE_NAME).read_text())
+    card.update({"by_duration": duration_figures(report), "calibration": report.get("calibration"), "by_duration_note": note})
+    write_json_atomically(directory / MODEL_CARD_FILE_NAME, card)
+    card = json.loads((directory / MODEL_CARD_FILE_NAME).read_text())
+    write_atomically(directory / "README.md", lambda handle: handle.write(render_model_card(card)), text=True)
+    return card
 
 
 def training_pad_note(card: dict) -> str:

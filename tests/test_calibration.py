@@ -90,7 +90,7 @@ def test_calibrate_model_fits_on_real_audio_and_verify_prints_the_llr_and_decide
     for prior in ("0.5", "0.001"):
         result = invoke_cli("verify", PHILIPPE / "PhilippeRemy_001.wav", PHILIPPE / "PhilippeRemy_002.wav", "--checkpoint_file", checkpoint, "--prior", prior)
         assert result.exit_code == 0, result.output
-        lines[float(prior)] = re.fullmatch(r"score = (\S+), LLR = (\S+), P\(same speaker\) = (\S+) -> (same speaker|different speakers) \(LLR >= (\S+), .*\)",
+        lines[float(prior)] = re.fullmatch(r"score = (\S+), LLR = (\S+), P\(same speaker\) = (\S+) -> (same speaker|different speakers) \(Bayes threshold (\S+) on the LLR: .*\)",
                                            result.stdout.strip())
     for prior, match in lines.items():
         assert match, lines

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model_card import render_model_card
+from model_card import duration_figures, render_model_card
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAINED = REPO / "pretrained"
@@ -91,6 +91,18 @@ def test_the_readmes_table_of_the_shipped_model_is_rendered_from_its_card(card):
     assert f"<!-- pretrained-model -->\n{figures_table(card)}\n<!-- /pretrained-model -->" in readme
 
 
+def test_the_cards_figures_by_duration_and_its_calibration_are_those_of_the_results_file_and_of_calibration_json(card):
+    """results/pretrained_durations.json is what `test-model --durations 1,2,4` wrote for the shipped model."""
+    results = json.loads((REPO / "results" / "pretrained_durations.json").read_text())
+    assert card["by_duration"] == duration_figures(results)
+    assert set(card["by_duration"]) == {"test-other", "VCTK", "FSDD", "CommonVoice-fa"}
+    assert all(set(crops) == {"1", "2", "4", "whole"} for crops in card["by_duration"].values())
+    test_other = card["by_duration"]["test-other"]
+    assert test_other["whole"]["eer"] == card["evaluation"]["corpora"]["test-other"]["eer"]  # The whole files, as the card's own figure.
+    assert test_other["1"]["eer"] > test_other["2"]["eer"] > test_other["4"]["eer"] > test_other["whole"]["eer"]
+    assert card["calibration"] == json.loads((PRETRAINED / "calibration.json").read_text())["fitted_on"]
+
+
 def test_verify_without_a_checkpoint_uses_the_shipped_model_and_its_calibration():
     from calibration import read_calibration
     from inference import pretrained_checkpoint
@@ -98,7 +110,7 @@ def test_verify_without_a_checkpoint_uses_the_shipped_model_and_its_calibration(
     assert read_calibration(pretrained_checkpoint()) is not None
     same = run_cli("verify", str(PHILIPPE / "PhilippeRemy_001.wav"), str(PHILIPPE / "PhilippeRemy_002.wav"))
     assert same.returncode == 0, same.stderr
-    assert "LLR = " in same.stdout and "-> same speaker (LLR >= 0.000, the Bayes threshold of prior 0.5" in same.stdout
+    assert "LLR = " in same.stdout and "-> same speaker (Bayes threshold 0.000 on the LLR: prior 0.5," in same.stdout
     different = run_cli("verify", str(PHILIPPE / "PhilippeRemy_001.wav"), str(SAMPLES / "1255-90413-0001.flac"))
     assert different.returncode == 0, different.stderr
     assert "-> different speakers" in different.stdout
