@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audio import gender_label, index_corpus
+from corpus import gender_label, index_corpus
 from fileio import write_atomically, write_json_atomically, write_text_atomically
 from tasks import gender_task, parse_tasks, resolve_clip_tables
 
@@ -391,7 +391,7 @@ def run_experiment(config_path: str | os.PathLike, working_dir: str | os.PathLik
     """Train and score every configuration x seed not scored yet; (re)write the CSV and the plot."""
     import keras
 
-    from audio import build_feature_cache
+    from feature_cache import build_feature_cache
     from test import evaluate_checkpoint
     from train import BEST_CHECKPOINT
 

@@ -38,7 +38,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from audio import AudioError, entry_features, natural_key, pad_mfcc, read_mfcc
+from audio import AudioError, pad_mfcc, read_mfcc
+from corpus import natural_key
+from feature_cache import entry_features
 from constants import (
     AUDIO_EXTENSIONS,
     EMBEDDING_SIZE,

@@ -163,7 +163,7 @@ def evaluation_corpora(eval_audio_dirs: Sequence[str | os.PathLike], held_out: d
     """One corpus per folder given (a folder given twice counts once), then the run's held-out speakers
     that no folder given holds, one corpus per home (`held_out_homes`: speaker -> the name of the training
     corpus it comes from; `held_out` for a speaker without one)."""
-    from audio import index_corpus
+    from corpus import index_corpus
 
     corpora: dict[str, HeldOutCorpus] = {}
     for name, directory in zip(corpus_names(eval_audio_dirs), eval_audio_dirs):
@@ -185,7 +185,8 @@ def evaluation_corpora(eval_audio_dirs: Sequence[str | os.PathLike], held_out: d
 def held_out_homes(working_dir: str | os.PathLike, speakers: Sequence[str]) -> dict[str, str]:
     """The training corpus each of the run's held-out speakers comes from (its folder name, e.g. `CommonVoice-fa`),
     for those the cache records the sources of; `evaluation_corpora` scores each home's speakers as one corpus."""
-    from audio import CorpusError, read_corpus_index
+    from corpus import CorpusError
+    from feature_cache import read_corpus_index
     from tasks import speaker_source_files
 
     try:
@@ -358,7 +359,7 @@ def evaluate_checkpoint(
     gender labels that no label file gives; `trial_scores` receives each corpus's trial scores;
     `precision` is the Embedder's (`precision.resolve_precision`).
     """
-    from audio import cached_entries
+    from feature_cache import cached_entries
     from eval_metrics import reference_metrics, verification_metrics
     from inference import Embedder
     from trials import generate_trials, read_trials, score_trials

@@ -62,7 +62,7 @@ from constants import (  # noqa: E402  (constants.py imports nothing: safe witho
 TARGETS = {"train_windows_per_s": 10_000, "inference_windows_per_s": 30_000}  # bf16, one H100/H200-class GPU.
 TARGET_POLICY = "mixed_bfloat16"
 RESULT_PREFIX = "RESULT "
-CORPUS_INDEX_FILE_NAME = "corpus.json"  # audio.CORPUS_INDEX_FILE_NAME; audio.py needs soundfile, so not imported here.
+CORPUS_INDEX_FILE_NAME = "corpus.json"  # feature_cache.CORPUS_INDEX_FILE_NAME; feature_cache.py needs soundfile, so not imported here.
 TINY = {
     "model_size": "small", "speakers": 6, "utterances": 4, "pool_size": 6, "policies": "mixed_bfloat16,float32",
     "train_batch_sizes": "6", "infer_batch_sizes": "8", "train_windows": 12, "e2e_windows": 12,
