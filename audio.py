@@ -18,6 +18,7 @@ from python_speech_features import get_filterbanks
 
 from constants import (
     AUDIO_EXTENSIONS,
+    FFMPEG_EXTENSIONS,
     ENERGY_TRIM_TOP_DB,
     FFT_CHUNK_FRAMES,
     MEL_BLOCKS,
@@ -50,22 +51,29 @@ class AudioError(ValueError):
 
 
 def read_audio(filename: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode a FLAC, WAV, MP3 or OGG file to mono float32 at `sample_rate`, as `librosa.load` would.
+    """Decode an audio file of AUDIO_EXTENSIONS to mono float32 at `sample_rate`, as `librosa.load` would.
 
-    soundfile decodes, channels are averaged, and soxr 'HQ' resamples (librosa's default), so the
-    samples are identical to the reference's.
+    soundfile decodes FLAC, WAV, MP3 and OGG, FFmpeg (PyAV) decodes AAC/M4A, Opus and WebM;
+    channels are averaged, and soxr 'HQ' resamples (librosa's default), so the samples of the
+    formats librosa reads are identical to the reference's.
     """
     path = Path(filename)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such audio file")
-    if path.suffix.lower() not in AUDIO_EXTENSIONS:
+    suffix = path.suffix.lower()
+    if suffix not in AUDIO_EXTENSIONS:
         raise AudioError(path, f"unsupported format {path.suffix!r} (expected one of {', '.join(AUDIO_EXTENSIONS)})")
     if path.stat().st_size == 0:
         raise AudioError(path, "the file is empty (0 bytes)")
-    try:
-        samples, file_rate = soundfile.read(path, dtype="float32", always_2d=True)
-    except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
-        raise AudioError(path, f"corrupt or not audio ({error})") from None
+    if suffix in FFMPEG_EXTENSIONS:
+        samples, file_rate = decode_with_ffmpeg(path)
+    else:
+        try:
+            samples, file_rate = soundfile.read(path, dtype="float32", always_2d=True)
+        except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
+            if suffix != ".ogg":
+                raise AudioError(path, f"corrupt or not audio ({error})") from None
+            samples, file_rate = decode_with_ffmpeg(path)  # An Ogg codec this libsndfile lacks (Opus before 1.0.29, FLAC in Ogg).
     if samples.size == 0:
         raise AudioError(path, "the file holds no audio samples")
     mono = samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1, dtype=np.float32)
@@ -74,6 +82,30 @@ def read_audio(filename: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> n
         expected_length = int(np.ceil(len(samples) * sample_rate / file_rate))
         mono = _fix_length(mono, expected_length)
     return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
+    """(samples, rate) of the first audio stream, float32 shaped (frames, channels) as soundfile gives them.
+
+    The decoder's samples are only converted to float, never resampled here, so every format
+    goes through the same soxr resampling in `read_audio`.
+    """
+    import av  # Imported here: only these formats need FFmpeg, and machines that never read them can lack it.
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise AudioError(path, "no audio stream in the file")
+            stream = container.streams.audio[0]
+            to_float = av.AudioResampler(format="fltp")  # Planar float at the stream's own rate and layout.
+            blocks = [converted.to_ndarray() for frame in container.decode(stream) for converted in to_float.resample(frame)]
+            blocks += [converted.to_ndarray() for converted in to_float.resample(None)]  # What the converter still holds.
+            rate = stream.codec_context.sample_rate
+    except av.FFmpegError as error:
+        raise AudioError(path, f"corrupt or not audio ({error.strerror or type(error).__name__})") from None
+    if not blocks:
+        return np.zeros((0, 1), dtype=np.float32), rate
+    return np.ascontiguousarray(np.concatenate(blocks, axis=1).T, dtype=np.float32), rate
 
 
 def _fix_length(samples: np.ndarray, length: int) -> np.ndarray:

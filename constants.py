@@ -6,7 +6,9 @@ the batchers and the CLI agree without passing magic numbers around.
 
 # Audio.
 SAMPLE_RATE = 16_000  # Hz; every file is resampled to this rate and downmixed to mono.
-AUDIO_EXTENSIONS = (".flac", ".wav", ".mp3", ".ogg")  # All decoded by libsndfile (MP3 since 1.1).
+SOUNDFILE_EXTENSIONS = (".flac", ".wav", ".mp3", ".ogg")  # Decoded by libsndfile (MP3 since 1.1); an Ogg it cannot read goes to FFmpeg.
+FFMPEG_EXTENSIONS = (".m4a", ".aac", ".opus", ".webm")  # Decoded by FFmpeg through PyAV: VoxCeleb2's AAC, Opus.
+AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS + FFMPEG_EXTENSIONS
 SILENCE_PERCENTILE = 95  # The trim keeps audio between the first and last sample louder than this.
 RESAMPLE_QUALITY = "HQ"  # soxr quality; librosa's default 'soxr_hq', so samples match the reference.
 

@@ -50,7 +50,7 @@ def test_plain_layout_names_nested_utterances_uniquely(tmp_path):
 
 def test_index_of_a_folder_without_audio_says_so(tmp_path):
     (tmp_path / "readme.txt").write_text("no audio here")
-    with pytest.raises(CorpusError, match="no FLAC/WAV/MP3/OGG files"):
+    with pytest.raises(CorpusError, match="no FLAC/WAV/MP3/OGG/M4A/AAC/OPUS/WEBM files"):
         index_corpus(tmp_path)
 
 
