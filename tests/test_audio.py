@@ -266,3 +266,20 @@ def test_a_damaged_m4a_raises_a_one_line_audio_error_naming_the_file(tmp_path, d
     with pytest.raises(AudioError, match="corrupt or not audio") as caught:
         audio.read_mfcc(path)
     assert str(caught.value).startswith(f"{path}: ") and "\n" not in str(caught.value)
+
+
+# ---------------------------------------------------------------------------------------------- segments (Kaldi)
+
+
+def test_a_segment_is_read_as_if_its_span_of_the_recording_were_a_file_of_its_own(tmp_path):
+    np.testing.assert_array_equal(audio.read_audio(LIBRI_1255, segment=(0.5, 2.25)), audio.read_audio(LIBRI_1255)[8_000:36_000])
+    samples, rate = soundfile.read(PHILIPPE_001, dtype="int16")  # 48 kHz: the span is cut before resampling.
+    span = write_wav(tmp_path / "span.wav", samples[rate : 4 * rate], rate)
+    np.testing.assert_array_equal(audio.read_audio(PHILIPPE_001, segment=(1.0, 4.0)), audio.read_audio(span))
+    m4a = encode(LIBRI_1255, tmp_path / "speech.m4a", "alac")  # FFmpeg's formats too.
+    np.testing.assert_array_equal(audio.read_audio(m4a, segment=(3.0, None)), audio.read_audio(LIBRI_1255)[48_000:])
+
+
+def test_a_segment_past_the_end_of_its_recording_raises_audio_error_naming_the_file():
+    with pytest.raises(AudioError, match=r"1255-90413-0001\.flac: the segment 60-61 s starts after the end of the recording \(6\.49 s\)"):
+        audio.read_audio(LIBRI_1255, segment=(60.0, 61.0))
