@@ -39,7 +39,7 @@ TRIM_MODES = ("reference", "energy", "none")
 PAD_MODES = ("zeros", "repeat")  # repeat: tile the clip's frames up to the window.
 EMBEDDING_PAD_MODES = (*PAD_MODES, "exact")  # exact: embed a short clip's own frames, unpadded (the ResCNN takes any length).
 ENERGY_TRIM_TOP_DB = 30  # energy trim: drop leading/trailing audio this far below the loudest frame.
-GENDER_TABLE_NAMES = ("speakers.tsv",)  # A corpus's own speaker table (speaker, gender columns).
+GENDER_TABLE_NAMES = ("speakers.tsv", "vox1_meta.csv", "vox2_meta.csv")  # A corpus's own speaker table (speaker, gender columns; VoxCeleb's meta files).
 
 # Model.
 EMBEDDING_SIZE = 512

@@ -17,6 +17,7 @@ LIBRISPEECH_NAME = re.compile(r"^(?P<speaker>\d+)-(?P<chapter>\d+)-(?P<index>\d+
 CELEB_SPEAKER = re.compile(r"^id\d{5}$")  # VoxCeleb1/2 and CN-Celeb speaker folders: <id>/<video>/<n>, data/<id>/<genre>-<session>-<n>.
 CELEB_FILE_NAME = re.compile(r"^(?P<speaker>id\d{5})-(?P<utterance>.+)$")  # CN-Celeb's eval/: <id>-<genre>-<session>-<n>, <id>-enroll.
 VCTK_SPEAKERS_FILE_NAME = "speaker-info.txt"
+SPEAKER_COLUMNS = ("speaker", "voxceleb1 id", "voxceleb2 id")  # The speaker column of a speaker table (VoxCeleb's meta files name theirs so).
 KALDI_RECORDINGS = "wav.scp"  # A Kaldi data directory is recognised by it.
 
 
@@ -111,14 +112,16 @@ def _gender_of_row(path: Path, line_number: int, speaker: str, value: str) -> st
 
 
 def read_gender_table(path: Path, text: str) -> dict[str, str]:
-    """A plain speaker table: a header row naming `speaker` and `gender` columns (tab or comma); see `gender_label`."""
+    """A plain speaker table: a header row naming `speaker` (or VoxCeleb's `VoxCeleb1 ID`) and `gender` columns, tab or comma
+    separated; see `gender_label`."""
     lines = [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
     header_line = lines[0][1]
     delimiter = "\t" if "\t" in header_line else ","
     header = [name.strip().lower() for name in header_line.split(delimiter)]
-    if "speaker" not in header or not ({"gender", "sex"} & set(header)):
+    speaker_name = next((name for name in SPEAKER_COLUMNS if name in header), None)
+    if speaker_name is None or not ({"gender", "sex"} & set(header)):
         raise CorpusError(f"{path}: a speaker table needs a header with 'speaker' and 'gender' columns; got {header_line!r}")
-    speaker_column = header.index("speaker")
+    speaker_column = header.index(speaker_name)
     gender_column = header.index("gender" if "gender" in header else "sex")
     genders = {}
     for number, line in lines[1:]:
@@ -132,7 +135,7 @@ def read_gender_table(path: Path, text: str) -> dict[str, str]:
 
 def read_gender_labels(path: str | os.PathLike) -> dict[str, str]:
     """Speaker -> 'F'/'M' from LibriSpeech `SPEAKERS.TXT`, VCTK `speaker-info.txt`, or a speaker
-    table with `speaker` and `gender` columns (Common Voice style `speakers.tsv`, or CSV). A gender
+    table with `speaker` and `gender` columns (Common Voice style `speakers.tsv`, CSV, VoxCeleb's `vox1_meta.csv`). A gender
     may be written M, F, male or female in any case (`gender_label`); an empty one is no label, and
     any other value raises CorpusError naming the file, the line and the speaker."""
     path = Path(path)
@@ -140,7 +143,7 @@ def read_gender_labels(path: str | os.PathLike) -> dict[str, str]:
         raise FileNotFoundError(f"{path}: no such gender label file")
     text = path.read_text(encoding="utf-8", errors="replace")
     first = next((line for line in text.splitlines() if line.strip() and not line.startswith(";")), "")
-    if "speaker" in first.lower() and ("\t" in first or "," in first):
+    if any(name in first.lower() for name in SPEAKER_COLUMNS) and ("\t" in first or "," in first):
         return read_gender_table(path, text)
     genders: dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), start=1):

@@ -124,9 +124,12 @@ def test_voxceleb_speakers_are_the_id_folders_and_utterances_name_the_video(tmp_
     for speaker, source in (("id10001", "p225"), ("id10002", "p226")):
         for video, path in zip(("1zcIwhmdeo4", "7gWzIy6yIIk"), sorted((VCTK / source).glob("*.wav"))):
             link(tmp_path / "vox1" / "wav" / speaker / video / "00001.wav", path)
+    (tmp_path / "vox1" / "vox1_meta.csv").write_text("VoxCeleb1 ID\tVGGFace1 ID\tGender\tNationality\tSet\n"
+                                                     "id10001\tA.J._Buckley\tm\tIreland\tdev\nid10002\tA.R._Rahman\tm\tIndia\tdev\n")
     for root in (tmp_path / "vox1" / "wav", tmp_path / "vox1"):
         corpus = index_corpus(root)
         assert corpus.speakers == ["id10001", "id10002"]
+        assert corpus.genders == {"id10001": "M", "id10002": "M"}  # From VoxCeleb's own meta file, beside wav/.
         assert sorted(u.cache_name for u in corpus.utterances) == [
             "id10001_1zcIwhmdeo4-00001.npy", "id10001_7gWzIy6yIIk-00001.npy", "id10002_1zcIwhmdeo4-00001.npy", "id10002_7gWzIy6yIIk-00001.npy"]
 

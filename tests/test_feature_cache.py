@@ -155,8 +155,10 @@ def test_a_voxceleb2_m4a_corpus_is_cached_under_its_id_folders(tmp_path):
             target = tmp_path / "vox2" / "dev" / "aac" / speaker / "21Uxsk56VDQ" / f"{index:05d}.m4a"
             target.parent.mkdir(parents=True, exist_ok=True)
             encode(path, target, "aac", 64_000)
+    (tmp_path / "vox2" / "vox2_meta.csv").write_text("VoxCeleb2 ID ,VGGFace2 ID ,Gender ,Set \nid00012 ,n000012 ,m ,dev \nid00015 ,n000015 ,f ,dev \n")
     report = build_feature_cache(tmp_path / "vox2", tmp_path / "work", workers=1, progress=False)
     assert (report.written, report.failed) == (4, [])
+    assert json.loads((tmp_path / "work" / "corpus.json").read_text())["genders"] == {"id00012": "M", "id00015": "F"}
     assert json.loads((tmp_path / "work" / "corpus.json").read_text())["speakers"] == {
         "id00012": ["21Uxsk56VDQ-00001", "21Uxsk56VDQ-00002"], "id00015": ["21Uxsk56VDQ-00001", "21Uxsk56VDQ-00002"]}
     m4a = tmp_path / "vox2" / "dev" / "aac" / "id00015" / "21Uxsk56VDQ" / "00002.m4a"
