@@ -106,7 +106,7 @@ def normalised_features(rng: np.random.Generator, frames: int) -> np.ndarray:
 
 
 def build_synthetic_cache(working_dir: Path, speakers: int, utterances: int, pool_size: int, seed: int = 0) -> dict:
-    """A feature cache in the layout of `audio.build_feature_cache`, of random features; returns its figures.
+    """A feature cache in the layout of `feature_cache.build_feature_cache`, of random features; returns its figures.
 
     `corpus.json` lists `speakers` x `utterances` entries `audio-fbanks/<speaker>_<utterance>.npy`,
     hard links to `pool_size` distinct random files of LibriSpeech-like lengths, so the cache

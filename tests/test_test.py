@@ -10,17 +10,9 @@ import numpy as np
 import pytest
 
 from eval_metrics import reference_metrics
-from test import (
-    EvaluationReport,
-    HeldOutCorpus,
-    batch_cosine_similarity,
-    corpus_verification,
-    corpus_names,
-    evaluate_checkpoint,
-    probe_accuracy,
-    nearest_profile_accuracy,
-    reference_protocol_scores,
-)
+from probes import nearest_profile_accuracy, probe_accuracy
+from test import EvaluationReport, batch_cosine_similarity, evaluate_checkpoint
+from verification import HeldOutCorpus, corpus_names, corpus_verification, reference_protocol_scores
 from trials import generate_trials, write_trials
 
 
@@ -293,7 +285,7 @@ def test_label_accuracies_count_each_unseen_speaker_once_whatever_its_number_of_
     """A stand-in embedding puts each file at a designed point: the probe sees which side of zero it lies.
     m1 has 10 files, 4 of them weakly on the female side; f1 has 2, both female."""
     from tasks import gender_task
-    from test import label_task_accuracies
+    from probes import label_task_accuracies
 
     points = {f"m1/{i}": [-2.0] for i in range(6)} | {f"m1/{i}": [0.3] for i in range(6, 10)} | {"f1/0": [2.0], "f1/1": [1.5]}
     points |= {f"{s}/{i}": [(2.0 if s.startswith("f") else -2.0) + 0.1 * i] for s in ("fa", "fb", "ma", "mb") for i in range(3)}
@@ -336,7 +328,7 @@ def test_clip_task_accuracies_score_each_labelled_unseen_clip_balanced_over_the_
     """A stand-in embedding puts calm clips below zero and tense ones above, but one calm clip of u1 above: per clip,
     calm is recalled 2 times in 3 and tense 2 in 2. A cache entry reads the label of the audio it was made from."""
     from tasks import parse_tasks
-    from test import clip_task_accuracies
+    from probes import clip_task_accuracies
 
     (tmp_path / "clips.tsv").write_text("path\tmood\n" + "".join(f"{clip}\t{mood}\n" for clip, mood in (
         ("t1/0.wav", "calm"), ("t1/1.wav", "tense"), ("t2/0.wav", "calm"), ("t2/1.wav", "tense"),
@@ -357,7 +349,7 @@ def test_clip_task_accuracies_score_each_labelled_unseen_clip_balanced_over_the_
 
 
 def test_held_out_training_speakers_are_scored_as_one_corpus_per_home_corpus():
-    from test import evaluation_corpora
+    from verification import evaluation_corpora
 
     held_out = {"0874d76d": [Path("a.npy"), Path("b.npy")], "11": [Path("c.npy"), Path("d.npy")], "13": [Path("e.npy")], "x": [Path("f.npy")],
                 "1688": [Path("g.npy")]}
@@ -368,7 +360,7 @@ def test_held_out_training_speakers_are_scored_as_one_corpus_per_home_corpus():
 
 def test_an_evaluation_folder_that_is_a_kaldi_dir_with_segments_is_refused_saying_what_to_do(tmp_path):
     from corpus import CorpusError
-    from test import evaluation_corpora
+    from verification import evaluation_corpora
 
     flac = next(TEST_OTHER.rglob("*.flac"))
     (tmp_path / "wav.scp").write_text(f"rec {flac}\n")
