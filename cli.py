@@ -197,8 +197,8 @@ def train(working_dir: str, audio_dirs: tuple[str, ...], genders_file: str | Non
     """
     from corpus import CorpusError
     from feature_cache import build_feature_cache
-    from train import TrainConfig, TrainingError, train_reference_recipe
-    from train import train as train_mode
+    from train import train as train_mode, train_reference_recipe
+    from train_config import TrainConfig, TrainingError
 
     if options.pop("mixed_precision"):
         if options["precision"] not in (None, "mixed"):
@@ -278,7 +278,7 @@ def read_recipe(path: str) -> dict:
     from pathlib import Path
 
     from tasks import resolve_clip_tables
-    from train import TrainConfig
+    from train_config import TrainConfig
 
     try:
         recipe = json.loads(Path(path).read_text())
@@ -430,7 +430,7 @@ def experiment(config_file: str, working_dir: str, readme: str | None, marker: s
     """
     from corpus import CorpusError
     from experiment import results_table, run_experiment, update_readme_table
-    from train import TrainingError
+    from train_config import TrainingError
 
     try:
         csv_path = run_experiment(config_file, working_dir)

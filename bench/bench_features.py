@@ -8,7 +8,7 @@ Figures in audio seconds per CPU second (one core) or per wall-clock second (all
 3. both again on the work after decoding only: each file decoded once, then the reference's
    trim, fbank and frame loop against `audio.mfcc_from_samples` on the same samples (decoding
    is the same libsndfile and soxr in both paths, so this is the part the project can speed up);
-4. `audio.build_feature_cache` over the same files with every core (worker processes), into a
+4. `feature_cache.build_feature_cache` over the same files with every core (worker processes), into a
    temporary folder.
 The one-core figures are CPU time of this process (its pools held to one thread), so other
 jobs on a shared machine lengthen the wall clock but barely these figures; the cache build is

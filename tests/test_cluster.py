@@ -11,7 +11,7 @@ One scenario runs once for the module, and each test states one thing about it:
    tests/cli_on_two_cpus.py) trains the same run, stopped after epoch 1 and resumed as well.
 
 All draw the same global batches (a pure function of seed, epoch and index) and cut them into
-the same per-replica halves (see `train.multi_worker_strategy`); batch normalisation is per
+the same per-replica halves (see `distribution.multi_worker_strategy`); batch normalisation is per
 replica, hence two replicas in the one-worker run too. Both runs are resumed after epoch 1
 because a resume draws new dropout masks: a resumed run differs from an uninterrupted one.
 """
@@ -35,7 +35,7 @@ import numpy as np
 import pytest
 
 import feature_cache
-from train import is_cluster_chief
+from distribution import is_cluster_chief
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_CLEAN = REPO / "samples" / "LibriSpeech" / "train-clean-100"

@@ -13,7 +13,9 @@ import keras
 import feature_cache
 from conv_models import DeepSpeakerModel
 from test import evaluate_checkpoint
-from train import SNAPSHOTS_DIR, TrainConfig, train
+from run_directory import SNAPSHOTS_DIR
+from train import train
+from train_config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

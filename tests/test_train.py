@@ -22,7 +22,8 @@ import pytest
 import feature_cache
 from corpus import CorpusError
 from conv_models import DeepSpeakerModel, load_weights_by_name
-from train import TrainConfig, TrainingError, train, train_reference_recipe
+from train import train, train_reference_recipe
+from train_config import TrainConfig, TrainingError
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
@@ -119,7 +120,8 @@ def test_hard_negative_batches_mine_the_embeddings_of_the_model_being_trained(sa
     as it trains: after a training step, the next refresh of the history embeds with the new weights."""
     from batcher import load_training_data
     from conv_models import embedding_model
-    from train import build_model, make_batches
+    from training_batches import make_batches
+    from training_models import build_model
 
     config = TrainConfig(mode="triplet", hard_negative=True, learning_rate=0.1, **TINY)
     data = load_training_data(samples_cache)
@@ -157,7 +159,8 @@ def short_clips_cache(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("mode, hard_negative", [("triplet", False), ("triplet", True), ("mtl", False)])
 def test_every_triplet_batch_fills_short_clips_as_the_run_pads(short_clips_cache, mode, hard_negative):
     from batcher import load_training_data
-    from train import build_model, make_batches
+    from training_batches import make_batches
+    from training_models import build_model
 
     data = load_training_data(short_clips_cache)
     assert all(len(np.load(entry)) < 160 for entries in data.train.values() for entry in entries)
@@ -185,7 +188,8 @@ def test_every_mtl_batch_gives_each_row_its_own_clips_label_and_masks_clips_with
     """The emotion task reads each clip's label from a clips table (here without the neutral clips' labels), in
     batches of cached features (TripletBatches) and of cached audio (AugmentedTripletBatches) alike."""
     from batcher import load_training_data
-    from train import build_model, label_task_values, make_batches
+    from training_batches import label_task_values, make_batches
+    from training_models import build_model
 
     lines = (emodb_sample / "clips.tsv").read_text().splitlines()
     header = lines[0].split("\t")
@@ -218,7 +222,8 @@ def test_every_mtl_batch_gives_each_row_its_own_clips_label_and_masks_clips_with
 def test_every_triplet_batch_draws_speakers_as_the_run_samples(short_clips_cache, mode):
     """Balanced: anchors and negatives of every speaker alike; else as many as its share of the training utterances (george 8 of 12)."""
     from batcher import load_training_data
-    from train import build_model, make_batches
+    from training_batches import make_batches
+    from training_models import build_model
 
     data = load_training_data(short_clips_cache)
     model = build_model(TrainConfig(mode=mode, **TINY), len(data.speakers))
@@ -295,7 +300,7 @@ def test_impossible_task_and_validation_settings_are_refused_by_the_config(setti
 
 
 def test_a_run_directory_of_an_earlier_version_reads_mixed_precision_as_the_precision_it_meant():
-    from train import upgraded_config
+    from train_config import upgraded_config
 
     assert upgraded_config({"mode": "softmax", "mixed_precision": True}) == {"mode": "softmax", "precision": "mixed"}
     assert upgraded_config({"mode": "softmax", "mixed_precision": False}) == {"mode": "softmax", "precision": "float32"}
@@ -416,7 +421,7 @@ def test_gender_loss_weights_average_over_labelled_rows_only():
 def test_best_checkpoint_follows_the_loss_when_the_monitored_metric_is_missing(tmp_path):
     import keras
 
-    from train import RunCheckpoint
+    from run_directory import RunCheckpoint
 
     model = DeepSpeakerModel(model_size="small").m
     (tmp_path / "config.json").write_text("{}")
@@ -508,7 +513,7 @@ def test_an_unknown_recipe_key_is_refused_naming_it(tmp_path, invoke_cli):
 
 def compiled_small_model():
     """The small softmax model with its optimizer built, as fit() leaves it."""
-    from train import build_model
+    from training_models import build_model
 
     model = build_model(TrainConfig(mode="softmax", model_size="small"), num_speakers=4)
     model.optimizer.build(model.trainable_variables)
