@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audio import gender_label, index_corpus
+from corpus import gender_label, index_corpus
 from fileio import write_atomically, write_json_atomically, write_text_atomically
 from tasks import gender_task, parse_tasks, resolve_clip_tables
 
@@ -251,7 +251,7 @@ def experiment_seeds(config: "ExperimentConfig") -> list[int]:
 
 def check_train_settings(path: Path, where: str, settings) -> dict:
     """A `train` object: TrainConfig fields the runner does not own, each with a value of the field's type."""
-    from train import TrainConfig
+    from train_config import TrainConfig
 
     if not isinstance(settings, dict):
         raise ExperimentConfigError(f"{path}: '{where}' must map TrainConfig fields to values")
@@ -320,7 +320,7 @@ def train_settings(config: ExperimentConfig, name: str) -> dict:
 def training_phases(config: ExperimentConfig, name: str, seed: int) -> list:
     """The TrainConfig of each phase a configuration trains, in order; softmax_triplet's triplet phase
     starts from the softmax phase's best checkpoint (`train_configuration` fills in the path)."""
-    from train import TrainConfig
+    from train_config import TrainConfig
 
     settings = config.configurations[name]
     budget = {k: v for k, v in config.budget.items() if k != "learning_rate"}
@@ -377,7 +377,8 @@ def device_name() -> str:
 
 def train_configuration(working_dir: Path, run_root: Path, config: ExperimentConfig, name: str, seed: int) -> Path:
     """Train one configuration with one seed, phase after phase; returns the run directory whose best.h5 is scored."""
-    from train import BEST_CHECKPOINT, train
+    from run_directory import BEST_CHECKPOINT
+    from train import train
 
     run = None
     for phase in training_phases(config, name, seed):
@@ -391,9 +392,9 @@ def run_experiment(config_path: str | os.PathLike, working_dir: str | os.PathLik
     """Train and score every configuration x seed not scored yet; (re)write the CSV and the plot."""
     import keras
 
-    from audio import build_feature_cache
+    from feature_cache import build_feature_cache
     from test import evaluate_checkpoint
-    from train import BEST_CHECKPOINT
+    from run_directory import BEST_CHECKPOINT
 
     config = load_experiment_config(config_path)
     working_dir = Path(working_dir)

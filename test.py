@@ -141,7 +141,7 @@ def evaluate_checkpoint(
     again on centred crops of every file of that many seconds (`report.durations`). With a calibration beside
     the checkpoint (`calibration.json`), each corpus's figures add those of its LLRs (`calibrated_figures`).
     """
-    from audio import cached_entries
+    from feature_cache import cached_entries
     from inference import Embedder
 
     embedder = Embedder.from_checkpoint(checkpoint_file, precision=precision)

@@ -120,7 +120,7 @@ def test_evaluation_on_unseen_corpora_says_when_trial_speakers_were_seen_in_trai
 
 
 def test_evaluation_scores_the_test_utterances_the_run_recorded_when_the_cache_grew_since(mtl_run, tmp_path, monkeypatch):
-    import audio
+    import feature_cache
     import test as evaluation
 
     working_dir = tmp_path / "work"
@@ -129,7 +129,7 @@ def test_evaluation_scores_the_test_utterances_the_run_recorded_when_the_cache_g
     more.mkdir(parents=True)
     for index, path in enumerate(sorted((SAMPLES / "LibriSpeech" / "test-other").rglob("*.flac"))[:4]):
         shutil.copy(path, more / f"0-{index}.flac")  # Sorted before 19's own utterances: recomputed, the 80 % boundary would move.
-    audio.build_feature_cache(more.parent, working_dir, workers=1, progress=False)
+    feature_cache.build_feature_cache(more.parent, working_dir, workers=1, progress=False)
     scored = {}
     protocol = evaluation.reference_protocol_scores
 
@@ -150,13 +150,13 @@ def test_the_speaker_head_is_scored_by_the_class_order_of_the_runs_speakers_json
     left (26's and 27's). Counted by position among the cached speakers, class 0 would be 26: 0.5."""
     import keras
 
-    import audio
+    import feature_cache
     from fileio import save_model_atomically
 
     corpus = tmp_path / "LibriSpeech"
     shutil.copytree(SAMPLES / "LibriSpeech", corpus, ignore=shutil.ignore_patterns("19"))
     working_dir = tmp_path / "work"
-    audio.build_feature_cache(corpus, working_dir, workers=1, progress=False)
+    feature_cache.build_feature_cache(corpus, working_dir, workers=1, progress=False)
     run = shutil.copytree(mtl_run[0] / "checkpoints-mtl", tmp_path / "run", ignore=shutil.ignore_patterns("tensorboard"))
     assert json.loads((run / "speakers.json").read_text())["speakers"] == ["19", "26", "27"]
     model = keras.models.load_model(run / "best.h5", compile=False)
@@ -240,12 +240,12 @@ def test_verification_lines_show_each_corpus_then_the_pooled_figure_labelled_poo
 def energy_trim_run(tmp_path_factory) -> tuple[Path, Path]:
     """(working dir, best.h5): the bundled LibriSpeech cached (reference trim, as every cache), and beside an
     untrained small model the run files of a run trained with the energy trim, test-other's speakers held out."""
-    import audio
+    import feature_cache
     from conv_models import DeepSpeakerModel
     from fileio import save_model_atomically
 
     working_dir = tmp_path_factory.mktemp("energy_trim_run")
-    audio.build_feature_cache(SAMPLES / "LibriSpeech", working_dir, workers=1, progress=False)
+    feature_cache.build_feature_cache(SAMPLES / "LibriSpeech", working_dir, workers=1, progress=False)
     run = working_dir / "checkpoints-softmax"
     run.mkdir()
     save_model_atomically(DeepSpeakerModel(model_size="small").m, run / "best.h5")
@@ -267,13 +267,13 @@ def test_cached_and_uncached_evaluation_of_the_same_speakers_give_the_same_score
 
 def test_every_cached_utterance_evaluation_embeds_gets_the_checkpoints_trim(energy_trim_run):
     """Reference protocol, identification and probes read training speakers' cache entries: with the run's trim."""
-    import audio
+    import feature_cache
     from inference import Embedder
 
     working_dir, checkpoint = energy_trim_run
     embedder = Embedder.from_checkpoint(checkpoint)
     index = json.loads((working_dir / "corpus.json").read_text())
-    entries = sorted(audio.cache_dir(working_dir).glob("19_*.npy"))
+    entries = sorted(feature_cache.cache_dir(working_dir).glob("19_*.npy"))
     sources = [index["sources"][entry.name] for entry in entries]
     np.testing.assert_allclose(embedder.embed_files(entries), embedder.embed_files(sources), atol=1e-6)
 
@@ -356,3 +356,18 @@ def test_held_out_training_speakers_are_scored_as_one_corpus_per_home_corpus():
     corpora = evaluation_corpora([str(TEST_OTHER)], held_out, {"0874d76d": "CommonVoice-fa", "11": "EmoDB", "13": "EmoDB"})
     assert [(c.name, sorted(c.speakers)) for c in corpora] == [("test-other", ["1688", "1998"]), ("CommonVoice-fa", ["0874d76d"]),
                                                              ("EmoDB", ["11", "13"]), ("held_out", ["x"])]  # 1688 is scored from its folder.
+
+
+def test_an_evaluation_folder_that_is_a_kaldi_dir_with_segments_is_refused_saying_what_to_do(tmp_path):
+    from corpus import CorpusError
+    from verification import evaluation_corpora
+
+    flac = next(TEST_OTHER.rglob("*.flac"))
+    (tmp_path / "wav.scp").write_text(f"rec {flac}\n")
+    (tmp_path / "segments").write_text("rec-a rec 0 1\nrec-b rec 1 2\n")
+    (tmp_path / "utt2spk").write_text("rec-a s\nrec-b s\n")
+    with pytest.raises(CorpusError, match="segments file cuts its recordings.*build-mfcc-cache"):
+        evaluation_corpora([tmp_path], {})
+    (tmp_path / "segments").unlink()  # Whole recordings: scored file by file, as any folder.
+    (tmp_path / "utt2spk").write_text("rec s\n")
+    assert [c.speakers for c in evaluation_corpora([tmp_path], {})] == [{"s": [flac]}]
