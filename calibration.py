@@ -167,7 +167,8 @@ def speakers_to_calibrate_on(checkpoint_file: str | os.PathLike, working_dir: st
     """The speakers a calibration is fitted on: those of `audio_dirs` where given, else the run's calibration
     speakers (its speakers.json) in the cache of `working_dir`; `only` keeps those named. A training speaker of
     the run is refused: its scores are not those of the unseen speakers the calibration will serve."""
-    from audio import cached_entries, index_corpus
+    from corpus import index_corpus
+    from feature_cache import cached_entries
 
     run_file = Path(checkpoint_file).parent / "speakers.json"
     run = json.loads(run_file.read_text()) if run_file.is_file() else {}

@@ -671,8 +671,9 @@ def verify_command(file_a: str, file_b: str, checkpoint_file: str | None, prior:
 def calibrate_model(checkpoint_file: str | None, working_dir: str | None, audio_dirs: tuple[str, ...], speakers: str | None, description: str,
                     durations: str, num_trials: int | None, seed: int, precision: str) -> None:
     """Fit the duration-aware calibration of scores to log-likelihood ratios; write calibration.json beside the checkpoint."""
-    from audio import AudioError, CorpusError
+    from audio import AudioError
     from calibration import calibrate_checkpoint, calibration_file, speakers_to_calibrate_on
+    from corpus import CorpusError
 
     checkpoint_file = _checkpoint(checkpoint_file)
     only = [s.strip() for s in speakers.split(",") if s.strip()] if speakers else None
