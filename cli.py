@@ -392,11 +392,14 @@ _precision_option = click.option("--precision", type=click.Choice(["float32", "b
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Write score histograms, a DET curve and an embedding projection (PNG) here.")
 @click.option("--output", type=click.Path(dir_okay=False), help="JSON of every figure (default: test-model.json beside the checkpoint).")
+@click.option("--score_norm", type=click.Choice(["none", "mean", "asnorm"]), default="none", show_default=True,
+              help="Normalise each corpus's scores against the cohort beside the checkpoint (cohort.npy, `build-cohort`): "
+                   "mean-centring, or adaptive s-norm over the top 50 cohort scores.")
 @click.option("--durations", default="", help="Also score each corpus on centred crops of every file of these seconds, e.g. 1,2,4 "
                                                "(of the front end's frames after the trim; a file no longer is scored whole).")
 @_precision_option
 def test_model(working_dir: str | None, checkpoint_file: str | None, eval_audio_dirs: tuple[str, ...], trials_file: str | None, num_trials: int | None,
-               window: str, seed: int, plots_dir: str | None, output: str | None, durations: str, precision: str) -> None:
+               window: str, seed: int, plots_dir: str | None, output: str | None, score_norm: str, durations: str, precision: str) -> None:
     """Score a checkpoint: the reference's protocol and speaker-disjoint trials.
 
     \b
@@ -415,7 +418,7 @@ def test_model(working_dir: str | None, checkpoint_file: str | None, eval_audio_
     checkpoint_file = _checkpoint(checkpoint_file)
     try:
         report = evaluate_checkpoint(working_dir, checkpoint_file, eval_audio_dirs, trials_file, num_trials, window, seed, plots_dir, precision=precision,
-                                     crop_seconds=_seconds_list(durations, "--durations"))
+                                     crop_seconds=_seconds_list(durations, "--durations"), score_norm=score_norm)
     except (AudioError, CorpusError, ValueError, FileNotFoundError) as error:
         _fail(error)
     if report.reference:
@@ -430,8 +433,11 @@ def test_model(working_dir: str | None, checkpoint_file: str | None, eval_audio_
         labels = clips["labels"]
         click.echo(f"{task} of {len(labels)} clips of {len(set(clips['speakers']))} unseen speakers: "
                    + ", ".join(f"{label} {labels.count(label)}" for label in sorted(set(labels))))
-    click.echo(f"calibration: {report.calibration['description']}" if report.calibration
-               else "no calibration.json beside the checkpoint: no Cllr or actual DCF (fit one with `cli.py calibrate-model`)")
+    if score_norm != "none":
+        click.echo(f"scores normalised with {score_norm}; no Cllr or actual DCF: the calibration was fitted on raw scores")
+    else:
+        click.echo(f"calibration: {report.calibration['description']}" if report.calibration
+                   else "no calibration.json beside the checkpoint: no Cllr or actual DCF (fit one with `cli.py calibrate-model`)")
     for note in report.notes:
         click.echo(f"note: {note}")
     written = report.to_json(output or Path(checkpoint_file).parent / "test-model.json")
@@ -529,6 +535,29 @@ def ship_model_command(checkpoint_file: str, eval_audio_dirs: tuple[str, ...], o
     click.echo((output / "README.md").read_text())
 
 
+@cli.command("build-cohort")
+@_checkpoint_option
+@click.option("--audio_dir", "audio_dirs", multiple=True, required=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder of training speakers (repeatable); each speaker's files make one cohort row. Not the speakers of any test figure.")
+@_precision_option
+def build_cohort_command(checkpoint_file: str | None, audio_dirs: tuple[str, ...], precision: str) -> None:
+    """Write cohort.npy beside the checkpoint, for --score_norm mean or asnorm."""
+    from audio import AudioError
+    from corpus import CorpusError, index_corpus
+    from score_norm import build_cohort
+
+    checkpoint_file = _checkpoint(checkpoint_file)
+    try:
+        speakers: dict[str, list] = {}
+        for directory in audio_dirs:
+            for speaker, utterances in index_corpus(directory).utterances_by_speaker().items():
+                speakers.setdefault(speaker, []).extend(u.path for u in utterances)
+        path = build_cohort(checkpoint_file, speakers, precision)
+    except (AudioError, CorpusError, ValueError, FileNotFoundError) as error:
+        _fail(error)
+    click.echo(f"cohort of {len(speakers)} speakers written to {path}")
+
+
 @cli.command("card-durations")
 @click.option("--results", "results_file", required=True, type=click.Path(exists=True, dir_okay=False),
               help="test-model's JSON of the shipped model, written with --durations (e.g. results/pretrained_durations.json).")
@@ -620,10 +649,12 @@ def embed_command(files_or_dirs: tuple[str, ...], checkpoint_file: str | None, o
               help="Same speaker when the cosine score is at least this, overriding the calibrated decision. Without a calibration.json "
                    f"beside the checkpoint the default is the EER threshold of its model card, else {VERIFY_THRESHOLD}, which is tuned "
                    "to no model: `python cli.py test-model` reports a model's EER threshold.")
+@click.option("--score_norm", type=click.Choice(["none", "mean", "asnorm"]), default="none", show_default=True,
+              help="Normalise the score against the cohort beside the checkpoint (cohort.npy); then give --threshold on the normalised score.")
 @_batch_size_option
 @_precision_option
 def verify_command(file_a: str, file_b: str, checkpoint_file: str | None, prior: float, cost_miss: float, cost_fa: float, threshold: float | None,
-                   batch_size: int, precision: str) -> None:
+                   score_norm: str, batch_size: int, precision: str) -> None:
     """Say whether FILE_A and FILE_B hold the same speaker: cosine score of their whole-utterance embeddings.
 
     With a calibration beside the checkpoint (calibration.json, `calibrate-model`), also the score's
@@ -637,21 +668,25 @@ def verify_command(file_a: str, file_b: str, checkpoint_file: str | None, prior:
 
     from calibration import decide, read_calibration
     from inference import Embedder, audio_file, inspect_checkpoint, verification_threshold
+    from score_norm import normalised_scores, read_cohort
     from verification import EmbeddingsOnce
 
     checkpoint_file = _checkpoint(checkpoint_file)
+    if score_norm != "none" and threshold is None:
+        _fail(ValueError(f"--score_norm {score_norm}: give --threshold; normalised scores have neither a calibration nor a default threshold"))
     try:
         paths = [str(audio_file(file_a)), str(audio_file(file_b))]
         inspect_checkpoint(checkpoint_file)
-        calibration = read_calibration(checkpoint_file)
+        calibration = read_calibration(checkpoint_file) if score_norm == "none" else None
+        cohort = read_cohort(checkpoint_file) if score_norm != "none" else None
         embed = EmbeddingsOnce(Embedder.from_checkpoint(checkpoint_file, batch_size, precision=precision), "mean", np.random.default_rng(0))
         embeddings = embed(paths)
-        score = float(embeddings[0] @ embeddings[1])
+        score = float(normalised_scores(embeddings[:1], embeddings[1:], score_norm, cohort)[0])
         decision = decide(score, (embed.seconds[paths[0]], embed.seconds[paths[1]]), calibration, prior, cost_miss, cost_fa, threshold,
                           verification_threshold(checkpoint_file))
     except (OSError, ValueError) as error:
         _fail(error)
-    if calibration is None:
+    if calibration is None and score_norm == "none":
         click.echo("no calibration.json beside the checkpoint: deciding on the cosine score alone, without an LLR", err=True)
     click.echo(decision.line())
 

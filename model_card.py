@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from fileio import replace_directory, save_model_atomically, write_atomically, write_json_atomically
-from constants import CALIBRATION_FILE_NAME, MODEL_CARD_FILE_NAME, PRETRAINED_CHECKPOINT_NAME
+from constants import CALIBRATION_FILE_NAME, COHORT_FILE_NAME, MODEL_CARD_FILE_NAME, PRETRAINED_CHECKPOINT_NAME
 
 LEARNING_CURVE_COLUMNS = ("epoch", "train_windows", "corpus", "eer", "min_dcf_001", "eer_threshold", "num_trials")
-# calibration.json belongs to the weights it was fitted for: a new shipment drops it until `calibrate-model` fits the new model.
-SHIPPED_FILES = (PRETRAINED_CHECKPOINT_NAME, "config.json", MODEL_CARD_FILE_NAME, "README.md", CALIBRATION_FILE_NAME)
+# calibration.json and cohort.npy belong to the weights they were made with: a new shipment drops them until
+# `calibrate-model` and `build-cohort` make them for the new model.
+SHIPPED_FILES = (PRETRAINED_CHECKPOINT_NAME, "config.json", MODEL_CARD_FILE_NAME, "README.md", CALIBRATION_FILE_NAME, COHORT_FILE_NAME)
 DURATION_COLUMNS = ("eer", "min_dcf_001", "min_cllr", "cllr", "act_dcf_001", "half_total_error", "num_trials")
 
 

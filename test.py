@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from calibration import read_calibration
+from score_norm import read_cohort
 from plots import write_projection_plot, write_score_plots
 from probes import (
     clip_task_accuracies, label_source_files, label_task_accuracies, run_label_tasks, speaker_head_accuracy, speaker_id_accuracy,
@@ -115,6 +116,7 @@ def evaluate_checkpoint(
     trial_scores: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
     precision: str = "float32",
     crop_seconds: Sequence[float] = (),
+    score_norm: str = "none",
 ) -> EvaluationReport:
     """Every figure of a checkpoint on the cache of `working_dir` (and on unseen corpora if given).
 
@@ -140,6 +142,8 @@ def evaluate_checkpoint(
     `precision` is the Embedder's (`precision.resolve_precision`). `crop_seconds` scores each corpus's trials
     again on centred crops of every file of that many seconds (`report.durations`). With a calibration beside
     the checkpoint (`calibration.json`), each corpus's figures add those of its LLRs (`calibrated_figures`).
+    `score_norm` ('mean', 'asnorm': `score_norm.py`, with the cohort beside the checkpoint) normalises each
+    corpus's scores; the calibration, fitted on raw scores, is then left out.
     """
     from feature_cache import cached_entries
     from inference import Embedder
@@ -149,7 +153,8 @@ def evaluate_checkpoint(
     rng = np.random.default_rng(seed)
     features: dict | None = {} if crop_seconds else None  # Decoded once for the whole file and every crop.
     embed = EmbeddingsOnce(embedder, window, rng, features=features)
-    calibration = read_calibration(checkpoint_file)
+    calibration = read_calibration(checkpoint_file) if score_norm == "none" else None
+    cohort = read_cohort(checkpoint_file) if score_norm != "none" else None
     report.calibration = calibration.fitted_on if calibration else None
     entries, genders = cached_entries(working_dir) if working_dir is not None else ({}, {})
     run = read_run_info(checkpoint_file)
@@ -168,10 +173,11 @@ def evaluate_checkpoint(
         corpora = [replace(c, speakers={s: p for s, p in c.speakers.items() if s in trial_speakers}) for c in corpora]
     genders = {**genders, **trial_genders, **(extra_genders or {})}
     report.notes.extend(speaker_notes(corpora, trial_speakers, training_speakers))
-    score_trials_of_unseen_speakers(report, corpora, trial_speakers, embed, trials_file, num_trials, window, seed, plots_dir, trial_scores, calibration)
+    score_trials_of_unseen_speakers(report, corpora, trial_speakers, embed, trials_file, num_trials, window, seed, plots_dir, trial_scores, calibration,
+                                    score_norm, cohort)
     for seconds in crop_seconds if not trials_file else ():
         crops = EmbeddingsOnce(embedder, window, rng, crop_seconds=seconds, features=features)
-        for name, figures in corpus_verification(corpora, crops, num_trials, seed, calibration=calibration)[0].items():
+        for name, figures in corpus_verification(corpora, crops, num_trials, seed, calibration=calibration, score_norm=score_norm, cohort=cohort)[0].items():
             report.durations.setdefault(name, {})[f"{seconds:g}"] = figures
 
     speaker_id = speaker_id_accuracy(embed, splits)
@@ -215,6 +221,7 @@ def speaker_notes(corpora: Sequence[HeldOutCorpus], trial_speakers: dict[str, li
 def score_trials_of_unseen_speakers(
     report: EvaluationReport, corpora: Sequence[HeldOutCorpus], trial_speakers: dict[str, list], embed: EmbeddingsOnce,
     trials_file, num_trials: int | None, window: str, seed: int, plots_dir, trial_scores: dict | None, calibration=None,
+    score_norm: str = "none", cohort: np.ndarray | None = None,
 ) -> None:
     """The pooled (or trial-list) figure in `report.trials` and, without a trial list, each corpus's own in `report.corpora`."""
     from eval_metrics import verification_metrics
@@ -236,7 +243,7 @@ def score_trials_of_unseen_speakers(
     if plots_dir:
         write_score_plots(plots_dir, scores, labels, metrics.eer_threshold)
     if not trials_file:
-        report.corpora, notes = corpus_verification(corpora, embed, num_trials, seed, trial_scores, calibration)
+        report.corpora, notes = corpus_verification(corpora, embed, num_trials, seed, trial_scores, calibration, score_norm, cohort)
         report.notes.extend(notes)
 
 

@@ -153,12 +153,14 @@ def pooled_speakers(corpora: Sequence[HeldOutCorpus]) -> tuple[dict[str, list[Pa
 
 def corpus_verification(
     corpora: Sequence[HeldOutCorpus], embed: Callable[[list], np.ndarray], num_trials: int | None, seed: int,
-    trial_scores: dict[str, tuple[np.ndarray, np.ndarray]] | None = None, calibration=None,
+    trial_scores: dict[str, tuple[np.ndarray, np.ndarray]] | None = None, calibration=None, score_norm: str = "none",
+    cohort: np.ndarray | None = None,
 ) -> tuple[dict[str, dict], list[str]]:
     """EER, minDCF and minCllr of each corpus on trials among its own speakers only, and notes on corpora skipped or cut.
     `trial_scores`, when given, receives each corpus's (scores, labels), in trial order (for bootstraps). With a
     `calibration.Calibration` (then `embed` is an `EmbeddingsOnce`, which knows each file's seconds), also the
-    figures of its LLRs (`calibrated_figures`).
+    figures of its LLRs (`calibrated_figures`). `score_norm` ('mean', 'asnorm' against `cohort`: `score_norm.py`)
+    normalises every score first.
 
     Pooled trials also pair files of different corpora, and such a pair (another channel, often
     another language) is an easy rejection that flatters the pooled EER; a corpus's own figure is
@@ -182,6 +184,11 @@ def corpus_verification(
             notes.append(f"{corpus.name}: {wanted} trials instead of {num_trials}: it has {num_target} same-speaker and {num_nontarget} different-speaker pairs")
         trials = generate_trials(speakers, wanted, seed)
         scores, labels, seconds_a, seconds_b = trial_scores_and_seconds(trials, embed, with_seconds=calibration is not None)
+        if score_norm != "none":
+            from score_norm import normalised_scores
+
+            sides = [embed([str(getattr(t, side)) for t in trials]) for side in ("path1", "path2")]
+            scores = normalised_scores(*sides, score_norm, cohort)
         if trial_scores is not None:
             trial_scores[corpus.name] = (scores, labels)
         metrics = verification_metrics(scores, labels)
