@@ -563,16 +563,21 @@ def build_cohort_command(checkpoint_file: str | None, audio_dirs: tuple[str, ...
               help="test-model's JSON of the shipped model, written with --durations (e.g. results/pretrained_durations.json).")
 @click.option("--pretrained_dir", default="pretrained", show_default=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--note", default="", help="A sentence the card prints under the table (what the figures are, where they are not speaker-disjoint).")
-@click.option("--readme", type=click.Path(exists=True, dir_okay=False), help="Also put the table into this README between <!-- pretrained-durations --> markers.")
+@click.option("--readme", type=click.Path(exists=True, dir_okay=False),
+              help="Also put the table into this README between <!-- pretrained-durations --> markers, and the score normalisations "
+                   "measured beside it (model_card.SCORE_NORM_RESULTS) between <!-- pretrained-score-norm --> markers.")
 def card_durations(results_file: str, pretrained_dir: str, note: str, readme: str | None) -> None:
     """Put the figures by duration and the calibration into the shipped model's card and render its README again."""
+    from pathlib import Path
+
     from experiment import replace_marked_section
-    from model_card import duration_table, record_duration_figures
+    from model_card import duration_table, record_duration_figures, score_norm_table
 
     try:
         card = record_duration_figures(pretrained_dir, results_file, note)
         if readme:
             replace_marked_section(readme, "pretrained-durations", duration_table(card["by_duration"]))
+            replace_marked_section(readme, "pretrained-score-norm", score_norm_table(Path(results_file).parent))
     except (OSError, ValueError, KeyError) as error:
         _fail(error)
     click.echo(duration_table(card["by_duration"]))

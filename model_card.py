@@ -335,3 +335,19 @@ def figures_table(card: dict) -> str:
                   f"within each corpus; `verify` threshold {card['eer_threshold']:.3f}. From `pretrained/model_card.json`."]
     return "\n".join(lines)
 
+
+
+SCORE_NORM_RESULTS = {"none": "pretrained_durations.json", "mean": "pretrained_score_norm_mean.json", "asnorm": "pretrained_score_norm_asnorm.json"}
+
+
+def score_norm_table(results_dir: str | os.PathLike) -> str:
+    """EER and minDCF(0.01) of the shipped model per corpus (whole files) with each score normalisation, from
+    the test-model reports in `results_dir` (`SCORE_NORM_RESULTS`)."""
+    reports = {norm: json.loads((Path(results_dir) / name).read_text())["corpora"] for norm, name in SCORE_NORM_RESULTS.items()}
+    lines = ["| corpus | " + " | ".join(f"EER {norm}" for norm in reports) + " | " + " | ".join(f"minDCF(0.01) {norm}" for norm in reports) + " |",
+             "|---|" + "---:|" * (2 * len(reports))]
+    for corpus in reports["none"]:
+        eers = " | ".join(f"{100 * reports[norm][corpus]['eer']:.2f} %" for norm in reports)
+        dcfs = " | ".join(f"{reports[norm][corpus]['min_dcf_001']:.3f}" for norm in reports)
+        lines.append(f"| {corpus} | {eers} | {dcfs} |")
+    return "\n".join(lines)

@@ -27,7 +27,7 @@ from tasks import entry_sources, gender_task
 from triplet_loss import batch_cosine_similarity  # noqa: F401  (the reference's example imports it from test)
 from verification import (
     EmbeddingsOnce, HeldOutCorpus, corpus_verification, evaluation_corpora, held_out_homes, pooled_speakers, reference_protocol_scores,
-    verification_line,
+    trial_scores_and_seconds, verification_line,
 )
 
 logger = logging.getLogger(__name__)
@@ -225,7 +225,7 @@ def score_trials_of_unseen_speakers(
 ) -> None:
     """The pooled (or trial-list) figure in `report.trials` and, without a trial list, each corpus's own in `report.corpora`."""
     from eval_metrics import verification_metrics
-    from trials import generate_trials, read_trials, score_trials
+    from trials import generate_trials, read_trials
 
     trials = read_trials(trials_file) if trials_file else None
     if trials is None and len(trial_speakers) >= 2:
@@ -233,8 +233,7 @@ def score_trials_of_unseen_speakers(
     if not trials:
         report.notes.append("no speaker-disjoint trials: train with --held_out_speakers, or pass --eval_audio_dir or --trials")
         return
-    paths = sorted({str(p) for trial in trials for p in (trial.path1, trial.path2)})
-    scores, labels = score_trials(trials, dict(zip(paths, embed(paths))))
+    scores, labels, _, _ = trial_scores_and_seconds(trials, embed, False, score_norm, cohort)
     metrics = verification_metrics(scores, labels)
     report.trials = {
         **metrics.__dict__, "num_trials": len(trials), "speakers": None if trials_file else sorted(trial_speakers), "window": window,

@@ -183,12 +183,7 @@ def corpus_verification(
             wanted = 2 * min(num_target, num_nontarget)
             notes.append(f"{corpus.name}: {wanted} trials instead of {num_trials}: it has {num_target} same-speaker and {num_nontarget} different-speaker pairs")
         trials = generate_trials(speakers, wanted, seed)
-        scores, labels, seconds_a, seconds_b = trial_scores_and_seconds(trials, embed, with_seconds=calibration is not None)
-        if score_norm != "none":
-            from score_norm import normalised_scores
-
-            sides = [embed([str(getattr(t, side)) for t in trials]) for side in ("path1", "path2")]
-            scores = normalised_scores(*sides, score_norm, cohort)
+        scores, labels, seconds_a, seconds_b = trial_scores_and_seconds(trials, embed, calibration is not None, score_norm, cohort)
         if trial_scores is not None:
             trial_scores[corpus.name] = (scores, labels)
         metrics = verification_metrics(scores, labels)
@@ -201,13 +196,19 @@ def corpus_verification(
     return figures, notes
 
 
-def trial_scores_and_seconds(trials: Sequence, embed: Callable[[list], np.ndarray], with_seconds: bool = True) -> tuple[np.ndarray, ...]:
-    """(cosine scores, labels, seconds of each first side, of each second side) of the trials; the seconds
-    (of what `embed`, an `EmbeddingsOnce`, embedded of each file) are None without `with_seconds`."""
+def trial_scores_and_seconds(trials: Sequence, embed: Callable[[list], np.ndarray], with_seconds: bool = True, score_norm: str = "none",
+                             cohort: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """(cosine scores, normalised by `score_norm` against `cohort` (`score_norm.py`), labels, seconds of each first side,
+    of each second side) of the trials; the seconds (of what `embed`, an `EmbeddingsOnce`, embedded of each file) are
+    None without `with_seconds`."""
     from trials import score_trials
 
     paths = sorted({str(p) for trial in trials for p in (trial.path1, trial.path2)})
     scores, labels = score_trials(trials, dict(zip(paths, embed(paths))))
+    if score_norm != "none":
+        from score_norm import normalised_scores
+
+        scores = normalised_scores(*(embed([str(getattr(t, side)) for t in trials]) for side in ("path1", "path2")), score_norm, cohort)
     if not with_seconds:
         return scores, labels, None, None
     return scores, labels, *(np.array([embed.seconds[str(getattr(t, side))] for t in trials]) for side in ("path1", "path2"))

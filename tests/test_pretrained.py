@@ -103,6 +103,13 @@ def test_the_cards_figures_by_duration_and_its_calibration_are_those_of_the_resu
     assert card["calibration"] == json.loads((PRETRAINED / "calibration.json").read_text())["fitted_on"]
 
 
+def test_the_shipped_cohort_is_one_unit_float16_row_per_train_clean_100_speaker():
+    cohort = np.load(PRETRAINED / "cohort.npy")
+    speakers = [p for p in (SHARED_DATA / "LibriSpeech" / "train-clean-100").iterdir() if p.is_dir()]
+    assert cohort.dtype == np.float16 and cohort.shape == (len(speakers), 512)
+    np.testing.assert_allclose(np.linalg.norm(cohort.astype(np.float32), axis=1), 1.0, atol=2e-3)
+
+
 def test_verify_without_a_checkpoint_uses_the_shipped_model_and_its_calibration():
     from calibration import read_calibration
     from inference import pretrained_checkpoint

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from experiment import answer_table, results_table
-from model_card import duration_table, figures_table
+from model_card import duration_table, figures_table, score_norm_table
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
@@ -32,6 +32,7 @@ def bench_results() -> dict[str, dict]:
 SECTIONS = {
     ("README.md", "pretrained-model"): lambda: figures_table(json.loads((REPO / "pretrained" / "model_card.json").read_text())),
     ("README.md", "pretrained-durations"): lambda: duration_table(json.loads((REPO / "pretrained" / "model_card.json").read_text())["by_duration"]),
+    ("README.md", "pretrained-score-norm"): lambda: score_norm_table(REPO / "results"),
     ("README.md", "ablation-results"): lambda: results_table(REPO / "results" / "ablation_small.csv"),
     ("README.md", "mtl-results"): lambda: results_table(REPO / "results" / "mtl_vs_single.csv"),
     ("README.md", "mtl-results-answer"): lambda: answer_table(REPO / "results" / "mtl_vs_single_answer.csv"),
