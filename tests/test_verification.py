@@ -57,3 +57,20 @@ def test_one_second_crops_of_the_shipped_model_verify_worse_than_whole_files(emb
     assert figures[1]["num_trials"] == figures[None]["num_trials"] == 105  # The same trials, all pairs of 15 files.
     assert figures[1]["eer"] > figures[None]["eer"]
     assert figures[1]["min_cllr"] > figures[None]["min_cllr"]
+
+
+def test_each_corpus_is_scored_with_the_normalisation_asked_for_against_the_shipped_cohort(embedder, five_test_other_women):
+    from inference import pretrained_checkpoint
+    from score_norm import normalised_scores, read_cohort
+    from trials import generate_trials
+
+    cohort = read_cohort(pretrained_checkpoint())
+    embed = EmbeddingsOnce(embedder, "mean", np.random.default_rng(0))
+    scored = {}
+    for norm in ("none", "asnorm"):
+        corpus_verification([five_test_other_women], embed, None, 0, scored.setdefault(norm, {}), score_norm=norm, cohort=cohort)
+    trials = generate_trials({s: [str(p) for p in paths] for s, paths in five_test_other_women.speakers.items()}, None, 0)
+    sides = [embed([str(getattr(t, side)) for t in trials]) for side in ("path1", "path2")]
+    np.testing.assert_allclose(scored["asnorm"]["test-other"][0], normalised_scores(*sides, "asnorm", cohort), rtol=1e-6)
+    np.testing.assert_allclose(scored["none"]["test-other"][0], np.einsum("td,td->t", *sides), atol=1e-5)
+    assert not np.allclose(scored["asnorm"]["test-other"][0], scored["none"]["test-other"][0])
