@@ -170,6 +170,14 @@ def build_mfcc_cache(working_dir: str, audio_dir: str, workers: int | None, gend
 @click.option("--noise_probability", type=float, help="Augment: chance of babble or coloured noise per window (default 0).")
 @click.option("--band_limit_probability", type=float, help="Augment: chance of band limiting through 8 kHz per window (default 0).")
 @click.option("--spec_mask_probability", type=float, help="Augment: chance of a time and a frequency mask per window (default 0).")
+@click.option("--reverb_probability", type=float, help="Augment: chance of reverberation per window (default 0): rooms of --rir_dir, else simulated shoebox rooms.")
+@click.option("--rir_dir", type=click.Path(file_okay=False), help="Room impulse responses for reverberation: RIRS_NOISES' simulated_rirs/ or any folder of audio.")
+@click.option("--noise_dir", type=click.Path(file_okay=False),
+              help="Noise for --noise_probability instead of babble and coloured noise: MUSAN (noise/ 0-15 dB, music/ 5-15 dB, "
+                   "speech/ 13-20 dB babble of 3 to 7 files) or any folder of audio (0-15 dB).")
+@click.option("--window_seconds", callback=lambda ctx, param, value: parse_window_seconds(value),
+              help="Training windows of variable length: shortest,longest in seconds, e.g. 0.5,2; one length per batch "
+                   "(default: the reference's fixed 160 frames).")
 @click.option("--snapshot_every", type=int, help="Keep snapshots/epoch_<n>.h5 every n epochs, for learning curves (default 0: none).")
 @click.option("--validation_split", type=float,
               help="Validate on this share of each speaker's training utterances (e.g. 0.1), so the test utterances stay unseen by model selection "
@@ -243,6 +251,19 @@ def is_lost_worker_error(error: Exception) -> bool:
     message = str(error)
     return kind.__name__ in ("UnavailableError", "AbortedError", "DeadlineExceededError") or any(
         sign in message for sign in ("Collective ops is aborted", "tasks are unhealthy", "Socket closed"))
+
+
+def parse_window_seconds(value: str | None) -> list[float] | None:
+    """--window_seconds "0.5,2" -> [0.5, 2.0]; TrainConfig checks the range."""
+    if value is None:
+        return None
+    try:
+        seconds = [float(part) for part in value.split(",")]
+    except ValueError:
+        seconds = []
+    if len(seconds) != 2:
+        raise click.BadParameter(f"expected shortest,longest in seconds, e.g. 0.5,2; got {value!r}")
+    return seconds
 
 
 def read_tasks_option(value: str) -> dict:

@@ -292,6 +292,11 @@ def test_impossible_settings_are_refused_before_training(samples_cache, tmp_path
         ({"mode": "mtl", "validation_split": 1.5}, r"validation_split must be in \[0, 1\)"),
         ({"mode": "triplet", "hard_negative": True, "trim": "energy"}, "hard_negative mining reads the cached features"),
         ({"mode": "softmax", "precision": "bfloat16"}, "precision must be one of auto, float32, mixed; got 'bfloat16'"),
+        ({"mode": "softmax", "window_seconds": [2, 0.5]}, r"window_seconds must be shortest first, each at least 0.2 s; got \[2, 0.5\]"),
+        ({"mode": "softmax", "window_seconds": [0.1, 2]}, "each at least 0.2 s"),
+        ({"mode": "softmax", "window_seconds": "0.5-2"}, r"window_seconds must be \[shortest, longest\] in seconds"),
+        ({"mode": "triplet", "hard_negative": True, "window_seconds": [0.5, 2]}, "hard_negative mining keeps a history of fixed-length windows"),
+        ({"mode": "softmax", "rir_dir": "rooms"}, "rir_dir is read by reverberation: give reverb_probability > 0"),
     ],
 )
 def test_impossible_task_and_validation_settings_are_refused_by_the_config(settings, message):
