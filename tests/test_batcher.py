@@ -246,17 +246,3 @@ def test_variable_windows_give_each_batch_one_length_in_the_range_seeded_varying
     variable.on_epoch_end()
     assert [variable[i][0].shape[1] for i in range(8)] != lengths  # Another epoch, other lengths.
 
-
-def test_a_model_trains_on_batches_of_variable_length(training_data):
-    import keras
-
-    from train_config import TrainConfig
-    from training_models import build_model
-
-    config = TrainConfig(mode="softmax", model_size="small", window_seconds=[0.4, 0.8])
-    batches = SpeakerClassBatches(training_data.train, training_data.speakers, 6, 3, seed=0, window_frames=config.window_frames)
-    keras.utils.set_random_seed(0)
-    model = build_model(config, len(training_data.speakers))
-    history = model.fit(batches, epochs=1, verbose=0)
-    assert np.isfinite(history.history["loss"][0]) and int(model.optimizer.iterations) == 3
-    assert len({batches[i][0].shape[1] for i in range(3)}) > 1

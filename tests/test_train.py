@@ -478,7 +478,8 @@ def test_mtl_with_the_shipped_recipe_trains_declared_tasks_on_augmented_triplets
     the triplet term, and a validation split taken from the training utterances."""
     recipe = json.loads((REPO / "recipes" / "pretrained_small.json").read_text())
     recipe.update({"mode": "mtl", "epochs": 1, "steps_per_epoch": 2, "batch_size": 12, "validation_steps": 1, "audio_dirs": [],
-                   "triplet_loss_weight": 1.0, "validation_split": 0.25})
+                   "triplet_loss_weight": 1.0, "validation_split": 0.25,
+                   "window_seconds": [0.5, 1.0], "reverb_probability": 0.5})  # Variable windows and simulated rooms, streamed by the workers.
     recipe_file = tmp_path / "recipe.json"
     recipe_file.write_text(json.dumps(recipe))
     tasks = {"language": {"labels": {"LibriSpeech": "en", "CommonVoice-fa": "fa"}, "loss": "binary", "weight": 0.5}}
@@ -493,6 +494,8 @@ def test_mtl_with_the_shipped_recipe_trains_declared_tasks_on_augmented_triplets
     (row,) = metrics_rows(run)
     for column in ("speaker_pred_accuracy", "gender_pred_binary_accuracy", "language_pred_binary_accuracy", "ln_loss", "val_language_pred_loss"):
         assert np.isfinite(float(row[column])), column
+    config = json.loads((run / "config.json").read_text())
+    assert (config["window_seconds"], config["reverb_probability"]) == ([0.5, 1.0], 0.5)
     speakers = json.loads((run / "speakers.json").read_text())
     assert speakers["tasks"]["language"]["classes"] == ["en", "fa"] and speakers["speeds"] == [1.0, 0.9, 1.1]
     split = json.loads((run / "split.json").read_text())
