@@ -529,3 +529,12 @@ def compiled_small_model():
     model = build_model(TrainConfig(mode="softmax", model_size="small"), num_speakers=4)
     model.optimizer.build(model.trainable_variables)
     return model
+
+
+def test_a_recipes_noise_and_room_folders_are_relative_to_the_recipe_file(tmp_path, invoke_cli):
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    recipe_file = recipes / "recipe.json"
+    recipe_file.write_text(json.dumps({"mode": "softmax", "noise_probability": 0.5, "noise_dir": "../musan"}))
+    result = invoke_cli("train", "--working_dir", tmp_path / "work", "--recipe", recipe_file)
+    assert result.exit_code == 1 and f"--noise_dir {(tmp_path / 'musan').resolve()}: no such folder" in result.stderr
