@@ -10,9 +10,10 @@
   function of (seed, k).
 
 RAM stays bounded: folders are indexed (paths only) when a run starts; noise is read as the
-stretch a window needs (soundfile seeks), impulse responses are read or simulated when first
-drawn and kept in an LRU cache of `RIR_CACHE_FILES`. Every draw takes the batch's generator, so
-a batch is the same whatever the cache holds and however many threads read batches.
+stretch a window needs (soundfile seeks); impulse responses are read or simulated when first
+drawn, then kept: a folder's in an LRU cache of `RIR_CACHE_FILES`, the simulated rooms all (a
+few MB). Every draw takes the batch's generator, so a batch is the same whatever the cache holds
+and however many threads read batches.
 """
 
 from __future__ import annotations
@@ -148,7 +149,8 @@ class RoomImpulseResponses:
     def __init__(self, folder: str | os.PathLike | None, seed: int = 0, cache_files: int = RIR_CACHE_FILES):
         self.files = audio_files(folder, "--rir_dir") if folder is not None else None
         self.seed = seed
-        self.cache = LruCache(cache_files)
+        # Simulated rooms are all kept (a few MB): simulating one costs a hundred times its convolution.
+        self.cache = LruCache(cache_files if self.files is not None else SIMULATED_ROOMS)
 
     def __len__(self) -> int:
         return len(self.files) if self.files is not None else SIMULATED_ROOMS
