@@ -117,7 +117,8 @@ def build_mfcc_cache(working_dir: str, audio_dir: str, workers: int | None, gend
     that cannot be read (empty, silent, corrupt, too short) are skipped and listed at the end.
     Run it once per corpus with the same WORKING_DIR to train on several corpora together.
     """
-    from audio import CorpusError, build_feature_cache
+    from corpus import CorpusError
+    from feature_cache import build_feature_cache
 
     try:
         report = build_feature_cache(audio_dir, working_dir, workers=workers, genders_file=genders_file, waveform_trim=waveform_trim)
@@ -197,7 +198,8 @@ def train(working_dir: str, audio_dirs: tuple[str, ...], genders_file: str | Non
     config.json, speakers.json, split.json, best.h5 (loads by layer name), latest-<epoch>.weights.h5,
     state.json, metrics.csv and TensorBoard logs.
     """
-    from audio import CorpusError, build_feature_cache
+    from corpus import CorpusError
+    from feature_cache import build_feature_cache
     from train import train as train_mode, train_reference_recipe
     from train_config import TrainConfig, TrainingError
 
@@ -346,7 +348,7 @@ def train_model(ctx: click.Context, working_dir: str, pre_training_phase: bool) 
               help="The reference's training and test windows per speaker; unused: training draws its windows as it runs.")
 def build_keras_inputs(working_dir: str, counts_per_speaker: str) -> None:
     """The reference's step that wrote every training window to disk: not needed here, so it only says so."""
-    from audio import cache_dir
+    from feature_cache import cache_dir
 
     cache = cache_dir(working_dir)
     click.echo(f"build-keras-inputs is not needed: training streams its batches from the feature cache of build-mfcc-cache ({cache}). "
@@ -411,7 +413,8 @@ def test_model(working_dir: str | None, checkpoint_file: str | None, eval_audio_
     """
     from pathlib import Path
 
-    from audio import AudioError, CorpusError
+    from audio import AudioError
+    from corpus import CorpusError
     from test import evaluate_checkpoint
 
     checkpoint_file = _checkpoint(checkpoint_file)
@@ -447,7 +450,7 @@ def experiment(config_file: str, working_dir: str, readme: str | None, marker: s
 
     Runs that finished are skipped when the command runs again.
     """
-    from audio import CorpusError
+    from corpus import CorpusError
     from experiment import results_table, run_experiment, update_readme_table
     from train_config import TrainingError
 

@@ -35,17 +35,17 @@ from pathlib import Path
 
 import numpy as np
 
-from audio import gender_label, index_corpus
+from corpus import gender_label, index_corpus
 from fileio import write_atomically, write_json_atomically, write_text_atomically
 from tasks import gender_task, parse_tasks, resolve_clip_tables
 
 logger = logging.getLogger(__name__)
 
 RECIPES = ("softmax", "softmax_triplet", "mtl", "mtl_triplet")
-# Label-task accuracies on the unseen speakers (`test.label_task_accuracies`): per file, then per speaker (each speaker
+# Label-task accuracies on the unseen speakers (`probes.label_task_accuracies`): per file, then per speaker (each speaker
 # once, its files' mean probability deciding), then `<task>_speakers`, the unseen speakers of each label ("7 F, 14 M").
 TASK_COLUMN_SUFFIXES = ("_acc_head", "_acc_probe", "_acc_head_per_speaker", "_acc_probe_per_speaker", "_speakers")
-# A per-clip task's (`test.clip_task_accuracies`): balanced accuracies over the unseen speakers' labelled clips, then
+# A per-clip task's (`probes.clip_task_accuracies`): balanced accuracies over the unseen speakers' labelled clips, then
 # `<task>_clips`, those clips per label ("49 anger, 31 boredom, ..."), and `<task>_speakers`, how many speakers they are of.
 CLIP_TASK_COLUMN_SUFFIXES = ("_acc_head", "_acc_probe", "_clips", "_speakers")
 # Every CSV starts with these; one `eer_<corpus>`, `min_dcf_<corpus>` pair per held-out corpus follows (`csv_columns`).
@@ -292,7 +292,7 @@ def held_out_corpora(config: ExperimentConfig) -> list[str]:
     """Names of the held-out corpora, in the recipe's order, as `EvaluationReport.corpora` keys them; last,
     each training folder that held-out training speakers come from (`test.evaluation_corpora` scores
     each folder's on their own, e.g. CommonVoice-fa and EmoDB)."""
-    from test import corpus_names
+    from verification import corpus_names
 
     names = list(dict.fromkeys(corpus_names(config.held_out_audio_dirs)))
     kept_out = set(config.held_out_training_speakers)
@@ -394,7 +394,7 @@ def run_experiment(config_path: str | os.PathLike, working_dir: str | os.PathLik
     """Train and score every configuration x seed not scored yet; (re)write the CSV and the plot."""
     import keras
 
-    from audio import build_feature_cache
+    from feature_cache import build_feature_cache
     from test import evaluate_checkpoint
     from run_directory import BEST_CHECKPOINT
 

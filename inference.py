@@ -38,7 +38,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from audio import AudioError, entry_features, natural_key, pad_mfcc, read_mfcc
+from audio import AudioError, pad_mfcc, read_mfcc
+from corpus import natural_key
+from feature_cache import entry_features
 from constants import (
     AUDIO_EXTENSIONS,
     EMBEDDING_SIZE,
@@ -137,7 +139,7 @@ REFERENCE_FRONTEND = FrontEnd()
 
 def read_features(paths: Sequence[str | os.PathLike], frontend: FrontEnd = REFERENCE_FRONTEND) -> list[np.ndarray]:
     """Features of each file with the front end's trim, whether it is audio (`audio.read_mfcc`) or a
-    feature-cache entry (`.npy`, `audio.entry_features`: as cached for the cache's own trim, else
+    feature-cache entry (`.npy`, `feature_cache.entry_features`: as cached for the cache's own trim, else
     made again from its audio), so that a checkpoint is scored on the features it was trained on
     wherever evaluation reads the cache. The one reader of features for embedding and evaluation.
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from audio import waveform_cache_dir
+from feature_cache import waveform_cache_dir
 from augment import NO_AUGMENTATION
 from batcher import (
     AugmentedBatches,

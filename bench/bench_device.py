@@ -62,7 +62,7 @@ from constants import (  # noqa: E402  (constants.py imports nothing: safe witho
 TARGETS = {"train_windows_per_s": 10_000, "inference_windows_per_s": 30_000}  # bf16, one H100/H200-class GPU.
 TARGET_POLICY = "mixed_bfloat16"
 RESULT_PREFIX = "RESULT "
-CORPUS_INDEX_FILE_NAME = "corpus.json"  # audio.CORPUS_INDEX_FILE_NAME; audio.py needs soundfile, so not imported here.
+CORPUS_INDEX_FILE_NAME = "corpus.json"  # feature_cache.CORPUS_INDEX_FILE_NAME; feature_cache.py needs soundfile, so not imported here.
 TINY = {
     "model_size": "small", "speakers": 6, "utterances": 4, "pool_size": 6, "policies": "mixed_bfloat16,float32",
     "train_batch_sizes": "6", "infer_batch_sizes": "8", "train_windows": 12, "e2e_windows": 12,
@@ -106,7 +106,7 @@ def normalised_features(rng: np.random.Generator, frames: int) -> np.ndarray:
 
 
 def build_synthetic_cache(working_dir: Path, speakers: int, utterances: int, pool_size: int, seed: int = 0) -> dict:
-    """A feature cache in the layout of `audio.build_feature_cache`, of random features; returns its figures.
+    """A feature cache in the layout of `feature_cache.build_feature_cache`, of random features; returns its figures.
 
     `corpus.json` lists `speakers` x `utterances` entries `audio-fbanks/<speaker>_<utterance>.npy`,
     hard links to `pool_size` distinct random files of LibriSpeech-like lengths, so the cache

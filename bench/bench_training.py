@@ -39,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from audio import CORPUS_INDEX_FILE_NAME, cache_dir  # noqa: E402
+from feature_cache import CORPUS_INDEX_FILE_NAME, cache_dir  # noqa: E402
 from fileio import write_json_atomically  # noqa: E402
 from batcher import SpeakerClassBatches, TripletBatches, load_training_data, read_window  # noqa: E402
 from constants import BATCH_SIZE, NUM_FBANKS, NUM_FRAMES  # noqa: E402

@@ -12,6 +12,7 @@ import soundfile
 
 import audio
 import augment_sources
+import feature_cache
 from augment import AugmentConfig, FolderSources, augmented_window_features, window_samples
 from augment_sources import LruCache, NoiseFolder, RoomImpulseResponses, reverberate, simulated_rir
 from batcher import AugmentedBatches
@@ -168,9 +169,9 @@ def test_augmented_windows_with_folder_noise_and_reverberation_are_seeded_and_ch
 
 def test_streamed_augmented_batches_read_the_folders_and_draw_the_same_batch_again(musan, rirs_noises, tmp_path):
     working_dir = tmp_path / "work"
-    audio.build_feature_cache(REPO / "samples" / "LibriSpeech" / "train-clean-100", working_dir, workers=1, progress=False, waveform_trim="energy")
-    entries, _ = audio.cached_entries(working_dir)
-    waveforms = audio.waveform_cache_dir(working_dir, "energy")
+    feature_cache.build_feature_cache(REPO / "samples" / "LibriSpeech" / "train-clean-100", working_dir, workers=1, progress=False, waveform_trim="energy")
+    entries, _ = feature_cache.cached_entries(working_dir)
+    waveforms = feature_cache.waveform_cache_dir(working_dir, "energy")
     utterances = {s: [waveforms / e.name for e in entries[s]] for s in sorted(entries)}
     config = AugmentConfig(noise_probability=1.0, reverb_probability=1.0, noise_dir=str(musan), rir_dir=str(rirs_noises))
     first = AugmentedBatches(utterances, sorted(entries), 6, 2, config, seed=1)

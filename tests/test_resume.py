@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-import audio
+import feature_cache
 from conv_models import DeepSpeakerModel
 from test_train import (  # noqa: F401  (samples_cache is a fixture: imported, it serves this module's tests too)
     REPO,
@@ -149,7 +149,7 @@ def grow_speaker(tmp_path: Path, working_dir: Path, speaker: str, count: int) ->
     folder.mkdir(parents=True)
     for index, path in enumerate(sorted((SAMPLES / "LibriSpeech" / "test-other").rglob("*.flac"))[:count]):
         shutil.copy(path, folder / f"0-{index}.flac")
-    audio.build_feature_cache(folder.parent, working_dir, workers=1, progress=False)
+    feature_cache.build_feature_cache(folder.parent, working_dir, workers=1, progress=False)
 
 
 def started_run(working_dir: Path, config: TrainConfig) -> Path:
@@ -168,7 +168,7 @@ def test_a_resume_on_a_cache_whose_training_speakers_changed_stops_naming_them(s
     working_dir = fresh_copy(samples_cache, tmp_path)
     config = TrainConfig(mode="softmax", held_out_speakers=["1688"], **TINY)
     started_run(working_dir, config)
-    audio.build_feature_cache(copy_speakers(tmp_path, {"p225": 2}), working_dir, workers=1, progress=False)
+    feature_cache.build_feature_cache(copy_speakers(tmp_path, {"p225": 2}), working_dir, workers=1, progress=False)
     with pytest.raises(TrainingError, match=r"speakers.json: the training speakers changed since this run started \(added p225\)"):
         train(working_dir, config)
 

@@ -19,8 +19,8 @@ import h5py
 import numpy as np
 import pytest
 
-import audio
-from audio import CorpusError
+import feature_cache
+from corpus import CorpusError
 from conv_models import DeepSpeakerModel, load_weights_by_name
 from train import train, train_reference_recipe
 from train_config import TrainConfig, TrainingError
@@ -36,7 +36,7 @@ TINY = {"model_size": "small", "epochs": 2, "steps_per_epoch": 2, "validation_st
 def samples_cache(tmp_path_factory) -> Path:
     """Feature cache of the bundled LibriSpeech subset: 5 speakers, 32 utterances, all with genders."""
     working_dir = tmp_path_factory.mktemp("samples_cache")
-    audio.build_feature_cache(SAMPLES / "LibriSpeech", working_dir, workers=2, progress=False)
+    feature_cache.build_feature_cache(SAMPLES / "LibriSpeech", working_dir, workers=2, progress=False)
     return working_dir
 
 
@@ -106,7 +106,7 @@ def test_reference_recipe_starts_triplet_training_from_the_softmax_checkpoint(sa
 
 def test_mtl_run_trains_speaker_and_gender_heads_and_the_triplet_term_on_shared_librispeech(tmp_path):
     working_dir = tmp_path / "work"
-    audio.build_feature_cache(SHARED_DATA / "LibriSpeech" / "test-other", working_dir, workers=2, progress=False)
+    feature_cache.build_feature_cache(SHARED_DATA / "LibriSpeech" / "test-other", working_dir, workers=2, progress=False)
     run = train(working_dir, TrainConfig(mode="mtl", triplet_loss_weight=0.5, gender_loss_weight=0.3, held_out_speakers=["367", "533"], **TINY))
     assert RUN_FILES <= {p.name for p in run.iterdir()}
     row = metrics_rows(run)[-1]
@@ -152,7 +152,7 @@ def short_clips_cache(tmp_path_factory) -> Path:
         for path in sorted((SHARED_DATA / "FSDD" / speaker).glob("*.wav"))[:count]:
             shutil.copy(path, corpus / speaker / path.name)
     working_dir = tmp_path_factory.mktemp("fsdd_cache")
-    audio.build_feature_cache(corpus, working_dir, workers=1, progress=False)
+    feature_cache.build_feature_cache(corpus, working_dir, workers=1, progress=False)
     return working_dir
 
 
@@ -179,7 +179,7 @@ def test_every_triplet_batch_fills_short_clips_as_the_run_pads(short_clips_cache
 def emodb_cache(tmp_path_factory, emodb_sample) -> Path:
     """Cached features and energy-trimmed audio of four EmoDB actors (10 M, 11 M, 13 F, 14 F), one clip per emotion each."""
     working_dir = tmp_path_factory.mktemp("emodb_cache")
-    audio.build_feature_cache(emodb_sample, working_dir, workers=1, progress=False, waveform_trim="energy")
+    feature_cache.build_feature_cache(emodb_sample, working_dir, workers=1, progress=False, waveform_trim="energy")
     return working_dir
 
 
@@ -241,7 +241,7 @@ def test_mtl_on_own_data_without_gender_labels_trains_the_speaker_head_only(tmp_
         for path in sorted((SHARED_DATA / "FSDD" / speaker).glob("*.wav"))[:6]:
             shutil.copy(path, corpus / speaker / path.name)
     working_dir = tmp_path / "work"
-    audio.build_feature_cache(corpus, working_dir, workers=2, progress=False)
+    feature_cache.build_feature_cache(corpus, working_dir, workers=2, progress=False)
     with caplog.at_level(logging.WARNING):
         run = train(working_dir, TrainConfig(mode="mtl", **TINY))
     assert "no training speaker has a gender label: Hive-MTL trains without the gender head" in caplog.text
@@ -330,13 +330,13 @@ def copy_speakers(tmp_path: Path, files_per_speaker: dict[str, int]) -> Path:
 
 
 def test_a_single_speaker_corpus_is_refused_with_what_is_missing(tmp_path):
-    audio.build_feature_cache(copy_speakers(tmp_path, {"p225": 4}), tmp_path / "work", workers=1, progress=False)
+    feature_cache.build_feature_cache(copy_speakers(tmp_path, {"p225": 4}), tmp_path / "work", workers=1, progress=False)
     with pytest.raises(CorpusError, match="at least 2 speakers"):
         train(tmp_path / "work", TrainConfig(mode="softmax", **TINY))
 
 
 def test_triplets_from_speakers_with_one_utterance_each_are_refused(tmp_path):
-    audio.build_feature_cache(copy_speakers(tmp_path, {"p225": 1, "p226": 1}), tmp_path / "work", workers=1, progress=False)
+    feature_cache.build_feature_cache(copy_speakers(tmp_path, {"p225": 1, "p226": 1}), tmp_path / "work", workers=1, progress=False)
     with pytest.raises(CorpusError, match="at least 2 training utterances"):
         train(tmp_path / "work", TrainConfig(mode="triplet", **TINY))
 
