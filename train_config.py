@@ -121,6 +121,8 @@ class TrainConfig:
             raise ValueError(f"window_seconds must be shortest first, each at least {MIN_WINDOW_FRAMES * WINDOW_STEP_S:g} s; got {list(seconds)}")
         if self.hard_negative:
             raise ValueError("hard_negative mining keeps a history of fixed-length windows: it cannot be combined with window_seconds")
+        if self.steps_per_epoch == 1:  # training_batches.make_batches checks the number it computes when none is given.
+            raise ValueError("window_seconds needs at least 2 batches per epoch (Keras reads the window length of the first two); steps_per_epoch is 1")
 
     @property
     def augment(self) -> AugmentConfig:

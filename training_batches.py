@@ -45,6 +45,8 @@ def make_batches(config: TrainConfig, data: TrainingData, model: keras.Model, fi
     loader = {"workers": config.input_workers, "use_multiprocessing": False, "max_queue_size": 2 * config.input_workers}
     num_utterances = sum(len(entries) for entries in data.train.values())
     steps = config.steps_per_epoch or (TRIPLET_STEPS_PER_EPOCH if config.mode == "triplet" else max(1, num_utterances // config.batch_size))
+    if config.window_frames is not None and steps < 2:  # Keras would type the frame axis from one batch's length.
+        raise ValueError(f"window_seconds needs at least 2 batches per epoch (Keras reads the window length of the first two); this run has {steps}")
     seed = config.seed
     validation_pool = {s: e for s, e in (data.validation if config.validation_split else data.test).items() if e}
     if config.mode == "triplet" and not config.validation_split:

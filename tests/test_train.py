@@ -277,6 +277,7 @@ def test_train_without_a_cache_says_to_build_it_first(tmp_path, invoke_cli):
         (["--mode", "softmax", "--mixed_precision", "--precision", "float32"], "--mixed_precision is --precision mixed; it contradicts --precision float32"),
         (["--mode", "softmax", "--window_seconds", "0.5"], "--window_seconds: expected shortest,longest in seconds, e.g. 0.5,2; got '0.5'"),
         (["--mode", "softmax", "--window_seconds", "2,0.5"], "window_seconds must be shortest first, each at least 0.2 s; got [2.0, 0.5]"),
+        (["--mode", "softmax", "--window_seconds", "0.5,2", "--steps_per_epoch", "1"], "window_seconds needs at least 2 batches per epoch"),
         (["--mode", "softmax", "--reverb_probability", "0.5", "--rir_dir", "no_such_rooms"], "--rir_dir no_such_rooms: no such folder"),
     ],
 )
