@@ -18,6 +18,7 @@ from python_speech_features import get_filterbanks
 
 from constants import (
     AUDIO_EXTENSIONS,
+    FFMPEG_EXTENSIONS,
     ENERGY_TRIM_TOP_DB,
     FFT_CHUNK_FRAMES,
     MEL_BLOCKS,
@@ -49,23 +50,32 @@ class AudioError(ValueError):
 # Decoding and trimming.
 
 
-def read_audio(filename: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode a FLAC, WAV, MP3 or OGG file to mono float32 at `sample_rate`, as `librosa.load` would.
+def read_audio(filename: str | os.PathLike, sample_rate: int = SAMPLE_RATE, segment: tuple[float, float | None] | None = None) -> np.ndarray:
+    """Decode an audio file of AUDIO_EXTENSIONS to mono float32 at `sample_rate`, as `librosa.load` would.
 
-    soundfile decodes, channels are averaged, and soxr 'HQ' resamples (librosa's default), so the
-    samples are identical to the reference's.
+    soundfile decodes FLAC, WAV, MP3 and OGG, FFmpeg (PyAV) decodes AAC/M4A, Opus and WebM;
+    channels are averaged, and soxr 'HQ' resamples (librosa's default), so the samples of the
+    formats librosa reads are identical to the reference's. `segment` (start, end) in seconds
+    (end None: to the end) keeps that span of the recording, cut before resampling as if it were
+    a file of its own (a Kaldi `segments` utterance).
     """
     path = Path(filename)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such audio file")
-    if path.suffix.lower() not in AUDIO_EXTENSIONS:
+    suffix = path.suffix.lower()
+    if suffix not in AUDIO_EXTENSIONS:
         raise AudioError(path, f"unsupported format {path.suffix!r} (expected one of {', '.join(AUDIO_EXTENSIONS)})")
     if path.stat().st_size == 0:
         raise AudioError(path, "the file is empty (0 bytes)")
-    try:
-        samples, file_rate = soundfile.read(path, dtype="float32", always_2d=True)
-    except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
-        raise AudioError(path, f"corrupt or not audio ({error})") from None
+    if suffix in FFMPEG_EXTENSIONS:
+        samples, file_rate = decode_with_ffmpeg(path, segment)
+    else:
+        try:
+            samples, file_rate = decode_with_soundfile(path, segment)
+        except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
+            if suffix != ".ogg":
+                raise AudioError(path, f"corrupt or not audio ({error})") from None
+            samples, file_rate = decode_with_ffmpeg(path, segment)  # An Ogg codec this libsndfile lacks (Opus before 1.0.29, FLAC in Ogg).
     if samples.size == 0:
         raise AudioError(path, "the file holds no audio samples")
     mono = samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1, dtype=np.float32)
@@ -74,6 +84,56 @@ def read_audio(filename: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> n
         expected_length = int(np.ceil(len(samples) * sample_rate / file_rate))
         mono = _fix_length(mono, expected_length)
     return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def segment_frames(path: Path, segment: tuple[float, float | None], rate: int, length: int) -> slice:
+    """The frames of `segment` (start, end) seconds in a recording of `length` frames; an end past the recording stops at its end."""
+    start, end = segment
+    first = int(round(start * rate))
+    last = length if end is None else min(length, int(round(end * rate)))
+    where = f"the segment {start:g}-{'end' if end is None else f'{end:g}'} s"
+    if first >= length:
+        raise AudioError(path, f"{where} starts after the end of the recording ({length / rate:g} s)")
+    if last <= first:
+        raise AudioError(path, f"{where} is empty")
+    return slice(first, last)
+
+
+def decode_with_soundfile(path: Path, segment: tuple[float, float | None] | None = None) -> tuple[np.ndarray, int]:
+    """(samples, rate) as float32 (frames, channels); a segment is read by seeking, not by decoding the whole recording."""
+    with soundfile.SoundFile(path) as sound:
+        if segment is None or sound.frames == 0:
+            return sound.read(dtype="float32", always_2d=True), sound.samplerate
+        frames = segment_frames(path, segment, sound.samplerate, sound.frames)
+        sound.seek(frames.start)
+        return sound.read(frames.stop - frames.start, dtype="float32", always_2d=True), sound.samplerate
+
+
+def decode_with_ffmpeg(path: Path, segment: tuple[float, float | None] | None = None) -> tuple[np.ndarray, int]:
+    """(samples, rate) of the first audio stream, float32 shaped (frames, channels) as soundfile gives them.
+
+    The decoder's samples are only converted to float, never resampled here, so every format
+    goes through the same soxr resampling in `read_audio`.
+    """
+    import av  # Imported here: only these formats need FFmpeg, and machines that never read them can lack it.
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise AudioError(path, "no audio stream in the file")
+            stream = container.streams.audio[0]
+            to_float = av.AudioResampler(format="fltp")  # Planar float at the stream's own rate and layout.
+            blocks = [converted.to_ndarray() for frame in container.decode(stream) for converted in to_float.resample(frame)]
+            blocks += [converted.to_ndarray() for converted in to_float.resample(None)]  # What the converter still holds.
+            rate = stream.codec_context.sample_rate
+    except av.FFmpegError as error:
+        raise AudioError(path, f"corrupt or not audio ({error.strerror or type(error).__name__})") from None
+    if not blocks:
+        return np.zeros((0, 1), dtype=np.float32), rate
+    samples = np.concatenate(blocks, axis=1).T
+    if segment is not None:
+        samples = samples[segment_frames(path, segment, rate, len(samples))]
+    return np.ascontiguousarray(samples, dtype=np.float32), rate
 
 
 def _fix_length(samples: np.ndarray, length: int) -> np.ndarray:

@@ -103,25 +103,30 @@ def version() -> None:
 
 @cli.command("build-mfcc-cache")
 @click.option("--working_dir", required=True, type=click.Path(file_okay=False), help="Folder for the cache and everything trained from it.")
-@click.option("--audio_dir", required=True, type=click.Path(file_okay=False), help="LibriSpeech folder, or <root>/<speaker>/**/*.wav|flac|mp3|ogg.")
+@click.option("--audio_dir", type=click.Path(file_okay=False),
+              help="Corpus folder: LibriSpeech, VoxCeleb, CN-Celeb, <root>/<speaker>/**/<audio>, or a Kaldi data directory.")
+@click.option("--data_dir", type=click.Path(file_okay=False), help="Kaldi data directory (wav.scp, utt2spk or spk2utt; segments, spk2gender).")
 @click.option("--workers", type=int, default=None, help="Worker processes (default: all cores).")
 @click.option("--genders", "genders_file", type=click.Path(dir_okay=False),
               help="Speaker table with 'speaker' and 'gender' (F/M) columns, tab or comma separated. Default: SPEAKERS.TXT, "
                    "speaker-info.txt or speakers.tsv found in or above the corpus.")
 @click.option("--waveforms", "waveform_trim", type=click.Choice(["reference", "energy", "none"]),
               help="Also cache the decoded audio, trimmed this way, for training with augmentation (--trim of train).")
-def build_mfcc_cache(working_dir: str, audio_dir: str, workers: int | None, genders_file: str | None, waveform_trim: str | None) -> None:
+def build_mfcc_cache(working_dir: str, audio_dir: str | None, data_dir: str | None, workers: int | None, genders_file: str | None,
+                     waveform_trim: str | None) -> None:
     """Compute 64 normalised filterbanks of every file into WORKING_DIR/audio-fbanks/.
 
     Entries already cached are skipped, so an interrupted build resumes where it stopped. Files
     that cannot be read (empty, silent, corrupt, too short) are skipped and listed at the end.
     Run it once per corpus with the same WORKING_DIR to train on several corpora together.
     """
-    from corpus import CorpusError
+    from corpus import CorpusError, kaldi_data_dir
     from feature_cache import build_feature_cache
 
+    if (audio_dir is None) == (data_dir is None):
+        raise click.UsageError("give one of --audio_dir and --data_dir")
     try:
-        report = build_feature_cache(audio_dir, working_dir, workers=workers, genders_file=genders_file, waveform_trim=waveform_trim)
+        report = build_feature_cache(audio_dir or kaldi_data_dir(data_dir), working_dir, workers=workers, genders_file=genders_file, waveform_trim=waveform_trim)
     except (CorpusError, FileNotFoundError, ValueError) as error:
         _fail(error)
     click.echo(report.summary())

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from audio import AudioError, features_of_voiced, frame_length_and_step, mfcc_from_samples, read_audio, read_mfcc, trim
+from audio import AudioError, features_of_voiced, frame_length_and_step, mfcc_from_samples, read_audio, trim
 from constants import CACHE_DIR_NAME, SAMPLE_RATE, TRIM_MODES, WAVEFORM_CACHE_DIR_NAME
 from corpus import Corpus, CorpusError, index_corpus, natural_key
 from fileio import save_npy_atomically, write_json_atomically
@@ -49,14 +49,16 @@ class CacheReport:
         return "\n".join(lines)
 
 
-def _cache_one(job: tuple[str, str | None, str | None, str]) -> tuple[str, str | None]:
-    """Worker: features (and trimmed audio) of one file into its cache entries.
+def _cache_one(job: tuple[str, tuple[float, float | None] | None, str | None, str | None, str]) -> tuple[str, str | None]:
+    """Worker: features (and trimmed audio) of one file, or one segment of it, into its cache entries.
 
-    Returns (audio path, problem or None). The audio is decoded once for both entries.
+    Returns (the audio, problem or None). The audio is decoded once for both entries.
     """
-    audio_path, feature_target, waveform_target, waveform_trim = job
+    audio_path, segment, feature_target, waveform_target, waveform_trim = job
+    if segment is not None:
+        audio_path = f"{audio_path} ({segment[0]:g}-{'end' if segment[1] is None else f'{segment[1]:g}'} s)"  # How a failure names it.
     try:
-        samples = read_audio(audio_path, SAMPLE_RATE)
+        samples = read_audio(job[0], SAMPLE_RATE, segment)
         if feature_target:
             save_npy_atomically(Path(feature_target), mfcc_from_samples(samples, SAMPLE_RATE, audio_path, CACHE_TRIM))
         if waveform_target:
@@ -96,7 +98,8 @@ def build_feature_cache(
             raise ValueError(f"waveform trim must be one of {', '.join(TRIM_MODES)}; got {waveform_trim!r}")
         waveform_dir.mkdir(parents=True, exist_ok=True)
     report = CacheReport(target_dir)
-    jobs = []
+    failed: set[str] = set()  # Entry names.
+    jobs, job_entries = [], []
     for utterance in corpus.utterances:
         target = target_dir / utterance.cache_name
         waveform_target = waveform_dir / utterance.cache_name if waveform_dir else None
@@ -105,7 +108,8 @@ def build_feature_cache(
         if feature_job is None and waveform_job is None:
             report.skipped_existing += 1
         else:
-            jobs.append((str(utterance.path), feature_job, waveform_job, waveform_trim or "none"))
+            jobs.append((str(utterance.path), utterance.segment, feature_job, waveform_job, waveform_trim or "none"))
+            job_entries.append(utterance.cache_name)
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1))
     if jobs:
         bar = tqdm(total=len(jobs), desc="features", unit="file", disable=not progress)
@@ -114,17 +118,17 @@ def build_feature_cache(
         else:
             executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
             results = executor.map(_cache_one, jobs, chunksize=max(1, min(32, len(jobs) // (workers * 4))))
-        for audio_path, problem in results:
+        for entry, (audio_path, problem) in zip(job_entries, results):
             bar.update()
             if problem is None:
                 report.written += 1
             else:
                 report.failed.append((audio_path, problem))
+                failed.add(entry)
         bar.close()
         if workers > 1:
             executor.shutdown()
-    failed = {path for path, _ in report.failed}
-    cached = [u for u in corpus.utterances if str(u.path) not in failed]
+    cached = [u for u in corpus.utterances if u.cache_name not in failed]
     write_corpus_index(working_dir, Corpus(corpus.root, cached, corpus.genders))
     return report
 
@@ -154,7 +158,7 @@ def check_entry_sources(working_dir: str | os.PathLike, corpus: Corpus) -> None:
 
 
 def write_corpus_index(working_dir: str | os.PathLike, corpus: Corpus) -> Path:
-    """Record the cached corpus (speaker -> utterances, genders, entry -> source file) so training needs no audio.
+    """Record the cached corpus (speaker -> utterances, genders, entry -> source file and segment) so training needs no audio.
 
     Caches built from several corpora into one working dir add up: the index is merged.
     """
@@ -166,6 +170,9 @@ def write_corpus_index(working_dir: str | os.PathLike, corpus: Corpus) -> Path:
     sources = index.setdefault("sources", {})
     unknown = {f"{s}_{u}.npy" for s, utterances in index["speakers"].items() for u in utterances} - set(sources)  # Listed by older code.
     sources.update({u.cache_name: str(u.path.resolve()) for u in corpus.utterances if u.cache_name not in unknown})
+    segments = {u.cache_name: list(u.segment) for u in corpus.utterances if u.segment is not None}
+    if segments:  # Entries of a Kaldi `segments` utterance: the span of their source, [start, end or null] seconds.
+        index.setdefault("segments", {}).update(segments)
     for speaker, utterances in corpus.utterances_by_speaker().items():
         merged = set(index["speakers"].get(speaker, [])) | {u.utterance for u in utterances}
         index["speakers"][speaker] = sorted(merged, key=natural_key)
@@ -205,9 +212,9 @@ def entry_features(entry: str | os.PathLike, trim_mode: str = CACHE_TRIM) -> np.
     if not entry.is_file():
         raise FileNotFoundError(f"{entry}: no such feature-cache entry")
     working_dir = entry.parent.parent
-    source = _recorded_sources(working_dir).get(entry.name) if entry.parent.name == CACHE_DIR_NAME else None
+    source, segment = _recorded_sources(working_dir).get(entry.name, (None, None)) if entry.parent.name == CACHE_DIR_NAME else (None, None)
     if source is not None and source.is_file():
-        return read_mfcc(source, SAMPLE_RATE, trim_mode)
+        return mfcc_from_samples(read_audio(source, SAMPLE_RATE, segment), SAMPLE_RATE, source, trim_mode)
     waveform = waveform_cache_dir(working_dir, trim_mode) / entry.name
     if waveform.is_file():
         return features_of_voiced(np.load(waveform).astype(np.float32), SAMPLE_RATE, entry)
@@ -216,8 +223,8 @@ def entry_features(entry: str | os.PathLike, trim_mode: str = CACHE_TRIM) -> np.
                             f"(build-mfcc-cache --waveforms {trim_mode} keeps it)")
 
 
-def _recorded_sources(working_dir: Path) -> dict[str, Path]:
-    """Entry name -> audio file, from the corpus.json of `working_dir` ({} without one); read once per version of the file."""
+def _recorded_sources(working_dir: Path) -> dict[str, tuple[Path, tuple[float, float | None] | None]]:
+    """Entry name -> (audio file, segment or None), from the corpus.json of `working_dir` ({} without one); read once per version of the file."""
     path = working_dir / CORPUS_INDEX_FILE_NAME
     try:
         stat = path.stat()
@@ -227,8 +234,10 @@ def _recorded_sources(working_dir: Path) -> dict[str, Path]:
 
 
 @lru_cache(maxsize=8)
-def _sources_of_index(path: str, mtime_ns: int, size: int) -> dict[str, Path]:
-    return {name: Path(source) for name, source in json.loads(Path(path).read_text()).get("sources", {}).items()}
+def _sources_of_index(path: str, mtime_ns: int, size: int) -> dict[str, tuple[Path, tuple[float, float | None] | None]]:
+    index = json.loads(Path(path).read_text())
+    segments = index.get("segments", {})
+    return {name: (Path(source), tuple(segments[name]) if name in segments else None) for name, source in index.get("sources", {}).items()}
 
 
 def read_corpus_index(working_dir: str | os.PathLike) -> dict:

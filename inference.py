@@ -79,7 +79,7 @@ def expand_audio_paths(files_or_dirs: Iterable[str | os.PathLike]) -> list[Path]
     """Audio files named by `files_or_dirs` (folders searched recursively), sorted, without repeats.
 
     Raises FileNotFoundError for a path that does not exist, ValueError for a folder without
-    audio files, AudioError for a file that is not FLAC, WAV, MP3 or OGG.
+    audio files, AudioError for a file whose extension is not one of AUDIO_EXTENSIONS.
     """
     found: dict[Path, Path] = {}
     for item in files_or_dirs:

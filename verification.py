@@ -92,12 +92,15 @@ def evaluation_corpora(eval_audio_dirs: Sequence[str | os.PathLike], held_out: d
     """One corpus per folder given (a folder given twice counts once), then the run's held-out speakers
     that no folder given holds, one corpus per home (`held_out_homes`: speaker -> the name of the training
     corpus it comes from; `held_out` for a speaker without one)."""
-    from corpus import index_corpus
+    from corpus import CorpusError, index_corpus
 
     corpora: dict[str, HeldOutCorpus] = {}
     for name, directory in zip(corpus_names(eval_audio_dirs), eval_audio_dirs):
         if name not in corpora:
             corpus = index_corpus(directory)
+            if any(u.segment for u in corpus.utterances):
+                raise CorpusError(f"{directory}: a Kaldi segments file cuts its recordings, but an evaluation folder is scored file by file; "
+                                  "cache it with build-mfcc-cache and hold its speakers out of training instead")
             speakers = {speaker: [u.path for u in utterances] for speaker, utterances in corpus.utterances_by_speaker().items()}
             corpora[name] = HeldOutCorpus(name, str(directory), speakers, dict(corpus.genders))
     listed = {speaker for corpus in corpora.values() for speaker in corpus.speakers}

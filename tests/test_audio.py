@@ -7,12 +7,14 @@ from pathlib import Path
 import librosa
 import numpy as np
 import pytest
+import scipy.signal
 import soundfile
 from python_speech_features import fbank
 
 import audio
 from audio import AudioError
 from constants import NUM_FBANKS, SAMPLE_RATE
+from encoded_audio import encode
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
@@ -134,7 +136,7 @@ def test_missing_file_raises_file_not_found_naming_it(tmp_path):
         ("corrupt.flac", b"fLaC" + bytes(range(256)) * 8, "corrupt"),
         ("notes.wav", b"these are meeting notes, not a recording\n" * 20, "corrupt or not audio"),
         ("voice.mp3", b"ID3" + bytes(64), "corrupt or not audio|holds no audio samples"),
-        ("voice.m4a", b"\x00\x00\x00\x20ftypM4A " + bytes(64), "unsupported format"),
+        ("voice.wma", b"0&\xb2u\x8ef\xcf\x11" + bytes(64), "unsupported format"),
     ],
 )
 def test_unreadable_files_raise_audio_error_naming_file_and_problem(tmp_path, name, content, problem):
@@ -207,3 +209,80 @@ def test_repeat_padding_tiles_the_frames_of_a_short_clip():
     assert padded.shape == (8, NUM_FBANKS)
     np.testing.assert_array_equal(padded[[0, 3, 6]], mfcc[[0, 0, 0]])
     np.testing.assert_array_equal(padded[[2, 5]], mfcc[[2, 2]])
+
+
+# ---------------------------------------------------------------------------------------------- AAC/M4A, Opus (FFmpeg)
+
+
+@pytest.mark.parametrize("source", ["16k-flac", "48k-wav", "22k-stereo-wav"])
+def test_an_alac_m4a_decodes_to_exactly_the_samples_of_its_source(tmp_path, source):
+    """Lossless in M4A: the same samples, so FFmpeg's path downmixes and resamples exactly as soundfile's does."""
+    if source == "22k-stereo-wav":
+        mono, _ = librosa.load(LIBRI_1255, sr=22_050)
+        path = write_wav(tmp_path / "stereo_22k.wav", np.stack([mono, 0.5 * mono[::-1]], axis=1), 22_050)
+    else:
+        path = {"16k-flac": LIBRI_1255, "48k-wav": PHILIPPE_001}[source]
+    m4a = encode(path, tmp_path / "speech.m4a", "alac")
+    np.testing.assert_array_equal(audio.read_audio(m4a), audio.read_audio(path))
+
+
+def test_an_ogg_that_libsndfile_cannot_read_is_decoded_by_ffmpeg(tmp_path):
+    ogg = encode(LIBRI_1255, tmp_path / "speech.ogg", "flac")  # FLAC in Ogg: libsndfile 1.2 refuses it.
+    with pytest.raises(soundfile.LibsndfileError):
+        soundfile.read(ogg)
+    np.testing.assert_array_equal(audio.read_audio(ogg), audio.read_audio(LIBRI_1255))
+
+
+# bench/codec_error.py (results/codec_error.json), on 33 files of ../shared/data re-encoded as here: the RMS
+# difference of the features of the same span (unit-variance frames, so 1 is the size of the features
+# themselves) was at most 0.36 for AAC at 64 kb/s, 0.62 for Opus at 32 kb/s and 0.63 at 16 kb/s in WebM,
+# against at least 1.25 between two different utterances.
+LOSSY = [(LIBRI_1255, "aac", ".m4a", 64_000, None, 0.45), (PHILIPPE_001, "libopus", ".opus", 32_000, 48_000, 0.75),
+         (LIBRI_1255, "libopus", ".webm", 16_000, 48_000, 0.75)]
+
+
+@pytest.mark.parametrize("path, codec, extension, bit_rate, rate, tolerance", LOSSY, ids=["16k-flac-as-aac-m4a", "48k-wav-as-opus", "16k-flac-as-opus-webm"])
+def test_aac_and_opus_give_the_features_of_their_source_within_the_codecs_error(tmp_path, path, codec, extension, bit_rate, rate, tolerance):
+    source = audio.read_audio(path)
+    decoded = audio.read_audio(encode(path, tmp_path / f"speech{extension}", codec, bit_rate, rate))
+    head = slice(0, 2 * SAMPLE_RATE)
+    lags = scipy.signal.correlation_lags(len(decoded[head]), len(source[head]))
+    assert lags[np.argmax(scipy.signal.correlate(decoded[head], source[head]))] == 0  # The encoder's priming samples are dropped.
+    assert 0 <= len(decoded) - len(source) < 1024  # At most the padding of the last codec frame.
+    magnitude = np.abs(source)
+    loud = np.flatnonzero(magnitude > audio.silence_threshold(magnitude))
+    span = slice(loud[0], loud[-1])  # The source's reference trim: the codec's noise moves the trim's own edges.
+    expected = audio.features_of_voiced(source[span])
+    error = np.sqrt(np.mean(np.square(audio.features_of_voiced(decoded[span]) - expected)))
+    assert error < tolerance
+    assert audio.read_mfcc(tmp_path / f"speech{extension}").shape[1] == NUM_FBANKS
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_damaged_m4a_raises_a_one_line_audio_error_naming_the_file(tmp_path, damage):
+    path = tmp_path / "voice.m4a"
+    if damage == "truncated":  # Cut in half: the index of an M4A that ffmpeg writes comes last.
+        whole = encode(LIBRI_1255, tmp_path / "whole.m4a", "aac", 64_000).read_bytes()
+        path.write_bytes(whole[: len(whole) // 2])
+    else:
+        path.write_bytes(b"\x00\x00\x00\x20ftypM4A " + bytes(range(256)) * 4)
+    with pytest.raises(AudioError, match="corrupt or not audio") as caught:
+        audio.read_mfcc(path)
+    assert str(caught.value).startswith(f"{path}: ") and "\n" not in str(caught.value)
+
+
+# ---------------------------------------------------------------------------------------------- segments (Kaldi)
+
+
+def test_a_segment_is_read_as_if_its_span_of_the_recording_were_a_file_of_its_own(tmp_path):
+    np.testing.assert_array_equal(audio.read_audio(LIBRI_1255, segment=(0.5, 2.25)), audio.read_audio(LIBRI_1255)[8_000:36_000])
+    samples, rate = soundfile.read(PHILIPPE_001, dtype="int16")  # 48 kHz: the span is cut before resampling.
+    span = write_wav(tmp_path / "span.wav", samples[rate : 4 * rate], rate)
+    np.testing.assert_array_equal(audio.read_audio(PHILIPPE_001, segment=(1.0, 4.0)), audio.read_audio(span))
+    m4a = encode(LIBRI_1255, tmp_path / "speech.m4a", "alac")  # FFmpeg's formats too.
+    np.testing.assert_array_equal(audio.read_audio(m4a, segment=(3.0, None)), audio.read_audio(LIBRI_1255)[48_000:])
+
+
+def test_a_segment_past_the_end_of_its_recording_raises_audio_error_naming_the_file():
+    with pytest.raises(AudioError, match=r"1255-90413-0001\.flac: the segment 60-61 s starts after the end of the recording \(6\.49 s\)"):
+        audio.read_audio(LIBRI_1255, segment=(60.0, 61.0))

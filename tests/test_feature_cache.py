@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import soundfile
 
-from audio import AudioError, read_audio, read_mfcc, trim
+from audio import AudioError, mfcc_from_samples, read_audio, read_mfcc, trim
 from constants import SAMPLE_RATE
 from corpus import CorpusError, natural_key
+from encoded_audio import encode
 from feature_cache import build_feature_cache, cache_dir, entry_features, read_corpus_index, waveform_cache_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,3 +143,42 @@ def test_a_cache_entry_read_with_another_trim_has_the_features_its_audio_gets_wi
     (waveform_cache_dir(work, "energy") / entry.name).unlink()
     with pytest.raises(AudioError, match=f"{entry.name}: cached with the reference trim; the energy trim needs its audio, but its audio .* is missing"):
         entry_features(entry, "energy")
+
+
+# ---------------------------------------------------------------------------------------------- VoxCeleb2 M4A, Kaldi segments
+
+
+def test_a_voxceleb2_m4a_corpus_is_cached_under_its_id_folders(tmp_path):
+    """VoxCeleb2 `dev/aac/<id>/<video>/<n>.m4a` (AAC, 16 kHz), encoded here from LibriSpeech test-other."""
+    for speaker, source in (("id00012", "1688"), ("id00015", "1998")):
+        for index, path in enumerate(sorted((SAMPLES / "LibriSpeech" / "test-other" / source).rglob("*.flac"))[:2], start=1):
+            target = tmp_path / "vox2" / "dev" / "aac" / speaker / "21Uxsk56VDQ" / f"{index:05d}.m4a"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            encode(path, target, "aac", 64_000)
+    (tmp_path / "vox2" / "vox2_meta.csv").write_text("VoxCeleb2 ID ,VGGFace2 ID ,Gender ,Set \nid00012 ,n000012 ,m ,dev \nid00015 ,n000015 ,f ,dev \n")
+    report = build_feature_cache(tmp_path / "vox2", tmp_path / "work", workers=1, progress=False)
+    assert (report.written, report.failed) == (4, [])
+    assert json.loads((tmp_path / "work" / "corpus.json").read_text())["genders"] == {"id00012": "M", "id00015": "F"}
+    assert json.loads((tmp_path / "work" / "corpus.json").read_text())["speakers"] == {
+        "id00012": ["21Uxsk56VDQ-00001", "21Uxsk56VDQ-00002"], "id00015": ["21Uxsk56VDQ-00001", "21Uxsk56VDQ-00002"]}
+    m4a = tmp_path / "vox2" / "dev" / "aac" / "id00015" / "21Uxsk56VDQ" / "00002.m4a"
+    np.testing.assert_array_equal(np.load(cache_dir(tmp_path / "work") / "id00015_21Uxsk56VDQ-00002.npy"), read_mfcc(m4a))
+
+
+def test_kaldi_segments_are_cached_as_the_features_of_their_span(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "wav.scp").write_text(f"rec1 {LIBRI_1255}\nrec2 {PHILIPPE_001}\n")
+    (data / "segments").write_text("rec1-a rec1 0.5 2.25\nrec1-b rec1 3 -1\nrec1-c rec1 60 61\nrec2-a rec2 1 4\n")
+    (data / "utt2spk").write_text("rec1-a 1255\nrec1-b 1255\nrec1-c 1255\nrec2-a philippe\n")
+    report = build_feature_cache(data, tmp_path / "work", workers=1, progress=False, waveform_trim="energy")
+    assert report.written == 3
+    assert report.failed == [(f"{LIBRI_1255} (60-61 s)", "the segment 60-61 s starts after the end of the recording (6.49 s)")]
+    index = json.loads((tmp_path / "work" / "corpus.json").read_text())
+    assert index["speakers"] == {"1255": ["rec1-a", "rec1-b"], "philippe": ["rec2-a"]}  # The recording's other segments are kept.
+    assert index["segments"] == {"1255_rec1-a.npy": [0.5, 2.25], "1255_rec1-b.npy": [3.0, None], "philippe_rec2-a.npy": [1.0, 4.0]}
+    for entry, path, segment in (("1255_rec1-a", LIBRI_1255, (0.5, 2.25)), ("1255_rec1-b", LIBRI_1255, (3.0, None)), ("philippe_rec2-a", PHILIPPE_001, (1.0, 4.0))):
+        span = read_audio(path, segment=segment)
+        np.testing.assert_array_equal(np.load(cache_dir(tmp_path / "work") / f"{entry}.npy"), mfcc_from_samples(span))
+        np.testing.assert_array_equal(entry_features(cache_dir(tmp_path / "work") / f"{entry}.npy", "energy"), mfcc_from_samples(span, trim_mode="energy"))
+    assert len(read_audio(PHILIPPE_001, segment=(1.0, 4.0))) == 3 * SAMPLE_RATE

@@ -356,3 +356,18 @@ def test_held_out_training_speakers_are_scored_as_one_corpus_per_home_corpus():
     corpora = evaluation_corpora([str(TEST_OTHER)], held_out, {"0874d76d": "CommonVoice-fa", "11": "EmoDB", "13": "EmoDB"})
     assert [(c.name, sorted(c.speakers)) for c in corpora] == [("test-other", ["1688", "1998"]), ("CommonVoice-fa", ["0874d76d"]),
                                                              ("EmoDB", ["11", "13"]), ("held_out", ["x"])]  # 1688 is scored from its folder.
+
+
+def test_an_evaluation_folder_that_is_a_kaldi_dir_with_segments_is_refused_saying_what_to_do(tmp_path):
+    from corpus import CorpusError
+    from verification import evaluation_corpora
+
+    flac = next(TEST_OTHER.rglob("*.flac"))
+    (tmp_path / "wav.scp").write_text(f"rec {flac}\n")
+    (tmp_path / "segments").write_text("rec-a rec 0 1\nrec-b rec 1 2\n")
+    (tmp_path / "utt2spk").write_text("rec-a s\nrec-b s\n")
+    with pytest.raises(CorpusError, match="segments file cuts its recordings.*build-mfcc-cache"):
+        evaluation_corpora([tmp_path], {})
+    (tmp_path / "segments").unlink()  # Whole recordings: scored file by file, as any folder.
+    (tmp_path / "utt2spk").write_text("rec s\n")
+    assert [c.speakers for c in evaluation_corpora([tmp_path], {})] == [{"s": [flac]}]
