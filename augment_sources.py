@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
-import soxr
 from scipy.signal import oaconvolve
 
 from audio import AudioError, read_audio
@@ -35,7 +34,6 @@ from constants import (
     FOLDER_NOISE_CATEGORY,
     MUSAN_BABBLE_SPEAKERS,
     MUSAN_SNR_DB,
-    RESAMPLE_QUALITY,
     RIR_CACHE_FILES,
     SAMPLE_RATE,
     SIMULATED_MAX_ORDER,
@@ -82,20 +80,17 @@ class LruCache:
 
 
 def read_stretch(path: Path, length: int, rng: np.random.Generator) -> np.ndarray:
-    """A random stretch of `length` samples at SAMPLE_RATE (mono), reading only that stretch; all of a shorter file."""
+    """A random stretch of `length` samples at SAMPLE_RATE (mono), or all of a shorter file; `audio.read_audio`
+    decodes only that stretch where libsndfile can seek (WAV, FLAC: MUSAN), the whole file otherwise."""
     try:
-        with soundfile.SoundFile(path) as audio:
-            needed = int(np.ceil(length * audio.samplerate / SAMPLE_RATE)) + 1
-            start = int(rng.integers(0, max(0, audio.frames - needed) + 1))
-            audio.seek(start)
-            samples = audio.read(min(needed, audio.frames - start), dtype="float32", always_2d=True)
-            rate = audio.samplerate
-    except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
-        raise AudioError(path, f"noise file cannot be read ({error})") from None
-    mono = samples.mean(axis=1, dtype=np.float32)
-    if rate != SAMPLE_RATE and len(mono):
-        mono = soxr.resample(mono, rate, SAMPLE_RATE, quality=RESAMPLE_QUALITY)
-    return mono[:length]
+        duration = soundfile.info(path).duration
+    except (soundfile.LibsndfileError, RuntimeError, TypeError):  # FFmpeg's formats; or not audio, which read_audio says.
+        samples = read_audio(path)
+        first = int(rng.integers(0, max(0, len(samples) - length) + 1))
+        return samples[first : first + length]
+    seconds = length / SAMPLE_RATE
+    start = float(rng.uniform(0.0, max(0.0, duration - seconds)))
+    return read_audio(path, segment=(start, start + seconds))[:length]
 
 
 class NoiseFolder:

@@ -153,7 +153,7 @@ def test_an_empty_missing_or_unreadable_folder_is_refused_naming_it(tmp_path, mu
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "noise.wav").write_bytes(b"RIFF not really a wave file" * 10)
-    with pytest.raises(audio.AudioError, match=f"{broken / 'noise.wav'}: noise file cannot be read"):
+    with pytest.raises(audio.AudioError, match=f"{broken / 'noise.wav'}: corrupt or not audio"):
         NoiseFolder(broken).draw(1000, np.random.default_rng(0))
 
 
