@@ -58,10 +58,9 @@ def normalised_scores(first: np.ndarray, second: np.ndarray, method: str, cohort
 def build_cohort(checkpoint_file: str | os.PathLike, speakers: dict[str, list], precision: str = "float32") -> Path:
     """Write `cohort.npy` beside the checkpoint: each speaker's mean whole-file embedding, L2-normalised, float16."""
     from inference import Embedder
-    from verification import EmbeddingsOnce
 
-    embed = EmbeddingsOnce(Embedder.from_checkpoint(checkpoint_file, precision=precision), "mean", np.random.default_rng(0))
-    means = np.stack([embed([str(p) for p in paths]).mean(axis=0) for paths in speakers.values() if paths])
+    embedder = Embedder.from_checkpoint(checkpoint_file, precision=precision)
+    means = np.stack([embedder.embed_files(paths).mean(axis=0) for paths in speakers.values() if paths])
     path = cohort_file(checkpoint_file)
     save_npy_atomically(path, l2_normalize(means).astype(np.float16))
     return path

@@ -37,3 +37,21 @@ def test_a_normalisation_without_a_cohort_or_of_an_unknown_name_is_refused():
 def test_verify_with_a_score_normalisation_asks_for_a_threshold_before_any_work(invoke_cli):
     result = invoke_cli("verify", "samples/PhilippeRemy/PhilippeRemy_001.wav", "samples/PhilippeRemy/PhilippeRemy_002.wav", "--score_norm", "asnorm")
     assert result.exit_code == 1 and "--score_norm asnorm: give --threshold" in result.output
+
+
+def test_build_cohort_writes_one_unit_float16_mean_embedding_per_speaker_beside_the_checkpoint(tmp_path, invoke_cli):
+    import shutil
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    for name in ("model.h5", "config.json"):
+        shutil.copy(repo / "pretrained" / name, tmp_path / name)
+    for speaker in ("19", "26", "27"):  # Two files of each of three training speakers.
+        (tmp_path / "speakers" / speaker).mkdir(parents=True)
+        for path in sorted((repo / "samples" / "LibriSpeech" / "train-clean-100" / speaker).rglob("*.flac"))[:2]:
+            shutil.copy(path, tmp_path / "speakers" / speaker / path.name)
+    result = invoke_cli("build-cohort", "--checkpoint_file", tmp_path / "model.h5", "--audio_dir", tmp_path / "speakers")
+    assert result.exit_code == 0, result.output
+    cohort = np.load(tmp_path / "cohort.npy")
+    assert cohort.dtype == np.float16 and cohort.shape == (3, 512)  # Speakers 19, 26, 27.
+    np.testing.assert_allclose(np.linalg.norm(cohort.astype(np.float32), axis=1), 1.0, atol=2e-3)
