@@ -54,7 +54,8 @@ class EvaluationReport:
 
     checkpoint: str
     reference: dict | None = None
-    trials: dict | None = None  # Pooled over every corpus, or the given trial list.
+    trials: dict | None = None  # Pooled over every corpus, or the one given trial list.
+    trial_lists: dict[str, dict] = field(default_factory=dict)  # Given trial list name -> its figures.
     corpora: dict[str, dict] = field(default_factory=dict)  # Corpus name -> its own verification figures.
     heads: dict = field(default_factory=dict)  # Accuracies of the embedding (probes, identification) and of task heads.
     unseen_labels: dict[str, dict[str, int]] = field(default_factory=dict)  # Task -> label -> unseen speakers carrying it.
@@ -74,10 +75,9 @@ class EvaluationReport:
 
     def verification_lines(self) -> list[str]:
         """One line per held-out corpus, then the pooled (or trial-list) line: what test-model prints."""
-        rows = list(self.corpora.items())
-        if self.trials:
-            trials_file = self.trials.get("trials_file")
-            rows.append((f"trial list {Path(trials_file).name}" if trials_file else "pooled (all corpora)", self.trials))
+        rows = list(self.corpora.items()) + [(f"trial list {name}", figures) for name, figures in self.trial_lists.items()]
+        if self.trials and not self.trial_lists:
+            rows.append(("pooled (all corpora)", self.trials))
         width = max((len(name) for name, _ in rows), default=0)
         return [f"{name:<{width}}  {verification_line(figures)}" for name, figures in rows]
 
@@ -324,7 +324,7 @@ def evaluate_checkpoint(
     working_dir: str | os.PathLike | None,
     checkpoint_file: str | os.PathLike,
     eval_audio_dirs: tuple[str, ...] = (),
-    trials_file: str | os.PathLike | None = None,
+    trials_file: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     num_trials: int | None = None,
     window: str = "mean",
     seed: int = 0,
@@ -334,6 +334,7 @@ def evaluate_checkpoint(
     label_tasks: Sequence | None = None,
     trial_scores: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
     precision: str = "float32",
+    trials_root: str | os.PathLike | None = None,
 ) -> EvaluationReport:
     """Every figure of a checkpoint on the cache of `working_dir` (and on unseen corpora if given).
 
@@ -356,13 +357,18 @@ def evaluate_checkpoint(
 
     `held_out_speakers` restricts the unseen speakers to those named; `extra_genders` adds
     gender labels that no label file gives; `trial_scores` receives each corpus's trial scores;
-    `precision` is the Embedder's (`precision.resolve_precision`).
+    `precision` is the Embedder's (`precision.resolve_precision`). `trials_file` may be several
+    published lists (VoxCeleb's, CN-Celeb's; `trials.read_published_trials`, paths relative to
+    `trials_root` or inferred), each scored on its own in `report.trial_lists`, every file
+    embedded once; a missing file stops the evaluation before any embedding work.
     """
     from audio import cached_entries
     from eval_metrics import reference_metrics, verification_metrics
     from inference import Embedder
-    from trials import generate_trials, read_trials, score_trials
+    from trials import generate_trials, read_trial_lists, score_trials
 
+    lists = [trials_file] if isinstance(trials_file, (str, os.PathLike)) else list(trials_file or ())
+    trial_lists = read_trial_lists(lists, trials_root)
     embedder = Embedder.from_checkpoint(checkpoint_file, precision=precision)
     report = EvaluationReport(str(checkpoint_file))
     rng = np.random.default_rng(seed)
@@ -395,22 +401,26 @@ def evaluate_checkpoint(
     shared = sorted(s for s in trial_speakers if sum(s in c.speakers for c in corpora) > 1)
     if shared:
         report.notes.append(f"speakers in more than one corpus, one speaker each in the pooled trials: {', '.join(shared)}")
-    trials = read_trials(trials_file) if trials_file else None
-    if trials is None and len(trial_speakers) >= 2:
+    if trial_lists:
+        paths = sorted({str(p) for _, trials in trial_lists.values() for trial in trials for p in (trial.path1, trial.path2)})
+        embeddings = dict(zip(paths, embed(paths)))  # Each file once, however many lists it is in.
+        for name, (list_file, trials) in trial_lists.items():
+            scores, labels = score_trials(trials, embeddings)
+            metrics = verification_metrics(scores, labels)
+            report.trial_lists[name] = {**metrics.__dict__, "num_trials": len(trials), "speakers": None, "window": window, "trials_file": str(list_file)}
+        report.trials = next(iter(report.trial_lists.values())) if len(trial_lists) == 1 else None
+        if plots_dir and report.trials:
+            write_score_plots(plots_dir, scores, labels, metrics.eer_threshold)
+    elif len(trial_speakers) >= 2:
         trials = generate_trials({s: [str(p) for p in paths] for s, paths in trial_speakers.items()}, num_trials, seed)
-    if trials:
         paths = sorted({str(p) for trial in trials for p in (trial.path1, trial.path2)})
         scores, labels = score_trials(trials, dict(zip(paths, embed(paths))))
         metrics = verification_metrics(scores, labels)
-        report.trials = {
-            **metrics.__dict__, "num_trials": len(trials), "speakers": None if trials_file else sorted(trial_speakers), "window": window,
-            "trials_file": str(trials_file) if trials_file else None,
-        }
+        report.trials = {**metrics.__dict__, "num_trials": len(trials), "speakers": sorted(trial_speakers), "window": window, "trials_file": None}
         if plots_dir:
             write_score_plots(plots_dir, scores, labels, metrics.eer_threshold)
-        if not trials_file:
-            report.corpora, notes = corpus_verification(corpora, embed, num_trials, seed, trial_scores)
-            report.notes.extend(notes)
+        report.corpora, notes = corpus_verification(corpora, embed, num_trials, seed, trial_scores)
+        report.notes.extend(notes)
     else:
         report.notes.append("no speaker-disjoint trials: train with --held_out_speakers, or pass --eval_audio_dir or --trials")
 
