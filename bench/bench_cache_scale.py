@@ -53,14 +53,13 @@ sys.path.insert(0, str(REPO / "bench"))
 
 # Keras and TensorFlow are imported only after the cache build (inside the functions that need
 # them), as `cli.py build-mfcc-cache` does: the build's worker processes re-import this module.
-from audio import (  # noqa: E402
+from audio import read_audio  # noqa: E402
+from corpus import Corpus, index_corpus  # noqa: E402
+from feature_cache import (  # noqa: E402
     CORPUS_INDEX_FILE_NAME,
-    Corpus,
     build_feature_cache,
     cache_dir,
     check_entry_sources,
-    index_corpus,
-    read_audio,
     waveform_cache_dir,
     write_corpus_index,
 )
@@ -151,7 +150,9 @@ def index_steps(corpus: Corpus, working_dir: Path, scratch: Path, fractions: tup
 def run_start(working_dir: Path) -> dict:
     """Seconds of each step from the cache to the first training batch, as `train.train` takes them (no model)."""
     from batcher import SpeakerClassBatches, load_training_data
-    from train import TrainConfig, label_task_values, prepare_run_directory, run_dir
+    from run_directory import prepare_run_directory, run_dir
+    from train_config import TrainConfig
+    from training_batches import label_task_values
 
     config = TrainConfig(mode="softmax", batch_size=128)
     data, load_s = timed(load_training_data, working_dir)
@@ -175,7 +176,7 @@ def reader_rate(working_dir: Path, batches: int, batch_size: int, waveform_trim:
     With `waveform_trim`, of the augmented reader on the waveform cache, with the VoxCeleb recipe's augmentation.
     """
     from batcher import AugmentedBatches, SpeakerClassBatches, load_training_data
-    from train import TrainConfig
+    from train_config import TrainConfig
 
     data = load_training_data(working_dir)
     if waveform_trim:

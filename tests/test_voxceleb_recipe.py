@@ -2,7 +2,8 @@
 
 As SpeechBrain's recipe tests do: the recipe as shipped, but one step of the small model (the
 full model's step costs tens of CPU seconds here; the layout, the keys and the files are what
-is checked), then test-model on a VoxCeleb1-O style list with the root inferred.
+is checked), on VoxCeleb2's AAC `.m4a` files encoded here from VCTK with PyAV, then test-model
+on a VoxCeleb1-O style list (WAV, as VoxCeleb1 ships) with the root inferred.
 """
 
 from __future__ import annotations
@@ -10,27 +11,32 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from encoded_audio import encode
+
 REPO = Path(__file__).resolve().parents[1]
 VCTK = REPO.parent / "shared" / "data" / "VCTK"
 RECIPE = REPO / "recipes" / "voxceleb2_resnet.json"
 RUN_FILES = {"config.json", "speakers.json", "split.json", "best.h5", "state.json", "metrics.csv"}
 
 
-def voxceleb_folder(root: Path, speakers: dict[str, str], per_speaker: int) -> list[str]:
-    """`root/idNNNNN/<video>/NNNNN.wav` links to VCTK recordings; returns the paths relative to root."""
+def voxceleb_folder(root: Path, speakers: dict[str, str], per_speaker: int, extension: str) -> list[str]:
+    """`root/idNNNNN/<video>/NNNNN.<extension>` from VCTK recordings (.wav: links; .m4a: AAC at 64 kbit/s); the paths relative to root."""
     names = []
     for speaker_id, vctk_speaker in speakers.items():
         for index, source in enumerate(sorted((VCTK / vctk_speaker).glob("*.wav"))[:per_speaker]):
-            name = f"{speaker_id}/video{index % 2}/{index + 1:05d}.wav"
+            name = f"{speaker_id}/video{index % 2}/{index + 1:05d}{extension}"
             (root / name).parent.mkdir(parents=True, exist_ok=True)
-            (root / name).symlink_to(source)
+            if extension == ".wav":
+                (root / name).symlink_to(source)
+            else:
+                encode(source, root / name, "aac", 64_000)
             names.append(name)
     return names
 
 
 def test_voxceleb2_recipe_dry_run_trains_from_the_dev_folder_and_scores_voxceleb1_o(tmp_path, invoke_cli):
-    voxceleb_folder(tmp_path / "voxceleb2" / "dev" / "aac", {"id00012": "p225", "id00015": "p226"}, per_speaker=4)
-    test_files = voxceleb_folder(tmp_path / "voxceleb1" / "test" / "wav", {"id10270": "p227", "id10271": "p228"}, per_speaker=2)
+    voxceleb_folder(tmp_path / "voxceleb2" / "dev" / "aac", {"id00012": "p225", "id00015": "p226"}, per_speaker=4, extension=".m4a")
+    test_files = voxceleb_folder(tmp_path / "voxceleb1" / "test" / "wav", {"id10270": "p227", "id10271": "p228"}, per_speaker=2, extension=".wav")
     trials = [f"{int(a.split('/')[0] == b.split('/')[0])} {a} {b}" for i, a in enumerate(test_files) for b in test_files[i + 1 :]]
     (tmp_path / "voxceleb1" / "test" / "veri_test2.txt").write_text("\n".join(trials) + "\n")
     recipe = json.loads(RECIPE.read_text())
