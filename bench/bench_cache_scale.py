@@ -20,9 +20,10 @@ repository (default `/tmp/scale_corpus_<N>`) and is reused when complete. Then i
 4. the streamed reader (`batcher.SpeakerClassBatches`, what feeds softmax/AAM training; no
    model) in one thread: windows per wall second and per CPU second, and how many such cores
    the GPU target of 10,000 training windows/s (full model, one H100/H200) takes; with
-   `--waveforms TRIM`, also the augmented reader (`batcher.AugmentedBatches` with the
-   augmentation of `recipes/voxceleb2_resnet.json`), which cuts each window from the cached
-   audio and computes its features after augmenting it.
+   `--waveforms TRIM`, also the augmented reader (`batcher.AugmentedBatches` with the speed,
+   noise, band-limit and mask probabilities of `recipes/voxceleb2_resnet.json`, babble and
+   coloured noise in place of its MUSAN folder, no reverberation), which cuts each window from
+   the cached audio and computes its features after augmenting it.
 
     nice -n 5 python bench/bench_cache_scale.py --entries 2000                      # rehearsal
     nice -n 5 python bench/bench_cache_scale.py --entries 100000 --output bench/results/cache_scale.json
@@ -173,7 +174,8 @@ def run_start(working_dir: Path) -> dict:
 def reader_rate(working_dir: Path, batches: int, batch_size: int, waveform_trim: str | None = None) -> dict:
     """Windows/s of the softmax reader in this thread alone: per wall second and per CPU second of this process.
 
-    With `waveform_trim`, of the augmented reader on the waveform cache, with the VoxCeleb recipe's augmentation.
+    With `waveform_trim`, of the augmented reader on the waveform cache, with the VoxCeleb recipe's probabilities
+    (babble and coloured noise: its noise and room folders are the user's).
     """
     from batcher import AugmentedBatches, SpeakerClassBatches, load_training_data
     from train_config import TrainConfig
@@ -260,7 +262,7 @@ def main() -> None:
           f"{GPU_TARGET_WINDOWS_PER_S:,} windows/s")
     augmented = reader_rate(working_dir, max(2, args.batches // 10), args.batch_size, args.waveform_trim) if args.waveform_trim else None
     if augmented:
-        print(f"augmented reader (AugmentedBatches, the VoxCeleb recipe's augmentation, one thread): {augmented['windows_per_s']:.0f} windows/s, "
+        print(f"augmented reader (AugmentedBatches, the VoxCeleb recipe's probabilities, no folders, one thread): {augmented['windows_per_s']:.0f} windows/s, "
               f"{augmented['windows_per_cpu_s']:.0f} windows per CPU second: {augmented['cores_for_gpu_target']:.1f} such cores feed "
               f"{GPU_TARGET_WINDOWS_PER_S:,} windows/s")
     if not args.keep:

@@ -391,7 +391,8 @@ def cache_scale_table(results: dict[str, dict]) -> str:
     ]
     if "cache_scale_waveforms" in results:
         augmented = path_row(results["cache_scale_waveforms"], "augmented reader")
-        rows.append([f"augmented reader (`AugmentedBatches`, the VoxCeleb recipe's augmentation, one thread; "
+        rows.append([f"augmented reader (`AugmentedBatches`, the VoxCeleb recipe's speed, noise, band-limit and mask probabilities, babble and "
+                     f"coloured noise, no reverberation, one thread; "
                      f"{results['cache_scale_waveforms']['entries']:,} entries with their audio cached)",
                      f"{figure(augmented['windows_per_s'])} windows/s, {figure(augmented['windows_per_cpu_s'])} per CPU second: "
                      f"{augmented['cores_for_gpu_target']:.0f} such cores for 10,000 windows/s"])

@@ -3,7 +3,8 @@
 As SpeechBrain's recipe tests do: the recipe as shipped, but one step of the small model (the
 full model's step costs tens of CPU seconds here; the layout, the keys and the files are what
 is checked), on VoxCeleb2's AAC `.m4a` files encoded here from VCTK with PyAV, then test-model
-on a VoxCeleb1-O style list (WAV, as VoxCeleb1 ships) with the root inferred.
+on a VoxCeleb1-O style list (WAV, as VoxCeleb1 ships) with the root inferred. The noise and
+room folders are MUSAN's and RIRS_NOISES' layouts holding real recordings and a simulated room.
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import soundfile
+
+from augment_sources import simulated_rir
+from constants import SAMPLE_RATE
 from encoded_audio import encode
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,9 +44,14 @@ def test_voxceleb2_recipe_dry_run_trains_from_the_dev_folder_and_scores_voxceleb
     test_files = voxceleb_folder(tmp_path / "voxceleb1" / "test" / "wav", {"id10270": "p227", "id10271": "p228"}, per_speaker=2, extension=".wav")
     trials = [f"{int(a.split('/')[0] == b.split('/')[0])} {a} {b}" for i, a in enumerate(test_files) for b in test_files[i + 1 :]]
     (tmp_path / "voxceleb1" / "test" / "veri_test2.txt").write_text("\n".join(trials) + "\n")
+    voxceleb_folder(tmp_path / "musan" / "noise", {"free-sound": "p226"}, per_speaker=2, extension=".wav")
+    rooms = tmp_path / "RIRS_NOISES" / "simulated_rirs" / "smallroom" / "Room001"
+    rooms.mkdir(parents=True)
+    soundfile.write(rooms / "Room001-00001.wav", simulated_rir(seed=0, room=0), SAMPLE_RATE)
     recipe = json.loads(RECIPE.read_text())
     assert (recipe["model_size"], recipe["head"], recipe["precision"]) == ("full", "aam", "auto")
-    recipe.update({"audio_dirs": ["voxceleb2/dev/aac"], "model_size": "small", "epochs": 1, "steps_per_epoch": 1, "batch_size": 8,
+    assert (recipe["noise_dir"], recipe["rir_dir"]) == ("../data/musan", "../data/RIRS_NOISES/simulated_rirs")
+    recipe.update({"audio_dirs": ["voxceleb2/dev/aac"], "noise_dir": "musan", "rir_dir": "RIRS_NOISES/simulated_rirs", "model_size": "small", "epochs": 1, "steps_per_epoch": 1, "batch_size": 8,
                    "validation_steps": 1, "input_workers": 1})
     (tmp_path / "recipe.json").write_text(json.dumps(recipe))
     working_dir = tmp_path / "work"
@@ -52,8 +62,9 @@ def test_voxceleb2_recipe_dry_run_trains_from_the_dev_folder_and_scores_voxceleb
     assert RUN_FILES <= {p.name for p in run.iterdir()}
     assert json.loads((run / "speakers.json").read_text())["speakers"] == ["id00012", "id00015"]
     config = json.loads((run / "config.json").read_text())
-    assert {k: config[k] for k in ("head", "trim", "pad", "speed_perturb", "balanced_sampling")} == {
-        k: recipe[k] for k in ("head", "trim", "pad", "speed_perturb", "balanced_sampling")}
+    assert {k: config[k] for k in ("head", "trim", "pad", "speed_perturb", "balanced_sampling", "reverb_probability")} == {
+        k: recipe[k] for k in ("head", "trim", "pad", "speed_perturb", "balanced_sampling", "reverb_probability")}
+    assert (config["noise_dir"], config["rir_dir"]) == (str((tmp_path / "musan").resolve()), str((tmp_path / "RIRS_NOISES" / "simulated_rirs").resolve()))
     assert sorted(p.name for p in (working_dir / "audio-waveforms-energy").iterdir())[0] == "id00012_video0-00001.npy"
 
     scored = invoke_cli("test-model", "--checkpoint_file", run / "best.h5", "--trials", tmp_path / "voxceleb1" / "test" / "veri_test2.txt",
