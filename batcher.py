@@ -624,7 +624,8 @@ class HardNegativeTripletBatches(TripletBatches):
         super().__init__(utterances, batch_size, steps_per_epoch, seed, first_epoch, replicas=replicas, **kwargs)
         if self.window_frames is not None:
             raise ValueError("hard-negative mining keeps a history of fixed-length windows: it cannot draw variable window lengths")
-        self.anchor_speakers = np.array([self.speaker_names.index(s) for s in triplet_speakers(utterances)], dtype=np.int64)
+        class_of = {speaker: index for index, speaker in enumerate(self.speaker_names)}
+        self.anchor_speakers = np.array([class_of[s] for s in triplet_speakers(utterances)], dtype=np.int64)
         if len(self.anchor_speakers) < 2:
             raise CorpusError("hard-negative mining needs at least 2 speakers with 2 or more training utterances")
         if history_speakers < 2 or history_utterances < 1 or history_refreshes < 1 or negative_candidates < 1:

@@ -413,7 +413,11 @@ _precision_option = click.option("--precision", type=click.Choice(["float32", "b
 @click.option("--eval_audio_dir", "eval_audio_dirs", multiple=True, type=click.Path(file_okay=False),
               help="Corpus of speakers unseen in training to draw trials from (repeatable): each is scored on its own, named by its folder, "
                    "then all pooled. Default: the run's held-out speakers.")
-@click.option("--trials", "trials_file", type=click.Path(dir_okay=False), help="Trial list in VoxCeleb format (label path1 path2) to score instead.")
+@click.option("--trials", "trials_files", multiple=True, type=click.Path(dir_okay=False),
+              help="Published trial list to score instead (repeatable, each scored on its own): VoxCeleb's veri_test2.txt, list_test_all2.txt, "
+                   "list_test_hard2.txt (label path1 path2) or CN-Celeb's eval/lists/trials.lst (enroll_id test_path label, enroll.lst beside it).")
+@click.option("--trials_root", type=click.Path(file_okay=False, exists=True),
+              help="Folder the lists' paths are relative to. Default: VoxCeleb, the list's folder or its wav/; CN-Celeb, eval/.")
 @click.option("--num_trials", type=int, help="Sample this many trials, half same-speaker (default: all pairs).")
 @click.option("--window", type=click.Choice(["mean", "random"]), default="mean", show_default=True, help="Embedding of a trial file: mean over sliding windows, or one random window.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -425,15 +429,16 @@ _precision_option = click.option("--precision", type=click.Choice(["float32", "b
 @click.option("--durations", default="", help="Also score each corpus on centred crops of every file of these seconds, e.g. 1,2,4 "
                                                "(of the front end's frames after the trim; a file no longer is scored whole).")
 @_precision_option
-def test_model(working_dir: str | None, checkpoint_file: str | None, eval_audio_dirs: tuple[str, ...], trials_file: str | None, num_trials: int | None,
-               window: str, seed: int, plots_dir: str | None, output: str | None, score_norm: str, durations: str, precision: str) -> None:
+def test_model(working_dir: str | None, checkpoint_file: str | None, eval_audio_dirs: tuple[str, ...], trials_files: tuple[str, ...], trials_root: str | None,
+               num_trials: int | None, window: str, seed: int, plots_dir: str | None, output: str | None, score_norm: str, durations: str,
+               precision: str) -> None:
     """Score a checkpoint: the reference's protocol and speaker-disjoint trials.
 
     \b
     Prints the reference's line (1 positive and 99 negatives per test speaker, threshold grid),
     then EER and minDCF on trials between speakers never seen in training: one line per held-out
     corpus (trials among its own speakers), then the pooled line (all corpora together; with
-    --trials, that list alone), then the gender accuracy of a probe on the embedding and, for a
+    --trials, each list alone, as published), then the gender accuracy of a probe on the embedding and, for a
     Hive-MTL checkpoint, of its heads.
     """
     from pathlib import Path
@@ -444,8 +449,8 @@ def test_model(working_dir: str | None, checkpoint_file: str | None, eval_audio_
 
     checkpoint_file = _checkpoint(checkpoint_file)
     try:
-        report = evaluate_checkpoint(working_dir, checkpoint_file, eval_audio_dirs, trials_file, num_trials, window, seed, plots_dir, precision=precision,
-                                     crop_seconds=_seconds_list(durations, "--durations"), score_norm=score_norm)
+        report = evaluate_checkpoint(working_dir, checkpoint_file, eval_audio_dirs, trials_files, num_trials, window, seed, plots_dir, precision=precision,
+                                     trials_root=trials_root, crop_seconds=_seconds_list(durations, "--durations"), score_norm=score_norm)
     except (AudioError, CorpusError, ValueError, FileNotFoundError) as error:
         _fail(error)
     if report.reference:

@@ -39,7 +39,8 @@ class EvaluationReport:
 
     checkpoint: str
     reference: dict | None = None
-    trials: dict | None = None  # Pooled over every corpus, or the given trial list.
+    trials: dict | None = None  # Pooled over every corpus, or the one given trial list.
+    trial_lists: dict[str, dict] = field(default_factory=dict)  # Given trial list name -> its figures.
     corpora: dict[str, dict] = field(default_factory=dict)  # Corpus name -> its own verification figures.
     durations: dict[str, dict[str, dict]] = field(default_factory=dict)  # Corpus name -> crop seconds ("1", "2") -> figures.
     calibration: dict | None = None  # What the calibration that gave the LLR figures was fitted on.
@@ -61,10 +62,9 @@ class EvaluationReport:
 
     def verification_lines(self) -> list[str]:
         """One line per held-out corpus, then the pooled (or trial-list) line: what test-model prints."""
-        rows = list(self.corpora.items())
-        if self.trials:
-            trials_file = self.trials.get("trials_file")
-            rows.append((f"trial list {Path(trials_file).name}" if trials_file else "pooled (all corpora)", self.trials))
+        rows = list(self.corpora.items()) + [(f"trial list {name}", figures) for name, figures in self.trial_lists.items()]
+        if self.trials and not self.trial_lists:
+            rows.append(("pooled (all corpora)", self.trials))
         rows[len(self.corpora):len(self.corpora)] = [(f"{name}, {seconds} s crops", figures)
                                                      for name, crops in self.durations.items() for seconds, figures in crops.items()]
         width = max((len(name) for name, _ in rows), default=0)
@@ -105,7 +105,7 @@ def evaluate_checkpoint(
     working_dir: str | os.PathLike | None,
     checkpoint_file: str | os.PathLike,
     eval_audio_dirs: tuple[str, ...] = (),
-    trials_file: str | os.PathLike | None = None,
+    trials_file: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     num_trials: int | None = None,
     window: str = "mean",
     seed: int = 0,
@@ -115,6 +115,7 @@ def evaluate_checkpoint(
     label_tasks: Sequence | None = None,
     trial_scores: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
     precision: str = "float32",
+    trials_root: str | os.PathLike | None = None,
     crop_seconds: Sequence[float] = (),
     score_norm: str = "none",
 ) -> EvaluationReport:
@@ -139,15 +140,22 @@ def evaluate_checkpoint(
 
     `held_out_speakers` restricts the unseen speakers to those named; `extra_genders` adds
     gender labels that no label file gives; `trial_scores` receives each corpus's trial scores;
-    `precision` is the Embedder's (`precision.resolve_precision`). `crop_seconds` scores each corpus's trials
-    again on centred crops of every file of that many seconds (`report.durations`). With a calibration beside
-    the checkpoint (`calibration.json`), each corpus's figures add those of its LLRs (`calibrated_figures`).
-    `score_norm` ('mean', 'asnorm': `score_norm.py`, with the cohort beside the checkpoint) normalises each
-    corpus's scores; the calibration, fitted on raw scores, is then left out.
+    `precision` is the Embedder's (`precision.resolve_precision`). `trials_file` may be several
+    published lists (VoxCeleb's, CN-Celeb's; `trials.read_published_trials`, paths relative to
+    `trials_root` or inferred), each scored on its own in `report.trial_lists`, every file
+    embedded once; a missing file stops the evaluation before any embedding work.
+    `crop_seconds` scores each corpus's trials again on centred crops of every file of that many seconds
+    (`report.durations`). With a calibration beside the checkpoint (`calibration.json`), each corpus's figures
+    add those of its LLRs (`calibrated_figures`). `score_norm` ('mean', 'asnorm': `score_norm.py`, with the
+    cohort beside the checkpoint) normalises each corpus's scores; the calibration, fitted on raw scores, is
+    then left out.
     """
     from feature_cache import cached_entries
     from inference import Embedder
+    from trials import read_trial_lists
 
+    lists = [trials_file] if isinstance(trials_file, (str, os.PathLike)) else list(trials_file or ())
+    trial_lists = read_trial_lists(lists, trials_root)
     embedder = Embedder.from_checkpoint(checkpoint_file, precision=precision)
     report = EvaluationReport(str(checkpoint_file))
     rng = np.random.default_rng(seed)
@@ -173,12 +181,15 @@ def evaluate_checkpoint(
         corpora = [replace(c, speakers={s: p for s, p in c.speakers.items() if s in trial_speakers}) for c in corpora]
     genders = {**genders, **trial_genders, **(extra_genders or {})}
     report.notes.extend(speaker_notes(corpora, trial_speakers, training_speakers))
-    score_trials_of_unseen_speakers(report, corpora, trial_speakers, embed, trials_file, num_trials, window, seed, plots_dir, trial_scores, calibration,
-                                    score_norm, cohort)
-    for seconds in crop_seconds if not trials_file else ():
-        crops = EmbeddingsOnce(embedder, window, rng, crop_seconds=seconds, features=features)
-        for name, figures in corpus_verification(corpora, crops, num_trials, seed, calibration=calibration, score_norm=score_norm, cohort=cohort)[0].items():
-            report.durations.setdefault(name, {})[f"{seconds:g}"] = figures
+    if trial_lists:
+        score_trial_lists(report, trial_lists, embed, window, plots_dir)
+    else:
+        score_trials_of_unseen_speakers(report, corpora, trial_speakers, embed, num_trials, window, seed, plots_dir, trial_scores, calibration,
+                                        score_norm, cohort)
+        for seconds in crop_seconds:
+            crops = EmbeddingsOnce(embedder, window, rng, crop_seconds=seconds, features=features)
+            for name, figures in corpus_verification(corpora, crops, num_trials, seed, calibration=calibration, score_norm=score_norm, cohort=cohort)[0].items():
+                report.durations.setdefault(name, {})[f"{seconds:g}"] = figures
 
     speaker_id = speaker_id_accuracy(embed, splits)
     if speaker_id is not None:
@@ -218,32 +229,43 @@ def speaker_notes(corpora: Sequence[HeldOutCorpus], trial_speakers: dict[str, li
     return notes
 
 
+def score_trial_lists(report: EvaluationReport, trial_lists: dict[str, tuple[Path, list]], embed: EmbeddingsOnce, window: str, plots_dir) -> None:
+    """Each given list's figures in `report.trial_lists` (and `report.trials` when there is one list), every file embedded once."""
+    from eval_metrics import verification_metrics
+    from trials import score_trials
+
+    paths = sorted({str(p) for _, trials in trial_lists.values() for trial in trials for p in (trial.path1, trial.path2)})
+    embeddings = dict(zip(paths, embed(paths)))
+    for name, (list_file, trials) in trial_lists.items():
+        scores, labels = score_trials(trials, embeddings)
+        metrics = verification_metrics(scores, labels)
+        report.trial_lists[name] = {**metrics.__dict__, "num_trials": len(trials), "speakers": None, "window": window, "trials_file": str(list_file)}
+    if len(trial_lists) == 1:
+        report.trials = report.trial_lists[name]
+        if plots_dir:
+            write_score_plots(plots_dir, scores, labels, metrics.eer_threshold)
+
+
 def score_trials_of_unseen_speakers(
     report: EvaluationReport, corpora: Sequence[HeldOutCorpus], trial_speakers: dict[str, list], embed: EmbeddingsOnce,
-    trials_file, num_trials: int | None, window: str, seed: int, plots_dir, trial_scores: dict | None, calibration=None,
+    num_trials: int | None, window: str, seed: int, plots_dir, trial_scores: dict | None, calibration=None,
     score_norm: str = "none", cohort: np.ndarray | None = None,
 ) -> None:
-    """The pooled (or trial-list) figure in `report.trials` and, without a trial list, each corpus's own in `report.corpora`."""
+    """The pooled figure in `report.trials` and each corpus's own in `report.corpora`."""
     from eval_metrics import verification_metrics
-    from trials import generate_trials, read_trials
+    from trials import generate_trials
 
-    trials = read_trials(trials_file) if trials_file else None
-    if trials is None and len(trial_speakers) >= 2:
-        trials = generate_trials({s: [str(p) for p in paths] for s, paths in trial_speakers.items()}, num_trials, seed)
-    if not trials:
+    if len(trial_speakers) < 2:
         report.notes.append("no speaker-disjoint trials: train with --held_out_speakers, or pass --eval_audio_dir or --trials")
         return
+    trials = generate_trials({s: [str(p) for p in paths] for s, paths in trial_speakers.items()}, num_trials, seed)
     scores, labels, _, _ = trial_scores_and_seconds(trials, embed, False, score_norm, cohort)
     metrics = verification_metrics(scores, labels)
-    report.trials = {
-        **metrics.__dict__, "num_trials": len(trials), "speakers": None if trials_file else sorted(trial_speakers), "window": window,
-        "trials_file": str(trials_file) if trials_file else None,
-    }
+    report.trials = {**metrics.__dict__, "num_trials": len(trials), "speakers": sorted(trial_speakers), "window": window, "trials_file": None}
     if plots_dir:
         write_score_plots(plots_dir, scores, labels, metrics.eer_threshold)
-    if not trials_file:
-        report.corpora, notes = corpus_verification(corpora, embed, num_trials, seed, trial_scores, calibration, score_norm, cohort)
-        report.notes.extend(notes)
+    report.corpora, notes = corpus_verification(corpora, embed, num_trials, seed, trial_scores, calibration, score_norm, cohort)
+    report.notes.extend(notes)
 
 
 def score_label_tasks(report: EvaluationReport, tasks: Sequence, heads, embed: EmbeddingsOnce, splits, trial_speakers: dict[str, list],

@@ -68,7 +68,7 @@ def make_batches(config: TrainConfig, data: TrainingData, model: keras.Model, fi
             batches = functools.partial(AugmentedTripletBatches, balanced=config.balanced_sampling, pad=config.pad, outputs=outputs,
                                         task_values=task_values if outputs else None, replicas=replicas, **loader)
             has_validation = len(validation_pool) >= 2
-        speakers = data.speakers if config.mode != "triplet" else list(data.speakers) + [s for s in validation_pool if s not in data.speakers]
+        speakers = data.speakers if config.mode != "triplet" else list(data.speakers) + [s for s in validation_pool if s not in data.train]
         train_batches = batches(audio(data.train), speakers, config.batch_size, steps, config.augment, seed, first_epoch, window_frames=config.window_frames)
         validation = batches(audio(validation_pool), speakers, config.batch_size, config.validation_steps, NO_AUGMENTATION, seed + 1, 0) if has_validation else None
         return train_batches, validation if config.validation_steps else None

@@ -236,6 +236,100 @@ def read_trials(path: PathLike, base_dir: PathLike | None = None) -> list[Trial]
 
 
 # ----------------------------------------------------------------------------------------------
+# Published lists: VoxCeleb's and CN-Celeb's, read as their corpora ship them.
+
+CNCELEB_ENROLL_LIST = "enroll.lst"  # Beside CN-Celeb's trials.lst: `enroll_id path`, paths relative to eval/.
+VOXCELEB_AUDIO_FOLDER = "wav"  # VoxCeleb1's test archive unpacks to wav/<id>/<video>/<utt>.wav.
+
+
+def _first_fields(path: Path) -> list[str]:
+    with path.open(encoding="utf-8") as handle:
+        return next((line.split() for line in handle if line.strip()), [])
+
+
+def _read_cnceleb_trials(path: Path, root: Path | None) -> list[Trial]:
+    """CN-Celeb's `enroll_id test_path label` lines: the enrolment side is the file enroll.lst names for the id."""
+    enroll_list = path.parent / CNCELEB_ENROLL_LIST
+    if not enroll_list.is_file():
+        raise FileNotFoundError(f"{path}: a CN-Celeb trial list (enroll_id test_path label) needs {CNCELEB_ENROLL_LIST} beside it; {enroll_list} is missing")
+    base = root if root is not None else path.parent.parent  # eval/lists/trials.lst: paths are relative to eval/.
+    enrolment = {}
+    for number, line in enumerate(enroll_list.read_text(encoding="utf-8").splitlines(), start=1):
+        fields = line.split()
+        if fields and len(fields) != 2:
+            raise ValueError(f"{enroll_list}, line {number}: expected 'enroll_id path', got {len(fields)} fields: {line.strip()!r}")
+        if fields:
+            enrolment[fields[0]] = Path(os.path.normpath(base / fields[1]))
+    trials = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 3 or fields[2] not in ("0", "1"):
+            raise ValueError(f"{path}, line {number}: expected 'enroll_id test_path 0|1' (CN-Celeb), got {line.strip()!r}")
+        if fields[0] not in enrolment:
+            raise ValueError(f"{path}, line {number}: enrolment {fields[0]!r} is not in {enroll_list}")
+        trials.append(Trial(int(fields[2]), enrolment[fields[0]], Path(os.path.normpath(base / fields[1]))))
+    return trials
+
+
+def _voxceleb_root(path: Path, root: Path | None) -> Path:
+    """The given root, else the list's folder or its wav/ subfolder: whichever holds the first trial's first file, else wav/ if there is one."""
+    if root is not None:
+        return root
+    first = _first_fields(path)[1:2]
+    audio_folder = path.parent / VOXCELEB_AUDIO_FOLDER
+    for candidate in (path.parent, audio_folder):
+        if first and (candidate / first[0]).is_file():
+            return candidate
+    return audio_folder if audio_folder.is_dir() else path.parent
+
+
+def check_trial_files(path: PathLike, trials: Sequence[Trial]) -> None:
+    """Raise FileNotFoundError naming the first missing audio file of a list (and how many are missing), before any embedding work."""
+    missing: dict[Path, int] = {}
+    checked: dict[Path, bool] = {}
+    for number, trial in enumerate(trials, start=1):
+        for side in (trial.path1, trial.path2):
+            if side not in checked:
+                checked[side] = side.is_file()
+            if not checked[side]:
+                missing.setdefault(side, number)
+    if missing:
+        first, number = next(iter(missing.items()))
+        raise FileNotFoundError(f"{path}: {first} is missing (trial {number}; {len(missing)} of the list's {len(checked)} files are missing). "
+                                "Give the folder the list's paths are relative to with --trials_root")
+
+
+def read_published_trials(path: PathLike, root: PathLike | None = None) -> list[Trial]:
+    """A published trial list, every file checked to exist: VoxCeleb's `label path1 path2` or CN-Celeb's `enroll_id test_path label`.
+
+    Paths are relative to `root`; without it, VoxCeleb paths to the list's folder or its `wav/`
+    (where the first file is found), and CN-Celeb's to `eval/`, the folder above `eval/lists/`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such trial list")
+    root = Path(root) if root is not None else None
+    fields = _first_fields(path)
+    if len(fields) == 3 and fields[0] not in ("0", "1") and fields[2] in ("0", "1"):
+        trials = _read_cnceleb_trials(path, root)
+    else:
+        trials = read_trials(path, _voxceleb_root(path, root))
+    check_trial_files(path, trials)
+    return trials
+
+
+def read_trial_lists(paths: Sequence[PathLike], root: PathLike | None = None) -> dict[str, tuple[Path, list[Trial]]]:
+    """Name -> (list file, its trials) of each published list, all read and checked before any is scored.
+
+    A list is named by its file name (`veri_test2.txt`), or by its path where two share a name.
+    """
+    names = [Path(p).name for p in paths]
+    return {(Path(p).name if names.count(Path(p).name) == 1 else str(p)): (Path(p), read_published_trials(p, root)) for p in paths}
+
+
+# ----------------------------------------------------------------------------------------------
 # Scoring.
 
 

@@ -52,6 +52,8 @@ RESULT_FILES = {
                             "--output bench/results/training_steps_small.json",
     "training_steps_full": "python bench/bench_training.py --working_dir /tmp/bench_cache --train_steps 3 --model_size full --batches 20 "
                            "--output bench/results/training_steps_full.json",
+    "cache_scale": "python bench/bench_cache_scale.py --entries 100000 --output bench/results/cache_scale.json",
+    "cache_scale_waveforms": "python bench/bench_cache_scale.py --entries 2000 --waveforms energy --output bench/results/cache_scale_waveforms.json",
 }
 LIBRARIES = ("numpy", "scipy", "soundfile", "soxr", "librosa", "python_speech_features", "tensorflow", "keras", "jax")
 
@@ -147,7 +149,9 @@ def result_name(record: dict) -> str:
         return f"training_steps_{record['model_size']}"
     if benchmark == "bench_training" and mode == "pipeline":
         return "training_pipeline"
-    raise ValueError(f"not a results file of bench_features, bench_inference or bench_training (benchmark {benchmark!r}, mode {mode!r})")
+    if benchmark == "bench_cache_scale":
+        return "cache_scale_waveforms" if record.get("waveforms") else "cache_scale"
+    raise ValueError(f"not a results file of bench_features, bench_inference, bench_training or bench_cache_scale (benchmark {benchmark!r}, mode {mode!r})")
 
 
 def load_results(paths: list[Path]) -> dict[str, dict]:
@@ -305,7 +309,8 @@ def training_rows(results: dict[str, dict]) -> list[list[str]]:
 def performance_table(results: dict[str, dict]) -> str:
     rows = features_rows(results) + inference_rows(results) + training_rows(results)
     lines = markdown_table(["stage", "straightforward path", "this project", "ratio", "command"], "lrrrl", rows)
-    return "\n".join(lines + ["", provenance(results) if results else "Measured: no results file given."])
+    used = {name: record for name, record in results.items() if not name.startswith("cache_scale")}  # Its own table in bench/README.md.
+    return "\n".join(lines + ["", provenance(used) if used else "Measured: no results file given."])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -358,8 +363,47 @@ def accuracy_table(results: dict[str, dict]) -> str:
     return "\n".join(lines + ["", provenance(chosen(results, "inference_accuracy"))])
 
 
+def cache_scale_table(results: dict[str, dict]) -> str:
+    """The feature cache and the training input at scale: one row per figure, the per-entry costs at a tenth and at all of the corpus."""
+    if "cache_scale" not in results:
+        return not_measured("cache_scale")
+    record = results["cache_scale"]
+    build, start, reader = (path_row(record, name) for name in ("cache build", "start of a training run", "streamed reader"))
+    parts = [row for row in record["rows"] if row["path"].startswith("index steps")]
+    small, whole = parts[0], parts[-1]
+    per_entry = {"check_sources_s_per_1000": "checking entry sources", "write_index_s_per_1000": "writing corpus.json",
+                 "merge_index_s_per_1000": "merging a second corpus into corpus.json", "load_and_split_s_per_1000": "reading and splitting the index",
+                 "run_files_s_per_1000": "writing speakers.json and split.json", "total_s_per_1000": "cache to first batch"}
+    rows = [
+        ["cache build (`build_feature_cache`)", f"{figure(build['entries_per_s'])} entries/s with {build['workers']} workers, "
+         f"{figure(build['cpu_ms_per_entry'])} CPU ms an entry; {build['entries']:,} entries in {figure(build['seconds'])} s"],
+        ["peak RAM of the build", f"main process {figure(build['peak_rss_mb_main'])} MB, largest worker {figure(build['peak_rss_mb_worker'])} MB"],
+        ["corpus index (`corpus.json`)", f"{build['index_bytes'] / 2**20:.1f} MiB, {figure(build['index_bytes_per_entry'])} bytes an entry"],
+        ["indexing the folder (`index_corpus`)", f"{figure(path_row(record, 'index folder')['s_per_1000'])} s per 1,000 files"],
+        *([f"{label}, s per 1,000 entries", f"{small[key]:.3f} at {small['entries']:,}, {whole[key]:.3f} at {whole['entries']:,}"]
+          for key, label in per_entry.items()),
+        [f"start of a training run, {start['entries']:,} entries, {start['speakers']:,} speakers",
+         f"{figure(start['total_s'])} s: index and split {figure(start['load_and_split_s'])} s, speakers.json and split.json "
+         f"{figure(start['run_files_s'])} s, first batch {figure(start['first_batch_s'])} s (no model)"],
+        [f"streamed reader (`SpeakerClassBatches`, one thread, batch {reader['batch_size']})",
+         f"{figure(reader['windows_per_s'])} windows/s, {figure(reader['windows_per_cpu_s'])} per CPU second: "
+         f"{reader['cores_for_gpu_target']:.1f} such cores for 10,000 windows/s"],
+    ]
+    if "cache_scale_waveforms" in results:
+        augmented = path_row(results["cache_scale_waveforms"], "augmented reader")
+        rows.append([f"augmented reader (`AugmentedBatches`, the VoxCeleb recipe's speed, noise, band-limit and mask probabilities, babble and "
+                     f"coloured noise, no reverberation, one thread; "
+                     f"{results['cache_scale_waveforms']['entries']:,} entries with their audio cached)",
+                     f"{figure(augmented['windows_per_s'])} windows/s, {figure(augmented['windows_per_cpu_s'])} per CPU second: "
+                     f"{augmented['cores_for_gpu_target']:.0f} such cores for 10,000 windows/s"])
+    settings = (f"{record['entries']:,} synthetic entries ({record['per_speaker']} a speaker, {record['seconds'][0]:g} to "
+                f"{record['seconds'][1]:g} s crops of real speech, {record['corpus_gib']:.1f} GiB of WAV)")
+    return "\n".join(markdown_table(["figure", "measured"], "ll", rows) + ["", f"{settings}. {provenance(chosen(results, 'cache_scale', 'cache_scale_waveforms'))}"])
+
+
 README_SECTIONS = {"bench-performance": performance_table}
-BENCH_README_SECTIONS = {"bench-windows": windows_table, "bench-end-to-end": end_to_end_table, "bench-accuracy": accuracy_table}
+BENCH_README_SECTIONS = {"bench-windows": windows_table, "bench-end-to-end": end_to_end_table, "bench-accuracy": accuracy_table,
+                         "bench-cache-scale": cache_scale_table}
 
 
 def check_markers(path: Path, markers: list[str]) -> None:

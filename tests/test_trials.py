@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from corpus import Corpus, index_corpus
-from trials import Trial, count_pairs, generate_trials, read_trials, score_trials, write_trials
+from trials import Trial, count_pairs, generate_trials, read_published_trials, read_trials, score_trials, write_trials
 
 REPO = Path(__file__).resolve().parents[1]
 LIBRI_TEST_OTHER = REPO / "samples" / "LibriSpeech" / "test-other"  # 2 speakers x 4 utterances.
@@ -236,3 +236,93 @@ def test_scoring_needs_every_embedding_and_one_size(libri):
     embeddings[libri.utterances[0].path] = np.ones(4)
     with pytest.raises(ValueError, match="same size"):
         score_trials(trials, embeddings)
+
+
+# ----------------------------------------------------------------------------------------------
+# Published lists: VoxCeleb's and CN-Celeb's layouts, made of VCTK recordings.
+
+VCTK_SPEAKERS = ("p225", "p226", "p227", "p228")
+
+
+def voxceleb_test_root(folder: Path, per_speaker: int = 3) -> dict[str, list[str]]:
+    """`folder/wav/idNNNNN/<video>/NNNNN.wav` links to VCTK files, as VoxCeleb1's test archive unpacks; speaker -> relative paths."""
+    relative = {}
+    for number, speaker in enumerate(VCTK_SPEAKERS):
+        names = []
+        for index, source in enumerate(sorted((VCTK / speaker).glob("*.wav"))[:per_speaker]):
+            name = f"id1{number + 270:04d}/video{index % 2}/{index + 1:05d}.wav"
+            (folder / "wav" / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / "wav" / name).symlink_to(source)
+            names.append(name)
+        relative[f"id1{number + 270:04d}"] = names
+    return relative
+
+
+def write_voxceleb_list(path: Path, speakers: dict[str, list[str]]) -> int:
+    """Every pair of the files, `label path1 path2`, as veri_test2.txt; returns the number of same-speaker lines."""
+    files = [(s, name) for s, names in speakers.items() for name in names]
+    lines = [f"{int(a[0] == b[0])} {a[1]} {b[1]}" for i, a in enumerate(files) for b in files[i + 1 :]]
+    path.write_text("\n".join(lines) + "\n")
+    return sum(line.startswith("1") for line in lines)
+
+
+def test_a_voxceleb_list_beside_its_wav_folder_is_read_relative_to_it_every_pair(tmp_path):
+    speakers = voxceleb_test_root(tmp_path)
+    num_target = write_voxceleb_list(tmp_path / "veri_test2.txt", speakers)
+    trials = read_published_trials(tmp_path / "veri_test2.txt")
+    assert len(trials) == 66 and sum(t.label for t in trials) == num_target == 12  # 12 files: 4 speakers x 3 pairs each.
+    assert trials[0] == Trial(1, tmp_path / "wav" / "id10270/video0/00001.wav", tmp_path / "wav" / "id10270/video1/00002.wav")
+    assert read_published_trials(tmp_path / "veri_test2.txt", root=tmp_path / "wav") == trials
+
+
+def test_a_cnceleb_list_takes_each_enrolment_file_from_enroll_lst_and_paths_from_eval(tmp_path):
+    evaluation = tmp_path / "CN-Celeb" / "eval"
+    for folder in ("enroll", "test", "lists"):
+        (evaluation / folder).mkdir(parents=True)
+    for speaker in ("id00800", "id00801"):
+        (evaluation / "enroll" / f"{speaker}-enroll.wav").symlink_to(VCTK / ("p225/p225_003.wav" if speaker == "id00800" else "p226/p226_003.wav"))
+    (evaluation / "test" / "id00800-singing-01-001.wav").symlink_to(VCTK / "p225/p225_008.wav")
+    (evaluation / "lists" / "enroll.lst").write_text("id00800-enroll enroll/id00800-enroll.wav\nid00801-enroll enroll/id00801-enroll.wav\n")
+    (evaluation / "lists" / "trials.lst").write_text("id00800-enroll test/id00800-singing-01-001.wav 1\nid00801-enroll test/id00800-singing-01-001.wav 0\n")
+    trials = read_published_trials(evaluation / "lists" / "trials.lst")
+    test_file = evaluation / "test" / "id00800-singing-01-001.wav"
+    assert trials == [Trial(1, evaluation / "enroll" / "id00800-enroll.wav", test_file), Trial(0, evaluation / "enroll" / "id00801-enroll.wav", test_file)]
+
+
+def test_a_missing_file_is_named_with_its_trial_and_the_count_of_missing_files(tmp_path):
+    speakers = voxceleb_test_root(tmp_path)
+    write_voxceleb_list(tmp_path / "veri_test2.txt", speakers)
+    (tmp_path / "wav" / "id10271/video1/00002.wav").unlink()
+    (tmp_path / "wav" / "id10273/video0/00003.wav").unlink()
+    missing = tmp_path / "wav" / "id10271/video1/00002.wav"
+    with pytest.raises(FileNotFoundError, match=rf"veri_test2.txt: {missing} is missing \(trial 4; 2 of the list's 12 files are missing\)"):
+        read_published_trials(tmp_path / "veri_test2.txt")
+
+
+def test_published_lists_are_scored_each_on_its_own_every_file_embedded_once_with_the_shipped_model(tmp_path, monkeypatch):
+    from inference import Embedder, pretrained_checkpoint
+    from test import evaluate_checkpoint
+
+    speakers = voxceleb_test_root(tmp_path, per_speaker=2)
+    write_voxceleb_list(tmp_path / "veri_test2.txt", speakers)
+    write_voxceleb_list(tmp_path / "list_test_hard2.txt", {s: speakers[s] for s in ("id10270", "id10273")})  # Same-gender pairs: p225, p228 are F.
+    embedded = []
+    embed_files = Embedder.embed_files
+    monkeypatch.setattr(Embedder, "embed_files", lambda self, paths, *args: embedded.extend(paths) or embed_files(self, paths, *args))
+    report = evaluate_checkpoint(None, pretrained_checkpoint(), trials_file=[tmp_path / "veri_test2.txt", tmp_path / "list_test_hard2.txt"])
+    figures = report.trial_lists
+    assert list(figures) == ["veri_test2.txt", "list_test_hard2.txt"]
+    assert [(f["num_trials"], f["num_target"]) for f in figures.values()] == [(28, 4), (6, 2)]
+    assert all(f["eer"] < 0.25 for f in figures.values())  # Chance is 50 %: labels read the other way round would give over 50 %.
+    assert sorted(embedded) == sorted({str(tmp_path / "wav" / n) for names in speakers.values() for n in names})
+    assert report.trials is None and [line.split("  ")[0] for line in report.verification_lines()] == ["trial list veri_test2.txt", "trial list list_test_hard2.txt"]
+
+
+def test_test_model_names_the_first_missing_file_before_loading_the_model(tmp_path, invoke_cli):
+    speakers = voxceleb_test_root(tmp_path)
+    write_voxceleb_list(tmp_path / "veri_test2.txt", speakers)
+    (tmp_path / "wav" / "id10270/video0/00001.wav").unlink()
+    result = invoke_cli("test-model", "--checkpoint_file", tmp_path / "no_such_model.h5", "--trials", tmp_path / "veri_test2.txt")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [f"Error: {tmp_path / 'veri_test2.txt'}: {tmp_path / 'wav' / 'id10270/video0/00001.wav'} is missing "
+                                                  "(trial 1; 1 of the list's 12 files are missing). Give the folder the list's paths are relative to with --trials_root"]
