@@ -36,7 +36,7 @@ from run_directory import (
 )
 from train_config import TrainConfig, TrainingError
 from training_batches import label_task_values, make_batches
-from training_models import build_model, load_initial_checkpoint
+from training_models import build_model, build_training_state, load_initial_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +85,8 @@ def train(working_dir: str | os.PathLike, config: TrainConfig, run_root: str | o
             train_batches, validation_batches = make_batches(config, data, model, first_epoch, working_dir, task_values)
             if validation_batches is not None and config.fixed_validation:
                 validation_batches = FixedBatches.draw(validation_batches, len(validation_batches))
+            if validation_batches is not None:
+                build_training_state(model, validation_batches[0])
             monitor, monitor_mode = monitored_metric(config, validation_batches is not None)
             checkpoint = RunCheckpoint(directory, monitor, monitor_mode, state["best"] if state else None, config.snapshot_every)
             model.fit(

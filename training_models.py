@@ -62,6 +62,18 @@ def model_outputs(model: keras.Model) -> tuple[str, ...]:
     return tuple(model.output.keys()) if isinstance(model.output, dict) else ()
 
 
+def build_training_state(model: keras.Model, batch: tuple) -> None:
+    """Create the optimizer's slots and the compiled metrics' and losses' variables before `fit`.
+
+    Keras on TensorFlow without a distribution strategy creates them inside the first trace of the
+    training step, and TensorFlow then traces that step a second time to run it without creating
+    variables: about a third of a short run's CPU time. Building them here from the shapes of one
+    batch (what Keras itself does under a strategy, and on JAX) makes that trace the only one.
+    """
+    if keras.backend.backend() == "tensorflow":
+        model._symbolic_build(data_batch=tuple(batch))
+
+
 def load_initial_checkpoint(model: keras.Model, config: TrainConfig, working_dir: str | os.PathLike) -> None:
     """Triplet training starts from the softmax run's best checkpoint (by layer name) when there is one."""
     path = Path(config.initial_checkpoint) if config.initial_checkpoint else run_dir(working_dir, "softmax") / BEST_CHECKPOINT
