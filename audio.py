@@ -1,19 +1,12 @@
-"""Audio decoding, the reference's filterbank features, the corpus index and the feature cache.
+"""Audio decoding, silence trims and the reference's filterbank features (the reference's audio.py).
 
-Everything here is NumPy and plain Python (no TensorFlow), so the cache can be built in worker
-processes cheaply and the features can be reused by every Keras backend.
+Everything here is NumPy and plain Python (no TensorFlow), so features can be computed in worker
+processes cheaply and reused by every Keras backend.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import multiprocessing
 import os
-import re
-from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -22,37 +15,25 @@ import scipy.fft
 import soundfile
 import soxr
 from python_speech_features import get_filterbanks
-from tqdm import tqdm
 
-from fileio import save_npy_atomically, write_json_atomically
 from constants import (
     AUDIO_EXTENSIONS,
-    CACHE_DIR_NAME,
+    FFMPEG_EXTENSIONS,
     ENERGY_TRIM_TOP_DB,
     FFT_CHUNK_FRAMES,
-    GENDER_TABLE_NAMES,
     MEL_BLOCKS,
     NFFT,
     NORMALISATION_STD_FLOOR,
     NUM_FBANKS,
+    PAD_MODES,
     PRE_EMPHASIS,
     RESAMPLE_QUALITY,
     SAMPLE_RATE,
     SILENCE_PERCENTILE,
-    SPEAKERS_FILE_NAME,
     TRIM_MODES,
-    PAD_MODES,
-    WAVEFORM_CACHE_DIR_NAME,
     WINDOW_LENGTH_S,
     WINDOW_STEP_S,
 )
-
-logger = logging.getLogger(__name__)
-
-LIBRISPEECH_NAME = re.compile(r"^(?P<speaker>\d+)-(?P<chapter>\d+)-(?P<index>\d+)$")
-VCTK_SPEAKERS_FILE_NAME = "speaker-info.txt"
-CORPUS_INDEX_FILE_NAME = "corpus.json"
-CACHE_TRIM = "reference"  # The silence trim of every feature-cache entry (see `entry_features`).
 
 
 class AudioError(ValueError):
@@ -64,31 +45,37 @@ class AudioError(ValueError):
         super().__init__(f"{self.path}: {problem}")
 
 
-class CorpusError(ValueError):
-    """A corpus or feature cache that cannot be used: no audio, unreadable layout, no cache."""
-
 
 # ----------------------------------------------------------------------------------------------
 # Decoding and trimming.
 
 
-def read_audio(filename: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode a FLAC, WAV, MP3 or OGG file to mono float32 at `sample_rate`, as `librosa.load` would.
+def read_audio(filename: str | os.PathLike, sample_rate: int = SAMPLE_RATE, segment: tuple[float, float | None] | None = None) -> np.ndarray:
+    """Decode an audio file of AUDIO_EXTENSIONS to mono float32 at `sample_rate`, as `librosa.load` would.
 
-    soundfile decodes, channels are averaged, and soxr 'HQ' resamples (librosa's default), so the
-    samples are identical to the reference's.
+    soundfile decodes FLAC, WAV, MP3 and OGG, FFmpeg (PyAV) decodes AAC/M4A, Opus and WebM;
+    channels are averaged, and soxr 'HQ' resamples (librosa's default), so the samples of the
+    formats librosa reads are identical to the reference's. `segment` (start, end) in seconds
+    (end None: to the end) keeps that span of the recording, cut before resampling as if it were
+    a file of its own (a Kaldi `segments` utterance).
     """
     path = Path(filename)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such audio file")
-    if path.suffix.lower() not in AUDIO_EXTENSIONS:
+    suffix = path.suffix.lower()
+    if suffix not in AUDIO_EXTENSIONS:
         raise AudioError(path, f"unsupported format {path.suffix!r} (expected one of {', '.join(AUDIO_EXTENSIONS)})")
     if path.stat().st_size == 0:
         raise AudioError(path, "the file is empty (0 bytes)")
-    try:
-        samples, file_rate = soundfile.read(path, dtype="float32", always_2d=True)
-    except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
-        raise AudioError(path, f"corrupt or not audio ({error})") from None
+    if suffix in FFMPEG_EXTENSIONS:
+        samples, file_rate = decode_with_ffmpeg(path, segment)
+    else:
+        try:
+            samples, file_rate = decode_with_soundfile(path, segment)
+        except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
+            if suffix != ".ogg":
+                raise AudioError(path, f"corrupt or not audio ({error})") from None
+            samples, file_rate = decode_with_ffmpeg(path, segment)  # An Ogg codec this libsndfile lacks (Opus before 1.0.29, FLAC in Ogg).
     if samples.size == 0:
         raise AudioError(path, "the file holds no audio samples")
     mono = samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1, dtype=np.float32)
@@ -97,6 +84,56 @@ def read_audio(filename: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> n
         expected_length = int(np.ceil(len(samples) * sample_rate / file_rate))
         mono = _fix_length(mono, expected_length)
     return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def segment_frames(path: Path, segment: tuple[float, float | None], rate: int, length: int) -> slice:
+    """The frames of `segment` (start, end) seconds in a recording of `length` frames; an end past the recording stops at its end."""
+    start, end = segment
+    first = int(round(start * rate))
+    last = length if end is None else min(length, int(round(end * rate)))
+    where = f"the segment {start:g}-{'end' if end is None else f'{end:g}'} s"
+    if first >= length:
+        raise AudioError(path, f"{where} starts after the end of the recording ({length / rate:g} s)")
+    if last <= first:
+        raise AudioError(path, f"{where} is empty")
+    return slice(first, last)
+
+
+def decode_with_soundfile(path: Path, segment: tuple[float, float | None] | None = None) -> tuple[np.ndarray, int]:
+    """(samples, rate) as float32 (frames, channels); a segment is read by seeking, not by decoding the whole recording."""
+    with soundfile.SoundFile(path) as sound:
+        if segment is None or sound.frames == 0:
+            return sound.read(dtype="float32", always_2d=True), sound.samplerate
+        frames = segment_frames(path, segment, sound.samplerate, sound.frames)
+        sound.seek(frames.start)
+        return sound.read(frames.stop - frames.start, dtype="float32", always_2d=True), sound.samplerate
+
+
+def decode_with_ffmpeg(path: Path, segment: tuple[float, float | None] | None = None) -> tuple[np.ndarray, int]:
+    """(samples, rate) of the first audio stream, float32 shaped (frames, channels) as soundfile gives them.
+
+    The decoder's samples are only converted to float, never resampled here, so every format
+    goes through the same soxr resampling in `read_audio`.
+    """
+    import av  # Imported here: only these formats need FFmpeg, and machines that never read them can lack it.
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise AudioError(path, "no audio stream in the file")
+            stream = container.streams.audio[0]
+            to_float = av.AudioResampler(format="fltp")  # Planar float at the stream's own rate and layout.
+            blocks = [converted.to_ndarray() for frame in container.decode(stream) for converted in to_float.resample(frame)]
+            blocks += [converted.to_ndarray() for converted in to_float.resample(None)]  # What the converter still holds.
+            rate = stream.codec_context.sample_rate
+    except av.FFmpegError as error:
+        raise AudioError(path, f"corrupt or not audio ({error.strerror or type(error).__name__})") from None
+    if not blocks:
+        return np.zeros((0, 1), dtype=np.float32), rate
+    samples = np.concatenate(blocks, axis=1).T
+    if segment is not None:
+        samples = samples[segment_frames(path, segment, rate, len(samples))]
+    return np.ascontiguousarray(samples, dtype=np.float32), rate
 
 
 def _fix_length(samples: np.ndarray, length: int) -> np.ndarray:
@@ -271,400 +308,3 @@ def pad_mfcc(mfcc: np.ndarray, max_length: int, mode: str = "zeros") -> np.ndarr
     if mode not in PAD_MODES:
         raise ValueError(f"pad must be one of {', '.join(PAD_MODES)}; got {mode!r}")
     return np.concatenate([mfcc, np.zeros((missing, mfcc.shape[1]), dtype=mfcc.dtype)])
-
-
-# ----------------------------------------------------------------------------------------------
-# Corpus index.
-
-
-@dataclass(frozen=True)
-class Utterance:
-    """One recording: `speaker` and `utterance` name its cache entry `<speaker>_<utterance>.npy`."""
-
-    speaker: str
-    utterance: str
-    path: Path
-
-    @property
-    def cache_name(self) -> str:
-        return f"{self.speaker}_{self.utterance}.npy"
-
-
-@dataclass
-class Corpus:
-    """The utterances of a corpus, grouped by speaker, with the gender labels that exist."""
-
-    root: Path
-    utterances: list[Utterance]
-    genders: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def speakers(self) -> list[str]:
-        return sorted({u.speaker for u in self.utterances}, key=natural_key)
-
-    def utterances_by_speaker(self) -> dict[str, list[Utterance]]:
-        grouped: dict[str, list[Utterance]] = defaultdict(list)
-        for utterance in self.utterances:
-            grouped[utterance.speaker].append(utterance)
-        return {speaker: sorted(grouped[speaker], key=lambda u: natural_key(u.utterance)) for speaker in self.speakers}
-
-
-def natural_key(text: str) -> list:
-    """Sort key that orders 'a2' before 'a10'."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
-
-
-def utterance_from_path(path: Path, root: Path) -> Utterance | None:
-    """Name a file: LibriSpeech `<spk>-<chapter>-<n>` anywhere, else `<root>/<speaker>/**/<file>`."""
-    match = LIBRISPEECH_NAME.match(path.stem)
-    if match:
-        return Utterance(match["speaker"], f"{match['chapter']}-{match['index']}", path)
-    relative = path.relative_to(root)
-    if len(relative.parts) < 2:
-        return None  # A file directly under the root belongs to no speaker folder.
-    speaker = relative.parts[0]
-    utterance = "-".join(relative.with_suffix("").parts[1:])
-    return Utterance(speaker, utterance, path)
-
-
-GENDER_WORDS = {"m": "M", "male": "M", "f": "F", "female": "F", "male_masculine": "M", "female_feminine": "F"}  # Any case.
-
-
-def gender_label(value: str) -> str | None:
-    """'M' or 'F' of a gender cell: M, F, male or female in any case (and Common Voice's male_masculine,
-    female_feminine); None for an empty cell (no label). Anything else raises ValueError."""
-    value = value.strip()
-    if not value:
-        return None
-    if value.lower() not in GENDER_WORDS:
-        raise ValueError(f"gender {value!r} is none of M, F, male, female (any case); leave the cell empty for a speaker without a label")
-    return GENDER_WORDS[value.lower()]
-
-
-def _gender_of_row(path: Path, line_number: int, speaker: str, value: str) -> str | None:
-    """`gender_label` of one row of a label file, its error naming the file, the line and the speaker."""
-    try:
-        return gender_label(value)
-    except ValueError as error:
-        raise CorpusError(f"{path}, line {line_number} (speaker {speaker}): {error}") from None
-
-
-def read_gender_table(path: Path, text: str) -> dict[str, str]:
-    """A plain speaker table: a header row naming `speaker` and `gender` columns (tab or comma); see `gender_label`."""
-    lines = [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
-    header_line = lines[0][1]
-    delimiter = "\t" if "\t" in header_line else ","
-    header = [name.strip().lower() for name in header_line.split(delimiter)]
-    if "speaker" not in header or not ({"gender", "sex"} & set(header)):
-        raise CorpusError(f"{path}: a speaker table needs a header with 'speaker' and 'gender' columns; got {header_line!r}")
-    speaker_column = header.index("speaker")
-    gender_column = header.index("gender" if "gender" in header else "sex")
-    genders = {}
-    for number, line in lines[1:]:
-        fields = [part.strip() for part in line.split(delimiter)]
-        speaker = fields[speaker_column]
-        sex = _gender_of_row(path, number, speaker, fields[gender_column] if len(fields) > gender_column else "")
-        if sex is not None:
-            genders[speaker] = sex
-    return genders
-
-
-def read_gender_labels(path: str | os.PathLike) -> dict[str, str]:
-    """Speaker -> 'F'/'M' from LibriSpeech `SPEAKERS.TXT`, VCTK `speaker-info.txt`, or a speaker
-    table with `speaker` and `gender` columns (Common Voice style `speakers.tsv`, or CSV). A gender
-    may be written M, F, male or female in any case (`gender_label`); an empty one is no label, and
-    any other value raises CorpusError naming the file, the line and the speaker."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such gender label file")
-    text = path.read_text(encoding="utf-8", errors="replace")
-    first = next((line for line in text.splitlines() if line.strip() and not line.startswith(";")), "")
-    if "speaker" in first.lower() and ("\t" in first or "," in first):
-        return read_gender_table(path, text)
-    genders: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith((";", "#")):  # Comments: LibriSpeech's ';', a '#' line under a copied VCTK table.
-            continue
-        if "|" in line:  # LibriSpeech: ID | SEX | SUBSET | MINUTES | NAME
-            fields = [part.strip() for part in line.split("|")]
-            speaker, sex = fields[0], fields[1] if len(fields) > 1 else ""
-        else:  # VCTK: ID AGE GENDER ACCENTS REGION, ids with or without the 'p'.
-            fields = line.split()
-            if len(fields) < 3 or fields[0] == "ID":
-                continue
-            speaker, sex = (fields[0] if fields[0].startswith("p") else f"p{fields[0]}"), fields[2]
-        label = _gender_of_row(path, number, speaker, sex)
-        if label is not None:
-            genders[speaker] = label
-    return genders
-
-
-def find_gender_files(root: Path) -> list[Path]:
-    """Gender label files inside `root` and in its ancestors (LibriSpeech keeps SPEAKERS.TXT at its top)."""
-    names = (SPEAKERS_FILE_NAME, VCTK_SPEAKERS_FILE_NAME, *GENDER_TABLE_NAMES)
-    found = [p for name in names for p in sorted(root.rglob(name))]
-    for ancestor in root.resolve().parents:
-        found += [ancestor / name for name in names if (ancestor / name).is_file()]
-    return found
-
-
-def index_corpus(audio_dir: str | os.PathLike, genders_file: str | os.PathLike | None = None) -> Corpus:
-    """Find every audio file under `audio_dir` and name its speaker and utterance; read genders.
-
-    Genders come from the label files found in and above the corpus (SPEAKERS.TXT,
-    speaker-info.txt, speakers.tsv), then from `genders_file`, which wins.
-    """
-    root = Path(audio_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such audio directory")
-    utterances: list[Utterance] = []
-    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()):
-        utterance = utterance_from_path(path, root)
-        if utterance is None:
-            logger.warning("%s: skipped, not inside a speaker folder and not LibriSpeech-named", path)
-            continue
-        utterances.append(utterance)
-    if not utterances:
-        raise CorpusError(f"{root}: no {'/'.join(e[1:].upper() for e in AUDIO_EXTENSIONS)} files found (expected <root>/<speaker>/**/<audio> or LibriSpeech layout)")
-    duplicates = _duplicate_cache_names(utterances)
-    if duplicates:
-        raise CorpusError(f"{root}: several files map to the same cache entry, e.g. {duplicates[0]}")
-    genders: dict[str, str] = {}
-    for gender_file in reversed(find_gender_files(root)):  # Nearest files win.
-        genders.update(read_gender_labels(gender_file))
-    if genders_file is not None:
-        genders.update(read_gender_labels(genders_file))
-    speakers = {u.speaker for u in utterances}
-    return Corpus(root, utterances, {s: g for s, g in genders.items() if s in speakers})
-
-
-def _duplicate_cache_names(utterances: list[Utterance]) -> list[str]:
-    seen: dict[str, Path] = {}
-    duplicates = []
-    for utterance in utterances:
-        if utterance.cache_name in seen:
-            duplicates.append(f"{seen[utterance.cache_name]} and {utterance.path}")
-        seen[utterance.cache_name] = utterance.path
-    return duplicates
-
-
-# ----------------------------------------------------------------------------------------------
-# Feature cache.
-
-
-def cache_dir(working_dir: str | os.PathLike) -> Path:
-    return Path(working_dir) / CACHE_DIR_NAME
-
-
-def waveform_cache_dir(working_dir: str | os.PathLike, trim_mode: str) -> Path:
-    """Decoded, trimmed 16 kHz audio (float16 `.npy`, same names as the feature cache), one folder per trim."""
-    return Path(working_dir) / f"{WAVEFORM_CACHE_DIR_NAME}-{trim_mode}"
-
-
-@dataclass
-class CacheReport:
-    """What a cache build did: entries written, entries already there, and files that failed."""
-
-    cache_dir: Path
-    written: int = 0
-    skipped_existing: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
-
-    def summary(self) -> str:
-        lines = [f"{self.cache_dir}: {self.written} written, {self.skipped_existing} already cached, {len(self.failed)} failed."]
-        lines += [f"  skipped {path}: {problem}" for path, problem in self.failed]
-        return "\n".join(lines)
-
-
-def _cache_one(job: tuple[str, str | None, str | None, str]) -> tuple[str, str | None]:
-    """Worker: features (and trimmed audio) of one file into its cache entries.
-
-    Returns (audio path, problem or None). The audio is decoded once for both entries.
-    """
-    audio_path, feature_target, waveform_target, waveform_trim = job
-    try:
-        samples = read_audio(audio_path, SAMPLE_RATE)
-        if feature_target:
-            save_npy_atomically(Path(feature_target), mfcc_from_samples(samples, SAMPLE_RATE, audio_path, CACHE_TRIM))
-        if waveform_target:
-            voiced = trim(samples, waveform_trim, audio_path)
-            frame_length, _ = frame_length_and_step(SAMPLE_RATE)
-            if len(voiced) < frame_length:
-                raise AudioError(audio_path, f"too short: {len(voiced)} samples of speech after trimming, need at least {frame_length}")
-            save_npy_atomically(Path(waveform_target), voiced.astype(np.float16))
-    except (AudioError, FileNotFoundError) as error:
-        return audio_path, getattr(error, "problem", str(error))
-    return audio_path, None
-
-
-def build_feature_cache(
-    audio_dir: str | os.PathLike,
-    working_dir: str | os.PathLike,
-    workers: int | None = None,
-    progress: bool = True,
-    genders_file: str | os.PathLike | None = None,
-    waveform_trim: str | None = None,
-) -> CacheReport:
-    """Compute features of every utterance into `<working_dir>/audio-fbanks/` in parallel.
-
-    With `waveform_trim`, also keep the decoded audio trimmed that way in
-    `<working_dir>/audio-waveforms-<trim>/`, for training with augmentation. Entries that exist
-    are kept (so an interrupted build resumes); bad files are skipped and reported;
-    `corpus.json` records speakers, genders and where the audio came from, down to each entry's
-    file, so that an entry of another corpus with the same names is refused, not reused.
-    """
-    corpus = index_corpus(audio_dir, genders_file)
-    check_entry_sources(working_dir, corpus)
-    target_dir = cache_dir(working_dir)
-    target_dir.mkdir(parents=True, exist_ok=True)
-    waveform_dir = waveform_cache_dir(working_dir, waveform_trim) if waveform_trim else None
-    if waveform_dir:
-        if waveform_trim not in TRIM_MODES:
-            raise ValueError(f"waveform trim must be one of {', '.join(TRIM_MODES)}; got {waveform_trim!r}")
-        waveform_dir.mkdir(parents=True, exist_ok=True)
-    report = CacheReport(target_dir)
-    jobs = []
-    for utterance in corpus.utterances:
-        target = target_dir / utterance.cache_name
-        waveform_target = waveform_dir / utterance.cache_name if waveform_dir else None
-        feature_job = None if target.exists() else str(target)
-        waveform_job = None if waveform_target is None or waveform_target.exists() else str(waveform_target)
-        if feature_job is None and waveform_job is None:
-            report.skipped_existing += 1
-        else:
-            jobs.append((str(utterance.path), feature_job, waveform_job, waveform_trim or "none"))
-    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1))
-    if jobs:
-        bar = tqdm(total=len(jobs), desc="features", unit="file", disable=not progress)
-        if workers == 1:
-            results = map(_cache_one, jobs)
-        else:
-            executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-            results = executor.map(_cache_one, jobs, chunksize=max(1, min(32, len(jobs) // (workers * 4))))
-        for audio_path, problem in results:
-            bar.update()
-            if problem is None:
-                report.written += 1
-            else:
-                report.failed.append((audio_path, problem))
-        bar.close()
-        if workers > 1:
-            executor.shutdown()
-    failed = {path for path, _ in report.failed}
-    cached = [u for u in corpus.utterances if str(u.path) not in failed]
-    write_corpus_index(working_dir, Corpus(corpus.root, cached, corpus.genders))
-    return report
-
-
-def check_entry_sources(working_dir: str | os.PathLike, corpus: Corpus) -> None:
-    """Refuse a corpus whose files map to cache entries recorded from other files.
-
-    Two corpora with the same speaker and utterance names share entry names; without this the
-    second would silently train on the first one's features. Entries that older code recorded
-    without their source cannot be checked and are reused as before.
-    """
-    path = Path(working_dir) / CORPUS_INDEX_FILE_NAME
-    sources = json.loads(path.read_text()).get("sources", {}) if path.is_file() else {}
-    clashes = []
-    for utterance in corpus.utterances:
-        source = str(utterance.path.resolve())
-        recorded = sources.get(utterance.cache_name, source)
-        if recorded != source:
-            clashes.append((utterance.cache_name, recorded, source))
-    if clashes:
-        entry, recorded, new = clashes[0]
-        more = f" (and {len(clashes) - 1} more entries)" if len(clashes) > 1 else ""
-        raise CorpusError(
-            f"{cache_dir(working_dir) / entry}: cached from {recorded}, but {new} has the same speaker and utterance names{more}. "
-            "Build each corpus into its own --working_dir, or rename the speaker folders of one of them."
-        )
-
-
-def write_corpus_index(working_dir: str | os.PathLike, corpus: Corpus) -> Path:
-    """Record the cached corpus (speaker -> utterances, genders, entry -> source file) so training needs no audio.
-
-    Caches built from several corpora into one working dir add up: the index is merged.
-    """
-    path = Path(working_dir) / CORPUS_INDEX_FILE_NAME
-    index = json.loads(path.read_text()) if path.is_file() else {"audio_dirs": [], "genders": {}, "speakers": {}}
-    root = str(Path(corpus.root).resolve())
-    index["audio_dirs"] = sorted(set(index["audio_dirs"]) | {root})
-    index["genders"].update(corpus.genders)
-    sources = index.setdefault("sources", {})
-    unknown = {f"{s}_{u}.npy" for s, utterances in index["speakers"].items() for u in utterances} - set(sources)  # Listed by older code.
-    sources.update({u.cache_name: str(u.path.resolve()) for u in corpus.utterances if u.cache_name not in unknown})
-    for speaker, utterances in corpus.utterances_by_speaker().items():
-        merged = set(index["speakers"].get(speaker, [])) | {u.utterance for u in utterances}
-        index["speakers"][speaker] = sorted(merged, key=natural_key)
-    write_json_atomically(path, index)
-    return path
-
-
-def cached_entries(working_dir: str | os.PathLike) -> tuple[dict[str, list[Path]], dict[str, str]]:
-    """Speaker -> cache entry files, and speaker -> gender, of the cache in `working_dir`."""
-    index = read_corpus_index(working_dir)
-    directory = cache_dir(working_dir)
-    entries = {s: [directory / f"{s}_{u}.npy" for u in utterances] for s, utterances in index["speakers"].items() if utterances}
-    return entries, index.get("genders", {})
-
-
-def entry_features(entry: str | os.PathLike, trim_mode: str = CACHE_TRIM) -> np.ndarray:
-    """The features of a feature-cache entry as `read_mfcc` with `trim_mode` gives them for its audio.
-
-    The cache keeps one front end, the reference's trim (`CACHE_TRIM`): it is what the
-    reference's batchers train on, and a checkpoint with that trim reads the entry as it is.
-    For another trim the features are made again: from the audio file the entry was cached from
-    (corpus.json's `sources`), so a cached speaker gets the very features its audio gets when
-    given as a file (in `embed`, `verify` or an `--eval_audio_dir`); where that file is gone,
-    from the trimmed audio the waveform cache keeps for that trim (float16: features within its
-    rounding, as augmented training reads them). Why not a feature cache per front end: the
-    waveform cache already keeps each trim's audio for training, and a second feature cache per
-    trim would double every build for figures that re-reading a corpus gives in seconds, and
-    be one more copy that can disagree with the audio.
-
-    Raises AudioError naming the entry when neither the audio nor the trimmed audio is there.
-    """
-    entry = Path(entry)
-    if trim_mode not in TRIM_MODES:
-        raise ValueError(f"trim must be one of {', '.join(TRIM_MODES)}; got {trim_mode!r}")
-    if trim_mode == CACHE_TRIM:
-        return np.load(entry)
-    if not entry.is_file():
-        raise FileNotFoundError(f"{entry}: no such feature-cache entry")
-    working_dir = entry.parent.parent
-    source = _recorded_sources(working_dir).get(entry.name) if entry.parent.name == CACHE_DIR_NAME else None
-    if source is not None and source.is_file():
-        return read_mfcc(source, SAMPLE_RATE, trim_mode)
-    waveform = waveform_cache_dir(working_dir, trim_mode) / entry.name
-    if waveform.is_file():
-        return features_of_voiced(np.load(waveform).astype(np.float32), SAMPLE_RATE, entry)
-    where = f"its audio {source} is missing" if source else "corpus.json records no audio file for it"
-    raise AudioError(entry, f"cached with the {CACHE_TRIM} trim; the {trim_mode} trim needs its audio, but {where} and there is no {waveform} "
-                            f"(build-mfcc-cache --waveforms {trim_mode} keeps it)")
-
-
-def _recorded_sources(working_dir: Path) -> dict[str, Path]:
-    """Entry name -> audio file, from the corpus.json of `working_dir` ({} without one); read once per version of the file."""
-    path = working_dir / CORPUS_INDEX_FILE_NAME
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        return {}
-    return _sources_of_index(str(path), stat.st_mtime_ns, stat.st_size)
-
-
-@lru_cache(maxsize=8)
-def _sources_of_index(path: str, mtime_ns: int, size: int) -> dict[str, Path]:
-    return {name: Path(source) for name, source in json.loads(Path(path).read_text()).get("sources", {}).items()}
-
-
-def read_corpus_index(working_dir: str | os.PathLike) -> dict:
-    """The `corpus.json` written by `build_feature_cache`; says what to run when it is missing."""
-    path = Path(working_dir) / CORPUS_INDEX_FILE_NAME
-    if not path.is_file():
-        raise CorpusError(
-            f"{path}: no feature cache in {working_dir}. Run first: "
-            f"python cli.py build-mfcc-cache --working_dir {working_dir} --audio_dir <your audio folder>"
-        )
-    return json.loads(path.read_text())

@@ -13,7 +13,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from audio import CorpusError, cache_dir, cached_entries, natural_key, pad_mfcc
+from audio import pad_mfcc
+from corpus import CorpusError, natural_key
+from feature_cache import cache_dir, cached_entries
 from augment import AugmentConfig, augmented_window_features, babble_speakers, random_segment
 from tasks import gender_task
 from constants import (

@@ -103,24 +103,30 @@ def version() -> None:
 
 @cli.command("build-mfcc-cache")
 @click.option("--working_dir", required=True, type=click.Path(file_okay=False), help="Folder for the cache and everything trained from it.")
-@click.option("--audio_dir", required=True, type=click.Path(file_okay=False), help="LibriSpeech folder, or <root>/<speaker>/**/*.wav|flac|mp3|ogg.")
+@click.option("--audio_dir", type=click.Path(file_okay=False),
+              help="Corpus folder: LibriSpeech, VoxCeleb, CN-Celeb, <root>/<speaker>/**/<audio>, or a Kaldi data directory.")
+@click.option("--data_dir", type=click.Path(file_okay=False), help="Kaldi data directory (wav.scp, utt2spk or spk2utt; segments, spk2gender).")
 @click.option("--workers", type=int, default=None, help="Worker processes (default: all cores).")
 @click.option("--genders", "genders_file", type=click.Path(dir_okay=False),
               help="Speaker table with 'speaker' and 'gender' (F/M) columns, tab or comma separated. Default: SPEAKERS.TXT, "
                    "speaker-info.txt or speakers.tsv found in or above the corpus.")
 @click.option("--waveforms", "waveform_trim", type=click.Choice(["reference", "energy", "none"]),
               help="Also cache the decoded audio, trimmed this way, for training with augmentation (--trim of train).")
-def build_mfcc_cache(working_dir: str, audio_dir: str, workers: int | None, genders_file: str | None, waveform_trim: str | None) -> None:
+def build_mfcc_cache(working_dir: str, audio_dir: str | None, data_dir: str | None, workers: int | None, genders_file: str | None,
+                     waveform_trim: str | None) -> None:
     """Compute 64 normalised filterbanks of every file into WORKING_DIR/audio-fbanks/.
 
     Entries already cached are skipped, so an interrupted build resumes where it stopped. Files
     that cannot be read (empty, silent, corrupt, too short) are skipped and listed at the end.
     Run it once per corpus with the same WORKING_DIR to train on several corpora together.
     """
-    from audio import CorpusError, build_feature_cache
+    from corpus import CorpusError, kaldi_data_dir
+    from feature_cache import build_feature_cache
 
+    if (audio_dir is None) == (data_dir is None):
+        raise click.UsageError("give one of --audio_dir and --data_dir")
     try:
-        report = build_feature_cache(audio_dir, working_dir, workers=workers, genders_file=genders_file, waveform_trim=waveform_trim)
+        report = build_feature_cache(audio_dir or kaldi_data_dir(data_dir), working_dir, workers=workers, genders_file=genders_file, waveform_trim=waveform_trim)
     except (CorpusError, FileNotFoundError, ValueError) as error:
         _fail(error)
     click.echo(report.summary())
@@ -189,9 +195,10 @@ def train(working_dir: str, audio_dirs: tuple[str, ...], genders_file: str | Non
     config.json, speakers.json, split.json, best.h5 (loads by layer name), latest-<epoch>.weights.h5,
     state.json, metrics.csv and TensorBoard logs.
     """
-    from audio import CorpusError, build_feature_cache
-    from train import TrainConfig, TrainingError, train_reference_recipe
-    from train import train as train_mode
+    from corpus import CorpusError
+    from feature_cache import build_feature_cache
+    from train import train as train_mode, train_reference_recipe
+    from train_config import TrainConfig, TrainingError
 
     if options.pop("mixed_precision"):
         if options["precision"] not in (None, "mixed"):
@@ -271,7 +278,7 @@ def read_recipe(path: str) -> dict:
     from pathlib import Path
 
     from tasks import resolve_clip_tables
-    from train import TrainConfig
+    from train_config import TrainConfig
 
     try:
         recipe = json.loads(Path(path).read_text())
@@ -319,7 +326,7 @@ def train_model(ctx: click.Context, working_dir: str, pre_training_phase: bool) 
               help="The reference's training and test windows per speaker; unused: training draws its windows as it runs.")
 def build_keras_inputs(working_dir: str, counts_per_speaker: str) -> None:
     """The reference's step that wrote every training window to disk: not needed here, so it only says so."""
-    from audio import cache_dir
+    from feature_cache import cache_dir
 
     cache = cache_dir(working_dir)
     click.echo(f"build-keras-inputs is not needed: training streams its batches from the feature cache of build-mfcc-cache ({cache}). "
@@ -384,7 +391,8 @@ def test_model(working_dir: str | None, checkpoint_file: str | None, eval_audio_
     """
     from pathlib import Path
 
-    from audio import AudioError, CorpusError
+    from audio import AudioError
+    from corpus import CorpusError
     from test import evaluate_checkpoint
 
     checkpoint_file = _checkpoint(checkpoint_file)
@@ -420,9 +428,9 @@ def experiment(config_file: str, working_dir: str, readme: str | None, marker: s
 
     Runs that finished are skipped when the command runs again.
     """
-    from audio import CorpusError
+    from corpus import CorpusError
     from experiment import results_table, run_experiment, update_readme_table
-    from train import TrainingError
+    from train_config import TrainingError
 
     try:
         csv_path = run_experiment(config_file, working_dir)

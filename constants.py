@@ -6,7 +6,9 @@ the batchers and the CLI agree without passing magic numbers around.
 
 # Audio.
 SAMPLE_RATE = 16_000  # Hz; every file is resampled to this rate and downmixed to mono.
-AUDIO_EXTENSIONS = (".flac", ".wav", ".mp3", ".ogg")  # All decoded by libsndfile (MP3 since 1.1).
+SOUNDFILE_EXTENSIONS = (".flac", ".wav", ".mp3", ".ogg")  # Decoded by libsndfile (MP3 since 1.1); an Ogg it cannot read goes to FFmpeg.
+FFMPEG_EXTENSIONS = (".m4a", ".aac", ".opus", ".webm")  # Decoded by FFmpeg through PyAV: VoxCeleb2's AAC, Opus.
+AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS + FFMPEG_EXTENSIONS
 SILENCE_PERCENTILE = 95  # The trim keeps audio between the first and last sample louder than this.
 RESAMPLE_QUALITY = "HQ"  # soxr quality; librosa's default 'soxr_hq', so samples match the reference.
 
@@ -37,7 +39,7 @@ TRIM_MODES = ("reference", "energy", "none")
 PAD_MODES = ("zeros", "repeat")  # repeat: tile the clip's frames up to the window.
 EMBEDDING_PAD_MODES = (*PAD_MODES, "exact")  # exact: embed a short clip's own frames, unpadded (the ResCNN takes any length).
 ENERGY_TRIM_TOP_DB = 30  # energy trim: drop leading/trailing audio this far below the loudest frame.
-GENDER_TABLE_NAMES = ("speakers.tsv",)  # A corpus's own speaker table (speaker, gender columns).
+GENDER_TABLE_NAMES = ("speakers.tsv", "vox1_meta.csv", "vox2_meta.csv")  # A corpus's own speaker table (speaker, gender columns; VoxCeleb's meta files).
 
 # Model.
 EMBEDDING_SIZE = 512

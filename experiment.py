@@ -35,17 +35,17 @@ from pathlib import Path
 
 import numpy as np
 
-from audio import gender_label, index_corpus
+from corpus import gender_label, index_corpus
 from fileio import write_atomically, write_json_atomically, write_text_atomically
 from tasks import gender_task, parse_tasks, resolve_clip_tables
 
 logger = logging.getLogger(__name__)
 
 RECIPES = ("softmax", "softmax_triplet", "mtl", "mtl_triplet")
-# Label-task accuracies on the unseen speakers (`test.label_task_accuracies`): per file, then per speaker (each speaker
+# Label-task accuracies on the unseen speakers (`probes.label_task_accuracies`): per file, then per speaker (each speaker
 # once, its files' mean probability deciding), then `<task>_speakers`, the unseen speakers of each label ("7 F, 14 M").
 TASK_COLUMN_SUFFIXES = ("_acc_head", "_acc_probe", "_acc_head_per_speaker", "_acc_probe_per_speaker", "_speakers")
-# A per-clip task's (`test.clip_task_accuracies`): balanced accuracies over the unseen speakers' labelled clips, then
+# A per-clip task's (`probes.clip_task_accuracies`): balanced accuracies over the unseen speakers' labelled clips, then
 # `<task>_clips`, those clips per label ("49 anger, 31 boredom, ..."), and `<task>_speakers`, how many speakers they are of.
 CLIP_TASK_COLUMN_SUFFIXES = ("_acc_head", "_acc_probe", "_clips", "_speakers")
 # Every CSV starts with these; one `eer_<corpus>`, `min_dcf_<corpus>` pair per held-out corpus follows (`csv_columns`).
@@ -295,7 +295,7 @@ def experiment_seeds(config: "ExperimentConfig") -> list[int]:
 
 def check_train_settings(path: Path, where: str, settings) -> dict:
     """A `train` object: TrainConfig fields the runner does not own, each with a value of the field's type."""
-    from train import TrainConfig
+    from train_config import TrainConfig
 
     if not isinstance(settings, dict):
         raise ExperimentConfigError(f"{path}: '{where}' must map TrainConfig fields to values")
@@ -334,7 +334,7 @@ def held_out_corpora(config: ExperimentConfig) -> list[str]:
     """Names of the held-out corpora, in the recipe's order, as `EvaluationReport.corpora` keys them; last,
     each training folder that held-out training speakers come from (`test.evaluation_corpora` scores
     each folder's on their own, e.g. CommonVoice-fa and EmoDB)."""
-    from test import corpus_names
+    from verification import corpus_names
 
     names = list(dict.fromkeys(corpus_names(config.held_out_audio_dirs)))
     kept_out = set(config.held_out_training_speakers)
@@ -364,7 +364,7 @@ def train_settings(config: ExperimentConfig, name: str) -> dict:
 def training_phases(config: ExperimentConfig, name: str, seed: int) -> list:
     """The TrainConfig of each phase a configuration trains, in order; softmax_triplet's triplet phase
     starts from the softmax phase's best checkpoint (`train_configuration` fills in the path)."""
-    from train import TrainConfig
+    from train_config import TrainConfig
 
     settings = config.configurations[name]
     budget = {k: v for k, v in config.budget.items() if k != "learning_rate"}
@@ -421,7 +421,8 @@ def device_name() -> str:
 
 def train_configuration(working_dir: Path, run_root: Path, config: ExperimentConfig, name: str, seed: int) -> Path:
     """Train one configuration with one seed, phase after phase; returns the run directory whose best.h5 is scored."""
-    from train import BEST_CHECKPOINT, train
+    from run_directory import BEST_CHECKPOINT
+    from train import train
 
     run = None
     for phase in training_phases(config, name, seed):
@@ -435,9 +436,9 @@ def run_experiment(config_path: str | os.PathLike, working_dir: str | os.PathLik
     """Train and score every configuration x seed not scored yet; (re)write the CSV and the plot."""
     import keras
 
-    from audio import build_feature_cache
+    from feature_cache import build_feature_cache
     from test import evaluate_checkpoint
-    from train import BEST_CHECKPOINT
+    from run_directory import BEST_CHECKPOINT
 
     config = load_experiment_config(config_path)
     working_dir = Path(working_dir)

@@ -38,7 +38,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from audio import AudioError, entry_features, natural_key, pad_mfcc, read_mfcc
+from audio import AudioError, pad_mfcc, read_mfcc
+from corpus import natural_key
+from feature_cache import entry_features
 from constants import (
     AUDIO_EXTENSIONS,
     EMBEDDING_SIZE,
@@ -77,7 +79,7 @@ def expand_audio_paths(files_or_dirs: Iterable[str | os.PathLike]) -> list[Path]
     """Audio files named by `files_or_dirs` (folders searched recursively), sorted, without repeats.
 
     Raises FileNotFoundError for a path that does not exist, ValueError for a folder without
-    audio files, AudioError for a file that is not FLAC, WAV, MP3 or OGG.
+    audio files, AudioError for a file whose extension is not one of AUDIO_EXTENSIONS.
     """
     found: dict[Path, Path] = {}
     for item in files_or_dirs:
@@ -137,7 +139,7 @@ REFERENCE_FRONTEND = FrontEnd()
 
 def read_features(paths: Sequence[str | os.PathLike], frontend: FrontEnd = REFERENCE_FRONTEND) -> list[np.ndarray]:
     """Features of each file with the front end's trim, whether it is audio (`audio.read_mfcc`) or a
-    feature-cache entry (`.npy`, `audio.entry_features`: as cached for the cache's own trim, else
+    feature-cache entry (`.npy`, `feature_cache.entry_features`: as cached for the cache's own trim, else
     made again from its audio), so that a checkpoint is scored on the features it was trained on
     wherever evaluation reads the cache. The one reader of features for embedding and evaluation.
 

@@ -180,3 +180,18 @@ def plot_learning_curve(csv_path: str | os.PathLike, path: str | os.PathLike) ->
     axes.legend()
     figure.tight_layout()
     return _save(figure, path)
+
+
+def write_score_plots(plots_dir: str | os.PathLike, scores: np.ndarray, labels: np.ndarray, threshold: float) -> None:
+    from plots import plot_det_curve, plot_score_histograms
+
+    Path(plots_dir).mkdir(parents=True, exist_ok=True)
+    plot_score_histograms(scores, labels, threshold, Path(plots_dir) / "score_histograms.png")
+    plot_det_curve(scores, labels, Path(plots_dir) / "det_curve.png")
+
+
+def write_projection_plot(plots_dir: str | os.PathLike, embeddings: np.ndarray, speakers: list[str], genders: list[str | None]) -> None:
+    from plots import plot_embedding_projection
+
+    Path(plots_dir).mkdir(parents=True, exist_ok=True)
+    plot_embedding_projection(embeddings, speakers, genders, Path(plots_dir) / "embedding_projection.png")

@@ -201,7 +201,8 @@ def resolve_clip_tables(declared: dict, base: str | os.PathLike) -> dict:
 
 def speaker_source_files(working_dir: str | os.PathLike) -> dict[str, Path]:
     """One source audio file per cached speaker (from corpus.json), to read folder-declared labels from."""
-    from audio import CorpusError, read_corpus_index
+    from corpus import CorpusError
+    from feature_cache import read_corpus_index
 
     index = read_corpus_index(working_dir)
     sources = index.get("sources", {})
@@ -218,7 +219,8 @@ def speaker_source_files(working_dir: str | os.PathLike) -> dict[str, Path]:
 
 def entry_sources(working_dir: str | os.PathLike) -> dict[str, Path]:
     """Cache entry name -> the audio file it was made from (corpus.json), to read clip labels from."""
-    from audio import CorpusError, read_corpus_index
+    from corpus import CorpusError
+    from feature_cache import read_corpus_index
 
     index = read_corpus_index(working_dir)
     sources = index.get("sources", {})

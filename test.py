@@ -10,42 +10,25 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from constants import NUM_NEGATIVES_PER_SPEAKER
+from plots import write_projection_plot, write_score_plots
+from probes import (
+    clip_task_accuracies, label_source_files, label_task_accuracies, run_label_tasks, speaker_head_accuracy, speaker_id_accuracy,
+)
+from task_heads import task_heads
 from tasks import entry_sources, gender_task
 from triplet_loss import batch_cosine_similarity  # noqa: F401  (the reference's example imports it from test)
+from verification import (
+    EmbeddingsOnce, HeldOutCorpus, corpus_verification, evaluation_corpora, held_out_homes, pooled_speakers, reference_protocol_scores,
+    verification_line,
+)
 
 logger = logging.getLogger(__name__)
-
-
-def reference_protocol_scores(
-    embeddings: dict[str, np.ndarray], rng: np.random.Generator, num_negatives: int = NUM_NEGATIVES_PER_SPEAKER
-) -> np.ndarray:
-    """(speakers, 1 + num_negatives) cosine scores; column 0 is the positive pair.
-
-    Per speaker with two or more utterances: an anchor and a positive utterance of that speaker,
-    and `num_negatives` utterances of other speakers, one per speaker (the reference's protocol;
-    speakers repeat only when there are fewer other speakers than negatives).
-    """
-    speakers = [s for s in embeddings if len(embeddings[s]) >= 2]
-    if len(speakers) < 1 or len(embeddings) < 2:
-        raise ValueError("the reference protocol needs a speaker with 2 test utterances and at least 2 speakers")
-    names = list(embeddings)
-    anchors, candidates = [], []
-    for speaker in speakers:
-        own = embeddings[speaker]
-        first, second = rng.choice(len(own), 2, replace=False)
-        others = [name for name in names if name != speaker]
-        chosen = rng.choice(len(others), num_negatives, replace=len(others) < num_negatives)
-        negatives = [embeddings[others[i]][rng.integers(len(embeddings[others[i]]))] for i in chosen]
-        anchors.append(own[first])
-        candidates.append(np.stack([own[second], *negatives]))
-    return np.einsum("sd,snd->sn", np.stack(anchors), np.stack(candidates))
 
 
 @dataclass
@@ -82,15 +65,6 @@ class EvaluationReport:
         return [f"{name:<{width}}  {verification_line(figures)}" for name, figures in rows]
 
 
-def verification_line(figures: dict) -> str:
-    """`speakers = 2, trials = 28 (12 same speaker), EER = 25.00%, threshold = 0.412, minDCF(0.01) = ..., minDCF(0.05) = ...`."""
-    speakers = f"speakers = {len(figures['speakers'])}, " if figures.get("speakers") is not None else ""
-    return (
-        f"{speakers}trials = {figures['num_trials']} ({figures['num_target']} same speaker), EER = {100 * figures['eer']:.2f}%, "
-        f"threshold = {figures['eer_threshold']:.3f}, minDCF(0.01) = {figures['min_dcf_001']:.3f}, minDCF(0.05) = {figures['min_dcf_005']:.3f}"
-    )
-
-
 # ----------------------------------------------------------------------------------------------
 # Evaluating a checkpoint.
 
@@ -119,205 +93,6 @@ def training_split(entries: list[Path], recorded: dict[str, list[str]] | None) -
         return split_utterances(entries)
     by_name = {entry.name: entry for entry in entries}
     return [by_name[n] for n in recorded["train"] if n in by_name], [by_name[n] for n in recorded["test"] if n in by_name]
-
-
-HELD_OUT_CORPUS = "held_out"
-
-
-@dataclass(frozen=True)
-class HeldOutCorpus:
-    """The speakers of one held-out corpus: one `--eval_audio_dir`, or the run's held-out speakers."""
-
-    name: str
-    directory: str | None
-    speakers: dict[str, list[Path]]
-    genders: dict[str, str] = field(default_factory=dict)
-
-
-def corpus_names(directories: Sequence[str | os.PathLike]) -> list[str]:
-    """A short, unique, stable name per folder: its own name (`test-other`, `VCTK`), lengthened with
-    parent folders (`a/test-other`, `b/test-other`) only where two different folders share it.
-
-    The names key `EvaluationReport.corpora`, so they must not depend on the order of the options
-    or on how a path was spelled; the same folder given twice gets the same name.
-    """
-    paths = [Path(d).resolve() for d in directories]
-    depth = {path: 1 for path in paths}
-
-    def name(path: Path) -> str:
-        return Path(*path.parts[-depth[path]:]).as_posix()
-
-    while True:
-        owners: dict[str, set[Path]] = {}
-        for path in depth:
-            owners.setdefault(name(path), set()).add(path)
-        clashing = [path for group in owners.values() if len(group) > 1 for path in group if depth[path] < len(path.parts)]
-        if not clashing:
-            return [name(path) for path in paths]
-        for path in clashing:
-            depth[path] += 1
-
-
-def evaluation_corpora(eval_audio_dirs: Sequence[str | os.PathLike], held_out: dict[str, list[Path]],
-                       held_out_homes: dict[str, str] | None = None) -> list[HeldOutCorpus]:
-    """One corpus per folder given (a folder given twice counts once), then the run's held-out speakers
-    that no folder given holds, one corpus per home (`held_out_homes`: speaker -> the name of the training
-    corpus it comes from; `held_out` for a speaker without one)."""
-    from audio import index_corpus
-
-    corpora: dict[str, HeldOutCorpus] = {}
-    for name, directory in zip(corpus_names(eval_audio_dirs), eval_audio_dirs):
-        if name not in corpora:
-            corpus = index_corpus(directory)
-            speakers = {speaker: [u.path for u in utterances] for speaker, utterances in corpus.utterances_by_speaker().items()}
-            corpora[name] = HeldOutCorpus(name, str(directory), speakers, dict(corpus.genders))
-    listed = {speaker for corpus in corpora.values() for speaker in corpus.speakers}
-    homes: dict[str, dict[str, list[Path]]] = {}
-    for speaker, entries in held_out.items():
-        if speaker not in listed:  # Scored once, from their folder.
-            homes.setdefault((held_out_homes or {}).get(speaker, HELD_OUT_CORPUS), {})[speaker] = entries
-    for home, speakers in homes.items():
-        name = home if home not in corpora else f"{home} (held out)"
-        corpora[name] = HeldOutCorpus(name, None, speakers)
-    return list(corpora.values())
-
-
-def held_out_homes(working_dir: str | os.PathLike, speakers: Sequence[str]) -> dict[str, str]:
-    """The training corpus each of the run's held-out speakers comes from (its folder name, e.g. `CommonVoice-fa`),
-    for those the cache records the sources of; `evaluation_corpora` scores each home's speakers as one corpus."""
-    from audio import CorpusError, read_corpus_index
-    from tasks import speaker_source_files
-
-    try:
-        files = speaker_source_files(working_dir)
-    except CorpusError:
-        return {}
-    audio_dirs = [Path(d) for d in read_corpus_index(working_dir).get("audio_dirs", [])]
-    homes = {}
-    for speaker in speakers:
-        found = [d.name for d in audio_dirs if speaker in files and d in files[speaker].parents]
-        if found:
-            homes[speaker] = found[0]
-    return homes
-
-
-def pooled_speakers(corpora: Sequence[HeldOutCorpus]) -> tuple[dict[str, list[Path]], dict[str, str]]:
-    """Speakers and genders of all corpora together; a speaker name found in two corpora becomes one speaker."""
-    speakers: dict[str, list[Path]] = {}
-    genders: dict[str, str] = {}
-    for corpus in corpora:
-        for speaker, paths in corpus.speakers.items():
-            speakers.setdefault(speaker, []).extend(paths)
-        genders.update(corpus.genders)
-    return speakers, genders
-
-
-def corpus_verification(
-    corpora: Sequence[HeldOutCorpus], embed: Callable[[list], np.ndarray], num_trials: int | None, seed: int,
-    trial_scores: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
-) -> tuple[dict[str, dict], list[str]]:
-    """EER and minDCF of each corpus on trials among its own speakers only, and notes on corpora skipped or cut.
-    `trial_scores`, when given, receives each corpus's (scores, labels), in trial order (for bootstraps).
-
-    Pooled trials also pair files of different corpora, and such a pair (another channel, often
-    another language) is an easy rejection that flatters the pooled EER; a corpus's own figure is
-    what compares across models and with published results. `num_trials` applies to each corpus;
-    a corpus with fewer pairs gets as many as it has, still half same-speaker.
-    """
-    from eval_metrics import verification_metrics
-    from trials import count_pairs, generate_trials, score_trials
-
-    figures: dict[str, dict] = {}
-    notes: list[str] = []
-    for corpus in corpora:
-        speakers = {s: [str(p) for p in paths] for s, paths in corpus.speakers.items() if paths}
-        num_target, num_nontarget = count_pairs(speakers)
-        if not num_target or not num_nontarget:
-            notes.append(f"{corpus.name}: no trials of its own: it needs 2 speakers, one with 2 utterances")
-            continue
-        wanted = num_trials
-        if num_trials is not None and num_trials > 2 * min(num_target, num_nontarget):
-            wanted = 2 * min(num_target, num_nontarget)
-            notes.append(f"{corpus.name}: {wanted} trials instead of {num_trials}: it has {num_target} same-speaker and {num_nontarget} different-speaker pairs")
-        trials = generate_trials(speakers, wanted, seed)
-        paths = sorted({str(p) for trial in trials for p in (trial.path1, trial.path2)})
-        scores, labels = score_trials(trials, dict(zip(paths, embed(paths))))
-        if trial_scores is not None:
-            trial_scores[corpus.name] = (scores, labels)
-        metrics = verification_metrics(scores, labels)
-        figures[corpus.name] = {
-            **metrics.__dict__, "num_trials": len(trials), "num_target_trials": metrics.num_target,
-            "speakers": sorted(speakers), "directory": corpus.directory,
-        }
-    return figures, notes
-
-
-def fit_probe(train_embeddings: np.ndarray, train_labels: list[str]):
-    """A logistic-regression probe for a label (gender, language) on frozen embeddings."""
-    from sklearn.linear_model import LogisticRegression
-
-    return LogisticRegression(max_iter=1000).fit(train_embeddings, np.array(train_labels))
-
-
-def probe_accuracy(train_embeddings: np.ndarray, train_labels: list[str], test_embeddings: np.ndarray, test_labels: list[str]) -> float:
-    """Balanced accuracy of a logistic-regression probe for a label (gender, language) on frozen embeddings, per embedding."""
-    from eval_metrics import balanced_accuracy
-
-    return balanced_accuracy(fit_probe(train_embeddings, train_labels).predict(test_embeddings), np.array(test_labels))
-
-
-def per_speaker_labels(probabilities: np.ndarray, classes: Sequence[str], owners: np.ndarray, num_speakers: int) -> np.ndarray:
-    """Each speaker's label: the class of highest mean probability over its files.
-
-    `probabilities` (files, classes) in the order of `classes`; `owners[i]` is the speaker (0 ..
-    num_speakers - 1) of file i. A speaker of 50 short clips counts once, as one of 2 long files does.
-    """
-    sums = np.zeros((num_speakers, probabilities.shape[1]))
-    np.add.at(sums, owners, probabilities)
-    return np.asarray(classes)[np.argmax(sums / np.bincount(owners, minlength=num_speakers)[:, None], axis=1)]
-
-
-def task_heads(checkpoint_file: str | os.PathLike):
-    """The Hive-MTL heads as a model on 512-d embeddings (outputs keyed by head name), or None for a checkpoint without heads.
-
-    The speaker head reads `speaker_task` (softmax head) or the embedding itself (AAM head);
-    every label head (`<task>_pred`) reads `shared`, an adversarial one its own `<task>_pred_hidden`
-    (its gradient reversal is the identity forward).
-    """
-    import keras
-
-    import conv_models  # noqa: F401  (registers the custom layers the checkpoint refers to)
-    from conv_models import SPEAKER_OUTPUT
-    from constants import EMBEDDING_SIZE
-    from inference import inspect_checkpoint
-
-    if SPEAKER_OUTPUT not in inspect_checkpoint(checkpoint_file).layer_names:
-        return None
-    model = keras.models.load_model(checkpoint_file, compile=False)
-    names = [layer.name for layer in model.layers]
-    embedding = keras.Input((EMBEDDING_SIZE,))
-    shared = model.get_layer("shared")(embedding) if "shared" in names else None
-    speaker_input = model.get_layer("speaker_task")(shared) if "speaker_task" in names else embedding
-    outputs = {SPEAKER_OUTPUT: model.get_layer(SPEAKER_OUTPUT)(speaker_input)}
-    for name in names:
-        if name.endswith("_pred") and name != SPEAKER_OUTPUT:
-            head_input = model.get_layer(f"{name}_hidden")(embedding) if f"{name}_hidden" in names else shared
-            outputs[name] = model.get_layer(name)(head_input)
-    return keras.Model(embedding, outputs)
-
-
-class EmbeddingsOnce:
-    """Embeds each cache entry or audio file once (whole utterance) and remembers the result."""
-
-    def __init__(self, embedder, mode: str, rng: np.random.Generator):
-        self.embedder, self.mode, self.rng = embedder, mode, rng
-        self.known: dict[str, np.ndarray] = {}
-
-    def __call__(self, paths: list) -> np.ndarray:
-        keys = [str(p) for p in paths]
-        missing = [k for k in dict.fromkeys(keys) if k not in self.known]
-        self.known.update(zip(missing, self.embedder.embed_files(missing, self.mode, self.rng)))
-        return np.stack([self.known[k] for k in keys])
 
 
 def evaluate_checkpoint(
@@ -358,10 +133,8 @@ def evaluate_checkpoint(
     gender labels that no label file gives; `trial_scores` receives each corpus's trial scores;
     `precision` is the Embedder's (`precision.resolve_precision`).
     """
-    from audio import cached_entries
-    from eval_metrics import reference_metrics, verification_metrics
+    from feature_cache import cached_entries
     from inference import Embedder
-    from trials import generate_trials, read_trials, score_trials
 
     embedder = Embedder.from_checkpoint(checkpoint_file, precision=precision)
     report = EvaluationReport(str(checkpoint_file))
@@ -375,13 +148,7 @@ def evaluate_checkpoint(
     held_out = {s: entries[s] for s in (run["held_out_speakers"] if run else []) if s in entries}
     recorded = read_run_split(checkpoint_file) or {}
     splits = {s: training_split(entries[s], recorded.get(s)) for s in training_speakers}
-
-    test_embeddings = {s: embedder.embed_files(test, "random", rng) for s, (_, test) in splits.items() if test}
-    if len(test_embeddings) >= 2 and any(len(e) >= 2 for e in test_embeddings.values()):
-        metrics = reference_metrics(reference_protocol_scores(test_embeddings, rng))
-        report.reference = {**metrics.__dict__, "speakers": sum(len(e) >= 2 for e in test_embeddings.values()), "line": metrics.format()}
-    else:
-        report.notes.append("reference protocol skipped: it needs 2 speakers with test utterances, one with at least 2")
+    score_reference_protocol(report, embedder, splits, rng)
 
     corpora = evaluation_corpora(eval_audio_dirs, held_out, held_out_homes(working_dir, list(held_out)) if held_out else None)
     trial_speakers, trial_genders = pooled_speakers(corpora)
@@ -389,30 +156,8 @@ def evaluate_checkpoint(
         trial_speakers = {s: trial_speakers[s] for s in held_out_speakers if s in trial_speakers}
         corpora = [replace(c, speakers={s: p for s, p in c.speakers.items() if s in trial_speakers}) for c in corpora]
     genders = {**genders, **trial_genders, **(extra_genders or {})}
-    seen = sorted(set(trial_speakers) & set(training_speakers))
-    if seen:
-        report.notes.append(f"trial speakers seen in training (the figures are not speaker-disjoint): {', '.join(seen)}")
-    shared = sorted(s for s in trial_speakers if sum(s in c.speakers for c in corpora) > 1)
-    if shared:
-        report.notes.append(f"speakers in more than one corpus, one speaker each in the pooled trials: {', '.join(shared)}")
-    trials = read_trials(trials_file) if trials_file else None
-    if trials is None and len(trial_speakers) >= 2:
-        trials = generate_trials({s: [str(p) for p in paths] for s, paths in trial_speakers.items()}, num_trials, seed)
-    if trials:
-        paths = sorted({str(p) for trial in trials for p in (trial.path1, trial.path2)})
-        scores, labels = score_trials(trials, dict(zip(paths, embed(paths))))
-        metrics = verification_metrics(scores, labels)
-        report.trials = {
-            **metrics.__dict__, "num_trials": len(trials), "speakers": None if trials_file else sorted(trial_speakers), "window": window,
-            "trials_file": str(trials_file) if trials_file else None,
-        }
-        if plots_dir:
-            write_score_plots(plots_dir, scores, labels, metrics.eer_threshold)
-        if not trials_file:
-            report.corpora, notes = corpus_verification(corpora, embed, num_trials, seed, trial_scores)
-            report.notes.extend(notes)
-    else:
-        report.notes.append("no speaker-disjoint trials: train with --held_out_speakers, or pass --eval_audio_dir or --trials")
+    report.notes.extend(speaker_notes(corpora, trial_speakers, training_speakers))
+    score_trials_of_unseen_speakers(report, corpora, trial_speakers, embed, trials_file, num_trials, window, seed, plots_dir, trial_scores)
 
     speaker_id = speaker_id_accuracy(embed, splits)
     if speaker_id is not None:
@@ -421,6 +166,68 @@ def evaluate_checkpoint(
     if heads is not None:
         report.heads.update(speaker_head_accuracy(heads, embed, splits, run["speakers"] if run else training_speakers))
     tasks = [gender_task(1.0), *(run_label_tasks(checkpoint_file) if label_tasks is None else label_tasks)]
+    score_label_tasks(report, tasks, heads, embed, splits, trial_speakers, training_speakers, genders, run, working_dir)
+    if plots_dir and trial_speakers:
+        rows = [(p, s) for s, paths in trial_speakers.items() for p in paths]
+        write_projection_plot(plots_dir, embed([p for p, _ in rows]), [s for _, s in rows], [genders.get(s) for _, s in rows])
+    return report
+
+
+def score_reference_protocol(report: EvaluationReport, embedder, splits: dict[str, tuple[list, list]], rng: np.random.Generator) -> None:
+    """The reference's figures on the training speakers' test utterances, one random window each, as the reference reports them."""
+    from eval_metrics import reference_metrics
+
+    test_embeddings = {s: embedder.embed_files(test, "random", rng) for s, (_, test) in splits.items() if test}
+    if len(test_embeddings) >= 2 and any(len(e) >= 2 for e in test_embeddings.values()):
+        metrics = reference_metrics(reference_protocol_scores(test_embeddings, rng))
+        report.reference = {**metrics.__dict__, "speakers": sum(len(e) >= 2 for e in test_embeddings.values()), "line": metrics.format()}
+    else:
+        report.notes.append("reference protocol skipped: it needs 2 speakers with test utterances, one with at least 2")
+
+
+def speaker_notes(corpora: Sequence[HeldOutCorpus], trial_speakers: dict[str, list], training_speakers: list[str]) -> list[str]:
+    """What a reader must know about the trial speakers: those seen in training, those in two corpora."""
+    notes = []
+    seen = sorted(set(trial_speakers) & set(training_speakers))
+    if seen:
+        notes.append(f"trial speakers seen in training (the figures are not speaker-disjoint): {', '.join(seen)}")
+    shared = sorted(s for s in trial_speakers if sum(s in c.speakers for c in corpora) > 1)
+    if shared:
+        notes.append(f"speakers in more than one corpus, one speaker each in the pooled trials: {', '.join(shared)}")
+    return notes
+
+
+def score_trials_of_unseen_speakers(
+    report: EvaluationReport, corpora: Sequence[HeldOutCorpus], trial_speakers: dict[str, list], embed: EmbeddingsOnce,
+    trials_file, num_trials: int | None, window: str, seed: int, plots_dir, trial_scores: dict | None,
+) -> None:
+    """The pooled (or trial-list) figure in `report.trials` and, without a trial list, each corpus's own in `report.corpora`."""
+    from eval_metrics import verification_metrics
+    from trials import generate_trials, read_trials, score_trials
+
+    trials = read_trials(trials_file) if trials_file else None
+    if trials is None and len(trial_speakers) >= 2:
+        trials = generate_trials({s: [str(p) for p in paths] for s, paths in trial_speakers.items()}, num_trials, seed)
+    if not trials:
+        report.notes.append("no speaker-disjoint trials: train with --held_out_speakers, or pass --eval_audio_dir or --trials")
+        return
+    paths = sorted({str(p) for trial in trials for p in (trial.path1, trial.path2)})
+    scores, labels = score_trials(trials, dict(zip(paths, embed(paths))))
+    metrics = verification_metrics(scores, labels)
+    report.trials = {
+        **metrics.__dict__, "num_trials": len(trials), "speakers": None if trials_file else sorted(trial_speakers), "window": window,
+        "trials_file": str(trials_file) if trials_file else None,
+    }
+    if plots_dir:
+        write_score_plots(plots_dir, scores, labels, metrics.eer_threshold)
+    if not trials_file:
+        report.corpora, notes = corpus_verification(corpora, embed, num_trials, seed, trial_scores)
+        report.notes.extend(notes)
+
+
+def score_label_tasks(report: EvaluationReport, tasks: Sequence, heads, embed: EmbeddingsOnce, splits, trial_speakers: dict[str, list],
+                      training_speakers: list[str], genders: dict[str, str], run: dict | None, working_dir) -> None:
+    """Probe and head accuracies of gender and each label task on the unseen speakers (per clip for a per-clip task)."""
     files = label_source_files(working_dir, trial_speakers, training_speakers, tasks)
     sources = entry_sources(working_dir) if working_dir is not None and any(task.per_clip for task in tasks) else {}
     for task in tasks:
@@ -435,156 +242,3 @@ def evaluate_checkpoint(
         if counts:
             report.unseen_labels[task.name] = counts
             report.speaker_predictions[task.name] = predictions
-    if plots_dir and trial_speakers:
-        rows = [(p, s) for s, paths in trial_speakers.items() for p in paths]
-        write_projection_plot(plots_dir, embed([p for p, _ in rows]), [s for _, s in rows], [genders.get(s) for _, s in rows])
-    return report
-
-
-def nearest_profile_accuracy(enrollment: dict[str, np.ndarray], test_embeddings: np.ndarray, test_speakers: list[str]) -> float:
-    """Closed-set identification: each speaker's profile is the normalised mean of its enrollment
-    embeddings; a test embedding gets the speaker of the most similar profile."""
-    from inference import l2_normalize
-
-    speakers = list(enrollment)
-    profiles = l2_normalize(np.stack([enrollment[s].mean(axis=0) for s in speakers]))
-    predicted = np.array(speakers)[np.argmax(test_embeddings @ profiles.T, axis=1)]
-    return float(np.mean(predicted == np.array(test_speakers)))
-
-
-def speaker_id_accuracy(embed: EmbeddingsOnce, splits: dict[str, tuple[list, list]]) -> float | None:
-    """Speaker identification from the embedding alone, so every model is scored the same way:
-    training utterances enroll each training speaker, test utterances are identified."""
-    test_rows = [(p, s) for s, (train, test) in splits.items() if train for p in test]
-    if not test_rows:
-        return None
-    enrollment = {s: embed(train) for s, (train, _) in splits.items() if train}
-    return nearest_profile_accuracy(enrollment, embed([p for p, _ in test_rows]), [s for _, s in test_rows])
-
-
-def speaker_head_accuracy(heads, embed: EmbeddingsOnce, splits, class_speakers: list[str]) -> dict:
-    """Speaker-head accuracy on the test utterances of the training speakers (a speed-perturbed class counts as its speaker).
-
-    `class_speakers` are the run's training speakers in class order (its speakers.json), also those
-    the cache no longer holds: class s + k * len(class_speakers) is speaker s at the k-th speed.
-    """
-    from conv_models import SPEAKER_OUTPUT
-
-    test_rows = [(p, class_speakers.index(s)) for s, (_, test) in splits.items() for p in test]
-    if not test_rows:
-        return {}
-    predictions = heads.predict(embed([p for p, _ in test_rows]), verbose=0)[SPEAKER_OUTPUT]
-    predicted = np.argmax(predictions, axis=1) % len(class_speakers)
-    return {"speaker_id_acc_head": float(np.mean(predicted == np.array([c for _, c in test_rows])))}
-
-
-def run_label_tasks(checkpoint_file: str | os.PathLike) -> list:
-    """The label tasks the checkpoint's run declared (config.json beside it), besides gender."""
-    from tasks import parse_tasks
-
-    path = Path(checkpoint_file).parent / "config.json"
-    return parse_tasks(json.loads(path.read_text()).get("tasks") or {}) if path.is_file() else []
-
-
-def label_source_files(working_dir, trial_speakers: dict[str, list], training_speakers: list[str], tasks: Sequence) -> dict[str, Path]:
-    """One source audio file per speaker to read folder labels from: cached speakers' from corpus.json, the others' own files."""
-    from tasks import speaker_source_files
-
-    if not any(isinstance(task.labels, dict) for task in tasks):  # Gender comes from the speaker tables, clip labels from clip tables.
-        return {s: Path() for s in [*trial_speakers, *training_speakers]}
-    cached = speaker_source_files(working_dir) if working_dir is not None else {}
-    files = {s: Path(paths[0]) for s, paths in trial_speakers.items() if paths}
-    return {**files, **{s: cached[s] for s in [*trial_speakers, *training_speakers] if s in cached}}
-
-
-def label_task_accuracies(task, heads, embed: EmbeddingsOnce, splits, trial_speakers: dict[str, list], files: dict[str, Path],
-                          genders: dict[str, str], run: dict | None) -> tuple[dict, dict[str, int], dict[str, list]]:
-    """Probe and head balanced accuracies of one label task on the unseen speakers that carry its label; how many
-    of those speakers carry each label; and each speaker's label and predictions.
-
-    Per speaker (`<task>_acc_probe_per_speaker`, `<task>_acc_head_per_speaker`): the mean
-    probability of a speaker's files decides its label, and each speaker counts once, so FSDD's
-    six speakers of 50 digits each weigh as six speakers, not as most of the files. Per file
-    (`<task>_acc_probe`, `<task>_acc_head`), as figures before these were reported. The probe is
-    trained on the training speakers' training utterances.
-    """
-    from eval_metrics import balanced_accuracy
-
-    unseen_labels = task.speaker_labels({s: files[s] for s in trial_speakers if s in files}, genders)
-    training_labels = task.speaker_labels({s: files[s] for s in splits if s in files}, genders)
-    speakers = [s for s, paths in trial_speakers.items() if s in unseen_labels and paths]
-    if not speakers:
-        return {}, {}, {}
-    rows = [(p, i) for i, s in enumerate(speakers) for p in trial_speakers[s]]
-    owners = np.array([i for _, i in rows])
-    speaker_labels = np.array([unseen_labels[s] for s in speakers])
-    file_labels = speaker_labels[owners]
-    counts = {c: sum(v == c for v in unseen_labels.values()) for c in task.classes if c in unseen_labels.values()}
-    figures, predictions = {}, {"speakers": speakers, "labels": speaker_labels.tolist()}
-    scored = []  # (kind, class probabilities of each file, their classes)
-    train_rows = [(p, training_labels[s]) for s, (train, _) in splits.items() if s in training_labels for p in train]
-    if len({label for _, label in train_rows}) >= 2:
-        probe = fit_probe(embed([p for p, _ in train_rows]), [label for _, label in train_rows])
-        scored.append(("probe", probe.predict_proba(embed([p for p, _ in rows])), probe.classes_))
-    if heads is not None and task.output in heads.output:
-        classes = ((run or {}).get("tasks") or {}).get(task.name, {}).get("classes") or list(task.classes)
-        outputs = heads.predict(embed([p for p, _ in rows]), verbose=0)[task.output]
-        scored.append(("head", np.concatenate([1 - outputs, outputs], axis=1) if outputs.shape[1] == 1 else outputs, np.array(classes)))
-    for kind, probabilities, classes in scored:
-        figures[f"{task.name}_acc_{kind}"] = balanced_accuracy(classes[np.argmax(probabilities, axis=1)], file_labels)
-        by_speaker = per_speaker_labels(probabilities, classes, owners, len(speakers))
-        figures[f"{task.name}_acc_{kind}_per_speaker"] = balanced_accuracy(by_speaker, speaker_labels)
-        predictions[kind] = by_speaker.tolist()
-    return figures, counts, predictions
-
-
-def clip_task_accuracies(task, heads, embed: EmbeddingsOnce, splits, trial_speakers: dict[str, list], sources: dict[str, Path],
-                         run: dict | None) -> tuple[dict, dict[str, list]]:
-    """Probe and head balanced accuracies of a per-clip task (emotion) over the labelled clips of the unseen speakers,
-    and each such clip's speaker, label and predictions.
-
-    Balanced over the task's classes (the mean of their recalls: 1/7 is chance for seven emotions,
-    whatever their mix). The probe (`<task>_acc_probe`, logistic regression on the frozen embedding)
-    is trained on the labelled training utterances of the training speakers; the head
-    (`<task>_acc_head`) is the Hive-MTL checkpoint's own. A cache entry's label is its audio file's
-    (`sources`: entry name -> audio file), an audio file's its own.
-    """
-    from eval_metrics import balanced_accuracy
-
-    def audio_file(path) -> Path:
-        path = Path(path)
-        return sources.get(path.name, path) if path.suffix == ".npy" else path
-
-    unseen = task.clip_labels({str(p): audio_file(p) for paths in trial_speakers.values() for p in paths})
-    rows = [(p, s, unseen[str(p)]) for s, paths in trial_speakers.items() for p in paths if str(p) in unseen]
-    if not rows:
-        return {}, {}
-    training = task.clip_labels({str(p): audio_file(p) for train, _ in splits.values() for p in train})
-    labels = np.array([label for _, _, label in rows])
-    predictions = {"clips": [str(p) for p, _, _ in rows], "speakers": [s for _, s, _ in rows], "labels": labels.tolist()}
-    figures = {}
-    if len(set(training.values())) >= 2:
-        probe = fit_probe(embed(list(training)), list(training.values()))
-        predicted = probe.predict(embed([p for p, _, _ in rows]))
-        figures[f"{task.name}_acc_probe"], predictions["probe"] = balanced_accuracy(predicted, labels), predicted.tolist()
-    if heads is not None and task.output in heads.output:
-        classes = np.array(((run or {}).get("tasks") or {}).get(task.name, {}).get("classes") or list(task.classes))
-        outputs = heads.predict(embed([p for p, _, _ in rows]), verbose=0)[task.output]
-        predicted = classes[(outputs[:, 0] > 0.5).astype(int)] if outputs.shape[1] == 1 else classes[np.argmax(outputs, axis=1)]
-        figures[f"{task.name}_acc_head"], predictions["head"] = balanced_accuracy(predicted, labels), predicted.tolist()
-    return figures, predictions
-
-
-def write_score_plots(plots_dir: str | os.PathLike, scores: np.ndarray, labels: np.ndarray, threshold: float) -> None:
-    from plots import plot_det_curve, plot_score_histograms
-
-    Path(plots_dir).mkdir(parents=True, exist_ok=True)
-    plot_score_histograms(scores, labels, threshold, Path(plots_dir) / "score_histograms.png")
-    plot_det_curve(scores, labels, Path(plots_dir) / "det_curve.png")
-
-
-def write_projection_plot(plots_dir: str | os.PathLike, embeddings: np.ndarray, speakers: list[str], genders: list[str | None]) -> None:
-    from plots import plot_embedding_projection
-
-    Path(plots_dir).mkdir(parents=True, exist_ok=True)
-    plot_embedding_projection(embeddings, speakers, genders, Path(plots_dir) / "embedding_projection.png")

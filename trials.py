@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audio import Corpus, Utterance, natural_key
+from corpus import Corpus, Utterance, natural_key
 from fileio import write_text_atomically
 from inference import l2_normalize
 

@@ -9,7 +9,7 @@ logic here on the CPU with tiny sizes.
     python bench/bench_device.py --table bench_device.json                     # results as a Markdown table
 
 What it measures, for each dtype policy (mixed_bfloat16, float32, mixed_float16):
-  * training: windows/s of `fit` on the softmax-mode model (`train.build_model`, mode softmax:
+  * training: windows/s of `fit` on the softmax-mode model (`training_models.build_model`, mode softmax:
     `DeepSpeakerModel(include_softmax=True, ...)`, Adam, sparse categorical cross-entropy) on
     batches held in RAM, so only the model and the host-to-device copy are timed;
   * inference: windows/s of the embedding model through one jitted stateless call, as
@@ -62,7 +62,7 @@ from constants import (  # noqa: E402  (constants.py imports nothing: safe witho
 TARGETS = {"train_windows_per_s": 10_000, "inference_windows_per_s": 30_000}  # bf16, one H100/H200-class GPU.
 TARGET_POLICY = "mixed_bfloat16"
 RESULT_PREFIX = "RESULT "
-CORPUS_INDEX_FILE_NAME = "corpus.json"  # audio.CORPUS_INDEX_FILE_NAME; audio.py needs soundfile, so not imported here.
+CORPUS_INDEX_FILE_NAME = "corpus.json"  # feature_cache.CORPUS_INDEX_FILE_NAME; feature_cache.py needs soundfile, so not imported here.
 TINY = {
     "model_size": "small", "speakers": 6, "utterances": 4, "pool_size": 6, "policies": "mixed_bfloat16,float32",
     "train_batch_sizes": "6", "infer_batch_sizes": "8", "train_windows": 12, "e2e_windows": 12,
@@ -106,7 +106,7 @@ def normalised_features(rng: np.random.Generator, frames: int) -> np.ndarray:
 
 
 def build_synthetic_cache(working_dir: Path, speakers: int, utterances: int, pool_size: int, seed: int = 0) -> dict:
-    """A feature cache in the layout of `audio.build_feature_cache`, of random features; returns its figures.
+    """A feature cache in the layout of `feature_cache.build_feature_cache`, of random features; returns its figures.
 
     `corpus.json` lists `speakers` x `utterances` entries `audio-fbanks/<speaker>_<utterance>.npy`,
     hard links to `pool_size` distinct random files of LibriSpeech-like lengths, so the cache
@@ -168,18 +168,19 @@ def environment() -> dict:
 
 
 def softmax_model(model_size: str, num_classes: int):
-    """The softmax-mode model compiled as `train.build_model` compiles it; says which path built it."""
+    """The softmax-mode model compiled as `training_models.build_model` compiles it; says which path built it."""
     try:
-        from train import TrainConfig, build_model
-    except ImportError as error:  # train.py imports audio.py: soundfile, soxr, python_speech_features.
+        from train_config import TrainConfig
+        from training_models import build_model
+    except ImportError as error:  # train_config.py imports batcher.py, which imports audio.py: soundfile, soxr, python_speech_features.
         import keras
 
         from conv_models import DeepSpeakerModel
 
         model = DeepSpeakerModel(include_softmax=True, num_speakers_softmax=num_classes, model_size=model_size).m
         model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
-        return model, f"conv_models, compiled as train.build_model does (train.py does not import: {error})"
-    return build_model(TrainConfig(mode="softmax", model_size=model_size), num_classes), "train.build_model"
+        return model, f"conv_models, compiled as training_models.build_model does (training_models.py does not import: {error})"
+    return build_model(TrainConfig(mode="softmax", model_size=model_size), num_classes), "training_models.build_model"
 
 
 def in_memory_batches(batch_size: int, steps: int, num_classes: int, seed: int = 0, distinct: int = 4):
@@ -218,7 +219,7 @@ def measure_training(model, batch_size: int, windows: int, num_classes: int, flo
 
 
 def measure_end_to_end(model, batch_size: int, windows: int, working_dir: str, input_workers: int) -> dict:
-    """`fit` windows/s fed by `batcher.SpeakerClassBatches` from the cache, as `train.make_batches` sets it up."""
+    """`fit` windows/s fed by `batcher.SpeakerClassBatches` from the cache, as `training_batches.make_batches` sets it up."""
     from batcher import SpeakerClassBatches, load_training_data
 
     data = load_training_data(working_dir)

@@ -8,7 +8,7 @@ Figures in audio seconds per CPU second (one core) or per wall-clock second (all
 3. both again on the work after decoding only: each file decoded once, then the reference's
    trim, fbank and frame loop against `audio.mfcc_from_samples` on the same samples (decoding
    is the same libsndfile and soxr in both paths, so this is the part the project can speed up);
-4. `audio.build_feature_cache` over the same files with every core (worker processes), into a
+4. `feature_cache.build_feature_cache` over the same files with every core (worker processes), into a
    temporary folder.
 The one-core figures are CPU time of this process (its pools held to one thread), so other
 jobs on a shared machine lengthen the wall clock but barely these figures; the cache build is
@@ -48,6 +48,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import audio  # noqa: E402
+from corpus import index_corpus  # noqa: E402
+import feature_cache  # noqa: E402
 from constants import NORMALISATION_STD_FLOOR, NUM_FBANKS, SAMPLE_RATE, SILENCE_PERCENTILE  # noqa: E402
 from render_tables import results_path, results_record, write_results  # noqa: E402
 
@@ -114,7 +116,7 @@ def reference_features(path: Path) -> np.ndarray:
 
 def corpus_files(data_dir: Path, limit: int | None) -> list[Path]:
     """The files `build_feature_cache` would read, in its order; the first `limit` of them."""
-    return [u.path for u in audio.index_corpus(data_dir).utterances][:limit]
+    return [u.path for u in index_corpus(data_dir).utterances][:limit]
 
 
 def group_of(path: Path, data_dir: Path) -> str:
@@ -204,7 +206,7 @@ def time_cache(data_dir: Path, files: list[Path], workers: int) -> tuple[float, 
                 link.parent.mkdir(parents=True, exist_ok=True)
                 link.symlink_to(path.resolve())
         start = time.perf_counter()
-        report = audio.build_feature_cache(source, Path(scratch) / "work", workers=workers, progress=False)
+        report = feature_cache.build_feature_cache(source, Path(scratch) / "work", workers=workers, progress=False)
         elapsed = time.perf_counter() - start
     if report.failed:
         print(f"  cache: {len(report.failed)} files failed, e.g. {report.failed[0]}")

@@ -20,7 +20,7 @@ with its median and the CPU seconds this process spent. Compilation (the first c
    for float32 and auto; with `--tflite`, the exported TFLite files too (`audio.read_audio`, then
    the interpreter).
 3. `--accuracy`: EER and minDCF (p_target 0.01) per held-out corpus (test-other, VCTK, FSDD;
-   all pairs, `test.corpus_verification`, as `cli.py test-model` scores them) of the shipped
+   all pairs, `verification.corpus_verification`, as `cli.py test-model` scores them) of the shipped
    model through each path: Embedder float32 and bfloat16, TFLite float32 and int8; with the
    cosine of each path's embeddings to Embedder float32's.
 
@@ -265,7 +265,7 @@ def end_to_end(args: argparse.Namespace) -> dict:
 
 
 def accuracy(args: argparse.Namespace) -> dict:
-    from test import corpus_verification, evaluation_corpora
+    from verification import corpus_verification, evaluation_corpora
 
     checkpoint = pretrained_checkpoint()
     embed_paths = {

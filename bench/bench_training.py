@@ -39,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from audio import CORPUS_INDEX_FILE_NAME, cache_dir  # noqa: E402
+from feature_cache import CORPUS_INDEX_FILE_NAME, cache_dir  # noqa: E402
 from fileio import write_json_atomically  # noqa: E402
 from batcher import SpeakerClassBatches, TripletBatches, load_training_data, read_window  # noqa: E402
 from constants import BATCH_SIZE, NUM_FBANKS, NUM_FRAMES  # noqa: E402
@@ -149,7 +149,8 @@ def main() -> None:
     summary = {"speakers": args.speakers, "utterances": args.utterances, "pipeline_windows_per_s": results, "peak_rss_mb": pipeline_peak,
                "reference_windows_per_s": reference_rate, "reference_gb": reference_gb}
     if args.train_steps:
-        from train import TrainConfig, build_model
+        from train_config import TrainConfig
+        from training_models import build_model
 
         model = build_model(TrainConfig(mode="softmax", model_size=args.model_size, batch_size=args.batch_size), len(data.speakers), False)
         batches = SpeakerClassBatches(data.train, data.speakers, args.batch_size, args.train_steps + 1, **loader)
@@ -235,11 +236,12 @@ class MaxMinClippedReLU(ClippedReLU):
 
 
 def softmax_model(data, model_size: str, batch_size: int, layers_as_before: bool) -> keras.Model:
-    """`train.build_model`'s softmax model (dropout off, so every setting draws the same masks: none).
+    """`training_models.build_model`'s softmax model (dropout off, so every setting draws the same masks: none).
 
     `layers_as_before`: Keras's BatchNormalization and `MaxMinClippedReLU` in place of the
     model's own layers, with the same names and weights."""
-    from train import TrainConfig, build_model
+    from train_config import TrainConfig
+    from training_models import build_model
 
     keras.utils.set_random_seed(0)
     model = build_model(TrainConfig(mode="softmax", model_size=model_size, batch_size=batch_size), len(data.speakers), False)

@@ -36,7 +36,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from batcher import FixedBatches, TrainingData, load_training_data  # noqa: E402
-from train import TrainConfig, build_model, distribution_scope, loss_replicas, make_batches  # noqa: E402
+from distribution import distribution_scope, loss_replicas  # noqa: E402
+from train_config import TrainConfig  # noqa: E402
+from training_batches import make_batches  # noqa: E402
+from training_models import build_model  # noqa: E402
 
 # Triplet mode's SGD gradient is read as the weights' change over the learning rate: at 1.0 (one step,
 # so the rate changes nothing else) float32 round-off of that change is not divided by the default 0.01.

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import audio
+import feature_cache
 from augment import (
     AugmentConfig,
     augmented_window_features,
@@ -112,9 +113,9 @@ def test_speaker_balanced_sampling_draws_speakers_uniformly_not_utterances():
 def cached_waveforms(tmp_path_factory) -> tuple[dict[str, list[Path]], list[str]]:
     """Energy-trimmed cached audio of the bundled train-clean-100 speakers (19, 26, 27): (utterances, speakers)."""
     working_dir = tmp_path_factory.mktemp("waveforms")
-    audio.build_feature_cache(SAMPLES / "LibriSpeech" / "train-clean-100", working_dir, workers=1, progress=False, waveform_trim="energy")
-    waveforms = audio.waveform_cache_dir(working_dir, "energy")
-    entries, _ = audio.cached_entries(working_dir)
+    feature_cache.build_feature_cache(SAMPLES / "LibriSpeech" / "train-clean-100", working_dir, workers=1, progress=False, waveform_trim="energy")
+    waveforms = feature_cache.waveform_cache_dir(working_dir, "energy")
+    entries, _ = feature_cache.cached_entries(working_dir)
     speakers = sorted(entries)
     return {s: [waveforms / e.name for e in entries[s]] for s in speakers}, speakers
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import audio
+import feature_cache
 from batcher import (
     HardNegativeTripletBatches,
     TrainingData,
@@ -28,7 +29,7 @@ MTL_OUTPUTS = ("speaker_pred", "gender_pred", "ln")
 def training_data(tmp_path_factory) -> TrainingData:
     """Cached features of the bundled train-clean-100 samples: speakers 19 (F), 26 (M), 27 (M), 8 utterances each."""
     working_dir = tmp_path_factory.mktemp("batcher_cache")
-    audio.build_feature_cache(SAMPLES / "LibriSpeech" / "train-clean-100", working_dir, workers=1, progress=False)
+    feature_cache.build_feature_cache(SAMPLES / "LibriSpeech" / "train-clean-100", working_dir, workers=1, progress=False)
     return load_training_data(working_dir)
 
 

@@ -44,7 +44,7 @@ def test_dry_run_measures_every_figure_on_the_cpu(jax_subprocess_env):
     assert summary["meets_train_target"] is False and summary["meets_inference_target"] is False  # A CPU, small model.
     assert all(np.isfinite(r["loss"]) for r in summary["records"] if "loss" in r)
     built_by = {r["built_by"] for r in summary["records"] if r["measure"] == "model"}
-    assert built_by == {"train.build_model"}
+    assert built_by == {"training_models.build_model"}
     assert "| training | mixed_bfloat16 | 6 |" in result.stdout  # The README table of the run.
 
 

@@ -56,6 +56,20 @@ def test_build_mfcc_cache_on_a_missing_folder_fails_with_one_line(tmp_path, invo
     assert len(result.stderr.strip().splitlines()) == 1 and "absent" in result.stderr
 
 
+def test_build_mfcc_cache_reads_a_kaldi_data_dir_given_as_data_dir(tmp_path, invoke_cli):
+    data = tmp_path / "data"
+    data.mkdir()
+    flacs = sorted((REPO / "samples" / "LibriSpeech" / "test-other" / "1688").rglob("*.flac"))[:2]
+    (data / "wav.scp").write_text("".join(f"{path.stem} {path}\n" for path in flacs))
+    (data / "spk2utt").write_text(f"1688 {' '.join(path.stem for path in flacs)}\n")
+    result = invoke_cli("build-mfcc-cache", "--working_dir", tmp_path / "work", "--data_dir", data, "--workers", 1)
+    assert result.exit_code == 0, result.output
+    assert "2 written, 0 already cached, 0 failed" in result.stdout
+    assert (tmp_path / "work" / "audio-fbanks" / f"1688_{flacs[0].stem}.npy").is_file()
+    refused = invoke_cli("build-mfcc-cache", "--working_dir", tmp_path / "work", "--data_dir", REPO / "samples")
+    assert refused.exit_code != 0 and refused.stderr.strip() == f"Error: {REPO / 'samples'}: not a Kaldi data directory (no wav.scp)"
+
+
 # ---------------------------------------------------------------------------------------------- the reference's command names
 
 

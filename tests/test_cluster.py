@@ -11,7 +11,7 @@ One scenario runs once for the module, and each test states one thing about it:
    tests/cli_on_two_cpus.py) trains the same run, stopped after epoch 1 and resumed as well.
 
 All draw the same global batches (a pure function of seed, epoch and index) and cut them into
-the same per-replica halves (see `train.multi_worker_strategy`); batch normalisation is per
+the same per-replica halves (see `distribution.multi_worker_strategy`); batch normalisation is per
 replica, hence two replicas in the one-worker run too. Both runs are resumed after epoch 1
 because a resume draws new dropout masks: a resumed run differs from an uninterrupted one.
 """
@@ -34,8 +34,8 @@ import h5py
 import numpy as np
 import pytest
 
-import audio
-from train import is_cluster_chief
+import feature_cache
+from distribution import is_cluster_chief
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_CLEAN = REPO / "samples" / "LibriSpeech" / "train-clean-100"
@@ -123,8 +123,8 @@ def cluster(tmp_path_factory) -> dict:
     cluster_dir, one_worker_dir, logs = root / "cluster", root / "one_worker", root / "logs"
     logs.mkdir()
     # The shared cache is built once, before any worker starts: workers must not race to build it.
-    audio.build_feature_cache(TRAIN_CLEAN, cluster_dir, workers=1, progress=False)
-    audio.build_feature_cache(TRAIN_CLEAN, one_worker_dir, workers=1, progress=False)
+    feature_cache.build_feature_cache(TRAIN_CLEAN, cluster_dir, workers=1, progress=False)
+    feature_cache.build_feature_cache(TRAIN_CLEAN, one_worker_dir, workers=1, progress=False)
     result: dict = {}
     with processes() as start:
         one_worker = ["tests/cli_on_two_cpus.py", "train", "--working_dir", str(one_worker_dir), "--distribution", "mirrored", *TRAIN_OPTIONS]
@@ -214,9 +214,9 @@ def test_workers_whose_caches_differ_by_one_file_stop_before_training_and_say_so
     corpus, logs = tmp_path / "train-clean-100", tmp_path / "logs"
     shutil.copytree(TRAIN_CLEAN, corpus)
     logs.mkdir()
-    audio.build_feature_cache(corpus, tmp_path / "machine0", workers=1, progress=False)
+    feature_cache.build_feature_cache(corpus, tmp_path / "machine0", workers=1, progress=False)
     (corpus / "19" / "198" / "19-198-0001.flac").write_bytes(b"not audio")
-    assert len(audio.build_feature_cache(corpus, tmp_path / "machine1", workers=1, progress=False).failed) == 1
+    assert len(feature_cache.build_feature_cache(corpus, tmp_path / "machine1", workers=1, progress=False).failed) == 1
     with processes() as start:
         workers = start_cluster(start, tmp_path / "machine0", logs, "mismatch", second_working_dir=tmp_path / "machine1")
         runs = [finish(worker, logs / f"mismatch-worker{index}.log") for index, worker in enumerate(workers)]

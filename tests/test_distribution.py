@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-import audio
+import feature_cache
 
 TESTS = Path(__file__).resolve().parent
 TRAIN_CLEAN = TESTS.parent / "samples" / "LibriSpeech" / "train-clean-100"
@@ -47,7 +47,7 @@ BATCH_NORMS = 28  # Of the small ResCNN: every one trains.
 def one_and_two_devices(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     """Both backends' child runs on a cache of 3 speakers x 8 utterances, side by side: each mostly imports and traces."""
     working_dir = tmp_path_factory.mktemp("distribution_cache")
-    audio.build_feature_cache(TRAIN_CLEAN, working_dir, workers=1, progress=False)
+    feature_cache.build_feature_cache(TRAIN_CLEAN, working_dir, workers=1, progress=False)
     environments = {"tensorflow": {"KERAS_BACKEND": "tensorflow"}}
     if importlib.util.find_spec("jax") is not None:
         environments["jax"] = {"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}

@@ -11,7 +11,7 @@ from pathlib import Path
 import keras
 import pytest
 
-from audio import cache_dir, waveform_cache_dir
+from feature_cache import cache_dir, waveform_cache_dir
 from experiment import (
     CSV_COLUMNS,
     RUNNER_KEYS,
@@ -188,7 +188,7 @@ def test_bad_recipes_are_refused_naming_the_key(tmp_path, emodb_sample, change, 
 
 
 def test_the_shipped_recipe_is_valid_and_names_every_split():
-    from audio import index_corpus
+    from corpus import index_corpus
 
     config = load_experiment_config(REPO / "recipes" / "mtl_vs_single.json")
     assert {"softmax", "softmax_triplet", "mtl", "mtl_triplet", "mtl_language_adversarial"} <= set(config.configurations)

@@ -356,7 +356,7 @@ def test_expand_audio_paths_searches_folders_sorts_and_drops_repeats():
 def test_expand_audio_paths_names_what_is_missing_or_empty(tmp_path):
     with pytest.raises(FileNotFoundError, match="absent.wav: no such file"):
         expand_audio_paths([PHILIPPE, tmp_path / "absent.wav"])
-    with pytest.raises(ValueError, match=f"{tmp_path.name}: no audio files \\(.flac, .wav, .mp3, .ogg\\)"):
+    with pytest.raises(ValueError, match=f"{tmp_path.name}: no audio files \\(.flac, .wav, .mp3, .ogg, .m4a, .aac, .opus, .webm\\)"):
         expand_audio_paths([tmp_path])
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(AudioError, match="notes.txt: not an audio file"):

@@ -11,7 +11,7 @@ from pathlib import Path
 import keras
 import pytest
 
-from audio import CorpusError
+from corpus import CorpusError
 from conv_models import DeepSpeakerModel
 from inference import FrontEnd, verification_threshold
 from model_card import learning_curve, render_model_card, ship_model

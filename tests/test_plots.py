@@ -9,6 +9,7 @@ import pytest
 from matplotlib.image import imread
 
 import audio
+from corpus import index_corpus
 import plots
 from eval_metrics import verification_metrics
 from plots import pca_2d, plot_det_curve, plot_embedding_projection, plot_score_histograms
@@ -37,7 +38,7 @@ def trial_scores() -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def mean_feature_embeddings() -> tuple[np.ndarray, list[str], list[str | None]]:
     """Mean filterbank vector of each bundled LibriSpeech file and PhilippeRemy file (no gender label)."""
-    libri = audio.index_corpus(SAMPLES / "LibriSpeech")
+    libri = index_corpus(SAMPLES / "LibriSpeech")
     files = [(u.path, u.speaker, libri.genders.get(u.speaker)) for u in libri.utterances]
     files += [(path, "PhilippeRemy", None) for path in sorted((SAMPLES / "PhilippeRemy").glob("*.wav"))]
     vectors = np.stack([audio.read_mfcc(path).mean(axis=0) for path, _, _ in files])

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import keras
 
-import audio
+import feature_cache
 from conv_models import DeepSpeakerModel
 from test import evaluate_checkpoint
-from train import SNAPSHOTS_DIR, TrainConfig, train
+from run_directory import SNAPSHOTS_DIR
+from train import train
+from train_config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -34,7 +36,7 @@ RECIPE_SETTINGS = {"head", "balanced_sampling", "trim", "pad"}  # Its plateau sc
 
 def test_a_short_run_of_the_recipe_lowers_test_other_eer_well_below_the_untrained_models(tmp_path):
     working_dir = tmp_path / "work"
-    audio.build_feature_cache(SHARED_DATA / "LibriSpeech" / "train-clean-100", working_dir, workers=2, progress=False, waveform_trim=RECIPE["trim"])
+    feature_cache.build_feature_cache(SHARED_DATA / "LibriSpeech" / "train-clean-100", working_dir, workers=2, progress=False, waveform_trim=RECIPE["trim"])
     settings = {key: RECIPE[key] for key in RECIPE_SETTINGS} | NO_AUGMENTATION | SHORT_RUN
     config = TrainConfig(mode=RECIPE["mode"], model_size=RECIPE["model_size"], precision=RECIPE["precision"], input_workers=2, **settings)
     run = train(working_dir, config)

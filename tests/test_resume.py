@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-import audio
+import feature_cache
 from conv_models import DeepSpeakerModel
 from test_train import (  # noqa: F401  (samples_cache is a fixture: imported, it serves this module's tests too)
     REPO,
@@ -31,7 +31,8 @@ from test_train import (  # noqa: F401  (samples_cache is a fixture: imported, i
     metrics_rows,
     samples_cache,
 )
-from train import TrainConfig, TrainingError, train
+from train import train
+from train_config import TrainConfig, TrainingError
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(samples_cache, tmp_path):
@@ -59,17 +60,17 @@ class Killed(Exception):
 
 
 def test_a_run_killed_between_its_weights_and_its_state_resumes_from_the_weights_state_json_names(samples_cache, tmp_path, monkeypatch, caplog):
-    import train as train_module
+    import run_directory
 
     working_dir = fresh_copy(samples_cache, tmp_path)
-    write_json = train_module.write_json_atomically
+    write_json = run_directory.write_json_atomically
 
     def killed_before_the_state_of_epoch_2(path, payload):
         if Path(path).name == "state.json" and payload.get("epoch") == 2 and not payload.get("finished"):
             raise Killed  # Epoch 2's weights are on disk, its state.json is not.
         write_json(path, payload)
 
-    monkeypatch.setattr(train_module, "write_json_atomically", killed_before_the_state_of_epoch_2)
+    monkeypatch.setattr(run_directory, "write_json_atomically", killed_before_the_state_of_epoch_2)
     with pytest.raises(Killed):
         train(working_dir, TrainConfig(mode="softmax", **TINY))
     monkeypatch.undo()
@@ -87,11 +88,11 @@ def test_a_run_killed_around_the_state_of_an_epoch_has_no_best_checkpoint_ahead_
     state.json and before best.h5, the resume writes the best.h5 the state names: epoch 1's weights."""
     import numpy as np
 
-    import train as train_module
-    from train import RunCheckpoint
+    import run_directory
+    from run_directory import RunCheckpoint
 
     logs = {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.5}
-    write_json, save = train_module.write_json_atomically, train_module.save_model_atomically
+    write_json, save = run_directory.write_json_atomically, run_directory.save_model_atomically
 
     def killed_before_the_state(path, payload):
         if killed_before == "state.json" and Path(path).name == "state.json":
@@ -103,8 +104,8 @@ def test_a_run_killed_around_the_state_of_an_epoch_has_no_best_checkpoint_ahead_
             raise Killed
         save(model, path)
 
-    monkeypatch.setattr(train_module, "write_json_atomically", killed_before_the_state)
-    monkeypatch.setattr(train_module, "save_model_atomically", killed_before_best_h5)
+    monkeypatch.setattr(run_directory, "write_json_atomically", killed_before_the_state)
+    monkeypatch.setattr(run_directory, "save_model_atomically", killed_before_best_h5)
     checkpoint = RunCheckpoint(tmp_path, "val_accuracy", "max")
     checkpoint.set_model(compiled_small_model())
     with pytest.raises(Killed):
@@ -136,7 +137,7 @@ def keras_model(path: Path):
 
 
 def test_runs_written_before_state_json_named_their_weights_resume_from_latest_weights_h5(tmp_path):
-    from train import latest_checkpoint
+    from run_directory import latest_checkpoint
 
     assert latest_checkpoint(tmp_path, {"epoch": 3, "finished": False}) == tmp_path / "latest.weights.h5"
     assert latest_checkpoint(tmp_path, {"epoch": 3, "latest": "latest-0003.weights.h5"}) == tmp_path / "latest-0003.weights.h5"
@@ -148,13 +149,13 @@ def grow_speaker(tmp_path: Path, working_dir: Path, speaker: str, count: int) ->
     folder.mkdir(parents=True)
     for index, path in enumerate(sorted((SAMPLES / "LibriSpeech" / "test-other").rglob("*.flac"))[:count]):
         shutil.copy(path, folder / f"0-{index}.flac")
-    audio.build_feature_cache(folder.parent, working_dir, workers=1, progress=False)
+    feature_cache.build_feature_cache(folder.parent, working_dir, workers=1, progress=False)
 
 
 def started_run(working_dir: Path, config: TrainConfig) -> Path:
     """The run directory of `config` after its first epoch: config, speakers, split and state (no weights are read before the checks)."""
     from batcher import load_training_data
-    from train import prepare_run_directory, run_dir
+    from run_directory import prepare_run_directory, run_dir
 
     run = run_dir(working_dir, config.mode)
     run.mkdir(parents=True)
@@ -167,14 +168,14 @@ def test_a_resume_on_a_cache_whose_training_speakers_changed_stops_naming_them(s
     working_dir = fresh_copy(samples_cache, tmp_path)
     config = TrainConfig(mode="softmax", held_out_speakers=["1688"], **TINY)
     started_run(working_dir, config)
-    audio.build_feature_cache(copy_speakers(tmp_path, {"p225": 2}), working_dir, workers=1, progress=False)
+    feature_cache.build_feature_cache(copy_speakers(tmp_path, {"p225": 2}), working_dir, workers=1, progress=False)
     with pytest.raises(TrainingError, match=r"speakers.json: the training speakers changed since this run started \(added p225\)"):
         train(working_dir, config)
 
 
 def test_a_resume_trains_on_the_split_the_run_recorded_when_the_cache_grew(samples_cache, tmp_path):
     from batcher import load_training_data
-    from train import recorded_split
+    from run_directory import recorded_split
 
     working_dir = fresh_copy(samples_cache, tmp_path)
     run = started_run(working_dir, TrainConfig(mode="softmax", **TINY))
@@ -214,7 +215,7 @@ def test_killed_run_resumes_after_its_last_finished_epoch(samples_cache, tmp_pat
 def test_patience_counters_and_the_reduced_learning_rate_survive_a_resume(tmp_path):
     import keras
 
-    from train import RunCheckpoint, make_callbacks, read_state
+    from run_directory import RunCheckpoint, make_callbacks, read_state
 
     config = TrainConfig(mode="softmax", early_stopping_patience=5, reduce_lr_patience=2, min_learning_rate=1e-4, learning_rate=1e-3, **TINY)
 
@@ -244,7 +245,7 @@ def test_patience_counters_and_the_reduced_learning_rate_survive_a_resume(tmp_pa
 
 
 def test_metrics_csv_after_a_resume_keeps_the_earlier_rows_once_and_drops_those_of_unfinished_epochs(tmp_path):
-    from train import RunCheckpoint
+    from run_directory import RunCheckpoint
 
     # Epoch 2 was logged, then the run was killed before its state.json said so.
     (tmp_path / "metrics.csv").write_text("epoch,accuracy,loss\n0,0.1,3.0\n1,0.2,2.5\n2,0.3,2.0\n")

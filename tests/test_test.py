@@ -10,17 +10,9 @@ import numpy as np
 import pytest
 
 from eval_metrics import reference_metrics
-from test import (
-    EvaluationReport,
-    HeldOutCorpus,
-    batch_cosine_similarity,
-    corpus_verification,
-    corpus_names,
-    evaluate_checkpoint,
-    probe_accuracy,
-    nearest_profile_accuracy,
-    reference_protocol_scores,
-)
+from probes import nearest_profile_accuracy, probe_accuracy
+from test import EvaluationReport, batch_cosine_similarity, evaluate_checkpoint
+from verification import HeldOutCorpus, corpus_names, corpus_verification, reference_protocol_scores
 from trials import generate_trials, write_trials
 
 
@@ -128,7 +120,7 @@ def test_evaluation_on_unseen_corpora_says_when_trial_speakers_were_seen_in_trai
 
 
 def test_evaluation_scores_the_test_utterances_the_run_recorded_when_the_cache_grew_since(mtl_run, tmp_path, monkeypatch):
-    import audio
+    import feature_cache
     import test as evaluation
 
     working_dir = tmp_path / "work"
@@ -137,7 +129,7 @@ def test_evaluation_scores_the_test_utterances_the_run_recorded_when_the_cache_g
     more.mkdir(parents=True)
     for index, path in enumerate(sorted((SAMPLES / "LibriSpeech" / "test-other").rglob("*.flac"))[:4]):
         shutil.copy(path, more / f"0-{index}.flac")  # Sorted before 19's own utterances: recomputed, the 80 % boundary would move.
-    audio.build_feature_cache(more.parent, working_dir, workers=1, progress=False)
+    feature_cache.build_feature_cache(more.parent, working_dir, workers=1, progress=False)
     scored = {}
     protocol = evaluation.reference_protocol_scores
 
@@ -158,13 +150,13 @@ def test_the_speaker_head_is_scored_by_the_class_order_of_the_runs_speakers_json
     left (26's and 27's). Counted by position among the cached speakers, class 0 would be 26: 0.5."""
     import keras
 
-    import audio
+    import feature_cache
     from fileio import save_model_atomically
 
     corpus = tmp_path / "LibriSpeech"
     shutil.copytree(SAMPLES / "LibriSpeech", corpus, ignore=shutil.ignore_patterns("19"))
     working_dir = tmp_path / "work"
-    audio.build_feature_cache(corpus, working_dir, workers=1, progress=False)
+    feature_cache.build_feature_cache(corpus, working_dir, workers=1, progress=False)
     run = shutil.copytree(mtl_run[0] / "checkpoints-mtl", tmp_path / "run", ignore=shutil.ignore_patterns("tensorboard"))
     assert json.loads((run / "speakers.json").read_text())["speakers"] == ["19", "26", "27"]
     model = keras.models.load_model(run / "best.h5", compile=False)
@@ -248,12 +240,12 @@ def test_verification_lines_show_each_corpus_then_the_pooled_figure_labelled_poo
 def energy_trim_run(tmp_path_factory) -> tuple[Path, Path]:
     """(working dir, best.h5): the bundled LibriSpeech cached (reference trim, as every cache), and beside an
     untrained small model the run files of a run trained with the energy trim, test-other's speakers held out."""
-    import audio
+    import feature_cache
     from conv_models import DeepSpeakerModel
     from fileio import save_model_atomically
 
     working_dir = tmp_path_factory.mktemp("energy_trim_run")
-    audio.build_feature_cache(SAMPLES / "LibriSpeech", working_dir, workers=1, progress=False)
+    feature_cache.build_feature_cache(SAMPLES / "LibriSpeech", working_dir, workers=1, progress=False)
     run = working_dir / "checkpoints-softmax"
     run.mkdir()
     save_model_atomically(DeepSpeakerModel(model_size="small").m, run / "best.h5")
@@ -275,13 +267,13 @@ def test_cached_and_uncached_evaluation_of_the_same_speakers_give_the_same_score
 
 def test_every_cached_utterance_evaluation_embeds_gets_the_checkpoints_trim(energy_trim_run):
     """Reference protocol, identification and probes read training speakers' cache entries: with the run's trim."""
-    import audio
+    import feature_cache
     from inference import Embedder
 
     working_dir, checkpoint = energy_trim_run
     embedder = Embedder.from_checkpoint(checkpoint)
     index = json.loads((working_dir / "corpus.json").read_text())
-    entries = sorted(audio.cache_dir(working_dir).glob("19_*.npy"))
+    entries = sorted(feature_cache.cache_dir(working_dir).glob("19_*.npy"))
     sources = [index["sources"][entry.name] for entry in entries]
     np.testing.assert_allclose(embedder.embed_files(entries), embedder.embed_files(sources), atol=1e-6)
 
@@ -293,7 +285,7 @@ def test_label_accuracies_count_each_unseen_speaker_once_whatever_its_number_of_
     """A stand-in embedding puts each file at a designed point: the probe sees which side of zero it lies.
     m1 has 10 files, 4 of them weakly on the female side; f1 has 2, both female."""
     from tasks import gender_task
-    from test import label_task_accuracies
+    from probes import label_task_accuracies
 
     points = {f"m1/{i}": [-2.0] for i in range(6)} | {f"m1/{i}": [0.3] for i in range(6, 10)} | {"f1/0": [2.0], "f1/1": [1.5]}
     points |= {f"{s}/{i}": [(2.0 if s.startswith("f") else -2.0) + 0.1 * i] for s in ("fa", "fb", "ma", "mb") for i in range(3)}
@@ -336,7 +328,7 @@ def test_clip_task_accuracies_score_each_labelled_unseen_clip_balanced_over_the_
     """A stand-in embedding puts calm clips below zero and tense ones above, but one calm clip of u1 above: per clip,
     calm is recalled 2 times in 3 and tense 2 in 2. A cache entry reads the label of the audio it was made from."""
     from tasks import parse_tasks
-    from test import clip_task_accuracies
+    from probes import clip_task_accuracies
 
     (tmp_path / "clips.tsv").write_text("path\tmood\n" + "".join(f"{clip}\t{mood}\n" for clip, mood in (
         ("t1/0.wav", "calm"), ("t1/1.wav", "tense"), ("t2/0.wav", "calm"), ("t2/1.wav", "tense"),
@@ -357,10 +349,25 @@ def test_clip_task_accuracies_score_each_labelled_unseen_clip_balanced_over_the_
 
 
 def test_held_out_training_speakers_are_scored_as_one_corpus_per_home_corpus():
-    from test import evaluation_corpora
+    from verification import evaluation_corpora
 
     held_out = {"0874d76d": [Path("a.npy"), Path("b.npy")], "11": [Path("c.npy"), Path("d.npy")], "13": [Path("e.npy")], "x": [Path("f.npy")],
                 "1688": [Path("g.npy")]}
     corpora = evaluation_corpora([str(TEST_OTHER)], held_out, {"0874d76d": "CommonVoice-fa", "11": "EmoDB", "13": "EmoDB"})
     assert [(c.name, sorted(c.speakers)) for c in corpora] == [("test-other", ["1688", "1998"]), ("CommonVoice-fa", ["0874d76d"]),
                                                              ("EmoDB", ["11", "13"]), ("held_out", ["x"])]  # 1688 is scored from its folder.
+
+
+def test_an_evaluation_folder_that_is_a_kaldi_dir_with_segments_is_refused_saying_what_to_do(tmp_path):
+    from corpus import CorpusError
+    from verification import evaluation_corpora
+
+    flac = next(TEST_OTHER.rglob("*.flac"))
+    (tmp_path / "wav.scp").write_text(f"rec {flac}\n")
+    (tmp_path / "segments").write_text("rec-a rec 0 1\nrec-b rec 1 2\n")
+    (tmp_path / "utt2spk").write_text("rec-a s\nrec-b s\n")
+    with pytest.raises(CorpusError, match="segments file cuts its recordings.*build-mfcc-cache"):
+        evaluation_corpora([tmp_path], {})
+    (tmp_path / "segments").unlink()  # Whole recordings: scored file by file, as any folder.
+    (tmp_path / "utt2spk").write_text("rec s\n")
+    assert [c.speakers for c in evaluation_corpora([tmp_path], {})] == [{"s": [flac]}]

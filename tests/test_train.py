@@ -19,10 +19,11 @@ import h5py
 import numpy as np
 import pytest
 
-import audio
-from audio import CorpusError
+import feature_cache
+from corpus import CorpusError
 from conv_models import DeepSpeakerModel, load_weights_by_name
-from train import TrainConfig, TrainingError, train, train_reference_recipe
+from train import train, train_reference_recipe
+from train_config import TrainConfig, TrainingError
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
@@ -35,7 +36,7 @@ TINY = {"model_size": "small", "epochs": 2, "steps_per_epoch": 2, "validation_st
 def samples_cache(tmp_path_factory) -> Path:
     """Feature cache of the bundled LibriSpeech subset: 5 speakers, 32 utterances, all with genders."""
     working_dir = tmp_path_factory.mktemp("samples_cache")
-    audio.build_feature_cache(SAMPLES / "LibriSpeech", working_dir, workers=2, progress=False)
+    feature_cache.build_feature_cache(SAMPLES / "LibriSpeech", working_dir, workers=2, progress=False)
     return working_dir
 
 
@@ -105,7 +106,7 @@ def test_reference_recipe_starts_triplet_training_from_the_softmax_checkpoint(sa
 
 def test_mtl_run_trains_speaker_and_gender_heads_and_the_triplet_term_on_shared_librispeech(tmp_path):
     working_dir = tmp_path / "work"
-    audio.build_feature_cache(SHARED_DATA / "LibriSpeech" / "test-other", working_dir, workers=2, progress=False)
+    feature_cache.build_feature_cache(SHARED_DATA / "LibriSpeech" / "test-other", working_dir, workers=2, progress=False)
     run = train(working_dir, TrainConfig(mode="mtl", triplet_loss_weight=0.5, gender_loss_weight=0.3, held_out_speakers=["367", "533"], **TINY))
     assert RUN_FILES <= {p.name for p in run.iterdir()}
     row = metrics_rows(run)[-1]
@@ -119,7 +120,8 @@ def test_hard_negative_batches_mine_the_embeddings_of_the_model_being_trained(sa
     as it trains: after a training step, the next refresh of the history embeds with the new weights."""
     from batcher import load_training_data
     from conv_models import embedding_model
-    from train import build_model, make_batches
+    from training_batches import make_batches
+    from training_models import build_model
 
     config = TrainConfig(mode="triplet", hard_negative=True, learning_rate=0.1, **TINY)
     data = load_training_data(samples_cache)
@@ -150,14 +152,15 @@ def short_clips_cache(tmp_path_factory) -> Path:
         for path in sorted((SHARED_DATA / "FSDD" / speaker).glob("*.wav"))[:count]:
             shutil.copy(path, corpus / speaker / path.name)
     working_dir = tmp_path_factory.mktemp("fsdd_cache")
-    audio.build_feature_cache(corpus, working_dir, workers=1, progress=False)
+    feature_cache.build_feature_cache(corpus, working_dir, workers=1, progress=False)
     return working_dir
 
 
 @pytest.mark.parametrize("mode, hard_negative", [("triplet", False), ("triplet", True), ("mtl", False)])
 def test_every_triplet_batch_fills_short_clips_as_the_run_pads(short_clips_cache, mode, hard_negative):
     from batcher import load_training_data
-    from train import build_model, make_batches
+    from training_batches import make_batches
+    from training_models import build_model
 
     data = load_training_data(short_clips_cache)
     assert all(len(np.load(entry)) < 160 for entries in data.train.values() for entry in entries)
@@ -176,7 +179,7 @@ def test_every_triplet_batch_fills_short_clips_as_the_run_pads(short_clips_cache
 def emodb_cache(tmp_path_factory, emodb_sample) -> Path:
     """Cached features and energy-trimmed audio of four EmoDB actors (10 M, 11 M, 13 F, 14 F), one clip per emotion each."""
     working_dir = tmp_path_factory.mktemp("emodb_cache")
-    audio.build_feature_cache(emodb_sample, working_dir, workers=1, progress=False, waveform_trim="energy")
+    feature_cache.build_feature_cache(emodb_sample, working_dir, workers=1, progress=False, waveform_trim="energy")
     return working_dir
 
 
@@ -185,7 +188,8 @@ def test_every_mtl_batch_gives_each_row_its_own_clips_label_and_masks_clips_with
     """The emotion task reads each clip's label from a clips table (here without the neutral clips' labels), in
     batches of cached features (TripletBatches) and of cached audio (AugmentedTripletBatches) alike."""
     from batcher import load_training_data
-    from train import build_model, label_task_values, make_batches
+    from training_batches import label_task_values, make_batches
+    from training_models import build_model
 
     lines = (emodb_sample / "clips.tsv").read_text().splitlines()
     header = lines[0].split("\t")
@@ -218,7 +222,8 @@ def test_every_mtl_batch_gives_each_row_its_own_clips_label_and_masks_clips_with
 def test_every_triplet_batch_draws_speakers_as_the_run_samples(short_clips_cache, mode):
     """Balanced: anchors and negatives of every speaker alike; else as many as its share of the training utterances (george 8 of 12)."""
     from batcher import load_training_data
-    from train import build_model, make_batches
+    from training_batches import make_batches
+    from training_models import build_model
 
     data = load_training_data(short_clips_cache)
     model = build_model(TrainConfig(mode=mode, **TINY), len(data.speakers))
@@ -236,7 +241,7 @@ def test_mtl_on_own_data_without_gender_labels_trains_the_speaker_head_only(tmp_
         for path in sorted((SHARED_DATA / "FSDD" / speaker).glob("*.wav"))[:6]:
             shutil.copy(path, corpus / speaker / path.name)
     working_dir = tmp_path / "work"
-    audio.build_feature_cache(corpus, working_dir, workers=2, progress=False)
+    feature_cache.build_feature_cache(corpus, working_dir, workers=2, progress=False)
     with caplog.at_level(logging.WARNING):
         run = train(working_dir, TrainConfig(mode="mtl", **TINY))
     assert "no training speaker has a gender label: Hive-MTL trains without the gender head" in caplog.text
@@ -295,7 +300,7 @@ def test_impossible_task_and_validation_settings_are_refused_by_the_config(setti
 
 
 def test_a_run_directory_of_an_earlier_version_reads_mixed_precision_as_the_precision_it_meant():
-    from train import upgraded_config
+    from train_config import upgraded_config
 
     assert upgraded_config({"mode": "softmax", "mixed_precision": True}) == {"mode": "softmax", "precision": "mixed"}
     assert upgraded_config({"mode": "softmax", "mixed_precision": False}) == {"mode": "softmax", "precision": "float32"}
@@ -317,13 +322,13 @@ def copy_speakers(tmp_path: Path, files_per_speaker: dict[str, int]) -> Path:
 
 
 def test_a_single_speaker_corpus_is_refused_with_what_is_missing(tmp_path):
-    audio.build_feature_cache(copy_speakers(tmp_path, {"p225": 4}), tmp_path / "work", workers=1, progress=False)
+    feature_cache.build_feature_cache(copy_speakers(tmp_path, {"p225": 4}), tmp_path / "work", workers=1, progress=False)
     with pytest.raises(CorpusError, match="at least 2 speakers"):
         train(tmp_path / "work", TrainConfig(mode="softmax", **TINY))
 
 
 def test_triplets_from_speakers_with_one_utterance_each_are_refused(tmp_path):
-    audio.build_feature_cache(copy_speakers(tmp_path, {"p225": 1, "p226": 1}), tmp_path / "work", workers=1, progress=False)
+    feature_cache.build_feature_cache(copy_speakers(tmp_path, {"p225": 1, "p226": 1}), tmp_path / "work", workers=1, progress=False)
     with pytest.raises(CorpusError, match="at least 2 training utterances"):
         train(tmp_path / "work", TrainConfig(mode="triplet", **TINY))
 
@@ -416,7 +421,7 @@ def test_gender_loss_weights_average_over_labelled_rows_only():
 def test_best_checkpoint_follows_the_loss_when_the_monitored_metric_is_missing(tmp_path):
     import keras
 
-    from train import RunCheckpoint
+    from run_directory import RunCheckpoint
 
     model = DeepSpeakerModel(model_size="small").m
     (tmp_path / "config.json").write_text("{}")
@@ -508,7 +513,7 @@ def test_an_unknown_recipe_key_is_refused_naming_it(tmp_path, invoke_cli):
 
 def compiled_small_model():
     """The small softmax model with its optimizer built, as fit() leaves it."""
-    from train import build_model
+    from training_models import build_model
 
     model = build_model(TrainConfig(mode="softmax", model_size="small"), num_speakers=4)
     model.optimizer.build(model.trainable_variables)

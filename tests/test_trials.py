@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import audio
+from corpus import Corpus, index_corpus
 from trials import Trial, count_pairs, generate_trials, read_trials, score_trials, write_trials
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,16 +18,16 @@ VCTK = REPO.parent / "shared" / "data" / "VCTK"  # 4 speakers x 10 utterances.
 
 
 @pytest.fixture(scope="module")
-def libri() -> audio.Corpus:
-    return audio.index_corpus(LIBRI_TEST_OTHER)
+def libri() -> Corpus:
+    return index_corpus(LIBRI_TEST_OTHER)
 
 
 @pytest.fixture(scope="module")
-def vctk() -> audio.Corpus:
-    return audio.index_corpus(VCTK)
+def vctk() -> Corpus:
+    return index_corpus(VCTK)
 
 
-def speaker_of(corpus: audio.Corpus) -> dict[Path, str]:
+def speaker_of(corpus: Corpus) -> dict[Path, str]:
     return {u.path: u.speaker for u in corpus.utterances}
 
 

@@ -1,0 +1,199 @@
+"""Speaker verification of held-out corpora: the reference protocol's score matrix, the corpora a
+checkpoint is scored on, and EER / minDCF per corpus on trials among its own speakers.
+
+`test.evaluate_checkpoint` orchestrates these; every embedding goes through `inference.Embedder`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from constants import NUM_NEGATIVES_PER_SPEAKER
+
+
+def reference_protocol_scores(
+    embeddings: dict[str, np.ndarray], rng: np.random.Generator, num_negatives: int = NUM_NEGATIVES_PER_SPEAKER
+) -> np.ndarray:
+    """(speakers, 1 + num_negatives) cosine scores; column 0 is the positive pair.
+
+    Per speaker with two or more utterances: an anchor and a positive utterance of that speaker,
+    and `num_negatives` utterances of other speakers, one per speaker (the reference's protocol;
+    speakers repeat only when there are fewer other speakers than negatives).
+    """
+    speakers = [s for s in embeddings if len(embeddings[s]) >= 2]
+    if len(speakers) < 1 or len(embeddings) < 2:
+        raise ValueError("the reference protocol needs a speaker with 2 test utterances and at least 2 speakers")
+    names = list(embeddings)
+    anchors, candidates = [], []
+    for speaker in speakers:
+        own = embeddings[speaker]
+        first, second = rng.choice(len(own), 2, replace=False)
+        others = [name for name in names if name != speaker]
+        chosen = rng.choice(len(others), num_negatives, replace=len(others) < num_negatives)
+        negatives = [embeddings[others[i]][rng.integers(len(embeddings[others[i]]))] for i in chosen]
+        anchors.append(own[first])
+        candidates.append(np.stack([own[second], *negatives]))
+    return np.einsum("sd,snd->sn", np.stack(anchors), np.stack(candidates))
+
+
+def verification_line(figures: dict) -> str:
+    """`speakers = 2, trials = 28 (12 same speaker), EER = 25.00%, threshold = 0.412, minDCF(0.01) = ..., minDCF(0.05) = ...`."""
+    speakers = f"speakers = {len(figures['speakers'])}, " if figures.get("speakers") is not None else ""
+    return (
+        f"{speakers}trials = {figures['num_trials']} ({figures['num_target']} same speaker), EER = {100 * figures['eer']:.2f}%, "
+        f"threshold = {figures['eer_threshold']:.3f}, minDCF(0.01) = {figures['min_dcf_001']:.3f}, minDCF(0.05) = {figures['min_dcf_005']:.3f}"
+    )
+
+
+HELD_OUT_CORPUS = "held_out"
+
+
+@dataclass(frozen=True)
+class HeldOutCorpus:
+    """The speakers of one held-out corpus: one `--eval_audio_dir`, or the run's held-out speakers."""
+
+    name: str
+    directory: str | None
+    speakers: dict[str, list[Path]]
+    genders: dict[str, str] = field(default_factory=dict)
+
+
+def corpus_names(directories: Sequence[str | os.PathLike]) -> list[str]:
+    """A short, unique, stable name per folder: its own name (`test-other`, `VCTK`), lengthened with
+    parent folders (`a/test-other`, `b/test-other`) only where two different folders share it.
+
+    The names key `EvaluationReport.corpora`, so they must not depend on the order of the options
+    or on how a path was spelled; the same folder given twice gets the same name.
+    """
+    paths = [Path(d).resolve() for d in directories]
+    depth = {path: 1 for path in paths}
+
+    def name(path: Path) -> str:
+        return Path(*path.parts[-depth[path]:]).as_posix()
+
+    while True:
+        owners: dict[str, set[Path]] = {}
+        for path in depth:
+            owners.setdefault(name(path), set()).add(path)
+        clashing = [path for group in owners.values() if len(group) > 1 for path in group if depth[path] < len(path.parts)]
+        if not clashing:
+            return [name(path) for path in paths]
+        for path in clashing:
+            depth[path] += 1
+
+
+def evaluation_corpora(eval_audio_dirs: Sequence[str | os.PathLike], held_out: dict[str, list[Path]],
+                       held_out_homes: dict[str, str] | None = None) -> list[HeldOutCorpus]:
+    """One corpus per folder given (a folder given twice counts once), then the run's held-out speakers
+    that no folder given holds, one corpus per home (`held_out_homes`: speaker -> the name of the training
+    corpus it comes from; `held_out` for a speaker without one)."""
+    from corpus import CorpusError, index_corpus
+
+    corpora: dict[str, HeldOutCorpus] = {}
+    for name, directory in zip(corpus_names(eval_audio_dirs), eval_audio_dirs):
+        if name not in corpora:
+            corpus = index_corpus(directory)
+            if any(u.segment for u in corpus.utterances):
+                raise CorpusError(f"{directory}: a Kaldi segments file cuts its recordings, but an evaluation folder is scored file by file; "
+                                  "cache it with build-mfcc-cache and hold its speakers out of training instead")
+            speakers = {speaker: [u.path for u in utterances] for speaker, utterances in corpus.utterances_by_speaker().items()}
+            corpora[name] = HeldOutCorpus(name, str(directory), speakers, dict(corpus.genders))
+    listed = {speaker for corpus in corpora.values() for speaker in corpus.speakers}
+    homes: dict[str, dict[str, list[Path]]] = {}
+    for speaker, entries in held_out.items():
+        if speaker not in listed:  # Scored once, from their folder.
+            homes.setdefault((held_out_homes or {}).get(speaker, HELD_OUT_CORPUS), {})[speaker] = entries
+    for home, speakers in homes.items():
+        name = home if home not in corpora else f"{home} (held out)"
+        corpora[name] = HeldOutCorpus(name, None, speakers)
+    return list(corpora.values())
+
+
+def held_out_homes(working_dir: str | os.PathLike, speakers: Sequence[str]) -> dict[str, str]:
+    """The training corpus each of the run's held-out speakers comes from (its folder name, e.g. `CommonVoice-fa`),
+    for those the cache records the sources of; `evaluation_corpora` scores each home's speakers as one corpus."""
+    from corpus import CorpusError
+    from feature_cache import read_corpus_index
+    from tasks import speaker_source_files
+
+    try:
+        files = speaker_source_files(working_dir)
+    except CorpusError:
+        return {}
+    audio_dirs = [Path(d) for d in read_corpus_index(working_dir).get("audio_dirs", [])]
+    homes = {}
+    for speaker in speakers:
+        found = [d.name for d in audio_dirs if speaker in files and d in files[speaker].parents]
+        if found:
+            homes[speaker] = found[0]
+    return homes
+
+
+def pooled_speakers(corpora: Sequence[HeldOutCorpus]) -> tuple[dict[str, list[Path]], dict[str, str]]:
+    """Speakers and genders of all corpora together; a speaker name found in two corpora becomes one speaker."""
+    speakers: dict[str, list[Path]] = {}
+    genders: dict[str, str] = {}
+    for corpus in corpora:
+        for speaker, paths in corpus.speakers.items():
+            speakers.setdefault(speaker, []).extend(paths)
+        genders.update(corpus.genders)
+    return speakers, genders
+
+
+def corpus_verification(
+    corpora: Sequence[HeldOutCorpus], embed: Callable[[list], np.ndarray], num_trials: int | None, seed: int,
+    trial_scores: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> tuple[dict[str, dict], list[str]]:
+    """EER and minDCF of each corpus on trials among its own speakers only, and notes on corpora skipped or cut.
+    `trial_scores`, when given, receives each corpus's (scores, labels), in trial order (for bootstraps).
+
+    Pooled trials also pair files of different corpora, and such a pair (another channel, often
+    another language) is an easy rejection that flatters the pooled EER; a corpus's own figure is
+    what compares across models and with published results. `num_trials` applies to each corpus;
+    a corpus with fewer pairs gets as many as it has, still half same-speaker.
+    """
+    from eval_metrics import verification_metrics
+    from trials import count_pairs, generate_trials, score_trials
+
+    figures: dict[str, dict] = {}
+    notes: list[str] = []
+    for corpus in corpora:
+        speakers = {s: [str(p) for p in paths] for s, paths in corpus.speakers.items() if paths}
+        num_target, num_nontarget = count_pairs(speakers)
+        if not num_target or not num_nontarget:
+            notes.append(f"{corpus.name}: no trials of its own: it needs 2 speakers, one with 2 utterances")
+            continue
+        wanted = num_trials
+        if num_trials is not None and num_trials > 2 * min(num_target, num_nontarget):
+            wanted = 2 * min(num_target, num_nontarget)
+            notes.append(f"{corpus.name}: {wanted} trials instead of {num_trials}: it has {num_target} same-speaker and {num_nontarget} different-speaker pairs")
+        trials = generate_trials(speakers, wanted, seed)
+        paths = sorted({str(p) for trial in trials for p in (trial.path1, trial.path2)})
+        scores, labels = score_trials(trials, dict(zip(paths, embed(paths))))
+        if trial_scores is not None:
+            trial_scores[corpus.name] = (scores, labels)
+        metrics = verification_metrics(scores, labels)
+        figures[corpus.name] = {
+            **metrics.__dict__, "num_trials": len(trials), "num_target_trials": metrics.num_target,
+            "speakers": sorted(speakers), "directory": corpus.directory,
+        }
+    return figures, notes
+
+
+class EmbeddingsOnce:
+    """Embeds each cache entry or audio file once (whole utterance) and remembers the result."""
+
+    def __init__(self, embedder, mode: str, rng: np.random.Generator):
+        self.embedder, self.mode, self.rng = embedder, mode, rng
+        self.known: dict[str, np.ndarray] = {}
+
+    def __call__(self, paths: list) -> np.ndarray:
+        keys = [str(p) for p in paths]
+        missing = [k for k in dict.fromkeys(keys) if k not in self.known]
+        self.known.update(zip(missing, self.embedder.embed_files(missing, self.mode, self.rng)))
+        return np.stack([self.known[k] for k in keys])
