@@ -8,6 +8,10 @@ frames the model reads:
   perturbed speaker is a new class (the Kaldi and WeSpeaker practice);
 - additive noise at a random SNR: babble (a sum of utterances of other training speakers, never
   the target's own) or coloured noise (white, pink or brown);
+- reverberation: convolution with a room impulse response, read from `--rir_dir` or simulated
+  (augment_sources.py), aligned on the direct path and at the same power;
+- noise from `--noise_dir` instead of babble and coloured noise: MUSAN's categories at their
+  usual SNRs, or any folder of audio (augment_sources.py);
 - band limiting: through 8 kHz and back, as telephone and FSDD audio are;
 - time and frequency masking of the normalised filterbanks (SpecAugment), masked cells set to
   0, the mean of a normalised frame.
@@ -26,6 +30,7 @@ import numpy as np
 import soxr
 
 from audio import features_of_voiced, frame_length_and_step
+from augment_sources import NoiseFolder, RoomImpulseResponses, audio_files, reverberate
 from constants import (
     AUGMENT_BABBLE_SNR_DB,
     AUGMENT_BABBLE_SPEAKERS,
@@ -47,6 +52,9 @@ class AugmentConfig:
     noise_probability: float = 0.0  # Chance of additive noise (half babble, half coloured).
     band_limit_probability: float = 0.0  # Chance of passing the window through 8 kHz.
     spec_mask_probability: float = 0.0  # Chance of one time mask and one frequency mask.
+    reverb_probability: float = 0.0  # Chance of reverberation (before the noise).
+    rir_dir: str | None = None  # Impulse responses of reverberation; None: simulated rooms.
+    noise_dir: str | None = None  # Noise files (MUSAN's layout or any folder); None: babble and coloured noise.
 
     @property
     def speeds(self) -> tuple[float, ...]:
@@ -54,18 +62,41 @@ class AugmentConfig:
 
     @property
     def changes_waveform(self) -> bool:
-        return self.speed_perturb or self.noise_probability > 0 or self.band_limit_probability > 0
+        return self.speed_perturb or self.noise_probability > 0 or self.band_limit_probability > 0 or self.reverb_probability > 0
 
     def validate(self) -> None:
-        for name in ("noise_probability", "band_limit_probability", "spec_mask_probability"):
+        """Probabilities in [0, 1]; a folder only with the augmentation that reads it, and one that holds audio."""
+        for name in ("noise_probability", "band_limit_probability", "spec_mask_probability", "reverb_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1; got {getattr(self, name)}")
+        if self.rir_dir is not None:
+            if self.reverb_probability == 0:
+                raise ValueError("rir_dir is read by reverberation: give reverb_probability > 0 as well")
+            audio_files(self.rir_dir, "--rir_dir")
+        if self.noise_dir is not None:
+            if self.noise_probability == 0:
+                raise ValueError("noise_dir is read by the noise augmentation: give noise_probability > 0 as well")
+            NoiseFolder(self.noise_dir)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 NO_AUGMENTATION = AugmentConfig()
+
+
+@dataclass(frozen=True)
+class FolderSources:
+    """The noise folder and the impulse responses a run's augmentation reads (None: not used), indexed once."""
+
+    noise: NoiseFolder | None = None
+    rooms: RoomImpulseResponses | None = None
+
+    @classmethod
+    def of(cls, config: AugmentConfig, seed: int) -> "FolderSources":
+        """`seed` is the run's: simulated rooms are the same in a resumed run."""
+        return cls(NoiseFolder(config.noise_dir) if config.noise_dir is not None and config.noise_probability > 0 else None,
+                   RoomImpulseResponses(config.rir_dir, seed) if config.reverb_probability > 0 else None)
 
 
 def window_samples(num_frames: int = NUM_FRAMES, sample_rate: int = SAMPLE_RATE) -> int:
@@ -140,19 +171,26 @@ def augmented_window_features(
     rng: np.random.Generator,
     babble_source: Callable[[int, np.random.Generator], list[np.ndarray]],
     num_frames: int = NUM_FRAMES,
+    sources: FolderSources = FolderSources(),
 ) -> np.ndarray:
     """Normalised filterbanks (at most `num_frames` frames) of one augmented random window.
 
     `samples` is the whole trimmed utterance (a memory map is fine: only the window is read);
     `babble_source(length, rng)` returns that many samples of each of a few utterances of other
-    speakers than the window's (`batcher.AugmentedBatches.babble`).
+    speakers than the window's (`batcher.AugmentedBatches.babble`); `sources` the folders of
+    `config.noise_dir` and `config.rir_dir` (`FolderSources.of`).
     """
     needed = window_samples(num_frames)
     _, frame_step = frame_length_and_step(SAMPLE_RATE)
     # Windows start on a frame boundary: unaugmented, they are frames of the whole utterance's features.
     segment = change_speed(random_segment(samples, int(np.ceil(needed * speed)) + 1, rng, frame_step), speed)[:needed]
+    if config.reverb_probability > 0 and rng.random() < config.reverb_probability:  # No draw without it: older runs draw as before.
+        segment = reverberate(segment, sources.rooms.draw(rng))
     if rng.random() < config.noise_probability:
-        if rng.random() < 0.5:
+        if sources.noise is not None:
+            _, noise, snr_db = sources.noise.draw(len(segment), rng)
+            segment = mix_at_snr(segment, noise, snr_db)
+        elif rng.random() < 0.5:
             babble = np.sum(_fit_all(babble_source(len(segment), rng), len(segment)), axis=0)
             segment = mix_at_snr(segment, babble, rng.uniform(*AUGMENT_BABBLE_SNR_DB))
         else:

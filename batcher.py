@@ -16,7 +16,7 @@ import numpy as np
 from audio import pad_mfcc
 from corpus import CorpusError, natural_key
 from feature_cache import cache_dir, cached_entries
-from augment import AugmentConfig, augmented_window_features, babble_speakers, random_segment
+from augment import AugmentConfig, FolderSources, augmented_window_features, babble_speakers, random_segment
 from tasks import gender_task
 from constants import (
     EMBEDDING_SIZE,
@@ -28,6 +28,7 @@ from constants import (
     NUM_FBANKS,
     NUM_FRAMES,
     TRAIN_TEST_RATIO,
+    WINDOW_LENGTH_STREAM,
 )
 
 
@@ -148,13 +149,17 @@ class _EpochSeededBatches(keras.utils.PyDataset):
     negatives and positives from a history of embeddings of the model being trained, so its
     batches depend on the weights as well (a resumed run draws the same candidates, and mines
     them with the weights it resumed with).
+
+    `window_frames` (lowest, highest) gives each batch its own window length, shared by all its
+    windows; None: the fixed NUM_FRAMES of the reference.
     """
 
-    def __init__(self, steps_per_epoch: int, seed: int, first_epoch: int = 0, **kwargs):
+    def __init__(self, steps_per_epoch: int, seed: int, first_epoch: int = 0, window_frames: tuple[int, int] | None = None, **kwargs):
         super().__init__(**kwargs)
         self.steps_per_epoch = steps_per_epoch
         self.seed = seed
         self.epoch = first_epoch
+        self.window_frames = tuple(window_frames) if window_frames is not None else None
 
     def __len__(self) -> int:
         return self.steps_per_epoch
@@ -164,6 +169,23 @@ class _EpochSeededBatches(keras.utils.PyDataset):
 
     def rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, index])
+
+    def window_length(self, index: int) -> int:
+        """Frames of every window of batch `index`: NUM_FRAMES, or uniform in `window_frames`.
+
+        The length has a generator of its own, so the rest of a batch is drawn as a fixed-length
+        run draws it. Batch 1 of an epoch draws among the lengths other than batch 0's: Keras types
+        its TensorFlow input pipeline from the first two batches, and leaves the frame axis open
+        only where their shapes differ (under JAX each new length compiles the step once).
+        """
+        if self.window_frames is None:
+            return NUM_FRAMES
+        low, high = self.window_frames
+        rng = np.random.default_rng([self.seed, self.epoch, index, WINDOW_LENGTH_STREAM])
+        if index != 1 or low == high:
+            return int(rng.integers(low, high + 1))
+        length = int(rng.integers(low, high))
+        return length + (length >= self.window_length(0))
 
 
 class SpeakerClassBatches(_EpochSeededBatches):
@@ -196,7 +218,7 @@ class SpeakerClassBatches(_EpochSeededBatches):
     def __getitem__(self, index: int):
         rng = self.rng(index)
         rows = self.sampler.draw(self.batch_size, rng)
-        return read_windows([self.entries[i] for i in rows], rng, pad=self.pad), self.labels[rows]
+        return read_windows([self.entries[i] for i in rows], rng, self.window_length(index), self.pad), self.labels[rows]
 
 
 def flat_entries_and_labels(utterances: dict[str, list[Path]], speakers: list[str]) -> tuple[list[Path], np.ndarray]:
@@ -292,6 +314,7 @@ class AugmentedBatches(_EpochSeededBatches):
         self.num_speakers = len(speakers)
         self.batch_size = batch_size
         self.augment = augment
+        self.sources = FolderSources.of(augment, seed)
         self.pad = pad
 
     def babble(self, length: int, rng: np.random.Generator, speaker: int) -> list[np.ndarray]:
@@ -302,14 +325,14 @@ class AugmentedBatches(_EpochSeededBatches):
         rows = np.where(rows >= first, rows + count, rows)  # Skip the speaker's own block.
         return [random_segment(load_cached_array(self.entries[r]), length, rng) for r in rows]
 
-    def windows(self, rows: np.ndarray, speed_index: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """One augmented window of each row's utterance, at speed `speeds[speed_index]`."""
-        windows = np.empty((len(rows), NUM_FRAMES, NUM_FBANKS, 1), dtype=np.float32)
+    def windows(self, rows: np.ndarray, speed_index: np.ndarray, rng: np.random.Generator, num_frames: int = NUM_FRAMES) -> np.ndarray:
+        """One augmented window of `num_frames` frames of each row's utterance, at speed `speeds[speed_index]`."""
+        windows = np.empty((len(rows), num_frames, NUM_FBANKS, 1), dtype=np.float32)
         for i, (row, k) in enumerate(zip(rows, speed_index)):
             samples = load_cached_array(self.entries[row])
             babble = functools.partial(self.babble, speaker=int(self.labels[row]))
-            features = augmented_window_features(samples, self.augment.speeds[k], self.augment, rng, babble)
-            windows[i, :, :, 0] = pad_mfcc(features[:NUM_FRAMES], NUM_FRAMES, self.pad)
+            features = augmented_window_features(samples, self.augment.speeds[k], self.augment, rng, babble, num_frames, self.sources)
+            windows[i, :, :, 0] = pad_mfcc(features[:num_frames], num_frames, self.pad)
         return windows
 
     def classes(self, rows: np.ndarray, speed_index: np.ndarray) -> np.ndarray:
@@ -320,7 +343,7 @@ class AugmentedBatches(_EpochSeededBatches):
         rng = self.rng(index)
         rows = self.sampler.draw(self.batch_size, rng)
         speed_index = rng.integers(0, len(self.augment.speeds), self.batch_size)
-        return self.windows(rows, speed_index, rng), self.classes(rows, speed_index)
+        return self.windows(rows, speed_index, rng, self.window_length(index)), self.classes(rows, speed_index)
 
 
 class AugmentedTripletBatches(AugmentedBatches):
@@ -371,7 +394,7 @@ class AugmentedTripletBatches(AugmentedBatches):
     def __getitem__(self, index: int):
         rng = self.rng(index)
         rows, speed_index = self.stacked_rows(rng)
-        windows = self.windows(rows, speed_index, rng)
+        windows = self.windows(rows, speed_index, rng, self.window_length(index))
         return (windows, *stacked_targets(self.outputs, self.classes(rows, speed_index), rows_of(self.task_rows, rows)))
 
 
@@ -561,7 +584,7 @@ class TripletBatches(_EpochSeededBatches):
         """Windows of batch `index` and the utterance (position in `entries`) of each, in the single stacked order [a; p; n]."""
         rng = self.rng(index)
         rows, _ = self.sample(rng)
-        return read_windows([self.entries[row] for row in rows], rng, pad=self.pad), rows
+        return read_windows([self.entries[row] for row in rows], rng, self.window_length(index), self.pad), rows
 
     def __getitem__(self, index: int):
         windows, rows = self.windows_and_rows(index)
@@ -599,6 +622,8 @@ class HardNegativeTripletBatches(TripletBatches):
         **kwargs,
     ):
         super().__init__(utterances, batch_size, steps_per_epoch, seed, first_epoch, replicas=replicas, **kwargs)
+        if self.window_frames is not None:
+            raise ValueError("hard-negative mining keeps a history of fixed-length windows: it cannot draw variable window lengths")
         self.anchor_speakers = np.array([self.speaker_names.index(s) for s in triplet_speakers(utterances)], dtype=np.int64)
         if len(self.anchor_speakers) < 2:
             raise CorpusError("hard-negative mining needs at least 2 speakers with 2 or more training utterances")

@@ -176,6 +176,14 @@ def build_mfcc_cache(working_dir: str, audio_dir: str | None, data_dir: str | No
 @click.option("--noise_probability", type=float, help="Augment: chance of babble or coloured noise per window (default 0).")
 @click.option("--band_limit_probability", type=float, help="Augment: chance of band limiting through 8 kHz per window (default 0).")
 @click.option("--spec_mask_probability", type=float, help="Augment: chance of a time and a frequency mask per window (default 0).")
+@click.option("--reverb_probability", type=float, help="Augment: chance of reverberation per window (default 0): rooms of --rir_dir, else simulated shoebox rooms.")
+@click.option("--rir_dir", type=click.Path(file_okay=False), help="Room impulse responses for reverberation: RIRS_NOISES' simulated_rirs/ or any folder of audio.")
+@click.option("--noise_dir", type=click.Path(file_okay=False),
+              help="Noise for --noise_probability instead of babble and coloured noise: MUSAN (noise/ 0-15 dB, music/ 5-15 dB, "
+                   "speech/ 13-20 dB babble of 3 to 7 files) or any folder of audio (0-15 dB).")
+@click.option("--window_seconds",
+              help="Training windows of variable length: shortest,longest in seconds, e.g. 0.5,2; one length per batch "
+                   "(default: the reference's fixed 160 frames).")
 @click.option("--snapshot_every", type=int, help="Keep snapshots/epoch_<n>.h5 every n epochs, for learning curves (default 0: none).")
 @click.option("--validation_split", type=float,
               help="Validate on this share of each speaker's training utterances (e.g. 0.1), so the test utterances stay unseen by model selection "
@@ -204,6 +212,11 @@ def train(working_dir: str, audio_dirs: tuple[str, ...], genders_file: str | Non
         if options["precision"] not in (None, "mixed"):
             _fail(ValueError(f"--mixed_precision is --precision mixed; it contradicts --precision {options['precision']}"))
         options["precision"] = "mixed"
+    if options["window_seconds"] is not None:
+        try:
+            options["window_seconds"] = parse_window_seconds(options["window_seconds"])
+        except ValueError as error:
+            _fail(error)
     given = {name: value for name, value in options.items() if value is not None}
     if recipe_file:
         try:
@@ -252,6 +265,17 @@ def is_lost_worker_error(error: Exception) -> bool:
         sign in message for sign in ("Collective ops is aborted", "tasks are unhealthy", "Socket closed"))
 
 
+def parse_window_seconds(value: str) -> list[float]:
+    """--window_seconds "0.5,2" -> [0.5, 2.0]; TrainConfig checks the range."""
+    try:
+        seconds = [float(part) for part in value.split(",")]
+    except ValueError:
+        seconds = []
+    if len(seconds) != 2:
+        raise ValueError(f"--window_seconds: expected shortest,longest in seconds, e.g. 0.5,2; got {value!r}")
+    return seconds
+
+
 def read_tasks_option(value: str) -> dict:
     """--tasks: a JSON object, or the path of a file holding one; a relative clips table is taken relative to that file
     (else to the current folder)."""
@@ -272,7 +296,7 @@ def read_tasks_option(value: str) -> dict:
 
 
 def read_recipe(path: str) -> dict:
-    """A training recipe: TrainConfig fields (plus `mode` and `audio_dirs`, relative to the file)."""
+    """A training recipe: TrainConfig fields (plus `mode` and `audio_dirs`; folders relative to the file)."""
     import dataclasses
     import json
     from pathlib import Path
@@ -290,6 +314,9 @@ def read_recipe(path: str) -> dict:
         raise ValueError(f"{path}: unknown recipe keys {', '.join(unknown)} (keys are train options without the dashes)")
     recipe.pop("comment", None)
     recipe["audio_dirs"] = [str((Path(path).parent / d).resolve()) for d in recipe.get("audio_dirs", [])]
+    for folder in ("rir_dir", "noise_dir"):  # Relative to the file, as audio_dirs.
+        if isinstance(recipe.get(folder), str):
+            recipe[folder] = str((Path(path).parent / recipe[folder]).resolve())
     if "tasks" in recipe:
         recipe["tasks"] = resolve_clip_tables(recipe["tasks"], Path(path).parent)
     return recipe

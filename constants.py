@@ -22,6 +22,8 @@ FFT_CHUNK_FRAMES = 512  # Frames transformed and filtered at a time: their spect
 PRE_EMPHASIS = 0.97
 NORMALISATION_STD_FLOOR = 1e-12
 NUM_FRAMES = 160  # Frames per training/inference window, about 1.6 s.
+WINDOW_LENGTH_STREAM = 1  # Batches draw their window length from the generator seeded (seed, epoch, index, this).
+MIN_WINDOW_FRAMES = 20  # Shortest variable training window (--window_seconds), 0.2 s: the ResCNN's four strides leave one frame.
 
 # Raw PCM input (`DeepSpeakerModel(pcm_input=True)`, the reference's example_pcm.py): features in the
 # graph, as the reference computes them there with tf.signal, which differs from read_mfcc's.
@@ -63,6 +65,16 @@ AUGMENT_BABBLE_SPEAKERS = (3, 6)  # Utterances of other training speakers summed
 AUGMENT_BAND_LIMIT_RATE = 8_000  # Hz; band limiting resamples through this rate.
 SPEC_MASK_MAX_FRAMES = 20  # Longest time mask, frames.
 SPEC_MASK_MAX_BANDS = 8  # Widest frequency mask, filterbank bands.
+# Folder noise (--noise_dir, MUSAN's layout) and reverberation (--rir_dir or simulated rooms): augment_sources.py.
+MUSAN_SNR_DB = {"noise": (0.0, 15.0), "music": (5.0, 15.0), "speech": (13.0, 20.0)}  # WeSpeaker's and SpeechBrain's MUSAN ranges.
+MUSAN_BABBLE_SPEAKERS = (3, 7)  # Files of MUSAN speech/ summed into one babble.
+FOLDER_NOISE_CATEGORY = "noise"  # A noise folder without MUSAN's noise/ music/ speech/ is all of this category.
+RIR_CACHE_FILES = 64  # Impulse responses (read or simulated) kept decoded; each about 0.1 to 1 s of audio.
+SIMULATED_ROOMS = 200  # Simulated rooms of a run: room k is the same for a seed whenever it is drawn.
+SIMULATED_ROOM_DIMS_M = ((3.0, 3.0, 2.5), (10.0, 8.0, 4.0))  # Shoebox length, width, height: lowest, highest.
+SIMULATED_RT60_S = (0.2, 0.8)  # Reverberation time drawn per room; wall absorption from Sabine's formula.
+SIMULATED_MAX_ORDER = 40  # Image-source reflection order cap (about 0.1 s per room on one core).
+SIMULATED_WALL_MARGIN_M = 0.5  # Source and microphone stay this far from the walls.
 
 # Additive angular margin (ArcFace) softmax head (margin_softmax.py).
 AAM_MARGIN = 0.2  # Radians added to the angle of the true class (WeSpeaker, SpeechBrain: 0.2).

@@ -307,6 +307,8 @@ def check_train_settings(path: Path, where: str, settings) -> dict:
             known = ", ".join(k for k in defaults if k not in RUNNER_KEYS)
             raise ExperimentConfigError(f"{path}: unknown key '{where}.{key}' (known: {known})")
         expected = type(defaults[key])
+        if defaults[key] is None:  # Optional settings (window_seconds, rir_dir, ...): TrainConfig.validate checks their values.
+            continue
         if isinstance(value, bool) != (expected is bool) or not isinstance(value, (int, float) if expected is float else expected):
             raise ExperimentConfigError(f"{path}: '{where}.{key}' must be a {expected.__name__}; got {value!r}")
     return settings

@@ -294,7 +294,8 @@ def prepare_run_directory(directory: Path, config: TrainConfig, data: TrainingDa
     current = dataclasses.asdict(config)
     if config_path.is_file() and state:
         saved = upgraded_config(json.loads(config_path.read_text()))
-        changed = sorted(k for k in current if saved.get(k) != current[k] and k not in RESUMABLE_CHANGES)
+        defaults = dataclasses.asdict(TrainConfig())  # A setting its config.json lacks came later: the run had its default.
+        changed = sorted(k for k in current if saved.get(k, defaults[k]) != current[k] and k not in RESUMABLE_CHANGES)
         if changed:
             raise TrainingError(f"{directory} holds a run with another configuration ({', '.join(changed)} differ); use another --working_dir or delete {directory}")
         check_training_speakers(directory, data.speakers)

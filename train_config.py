@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from augment import AugmentConfig, NO_AUGMENTATION
 from batcher import check_triplet_batch_size
-from constants import AAM_MARGIN, AAM_SCALE, BATCH_SIZE, PAD_MODES, TRIM_MODES
+from constants import AAM_MARGIN, AAM_SCALE, BATCH_SIZE, MIN_WINDOW_FRAMES, PAD_MODES, TRIM_MODES, WINDOW_STEP_S
 from conv_models import SPEAKER_HEADS
 from precision import TRAINING_PRECISIONS
 from tasks import LabelTask, gender_task, parse_tasks
@@ -58,6 +58,10 @@ class TrainConfig:
     noise_probability: float = 0.0
     band_limit_probability: float = 0.0
     spec_mask_probability: float = 0.0
+    reverb_probability: float = 0.0  # Chance of reverberation per window: rooms of rir_dir, else simulated ones.
+    rir_dir: str | None = None  # Room impulse responses (RIRS_NOISES' simulated_rirs/, or any folder of audio).
+    noise_dir: str | None = None  # Noise of noise_probability (MUSAN's noise/ music/ speech/, or any folder of audio).
+    window_seconds: list[float] | None = None  # [shortest, longest] training window, one length per batch; None: 160 frames.
     snapshot_every: int = 0  # > 0: keep snapshots/epoch_<n>.h5 every n epochs (learning curves).
     validation_split: float = 0.0  # > 0: validate on this share of each speaker's training utterances, not on its test ones.
     tasks: dict = field(default_factory=dict)  # Hive-MTL label tasks beyond speaker and gender, per speaker or per clip (tasks.py).
@@ -99,11 +103,39 @@ class TrainConfig:
         if self.tasks and self.mode != "mtl":
             raise ValueError("tasks are Hive-MTL heads: they need mode 'mtl'")
         parse_tasks(self.tasks)  # Its errors name the task and the key.
+        self.check_windows()
+        for name in ("rir_dir", "noise_dir"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a folder path; got {getattr(self, name)!r}")
         self.augment.validate()
+
+    def check_windows(self) -> None:
+        """window_seconds: two numbers, shortest first, each window at least MIN_WINDOW_FRAMES frames."""
+        if self.window_seconds is None:
+            return
+        seconds = self.window_seconds
+        if not isinstance(seconds, (list, tuple)) or len(seconds) != 2 or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in seconds):
+            raise ValueError(f"window_seconds must be [shortest, longest] in seconds, e.g. [0.5, 2]; got {seconds!r}")
+        low, high = self.window_frames
+        if low > high or low < MIN_WINDOW_FRAMES:
+            raise ValueError(f"window_seconds must be shortest first, each at least {MIN_WINDOW_FRAMES * WINDOW_STEP_S:g} s; got {list(seconds)}")
+        if self.hard_negative:
+            raise ValueError("hard_negative mining keeps a history of fixed-length windows: it cannot be combined with window_seconds")
+        if self.steps_per_epoch == 1:  # training_batches.make_batches checks the number it computes when none is given.
+            raise ValueError("window_seconds needs at least 2 batches per epoch (Keras reads the window length of the first two); steps_per_epoch is 1")
 
     @property
     def augment(self) -> AugmentConfig:
-        return AugmentConfig(self.speed_perturb, self.noise_probability, self.band_limit_probability, self.spec_mask_probability)
+        return AugmentConfig(self.speed_perturb, self.noise_probability, self.band_limit_probability, self.spec_mask_probability,
+                             self.reverb_probability, self.rir_dir, self.noise_dir)
+
+    @property
+    def window_frames(self) -> tuple[int, int] | None:
+        """window_seconds in frames (lowest, highest), or None for the fixed NUM_FRAMES."""
+        if self.window_seconds is None:
+            return None
+        low, high = self.window_seconds
+        return round(low / WINDOW_STEP_S), round(high / WINDOW_STEP_S)
 
     @property
     def label_tasks(self) -> list[LabelTask]:

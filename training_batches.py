@@ -39,11 +39,14 @@ def make_batches(config: TrainConfig, data: TrainingData, model: keras.Model, fi
 
     Validation reads the run's validation utterances when it has some (`validation_split`), else
     the test utterances of the training speakers (triplet mode: the held-out speakers first).
-    Training that augments, or reads another trim, cuts its windows from the cached audio.
+    Training that augments, or reads another trim, cuts its windows from the cached audio. Training
+    windows have `window_seconds`' lengths when it is set, validation's the fixed NUM_FRAMES.
     """
     loader = {"workers": config.input_workers, "use_multiprocessing": False, "max_queue_size": 2 * config.input_workers}
     num_utterances = sum(len(entries) for entries in data.train.values())
     steps = config.steps_per_epoch or (TRIPLET_STEPS_PER_EPOCH if config.mode == "triplet" else max(1, num_utterances // config.batch_size))
+    if config.window_frames is not None and steps < 2:  # Keras would type the frame axis from one batch's length.
+        raise ValueError(f"window_seconds needs at least 2 batches per epoch (Keras reads the window length of the first two); this run has {steps}")
     seed = config.seed
     validation_pool = {s: e for s, e in (data.validation if config.validation_split else data.test).items() if e}
     if config.mode == "triplet" and not config.validation_split:
@@ -66,11 +69,12 @@ def make_batches(config: TrainConfig, data: TrainingData, model: keras.Model, fi
                                         task_values=task_values if outputs else None, replicas=replicas, **loader)
             has_validation = len(validation_pool) >= 2
         speakers = data.speakers if config.mode != "triplet" else list(data.speakers) + [s for s in validation_pool if s not in data.speakers]
-        train_batches = batches(audio(data.train), speakers, config.batch_size, steps, config.augment, seed, first_epoch)
+        train_batches = batches(audio(data.train), speakers, config.batch_size, steps, config.augment, seed, first_epoch, window_frames=config.window_frames)
         validation = batches(audio(validation_pool), speakers, config.batch_size, config.validation_steps, NO_AUGMENTATION, seed + 1, 0) if has_validation else None
         return train_batches, validation if config.validation_steps else None
     if config.mode == "softmax":
-        train_batches = SpeakerClassBatches(data.train, data.speakers, config.batch_size, steps, seed, first_epoch, config.balanced_sampling, config.pad, **loader)
+        train_batches = SpeakerClassBatches(data.train, data.speakers, config.batch_size, steps, seed, first_epoch, config.balanced_sampling, config.pad,
+                                            window_frames=config.window_frames, **loader)
         validation = SpeakerClassBatches(validation_pool, data.speakers, config.batch_size, config.validation_steps, seed + 1, 0, config.balanced_sampling, config.pad, **loader) if validation_pool else None
         return train_batches, validation if config.validation_steps else None
     # Triplet batches are stacked per replica, so each replica's loss pairs its own rows; every triplet batch has the run's sampling options.
@@ -83,11 +87,11 @@ def make_batches(config: TrainConfig, data: TrainingData, model: keras.Model, fi
             embed = Embedder(embedding_model(model)).embed_windows
             train_batches = HardNegativeTripletBatches(data.train, config.batch_size, steps, embed, seed, first_epoch, workers=1, use_multiprocessing=False, **triplets)
         else:
-            train_batches = TripletBatches(data.train, config.batch_size, steps, seed, first_epoch, **triplets, **loader)
+            train_batches = TripletBatches(data.train, config.batch_size, steps, seed, first_epoch, window_frames=config.window_frames, **triplets, **loader)
         validation = TripletBatches(pool, config.batch_size, config.validation_steps, seed + 1, **triplets, **loader) if pool and config.validation_steps else None
         return train_batches, validation
     outputs = {"outputs": model_outputs(model), "speakers": data.speakers, "task_values": task_values}
-    train_batches = TripletBatches(data.train, config.batch_size, steps, seed, first_epoch, **outputs, **triplets, **loader)
+    train_batches = TripletBatches(data.train, config.batch_size, steps, seed, first_epoch, window_frames=config.window_frames, **outputs, **triplets, **loader)
     validation = TripletBatches(pool, config.batch_size, config.validation_steps, seed + 1, **outputs, **triplets, **loader) if pool and config.validation_steps else None
     return train_batches, validation
 

@@ -196,3 +196,13 @@ def test_augmented_triplet_batches_stack_speed_classes_and_mask_unlabelled_rows(
     assert targets["ln"].shape == (30, 1)
     again = AugmentedTripletBatches(utterances, speakers, 30, 1, config, seed=2, outputs=("speaker_pred", "language_pred", "ln"), task_values={"language_pred": language})[0]
     np.testing.assert_array_equal(windows, again[0])
+
+
+def test_augmented_triplet_batches_draw_one_window_length_per_batch(cached_waveforms):
+    from batcher import AugmentedTripletBatches
+
+    utterances, speakers = cached_waveforms
+    batches = AugmentedTripletBatches(utterances, speakers, 6, 4, AugmentConfig(noise_probability=0.5), seed=2, window_frames=(50, 200))
+    lengths = [batches[i][0].shape[1] for i in range(4)]
+    assert all(50 <= n <= 200 for n in lengths) and len(set(lengths)) > 1
+    np.testing.assert_array_equal(batches[3][0], AugmentedTripletBatches(utterances, speakers, 6, 4, AugmentConfig(noise_probability=0.5), seed=2, window_frames=(50, 200))[3][0])

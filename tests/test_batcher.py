@@ -11,6 +11,7 @@ import audio
 import feature_cache
 from batcher import (
     HardNegativeTripletBatches,
+    SpeakerClassBatches,
     TrainingData,
     TripletBatches,
     load_cached_array,
@@ -223,3 +224,26 @@ def test_validation_takes_the_last_training_utterances_of_speakers_that_keep_two
     assert split_validation(entries, 0.25) == (entries[:6], entries[6:])
     assert split_validation(entries[:2], 0.1) == (entries[:2], [])  # Too few to spare one.
     assert split_validation(entries, 0.0) == (entries, [])
+
+
+@pytest.mark.parametrize("kind", ["speaker_class", "triplet"])
+def test_variable_windows_give_each_batch_one_length_in_the_range_seeded_varying_and_the_same_rows(training_data, kind):
+    """All windows of a batch share a length drawn in (50, 200) frames; batches differ; the same seed draws the
+    same batches; and the rows are those a fixed-length run draws (the length has a generator of its own)."""
+
+    def batches(window_frames):
+        if kind == "speaker_class":
+            return SpeakerClassBatches(training_data.train, training_data.speakers, 6, 8, seed=3, window_frames=window_frames)
+        return TripletBatches(training_data.train, 6, 8, seed=3, window_frames=window_frames)
+
+    variable, again, fixed = batches((50, 200)), batches((50, 200)), batches(None)
+    lengths = [variable[i][0].shape[1] for i in range(8)]
+    assert all(50 <= n <= 200 for n in lengths) and lengths[0] != lengths[1] and len(set(lengths)) >= 4
+    for i in (0, 5):
+        for drawn, redrawn in zip(variable[i], again[i]):
+            np.testing.assert_array_equal(drawn, redrawn)
+        np.testing.assert_array_equal(variable[i][1], fixed[i][1])
+        assert fixed[i][0].shape[1] == NUM_FRAMES
+    variable.on_epoch_end()
+    assert [variable[i][0].shape[1] for i in range(8)] != lengths  # Another epoch, other lengths.
+

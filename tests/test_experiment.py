@@ -302,6 +302,25 @@ def test_a_results_csv_without_some_columns_still_makes_a_table(tmp_path):
     assert table.splitlines()[2] == "| softmax | 2 | 0.310 ± 0.014 | 0.990 ± 0.000 | 0.200 ± 0.000 |"
 
 
+def test_the_windows_and_reverb_recipe_adds_variable_windows_reverberation_or_both_to_the_shipped_recipe():
+    config = load_experiment_config(REPO / "recipes" / "windows_and_reverb.json")
+    shipped = json.loads((REPO / "recipes" / "pretrained_small.json").read_text())
+    assert config.train == {k: v for k, v in shipped.items() if k in config.train}
+    assert [d.name for d in config.held_out_audio_dirs] == ["test-other", "dev-other", "VCTK", "FSDD"]
+    assert len(config.seeds) >= 3  # Differences come with their spread over seeds.
+    phases = {name: training_phases(config, name, 0) for name in config.configurations}
+    assert all(len(p) == 1 for p in phases.values())  # One softmax phase each: the same number of training windows.
+    base = dataclasses.asdict(phases["shipped_recipe"][0])
+    assert base["window_seconds"] is None and base["reverb_probability"] == 0
+    differences = {name: {k: v for k, v in dataclasses.asdict(p[0]).items() if v != base[k]} for name, p in phases.items()}
+    assert differences == {
+        "shipped_recipe": {},
+        "variable_windows": {"window_seconds": [0.5, 2.0]},
+        "reverberation": {"reverb_probability": 0.3},
+        "variable_windows_and_reverberation": {"window_seconds": [0.5, 2.0], "reverb_probability": 0.3},
+    }
+
+
 def test_the_ablation_recipe_turns_off_one_part_of_the_shipped_recipe_per_configuration():
     config = load_experiment_config(REPO / "recipes" / "ablation_small.json")
     shipped = json.loads((REPO / "recipes" / "pretrained_small.json").read_text())

@@ -173,6 +173,24 @@ def test_a_resume_on_a_cache_whose_training_speakers_changed_stops_naming_them(s
         train(working_dir, config)
 
 
+def test_a_run_whose_config_predates_a_setting_resumes_with_it_at_its_default_and_not_with_another_value(samples_cache, tmp_path):
+    """A config.json written before window_seconds and reverb_probability existed: that run had neither."""
+    from batcher import load_training_data
+    from run_directory import prepare_run_directory
+
+    working_dir = fresh_copy(samples_cache, tmp_path)
+    config = TrainConfig(mode="softmax", **TINY)
+    run = started_run(working_dir, config)
+    saved = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({k: v for k, v in saved.items() if k not in ("window_seconds", "reverb_probability")}))
+    data = load_training_data(working_dir)
+    state, _ = prepare_run_directory(run, config, data)
+    assert state["epoch"] == 1
+    (run / "config.json").write_text(json.dumps({k: v for k, v in saved.items() if k != "window_seconds"}))
+    with pytest.raises(TrainingError, match=r"another configuration \(window_seconds differ\)"):
+        prepare_run_directory(run, TrainConfig(mode="softmax", window_seconds=[0.5, 2.0], **TINY), data)
+
+
 def test_a_resume_trains_on_the_split_the_run_recorded_when_the_cache_grew(samples_cache, tmp_path):
     from batcher import load_training_data
     from run_directory import recorded_split

@@ -275,6 +275,10 @@ def test_train_without_a_cache_says_to_build_it_first(tmp_path, invoke_cli):
         (["--mode", "mtl", "--held_out_speakers", "19,nobody"], "held-out speakers not in the cache"),
         (["--mode", "mtl", "--tasks", "{not json"], "--tasks: neither a JSON object nor a JSON file"),
         (["--mode", "softmax", "--mixed_precision", "--precision", "float32"], "--mixed_precision is --precision mixed; it contradicts --precision float32"),
+        (["--mode", "softmax", "--window_seconds", "0.5"], "--window_seconds: expected shortest,longest in seconds, e.g. 0.5,2; got '0.5'"),
+        (["--mode", "softmax", "--window_seconds", "2,0.5"], "window_seconds must be shortest first, each at least 0.2 s; got [2.0, 0.5]"),
+        (["--mode", "softmax", "--window_seconds", "0.5,2", "--steps_per_epoch", "1"], "window_seconds needs at least 2 batches per epoch"),
+        (["--mode", "softmax", "--reverb_probability", "0.5", "--rir_dir", "no_such_rooms"], "--rir_dir no_such_rooms: no such folder"),
     ],
 )
 def test_impossible_settings_are_refused_before_training(samples_cache, tmp_path, invoke_cli, options, message):
@@ -292,6 +296,11 @@ def test_impossible_settings_are_refused_before_training(samples_cache, tmp_path
         ({"mode": "mtl", "validation_split": 1.5}, r"validation_split must be in \[0, 1\)"),
         ({"mode": "triplet", "hard_negative": True, "trim": "energy"}, "hard_negative mining reads the cached features"),
         ({"mode": "softmax", "precision": "bfloat16"}, "precision must be one of auto, float32, mixed; got 'bfloat16'"),
+        ({"mode": "softmax", "window_seconds": [2, 0.5]}, r"window_seconds must be shortest first, each at least 0.2 s; got \[2, 0.5\]"),
+        ({"mode": "softmax", "window_seconds": [0.1, 2]}, "each at least 0.2 s"),
+        ({"mode": "softmax", "window_seconds": "0.5-2"}, r"window_seconds must be \[shortest, longest\] in seconds"),
+        ({"mode": "triplet", "hard_negative": True, "window_seconds": [0.5, 2]}, "hard_negative mining keeps a history of fixed-length windows"),
+        ({"mode": "softmax", "rir_dir": "rooms"}, "rir_dir is read by reverberation: give reverb_probability > 0"),
     ],
 )
 def test_impossible_task_and_validation_settings_are_refused_by_the_config(settings, message):
@@ -473,7 +482,8 @@ def test_mtl_with_the_shipped_recipe_trains_declared_tasks_on_augmented_triplets
     the triplet term, and a validation split taken from the training utterances."""
     recipe = json.loads((REPO / "recipes" / "pretrained_small.json").read_text())
     recipe.update({"mode": "mtl", "epochs": 1, "steps_per_epoch": 2, "batch_size": 12, "validation_steps": 1, "audio_dirs": [],
-                   "triplet_loss_weight": 1.0, "validation_split": 0.25})
+                   "triplet_loss_weight": 1.0, "validation_split": 0.25,
+                   "window_seconds": [0.5, 1.0], "reverb_probability": 0.5})  # Variable windows and simulated rooms, streamed by the workers.
     recipe_file = tmp_path / "recipe.json"
     recipe_file.write_text(json.dumps(recipe))
     tasks = {"language": {"labels": {"LibriSpeech": "en", "CommonVoice-fa": "fa"}, "loss": "binary", "weight": 0.5}}
@@ -488,6 +498,8 @@ def test_mtl_with_the_shipped_recipe_trains_declared_tasks_on_augmented_triplets
     (row,) = metrics_rows(run)
     for column in ("speaker_pred_accuracy", "gender_pred_binary_accuracy", "language_pred_binary_accuracy", "ln_loss", "val_language_pred_loss"):
         assert np.isfinite(float(row[column])), column
+    config = json.loads((run / "config.json").read_text())
+    assert (config["window_seconds"], config["reverb_probability"]) == ([0.5, 1.0], 0.5)
     speakers = json.loads((run / "speakers.json").read_text())
     assert speakers["tasks"]["language"]["classes"] == ["en", "fa"] and speakers["speeds"] == [1.0, 0.9, 1.1]
     split = json.loads((run / "split.json").read_text())
@@ -518,3 +530,12 @@ def compiled_small_model():
     model = build_model(TrainConfig(mode="softmax", model_size="small"), num_speakers=4)
     model.optimizer.build(model.trainable_variables)
     return model
+
+
+def test_a_recipes_noise_and_room_folders_are_relative_to_the_recipe_file(tmp_path, invoke_cli):
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    recipe_file = recipes / "recipe.json"
+    recipe_file.write_text(json.dumps({"mode": "softmax", "noise_probability": 0.5, "noise_dir": "../musan"}))
+    result = invoke_cli("train", "--working_dir", tmp_path / "work", "--recipe", recipe_file)
+    assert result.exit_code == 1 and f"--noise_dir {(tmp_path / 'musan').resolve()}: no such folder" in result.stderr
