@@ -98,6 +98,39 @@ class ExperimentConfig:
 def load_experiment_config(path: str | os.PathLike) -> ExperimentConfig:
     """Read and check a recipe file before any work starts; errors name the offending key."""
     path = Path(path)
+    raw = read_recipe(path)
+    base = path.parent
+    splits = required(path, raw, "splits")
+    configurations = required(path, raw, "configurations")
+    tasks = check_tasks(path, raw.get("tasks", {}), base)
+    check_configurations(path, configurations, tasks, base)
+    plot = check_names(path, "gender_weight_plot", raw.get("gender_weight_plot", []), configurations)
+    config = ExperimentConfig(
+        name=raw.get("name", path.stem),
+        train_audio_dirs=split_folders(path, splits, "train_audio_dirs"),
+        held_out_audio_dirs=split_folders(path, splits, "held_out_audio_dirs"),
+        held_out_speakers=splits.get("held_out_speakers"),
+        speaker_genders=check_speaker_genders(path, raw.get("speaker_genders", {})),
+        model_size=check_model_size(path, raw.get("model_size", "small")),
+        seeds=check_seeds(path, "seeds", required(path, raw, "seeds")),
+        budget=check_budget(path, required(path, raw, "budget")),
+        num_trials=raw.get("num_trials"),
+        configurations=configurations,
+        gender_weight_plot=plot,
+        output_dir=(base / raw.get("output_dir", "../results")).resolve(),
+        train=check_train_settings(path, "train", raw.get("train", {})),
+        tasks=tasks,
+        held_out_training_speakers=check_kept_out_speakers(path, splits.get("held_out_training_speakers") or []),
+        answer=check_answer(path, raw.get("answer", {}), configurations),
+    )
+    check_training_phases(path, config)
+    check_columns(path, config)
+    check_splits(path, config)
+    return config
+
+
+def read_recipe(path: Path) -> dict:
+    """The recipe file's JSON object, with only known top-level keys."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such experiment recipe")
     try:
@@ -109,27 +142,43 @@ def load_experiment_config(path: str | os.PathLike) -> ExperimentConfig:
     for key in raw:
         if key not in RECIPE_KEYS:
             raise ExperimentConfigError(f"{path}: unknown key '{key}' (known: {', '.join(RECIPE_KEYS)})")
-    base = path.parent
+    return raw
 
-    def require(key: str):
-        if key not in raw:
-            raise ExperimentConfigError(f"{path}: missing key '{key}'")
-        return raw[key]
 
-    splits = require("splits")
+def required(path: Path, raw: dict, key: str):
+    """`raw[key]`, or an error naming the missing key."""
+    if key not in raw:
+        raise ExperimentConfigError(f"{path}: missing key '{key}'")
+    return raw[key]
 
-    def folders(key: str) -> list[Path]:
-        value = splits.get(key)
-        if not isinstance(value, list) or not value:
-            raise ExperimentConfigError(f"{path}: 'splits.{key}' must be a non-empty list of folders")
-        resolved = [(base / v).resolve() for v in value]
-        for folder in resolved:
-            if not folder.is_dir():
-                raise ExperimentConfigError(f"{path}: 'splits.{key}' names a missing folder: {folder}")
-        return resolved
 
-    train_dirs, held_out_dirs = folders("train_audio_dirs"), folders("held_out_audio_dirs")
-    configurations = require("configurations")
+def split_folders(path: Path, splits: dict, key: str) -> list[Path]:
+    """`splits[key]`: a non-empty list of existing folders, resolved against the recipe's folder."""
+    value = splits.get(key)
+    if not isinstance(value, list) or not value:
+        raise ExperimentConfigError(f"{path}: 'splits.{key}' must be a non-empty list of folders")
+    resolved = [(path.parent / v).resolve() for v in value]
+    for folder in resolved:
+        if not folder.is_dir():
+            raise ExperimentConfigError(f"{path}: 'splits.{key}' names a missing folder: {folder}")
+    return resolved
+
+
+def check_tasks(path: Path, tasks: dict, base: Path) -> dict:
+    """The recipe's label tasks, their clip tables resolved against `base`; they must parse."""
+    tasks = resolve_clip_tables(tasks, base)
+    try:
+        parse_tasks(tasks)
+    except ValueError as error:
+        raise ExperimentConfigError(f"{path}: 'tasks': {error}") from None
+    return tasks
+
+
+def check_configurations(path: Path, configurations, tasks: dict, base: Path) -> None:
+    """Each configuration: a known recipe, known keys, loss weights >= 0, valid train settings, seeds and tasks.
+
+    A configuration's own clip tables are resolved against `base` in place.
+    """
     if not isinstance(configurations, dict) or not configurations:
         raise ExperimentConfigError(f"{path}: 'configurations' must map names to settings")
     for name, settings in configurations.items():
@@ -144,63 +193,58 @@ def load_experiment_config(path: str | os.PathLike) -> ExperimentConfig:
         check_train_settings(path, f"{where}.train", settings.get("train", {}))
         if "seeds" in settings:
             check_seeds(path, f"{where}.seeds", settings["seeds"])
-    plot = raw.get("gender_weight_plot", [])
-    for name in plot:
-        if name not in configurations:
-            raise ExperimentConfigError(f"{path}: 'gender_weight_plot' names an unknown configuration '{name}' (known: {', '.join(configurations)})")
-    budget = require("budget")
-    for key in budget:
-        if key not in BUDGET_KEYS:
-            raise ExperimentConfigError(f"{path}: unknown key 'budget.{key}' (known: {', '.join(BUDGET_KEYS)})")
-    tasks = resolve_clip_tables(raw.get("tasks", {}), base)
-    try:
-        parse_tasks(tasks)
-    except ValueError as error:
-        raise ExperimentConfigError(f"{path}: 'tasks': {error}") from None
-    for name, settings in configurations.items():
         if isinstance(settings.get("tasks"), dict):
             settings["tasks"] = resolve_clip_tables(settings["tasks"], base)
         check_configuration_tasks(path, name, settings, tasks)
-    kept_out = splits.get("held_out_training_speakers") or []
+
+
+def check_names(path: Path, key: str, names: list[str], configurations: dict) -> list[str]:
+    """`names` (the recipe's `key`) must all be configurations."""
+    for name in names:
+        if name not in configurations:
+            raise ExperimentConfigError(f"{path}: '{key}' names an unknown configuration '{name}' (known: {', '.join(configurations)})")
+    return names
+
+
+def check_budget(path: Path, budget: dict) -> dict:
+    """The step budget every configuration shares: known keys only."""
+    for key in budget:
+        if key not in BUDGET_KEYS:
+            raise ExperimentConfigError(f"{path}: unknown key 'budget.{key}' (known: {', '.join(BUDGET_KEYS)})")
+    return budget
+
+
+def check_kept_out_speakers(path: Path, kept_out) -> list[str]:
+    """`splits.held_out_training_speakers`: a list of speaker names."""
     if not isinstance(kept_out, list) or not all(isinstance(s, str) for s in kept_out):
         raise ExperimentConfigError(f"{path}: 'splits.held_out_training_speakers' must be a list of speaker names")
-    answer = raw.get("answer", {})
+    return kept_out
+
+
+def check_answer(path: Path, answer: dict, configurations: dict) -> dict:
+    """`answer`: empty, or {"mtl": [...], "single": [...]} naming configurations."""
     if answer and (set(answer) != {"mtl", "single"} or not all(isinstance(answer[k], list) and answer[k] for k in answer)):
         raise ExperimentConfigError(f"{path}: 'answer' must be {{\"mtl\": [configurations], \"single\": [configurations]}}")
     for name in [*answer.get("mtl", []), *answer.get("single", [])]:
         if name not in configurations:
             raise ExperimentConfigError(f"{path}: 'answer' names an unknown configuration {name!r} (known: {', '.join(configurations)})")
-    seeds = check_seeds(path, "seeds", require("seeds"))
-    speaker_genders = raw.get("speaker_genders", {})
+    return answer
+
+
+def check_speaker_genders(path: Path, speaker_genders: dict) -> dict[str, str]:
+    """`speaker_genders` as M or F labels; speakers whose value names no gender are left out."""
     try:
-        speaker_genders = {speaker: gender_label(value) for speaker, value in speaker_genders.items()}
+        labels = {speaker: gender_label(value) for speaker, value in speaker_genders.items()}
     except (AttributeError, ValueError) as error:
         raise ExperimentConfigError(f"{path}: 'speaker_genders' must map speakers to M or F (male, female): {error}") from None
-    model_size = raw.get("model_size", "small")
+    return {speaker: gender for speaker, gender in labels.items() if gender}
+
+
+def check_model_size(path: Path, model_size) -> str:
+    """'small' or 'full'."""
     if model_size not in ("small", "full"):
         raise ExperimentConfigError(f"{path}: 'model_size' must be 'small' or 'full'; got {model_size!r}")
-    config = ExperimentConfig(
-        name=raw.get("name", path.stem),
-        train_audio_dirs=train_dirs,
-        held_out_audio_dirs=held_out_dirs,
-        held_out_speakers=splits.get("held_out_speakers"),
-        speaker_genders={speaker: gender for speaker, gender in speaker_genders.items() if gender},
-        model_size=model_size,
-        seeds=seeds,
-        budget=budget,
-        num_trials=raw.get("num_trials"),
-        configurations=configurations,
-        gender_weight_plot=plot,
-        output_dir=(base / raw.get("output_dir", "../results")).resolve(),
-        train=check_train_settings(path, "train", raw.get("train", {})),
-        tasks=tasks,
-        held_out_training_speakers=kept_out,
-        answer=answer,
-    )
-    check_training_phases(path, config)
-    check_columns(path, config)
-    check_splits(path, config)
-    return config
+    return model_size
 
 
 def check_seeds(path: Path, where: str, seeds) -> list[int]:

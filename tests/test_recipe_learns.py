@@ -28,7 +28,11 @@ RECIPE = json.loads((REPO / "recipes" / "pretrained_small.json").read_text())
 # Measured with this budget (bfloat16, 2 cores): test-other EER 22.9, 18.0, 12.2, 11.3 and 6.9 %
 # after epochs 1 to 5; the untrained model 15.8 % (same seed and front end). The run's final
 # weights are scored (its last snapshot): best.h5 is chosen on 128 validation windows, too few to
-# rank epochs this early.
+# rank epochs this early. It is the suite's longest test (float32 on a 2-core AMD EPYC: 2.2 CPU-s a
+# step on one core). No cheaper budget was found: in float32 there (one run each), test-other EER was
+# 22.5 and 21.2 % after 25 and 50 steps; at 3e-3, 21.3 and 21.8 % after 30 and 60 steps; with 32
+# windows at 2e-3, 25.7 and 24.7 % after 40 and 80 steps: neither a higher rate nor smaller batches
+# made the early climb back towards the untrained 15.8 % any shorter.
 SHORT_RUN = {"epochs": 5, "steps_per_epoch": 50, "batch_size": 64, "validation_steps": 2, "snapshot_every": 5}
 NO_AUGMENTATION = {"speed_perturb": False, "noise_probability": 0.0, "band_limit_probability": 0.0, "spec_mask_probability": 0.0}
 RECIPE_SETTINGS = {"head", "balanced_sampling", "trim", "pad"}  # Its plateau schedules need longer runs.
