@@ -53,7 +53,10 @@ def train(working_dir: str | os.PathLike, config: TrainConfig, run_root: str | o
     if config.distribution == "multi_worker" and not own_copy and not is_cluster_chief(os.environ.get("TF_CONFIG")):
         return train_beside_chief(working_dir, config, run_dir(run_root or working_dir, config.mode))
     policy = training_policy(config.precision)  # Before any work: an impossible explicit request refuses here.
-    logger.info("precision %s: %s (%s)", config.precision, policy, policy_reason(policy))
+    if config.precision == "auto":
+        logger.info("precision auto: %s (%s)", policy, policy_reason(policy))
+    else:
+        logger.info("precision %s: %s (as asked)", config.precision, policy)
     data = load_training_data(working_dir, [*config.held_out_speakers, *config.calibration_speakers], validation_split=config.validation_split)
     directory = run_dir(run_root or working_dir, config.mode)
     directory.mkdir(parents=True, exist_ok=True)
