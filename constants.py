@@ -19,6 +19,7 @@ WINDOW_STEP_S = 0.01
 NFFT = 512
 MEL_BLOCKS = 8  # audio.py multiplies the spectra by the mel matrix in this many bands of consecutive filters.
 FFT_CHUNK_FRAMES = 512  # Frames transformed and filtered at a time: their spectra (1 MB) stay in a 2 MB L2 cache.
+NPY_PREFIX_BYTES = 128  # np.save's magic, version and header of a 1-D array, padded to 64 bytes: where a cached waveform's samples start.
 PRE_EMPHASIS = 0.97
 NORMALISATION_STD_FLOOR = 1e-12
 NUM_FRAMES = 160  # Frames per training/inference window, about 1.6 s.

@@ -14,10 +14,11 @@ from augment import (
     change_speed,
     coloured_noise,
     mix_at_snr,
+    random_segment,
     spec_mask,
     window_samples,
 )
-from batcher import AugmentedBatches, UtteranceSampler
+from batcher import AugmentedBatches, CachedWaveform, UtteranceSampler
 from constants import AUGMENT_SPEEDS, NUM_FBANKS, NUM_FRAMES, SAMPLE_RATE
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
@@ -62,6 +63,18 @@ def test_brown_noise_puts_more_power_in_low_frequencies_than_white_noise():
     white, brown = coloured_noise(SAMPLE_RATE, 0.0, rng), coloured_noise(SAMPLE_RATE, 2.0, rng)
     assert band_energy_above(white, 4_000) == pytest.approx(0.5, abs=0.05)
     assert band_energy_above(brown, 4_000) < 0.01
+
+
+@pytest.mark.parametrize("length", [1, 2, 999, window_samples()])
+def test_coloured_noise_is_numpys_fft_formula_bit_for_bit(length):
+    """The faster path (scipy's FFT, the slope computed once) draws and shapes the same noise as the written-out formula."""
+    for exponent in (0.0, 1.0, 2.0):
+        rng = np.random.default_rng(7)
+        spectrum = np.fft.rfft(rng.standard_normal(length))
+        frequencies = np.fft.rfftfreq(length)
+        frequencies[0] = frequencies[1] if length > 1 else 1.0
+        expected = np.fft.irfft(spectrum / frequencies ** (exponent / 2), length).astype(np.float32)
+        np.testing.assert_array_equal(coloured_noise(length, exponent, np.random.default_rng(7)), expected)
 
 
 def test_spec_mask_zeroes_one_block_of_frames_and_one_of_bands_in_a_copy():
@@ -206,3 +219,15 @@ def test_augmented_triplet_batches_draw_one_window_length_per_batch(cached_wavef
     lengths = [batches[i][0].shape[1] for i in range(4)]
     assert all(50 <= n <= 200 for n in lengths) and len(set(lengths)) > 1
     np.testing.assert_array_equal(batches[3][0], AugmentedTripletBatches(utterances, speakers, 6, 4, AugmentConfig(noise_probability=0.5), seed=2, window_frames=(50, 200))[3][0])
+
+
+def test_a_window_read_from_a_cached_waveform_is_the_memory_maps_window_with_the_same_draws(cached_waveforms):
+    """`CachedWaveform` reads only the stretch a window needs; the stretch and the generator's state after it are those of
+    the whole array (long utterances, and a window longer than the utterance)."""
+    utterances, _ = cached_waveforms
+    for path in [p for paths in utterances.values() for p in paths][:6]:
+        whole = np.load(path, mmap_mode="r")
+        for length, align in ((window_samples(), 160), (len(whole) + 5, 1)):
+            ours, theirs = np.random.default_rng(3), np.random.default_rng(3)
+            np.testing.assert_array_equal(random_segment(CachedWaveform(path), length, ours, align), random_segment(whole, length, theirs, align))
+            assert ours.random() == theirs.random()

@@ -10,6 +10,7 @@ import pytest
 import audio
 import feature_cache
 from batcher import (
+    CachedWaveform,
     HardNegativeTripletBatches,
     SpeakerClassBatches,
     TrainingData,
@@ -19,6 +20,7 @@ from batcher import (
     sample_from_mfcc,
     sample_from_mfcc_file,
 )
+from corpus import CorpusError
 from constants import EMBEDDING_SIZE, NUM_FBANKS, NUM_FRAMES
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
@@ -84,6 +86,34 @@ def test_cache_entries_loaded_by_many_reader_threads_at_once_are_each_their_own_
         loaded = list(pool.map(load_cached_array, entries * 200))
     for i, array in enumerate(loaded):
         assert array.shape == (20 + i % 16, NUM_FBANKS) and np.all(array == i % 16) and isinstance(array, np.memmap)
+
+
+@pytest.mark.parametrize("dtype", ["<f2", ">f4", "<f8"])
+def test_a_cached_waveform_reads_the_samples_np_load_gives_for_any_stretch(tmp_path, dtype):
+    """np.save's 1-D header is read without numpy's parser, any other header with it (here a version 2.0 file)."""
+    samples = audio.read_audio(LIBRI_1255)[:5000].astype(dtype)
+    saved, version_2 = tmp_path / "saved.npy", tmp_path / "version_2.npy"
+    np.save(saved, samples)
+    with open(version_2, "wb") as file:
+        np.lib.format.write_array(file, samples, version=(2, 0))
+    for path in (saved, version_2):
+        waveform = CachedWaveform(path)
+        assert len(waveform) == 5000 and waveform.dtype == np.dtype(dtype)
+        for stretch in (slice(0, 5000), slice(1234, 4321), slice(4990, 6000), slice(7000, 8000)):
+            np.testing.assert_array_equal(waveform[stretch], samples[stretch])
+        np.testing.assert_array_equal(np.asarray(waveform, dtype=np.float32), samples.astype(np.float32))
+
+
+def test_a_cached_waveform_that_is_not_one_dimensional_or_is_truncated_is_refused_by_name(tmp_path):
+    features = tmp_path / "features.npy"
+    np.save(features, np.zeros((160, NUM_FBANKS), np.float32))
+    with pytest.raises(CorpusError, match="features.npy: a cached waveform must be 1-D"):
+        CachedWaveform(features)
+    truncated = tmp_path / "truncated.npy"
+    np.save(truncated, np.zeros(1000, np.float16))
+    truncated.write_bytes(truncated.read_bytes()[:-100])
+    with pytest.raises(CorpusError, match="truncated.npy: the cached waveform is truncated"):
+        CachedWaveform(truncated)[900:1000]
 
 
 def test_each_replica_gets_its_own_stacked_triplets_with_their_targets_and_weights(training_data):
