@@ -53,23 +53,24 @@ class CachedWaveform:
     """A cached waveform (a 1-D `.npy` entry) whose stretches are read when sliced, with one `pread` each.
 
     An augmented window reads a stretch of its utterance and of each babble utterance; memory
-    mapping the whole file for that cost a fifth of the reader's CPU time. Slices are copies in
+    mapping the whole file for that cost a quarter of the reader's CPU time. Slices are copies in
     the file's dtype; `np.asarray` reads the whole waveform.
     """
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        with open(self.path, "rb") as file:
-            prefix = file.read(NPY_PREFIX_BYTES)
-            simple = _NPY_1D_HEADER.fullmatch(prefix)  # What np.save writes for a 1-D array: read without numpy's parser.
-            if simple:
-                shape, self.dtype, self.offset = (int(simple["length"]),), np.dtype(simple["descr"].decode()), len(prefix)
-            else:
-                file.seek(0)
-                with _NPY_HEADER_LOCK:
-                    version = np.lib.format.read_magic(file)
-                    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-                    shape, _, self.dtype = read_header(file)
+        self.path = path
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            simple = _NPY_1D_HEADER.fullmatch(os.pread(descriptor, NPY_PREFIX_BYTES, 0))  # What np.save writes for a 1-D array.
+        finally:
+            os.close(descriptor)
+        if simple:  # Read without numpy's parser, its lock and its file object.
+            shape, self.dtype, self.offset = (int(simple["length"]),), np.dtype(simple["descr"].decode()), NPY_PREFIX_BYTES
+        else:
+            with open(path, "rb") as file, _NPY_HEADER_LOCK:
+                version = np.lib.format.read_magic(file)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, self.dtype = read_header(file)
                 self.offset = file.tell()
         if len(shape) != 1:
             raise CorpusError(f"{self.path}: a cached waveform must be 1-D; this entry has shape {shape}")
