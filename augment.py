@@ -189,7 +189,7 @@ def augmented_window_features(
 ) -> np.ndarray:
     """Normalised filterbanks (at most `num_frames` frames) of one augmented random window.
 
-    `samples` is the whole trimmed utterance (a memory map is fine: only the window is read);
+    `samples` is the whole trimmed utterance (a memory map or a `batcher.CachedWaveform`: only the window is read);
     `babble_source(length, rng)` returns that many samples of each of a few utterances of other
     speakers than the window's (`batcher.AugmentedBatches.babble`); `sources` the folders of
     `config.noise_dir` and `config.rir_dir` (`FolderSources.of`).

@@ -339,7 +339,7 @@ class AugmentedBatches(_EpochSeededBatches):
 
     Features are computed per window after augmentation (augment.py). With speed perturbation,
     speaker s at speed index k is class `s + k * len(speakers)`. Memory stays bounded: only the
-    windows of one batch (and the babble it mixes in) are read, through memory maps.
+    windows of one batch (and the babble it mixes in) are read, by `CachedWaveform` (one read of each stretch).
     """
 
     def __init__(
