@@ -17,6 +17,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import keras
 import pytest
 
 import feature_cache
@@ -92,6 +93,16 @@ def test_softmax_run_writes_every_run_file_and_a_checkpoint_that_loads_by_name(s
     skipped = load_weights_by_name(embedder.m, run / "best.h5")
     assert skipped == []
     np.testing.assert_array_equal(embedder.m.get_layer("conv16-s").get_weights()[0], conv_kernel(run / "best.h5", "conv16-s"))
+
+
+def test_a_run_traces_its_training_step_once(samples_cache, tmp_path, monkeypatch):
+    """Keras on TensorFlow, without a strategy, creates the optimizer's slots and the metrics inside the first
+    trace, and TensorFlow then traces the step again; `build_training_state` creates them before `fit`."""
+    traced = []
+    train_step = keras.Model.train_step
+    monkeypatch.setattr(keras.Model, "train_step", lambda self, data: traced.append(data) or train_step(self, data))
+    train(fresh_copy(samples_cache, tmp_path), TrainConfig(mode="softmax", held_out_speakers=["1688"], **{**TINY, "epochs": 1}))
+    assert len(traced) == 1
 
 
 def test_reference_recipe_starts_triplet_training_from_the_softmax_checkpoint(samples_cache, tmp_path):
