@@ -131,7 +131,7 @@ def test_test_model_prints_the_reference_line_and_trial_figures_and_writes_json_
     lines = result.stdout.splitlines()
     assert re.fullmatch(r"f-measure = [\d.]+, true positive rate = [\d.]+, accuracy = [\d.]+, equal error rate = [\d.]+", lines[0])
     figure = r"speakers = 2, trials = 28 \(12 same speaker\), EER = [\d.]+%, threshold = -?[\d.]+, minDCF\(0.01\) = [\d.]+, minDCF\(0.05\) = [\d.]+"
-    assert re.fullmatch(r"LibriSpeech\s+" + figure, lines[1])  # One line per held-out corpus (named by its folder), then the pooled figure.
+    assert re.fullmatch(r"LibriSpeech\s+" + figure + r", minCllr = [\d.]+", lines[1])  # One line per held-out corpus (named by its folder), then the pooled figure.
     assert re.fullmatch(r"pooled \(all corpora\)\s+" + figure, lines[2])
     assert {"gender acc head", "gender acc probe", "speaker id acc", "speaker id acc head"} <= {line.split(" = ")[0] for line in lines[3:]}
     figures = json.loads((tmp_path / "figures.json").read_text())

@@ -300,15 +300,16 @@ def test_a_missing_file_is_named_with_its_trial_and_the_count_of_missing_files(t
 
 
 def test_published_lists_are_scored_each_on_its_own_every_file_embedded_once_with_the_shipped_model(tmp_path, monkeypatch):
-    from inference import Embedder, pretrained_checkpoint
+    import inference
+    from inference import pretrained_checkpoint
     from test import evaluate_checkpoint
 
     speakers = voxceleb_test_root(tmp_path, per_speaker=2)
     write_voxceleb_list(tmp_path / "veri_test2.txt", speakers)
     write_voxceleb_list(tmp_path / "list_test_hard2.txt", {s: speakers[s] for s in ("id10270", "id10273")})  # Same-gender pairs: p225, p228 are F.
     embedded = []
-    embed_files = Embedder.embed_files
-    monkeypatch.setattr(Embedder, "embed_files", lambda self, paths, *args: embedded.extend(paths) or embed_files(self, paths, *args))
+    read_features = inference.read_features  # Every file's features are read once, by the real reader.
+    monkeypatch.setattr(inference, "read_features", lambda paths, *args, **kwargs: embedded.extend(map(str, paths)) or read_features(paths, *args, **kwargs))
     report = evaluate_checkpoint(None, pretrained_checkpoint(), trials_file=[tmp_path / "veri_test2.txt", tmp_path / "list_test_hard2.txt"])
     figures = report.trial_lists
     assert list(figures) == ["veri_test2.txt", "list_test_hard2.txt"]
