@@ -304,7 +304,7 @@ def read_recipe(path: str) -> dict:
     from pathlib import Path
 
     from tasks import resolve_clip_tables
-    from train_config import TrainConfig
+    from train_config import TrainConfig, resolve_recipe_folders
 
     try:
         recipe = json.loads(Path(path).read_text())
@@ -316,9 +316,7 @@ def read_recipe(path: str) -> dict:
         raise ValueError(f"{path}: unknown recipe keys {', '.join(unknown)} (keys are train options without the dashes)")
     recipe.pop("comment", None)
     recipe["audio_dirs"] = [str((Path(path).parent / d).resolve()) for d in recipe.get("audio_dirs", [])]
-    for folder in ("rir_dir", "noise_dir"):  # Relative to the file, as audio_dirs.
-        if isinstance(recipe.get(folder), str):
-            recipe[folder] = str((Path(path).parent / recipe[folder]).resolve())
+    recipe = resolve_recipe_folders(recipe, Path(path).parent)  # rir_dir, noise_dir: relative to the file, as audio_dirs.
     if "tasks" in recipe:
         recipe["tasks"] = resolve_clip_tables(recipe["tasks"], Path(path).parent)
     return recipe

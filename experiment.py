@@ -9,7 +9,8 @@ every configuration (head, sampling, augmentation, front end, ...); a configurat
 object overrides them, its `seeds` replace the recipe's, and its `tasks` change the recipe's label
 tasks for it alone (e.g. `{"language": {"adversarial": true}}`). `run_experiment` trains every
 configuration with each of its seeds, scores each model with the code paths `test-model` uses,
-and writes one CSV row per run (EER and minDCF per held-out corpus and pooled) plus, if the
+and writes one CSV row per run (EER and minDCF per held-out corpus and pooled; with the recipe's
+`durations`, also per corpus on centred crops of every file, as `test-model --durations`) plus, if the
 recipe asks for them, a plot and the answer (Hive-MTL against single-task training, figure by
 figure, with a verdict; rewritten after every run, as the CSV is). Finished runs are skipped when the command runs
 again, so an interrupted experiment resumes.
@@ -27,6 +28,7 @@ import dataclasses
 import io
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -48,13 +50,14 @@ TASK_COLUMN_SUFFIXES = ("_acc_head", "_acc_probe", "_acc_head_per_speaker", "_ac
 # A per-clip task's (`probes.clip_task_accuracies`): balanced accuracies over the unseen speakers' labelled clips, then
 # `<task>_clips`, those clips per label ("49 anger, 31 boredom, ..."), and `<task>_speakers`, how many speakers they are of.
 CLIP_TASK_COLUMN_SUFFIXES = ("_acc_head", "_acc_probe", "_clips", "_speakers")
-# Every CSV starts with these; one `eer_<corpus>`, `min_dcf_<corpus>` pair per held-out corpus follows (`csv_columns`).
+# Every CSV starts with these; one `eer_<corpus>`, `min_dcf_<corpus>` pair per held-out corpus follows, each followed by
+# an `eer_<corpus>_<s>s`, `min_dcf_<corpus>_<s>s` pair per duration of the recipe's `durations` (`csv_columns`).
 CSV_COLUMNS = (
     "config", "seed", "model_size", "backend", "device", "train_steps", "train_windows", "eer_pooled", "min_dcf_pooled",
     "speaker_id_acc", *(f"gender{suffix}" for suffix in TASK_COLUMN_SUFFIXES), "gender_loss_weight", "triplet_loss_weight", "train_seconds",
 )
 LEGACY_COLUMNS = {"eer": "eer_pooled", "min_dcf": "min_dcf_pooled"}  # CSVs written before per-corpus figures.
-RECIPE_KEYS = ("name", "comment", "splits", "speaker_genders", "model_size", "seeds", "budget", "num_trials", "train", "tasks",
+RECIPE_KEYS = ("name", "comment", "splits", "speaker_genders", "model_size", "seeds", "budget", "num_trials", "durations", "train", "tasks",
                "configurations", "gender_weight_plot", "output_dir", "answer")
 BUDGET_KEYS = ("epochs", "steps_per_epoch", "batch_size", "validation_steps", "learning_rate")
 CONFIGURATION_KEYS = ("recipe", "speaker_loss_weight", "gender_loss_weight", "triplet_loss_weight", "train", "seeds", "tasks")
@@ -93,6 +96,7 @@ class ExperimentConfig:
     tasks: dict = field(default_factory=dict)  # Label tasks besides gender: trained by Hive-MTL, scored (probe) for every configuration.
     held_out_training_speakers: list[str] = field(default_factory=list)  # Speakers of the training folders kept out of training and scored.
     answer: dict = field(default_factory=dict)  # {"mtl": [configurations], "single": [configurations]}: what `mtl_answer` compares.
+    durations: list[float] = field(default_factory=list)  # Seconds of the centred crops each corpus is also scored on.
 
 
 def load_experiment_config(path: str | os.PathLike) -> ExperimentConfig:
@@ -103,7 +107,7 @@ def load_experiment_config(path: str | os.PathLike) -> ExperimentConfig:
     splits = required(path, raw, "splits")
     configurations = required(path, raw, "configurations")
     tasks = check_tasks(path, raw.get("tasks", {}), base)
-    check_configurations(path, configurations, tasks, base)
+    check_configurations(path, configurations, tasks)
     plot = check_names(path, "gender_weight_plot", raw.get("gender_weight_plot", []), configurations)
     config = ExperimentConfig(
         name=raw.get("name", path.stem),
@@ -115,6 +119,7 @@ def load_experiment_config(path: str | os.PathLike) -> ExperimentConfig:
         seeds=check_seeds(path, "seeds", required(path, raw, "seeds")),
         budget=check_budget(path, required(path, raw, "budget")),
         num_trials=raw.get("num_trials"),
+        durations=check_durations(path, raw.get("durations", [])),
         configurations=configurations,
         gender_weight_plot=plot,
         output_dir=(base / raw.get("output_dir", "../results")).resolve(),
@@ -174,10 +179,10 @@ def check_tasks(path: Path, tasks: dict, base: Path) -> dict:
     return tasks
 
 
-def check_configurations(path: Path, configurations, tasks: dict, base: Path) -> None:
+def check_configurations(path: Path, configurations, tasks: dict) -> None:
     """Each configuration: a known recipe, known keys, loss weights >= 0, valid train settings, seeds and tasks.
 
-    A configuration's own clip tables are resolved against `base` in place.
+    A configuration's own folders and clip tables are resolved against the recipe's folder in place.
     """
     if not isinstance(configurations, dict) or not configurations:
         raise ExperimentConfigError(f"{path}: 'configurations' must map names to settings")
@@ -190,11 +195,12 @@ def check_configurations(path: Path, configurations, tasks: dict, base: Path) ->
                 raise ExperimentConfigError(f"{path}: unknown key '{where}.{key}' (known: {', '.join(CONFIGURATION_KEYS)})")
             if key.endswith("_loss_weight") and not (isinstance(value, (int, float)) and value >= 0):
                 raise ExperimentConfigError(f"{path}: '{where}.{key}' must be a number >= 0; got {value!r}")
-        check_train_settings(path, f"{where}.train", settings.get("train", {}))
+        if "train" in settings:
+            settings["train"] = check_train_settings(path, f"{where}.train", settings["train"])
         if "seeds" in settings:
             check_seeds(path, f"{where}.seeds", settings["seeds"])
         if isinstance(settings.get("tasks"), dict):
-            settings["tasks"] = resolve_clip_tables(settings["tasks"], base)
+            settings["tasks"] = resolve_clip_tables(settings["tasks"], path.parent)
         check_configuration_tasks(path, name, settings, tasks)
 
 
@@ -294,8 +300,9 @@ def experiment_seeds(config: "ExperimentConfig") -> list[int]:
 
 
 def check_train_settings(path: Path, where: str, settings) -> dict:
-    """A `train` object: TrainConfig fields the runner does not own, each with a value of the field's type."""
-    from train_config import TrainConfig
+    """A `train` object: TrainConfig fields the runner does not own, each with a value of the field's type;
+    returned with its folders (rir_dir, noise_dir) resolved against the recipe's folder, as `train --recipe` does."""
+    from train_config import TrainConfig, resolve_recipe_folders
 
     if not isinstance(settings, dict):
         raise ExperimentConfigError(f"{path}: '{where}' must map TrainConfig fields to values")
@@ -311,7 +318,18 @@ def check_train_settings(path: Path, where: str, settings) -> dict:
             continue
         if isinstance(value, bool) != (expected is bool) or not isinstance(value, (int, float) if expected is float else expected):
             raise ExperimentConfigError(f"{path}: '{where}.{key}' must be a {expected.__name__}; got {value!r}")
-    return settings
+    return resolve_recipe_folders(settings, path.parent)
+
+
+def check_durations(path: Path, durations) -> list[float]:
+    """`durations`: distinct positive numbers of seconds (none: whole files only, as before the key existed)."""
+    from verification import crop_name
+
+    numbers = isinstance(durations, list) and all(isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and s > 0
+                                                  for s in durations)
+    if not numbers or len({crop_name(s) for s in durations}) < len(durations):
+        raise ExperimentConfigError(f"{path}: 'durations' must be a list of distinct positive numbers of seconds, e.g. [1, 2, 4]; got {durations!r}")
+    return [float(s) for s in durations]
 
 
 def check_training_phases(path: Path, config: ExperimentConfig) -> None:
@@ -320,7 +338,7 @@ def check_training_phases(path: Path, config: ExperimentConfig) -> None:
         for phase in training_phases(config, name, config.seeds[0]):
             try:
                 phase.validate()
-            except (TypeError, ValueError) as error:
+            except (TypeError, ValueError, FileNotFoundError) as error:  # FileNotFoundError: a missing rir_dir or noise_dir.
                 raise ExperimentConfigError(f"{path}: 'configurations.{name}' cannot train its {phase.mode} phase: {error}") from None
 
 
@@ -351,11 +369,21 @@ def corpus_column(corpus: str) -> str:
     return re.sub(r"[^a-z0-9]", "_", corpus.lower())
 
 
+def duration_column(corpus: str, seconds: float) -> str:
+    """The CSV spelling of a corpus's figures on crops of `seconds` (test-other, 1: test_other_1s; 0.5: test_other_0_5s)."""
+    from verification import crop_name
+
+    return corpus_column(f"{corpus}_{crop_name(seconds)}s")
+
+
 def csv_columns(config: ExperimentConfig) -> tuple[str, ...]:
-    """CSV_COLUMNS, then the accuracies and speaker (or clip) counts of each declared task, then EER and minDCF per held-out corpus."""
+    """CSV_COLUMNS, then the accuracies and speaker (or clip) counts of each declared task, then EER and minDCF per held-out
+    corpus, each followed by its EER and minDCF per duration of `durations`."""
     tasks = tuple(f"{task.name}{suffix}" for task in parse_tasks(config.tasks)
                   for suffix in (CLIP_TASK_COLUMN_SUFFIXES if task.per_clip else TASK_COLUMN_SUFFIXES))
-    return CSV_COLUMNS + tasks + tuple(f"{metric}_{corpus_column(corpus)}" for corpus in held_out_corpora(config) for metric in ("eer", "min_dcf"))
+    figures = [name for corpus in held_out_corpora(config)
+               for name in (corpus_column(corpus), *(duration_column(corpus, seconds) for seconds in config.durations))]
+    return CSV_COLUMNS + tasks + tuple(f"{metric}_{name}" for name in figures for metric in ("eer", "min_dcf"))
 
 
 def train_settings(config: ExperimentConfig, name: str) -> dict:
@@ -456,10 +484,10 @@ def run_experiment(config_path: str | os.PathLike, working_dir: str | os.PathLik
                 continue
             run_root = working_dir / "runs" / name / f"seed{seed}"
             result_file = run_root / "evaluation.json"
-            if result_file.is_file():
+            if scored_already(result_file, config.durations):
                 logger.info("%s seed %d: scored already, skipped", name, seed)
                 continue
-            logger.info("%s seed %d: training", name, seed)
+            logger.info("%s seed %d: training (a finished run is only scored again)", name, seed)
             run_root.mkdir(parents=True, exist_ok=True)
             start = time.monotonic()
             run = train_configuration(working_dir, run_root, config, name, seed)
@@ -470,17 +498,17 @@ def run_experiment(config_path: str | os.PathLike, working_dir: str | os.PathLik
             trial_scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
             report = evaluate_checkpoint(working_dir, run / BEST_CHECKPOINT, eval_audio_dirs=held_out_dirs, num_trials=config.num_trials,
                                          seed=seed, extra_genders=config.speaker_genders, held_out_speakers=config.held_out_speakers,
-                                         label_tasks=parse_tasks(config.tasks), trial_scores=trial_scores)
+                                         label_tasks=parse_tasks(config.tasks), trial_scores=trial_scores, crop_seconds=config.durations)
             save_trial_scores(run_root / TRIAL_SCORES_FILE, trial_scores)
             steps, windows = train_progress(run_root)
             row = {
                 "config": name, "seed": seed, "model_size": config.model_size, "backend": keras.backend.backend(), "device": device_name(),
-                "train_steps": steps, "train_windows": windows, **verification_columns(report.__dict__, corpora),
+                "train_steps": steps, "train_windows": windows, **verification_columns(report.__dict__, corpora, config.durations),
                 **{key: value for key, value in report.heads.items() if key == "speaker_id_acc" or key.endswith(ACCURACY_SUFFIXES)},
                 "gender_loss_weight": settings.get("gender_loss_weight", 1.0) if settings["recipe"].startswith("mtl") else 0.0,
                 "triplet_loss_weight": settings.get("triplet_loss_weight", 1.0 if settings["recipe"] == "mtl_triplet" else 0.0), "train_seconds": seconds,
             }
-            write_json_atomically(result_file, {"row": row, "report": report.__dict__})
+            write_json_atomically(result_file, {"row": row, "report": report.__dict__, "durations": config.durations})
             write_results_csv(config, working_dir)  # After every run: an experiment stopped part-way has its rows so far,
             if config.answer:  # and the answer says which figures the seeds so far decide (the bootstrap over trials comes at the end).
                 write_answer_csv(config, working_dir, bootstrap_trials=False)
@@ -493,6 +521,14 @@ def run_experiment(config_path: str | os.PathLike, working_dir: str | os.PathLik
 
 
 TRIAL_SCORES_FILE = "trial_scores.npz"
+
+
+def scored_already(result_file: Path, durations: list[float]) -> bool:
+    """Whether a run's evaluation.json holds every duration the recipe asks for: a recipe given `durations` after its runs
+    were scored scores them again (the finished training is kept), so no duration column is left empty for them."""
+    if not result_file.is_file():
+        return False
+    return set(durations) <= set(json.loads(result_file.read_text()).get("durations", []))
 
 
 def save_trial_scores(path: Path, trial_scores: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
@@ -514,14 +550,20 @@ def train_progress(run_root: Path) -> tuple[int, int]:
     return steps, windows
 
 
-def verification_columns(report: dict, corpora: list[str]) -> dict:
-    """EER and minDCF (p_target 0.01) pooled and per held-out corpus; None where a corpus had no trials."""
+def verification_columns(report: dict, corpora: list[str], durations: list[float]) -> dict:
+    """EER and minDCF (p_target 0.01) pooled and per held-out corpus, whole files and on crops of each of `durations`
+    (`report["durations"]`, as test-model writes it); None where a corpus had no trials."""
+    from verification import crop_name
+
     pooled = report.get("trials") or {}
     columns = {"eer_pooled": pooled.get("eer"), "min_dcf_pooled": pooled.get("min_dcf_001")}
     for corpus in corpora:
-        figures = (report.get("corpora") or {}).get(corpus) or {}
-        columns[f"eer_{corpus_column(corpus)}"] = figures.get("eer")
-        columns[f"min_dcf_{corpus_column(corpus)}"] = figures.get("min_dcf_001")
+        crops = (report.get("durations") or {}).get(corpus) or {}
+        figures = [(corpus_column(corpus), (report.get("corpora") or {}).get(corpus) or {}),
+                   *((duration_column(corpus, seconds), crops.get(crop_name(seconds)) or {}) for seconds in durations)]
+        for name, found in figures:
+            columns[f"eer_{name}"] = found.get("eer")
+            columns[f"min_dcf_{name}"] = found.get("min_dcf_001")
     return columns
 
 
@@ -552,7 +594,7 @@ def write_results_csv(config: ExperimentConfig, working_dir: Path) -> Path:
             result_file = run_root / "evaluation.json"
             if result_file.is_file():
                 result = json.loads(result_file.read_text())
-                row = {**result["row"], **verification_columns(result["report"], corpora), **speaker_count_columns(result["report"])}
+                row = {**result["row"], **verification_columns(result["report"], corpora, config.durations), **speaker_count_columns(result["report"])}
                 if row.get("train_windows") is None:
                     row["train_windows"] = train_progress(run_root)[1]
                 rows.append(row)
@@ -619,6 +661,14 @@ def clip_counts_note(rows: list[dict], metrics: list[str]) -> str:
     return f" Per-clip tasks, each clip once: {', '.join(notes)}." if notes else ""
 
 
+def crop_note(metrics: list[str]) -> str:
+    """The sentence on `eer_<corpus>_<s>s` columns, for a table that shows some (a recipe with `durations`); else nothing."""
+    if not any(re.search(r"_\d+(_\d+)?s$", metric) for metric in metrics):
+        return ""
+    return ("eer_<corpus>_<s>s: the same corpus's trials on centred crops of s seconds of every file (`test-model --durations`; "
+            "a file no longer is scored whole). ")
+
+
 def results_table(csv_path: str | os.PathLike) -> str:
     """Markdown table: per configuration, mean ± standard deviation over seeds of every metric (n/a: no value)."""
     rows = read_results(csv_path)
@@ -639,7 +689,7 @@ def results_table(csv_path: str | os.PathLike) -> str:
     lines.append(f"Model size {first.get('model_size', '?')}, backend {first.get('backend', '?')}, device {first.get('device', '?')}, "
                  f"{first.get('train_steps', '?')} training steps{windows} per run; mean ± standard deviation over seeds. "
                  "EER and minDCF (p_target 0.01) on speaker-disjoint trials, lower is better: eer_<corpus> among that corpus's own speakers, "
-                 "eer_pooled among all held-out speakers together; accuracies: higher is better. "
+                 "eer_pooled among all held-out speakers together; accuracies: higher is better. " + crop_note(metrics) +
                  "n/a: no value (a corpus without trials of its own, a head the configuration lacks, or a column the CSV predates)."
                  + speaker_counts_note(rows, metrics) + clip_counts_note(rows, metrics))
     return "\n".join(lines)

@@ -26,7 +26,7 @@ from task_heads import task_heads
 from tasks import entry_sources, gender_task
 from triplet_loss import batch_cosine_similarity  # noqa: F401  (the reference's example imports it from test)
 from verification import (
-    EmbeddingsOnce, HeldOutCorpus, corpus_verification, evaluation_corpora, held_out_homes, pooled_speakers, reference_protocol_scores,
+    EmbeddingsOnce, HeldOutCorpus, corpus_verification, crop_name, evaluation_corpora, held_out_homes, pooled_speakers, reference_protocol_scores,
     trial_scores_and_seconds, verification_line,
 )
 
@@ -189,7 +189,7 @@ def evaluate_checkpoint(
         for seconds in crop_seconds:
             crops = EmbeddingsOnce(embedder, window, rng, crop_seconds=seconds, features=features)
             for name, figures in corpus_verification(corpora, crops, num_trials, seed, calibration=calibration, score_norm=score_norm, cohort=cohort)[0].items():
-                report.durations.setdefault(name, {})[f"{seconds:g}"] = figures
+                report.durations.setdefault(name, {})[crop_name(seconds)] = figures
 
     speaker_id = speaker_id_accuracy(embed, splits)
     if speaker_id is not None:

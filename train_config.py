@@ -3,7 +3,9 @@ checks, its derived settings, and the upgrade of config.json files written by ea
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from augment import AugmentConfig, NO_AUGMENTATION
 from batcher import check_triplet_batch_size
@@ -16,6 +18,7 @@ MODES = ("softmax", "triplet", "mtl")
 DISTRIBUTIONS = ("none", "mirrored", "multi_worker", "data_parallel")
 DEFAULT_LEARNING_RATES = {"softmax": 1e-3, "triplet": 1e-2, "mtl": 1e-3}
 RESUMABLE_CHANGES = {"epochs", "input_workers", "learning_rate", "precision"}  # May differ when a run is resumed.
+RECIPE_FOLDERS = ("rir_dir", "noise_dir")  # Folder settings a recipe file names relative to itself.
 
 
 class TrainingError(RuntimeError):
@@ -166,3 +169,9 @@ def upgraded_config(saved: dict) -> dict:
         saved = {**saved, "precision": "mixed" if saved["mixed_precision"] else "float32"}
         del saved["mixed_precision"]
     return saved
+
+
+def resolve_recipe_folders(settings: dict, base: str | os.PathLike) -> dict:
+    """`settings` with each of RECIPE_FOLDERS resolved against `base`, the recipe file's folder, so a recipe
+    means the same folders from any working directory (`train --recipe` and an experiment's `train` objects)."""
+    return {**settings, **{key: str((Path(base) / settings[key]).resolve()) for key in RECIPE_FOLDERS if isinstance(settings.get(key), str)}}

@@ -226,6 +226,11 @@ def calibrated_figures(llrs: np.ndarray, labels: np.ndarray) -> dict[str, float]
     return {"cllr": cllr(llrs, labels), "act_dcf_001": actual_dcf(llrs, labels, bayes_threshold(low_p), low_p), "half_total_error": half_total_error}
 
 
+def crop_name(seconds: float) -> str:
+    """How a crop length keys `EvaluationReport.durations` ("1", "0.5"): what test-model writes and the experiment CSV reads."""
+    return f"{seconds:g}"
+
+
 def centre_crop(features: np.ndarray, frames: int) -> np.ndarray:
     """The middle `frames` frames of an utterance's features; the whole utterance where it is no longer."""
     start = max(0, (len(features) - frames) // 2)

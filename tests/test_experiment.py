@@ -6,6 +6,8 @@ import csv
 import dataclasses
 import json
 import os
+import re
+import shutil
 from pathlib import Path
 
 import keras
@@ -17,6 +19,7 @@ from experiment import (
     RUNNER_KEYS,
     ExperimentConfigError,
     configuration_seeds,
+    csv_columns,
     device_name,
     experiment_seeds,
     held_out_corpora,
@@ -179,6 +182,9 @@ def test_tiny_experiment_writes_one_csv_row_per_run_and_the_plot_and_resumes(tmp
         ({"train": {"tasks": {}}}, "'train.tasks' is set by the experiment runner"),
         ({"splits.held_out_training_speakers": ["nobody"]}, "'splits.held_out_training_speakers' names speakers not found in the training folders: nobody"),
         ({"answer": {"mtl": ["mtl"], "single": ["softmax_triplet"]}}, "'answer' names an unknown configuration 'mtl'"),
+        ({"durations": [1, -2]}, "'durations' must be a list of distinct positive numbers of seconds"),
+        ({"durations": [1, 1.0]}, "'durations' must be a list of distinct positive numbers of seconds"),
+        ({"durations": "1,2"}, "'durations' must be a list of distinct positive numbers of seconds"),
     ],
 )
 def test_bad_recipes_are_refused_naming_the_key(tmp_path, emodb_sample, change, message):
@@ -216,6 +222,7 @@ def test_the_shipped_recipe_is_valid_and_names_every_split():
     changed = {k for k, v in dataclasses.asdict(adversarial).items() if v != getattr(mtl, k)}
     assert changed == {"tasks"} and adversarial.tasks == {**mtl.tasks, "language": {**mtl.tasks["language"], "adversarial": True, "reversal_lambda": 1.0}}
     assert set(config.answer["mtl"]) == {"mtl", "mtl_triplet", "mtl_language_adversarial"}
+    assert config.durations == []  # Whole files only: its CSV keeps the columns of the runs scored so far.
 
 
 def test_each_configuration_runs_its_own_seeds_and_the_csv_keeps_only_those(tmp_path, emodb_sample):
@@ -246,8 +253,9 @@ def test_the_answer_says_how_many_seeds_would_decide_an_undecided_figure(tmp_pat
     assert (answer["mtl_language_adversarial"]["verdict"], answer["mtl_language_adversarial"]["seeds_needed"]) == ("supported", None)  # -0.020 on every seed.
 
 
-def write_ablation_recipe(tmp_path: Path) -> Path:
-    """A tiny ablation on the bundled samples: LibriSpeech and Common Voice (MP3) speakers train, test-other is held out."""
+def write_ablation_recipe(tmp_path: Path, **extra) -> Path:
+    """A tiny ablation on the bundled samples: LibriSpeech and Common Voice (MP3) speakers train, test-other is held out;
+    `extra` adds top-level keys (e.g. durations)."""
     recipe = {
         "name": "tiny_ablation",
         "splits": {"train_audio_dirs": [str(SAMPLES / "train-clean-100"), str(REPO / "samples" / "CommonVoice-fa")],
@@ -262,18 +270,19 @@ def write_ablation_recipe(tmp_path: Path) -> Path:
             "plain": {"recipe": "softmax"},
         },
         "output_dir": str(tmp_path / "results"),
+        **extra,
     }
     path = tmp_path / "ablation.json"
     path.write_text(json.dumps(recipe))
     return path
 
 
-def test_tiny_ablation_trains_each_configuration_with_its_train_settings_on_the_waveform_cache(tmp_path):
+def test_tiny_ablation_trains_each_configuration_with_its_train_settings_on_the_waveform_cache_then_scores_added_durations(tmp_path):
     work = tmp_path / "work"
     csv_path = run_experiment(write_ablation_recipe(tmp_path), work)
     with open(csv_path, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert tuple(rows[0]) == CSV_COLUMNS + TEST_OTHER_COLUMNS
+    assert tuple(rows[0]) == CSV_COLUMNS + TEST_OTHER_COLUMNS  # Without 'durations', whole files only.
     assert [(r["config"], r["train_steps"], r["train_windows"]) for r in rows] == [("augmented", "1", "12"), ("plain", "1", "12")]
     for row in rows:
         assert 0.0 <= float(row["eer_test_other"]) <= 1.0 and 0.0 <= float(row["eer_pooled"]) <= 1.0
@@ -292,6 +301,32 @@ def test_tiny_ablation_trains_each_configuration_with_its_train_settings_on_the_
     text = readme.read_text()
     assert "kept" in text and "old table" not in text and "| augmented | 1 |" in text
     assert results_table(csv_path).splitlines()[0].startswith("| configuration | seeds | eer_test_other | eer_pooled | min_dcf_pooled |")
+    assert "eer_<corpus>_<s>s" not in results_table(csv_path)
+
+    # The same recipe given durations later: each run is scored again on centred crops, with the code of test-model --durations,
+    # and not trained again.
+    checkpoint = work / "runs" / "plain" / "seed0" / "checkpoints-softmax" / "best.h5"
+    trained = checkpoint.stat().st_mtime_ns
+    csv_path = run_experiment(write_ablation_recipe(tmp_path, durations=[1, 0.5]), work)
+    with open(csv_path, newline="") as handle:
+        scored = list(csv.DictReader(handle))
+    assert tuple(scored[0]) == CSV_COLUMNS + TEST_OTHER_COLUMNS + ("eer_test_other_1s", "min_dcf_test_other_1s", "eer_test_other_0_5s", "min_dcf_test_other_0_5s")
+    assert checkpoint.stat().st_mtime_ns == trained and [r["train_seconds"] for r in scored] == [r["train_seconds"] for r in rows]
+    for before, after in zip(rows, scored):
+        assert (after["config"], after["eer_test_other"], after["eer_pooled"]) == (before["config"], before["eer_test_other"], before["eer_pooled"])
+        report = json.loads((work / "runs" / after["config"] / "seed0" / "evaluation.json").read_text())["report"]
+        assert sorted(report["durations"]["test-other"]) == ["0.5", "1"]
+        for seconds, column in (("1", "test_other_1s"), ("0.5", "test_other_0_5s")):
+            figures = report["durations"]["test-other"][seconds]
+            assert (float(after[f"eer_{column}"]), float(after[f"min_dcf_{column}"])) == (figures["eer"], figures["min_dcf_001"])
+            assert 0.0 <= figures["eer"] <= 1.0 and figures["num_trials"] == report["corpora"]["test-other"]["num_trials"]  # The same trials, cropped.
+    table = results_table(csv_path)
+    assert table.splitlines()[0].startswith("| configuration | seeds | eer_test_other | eer_test_other_1s | eer_test_other_0_5s | eer_pooled |")
+    assert "eer_<corpus>_<s>s: the same corpus's trials on centred crops of s seconds of every file" in table
+    evaluation = work / "runs" / "plain" / "seed0" / "evaluation.json"
+    scored_at = evaluation.stat().st_mtime_ns
+    run_experiment(write_ablation_recipe(tmp_path, durations=[1]), work)  # Every duration asked for is scored already: skipped.
+    assert evaluation.stat().st_mtime_ns == scored_at
 
 
 def test_a_results_csv_without_some_columns_still_makes_a_table(tmp_path):
@@ -302,8 +337,31 @@ def test_a_results_csv_without_some_columns_still_makes_a_table(tmp_path):
     assert table.splitlines()[2] == "| softmax | 2 | 0.310 ± 0.014 | 0.990 ± 0.000 | 0.200 ± 0.000 |"
 
 
+def test_durations_follow_each_held_out_corpus_as_a_column_pair_per_crop_length(tmp_path, emodb_sample):
+    config = load_experiment_config(write_recipe(tmp_path, emodb_sample, durations=[2, 0.5]))
+    corpora = ("test_other", "commonvoice_fa", "emodb")
+    crops = tuple(f"{metric}_{corpus}{crop}" for corpus in corpora for crop in ("", "_2s", "_0_5s") for metric in ("eer", "min_dcf"))
+    assert csv_columns(config) == TINY_COLUMNS[: -2 * len(corpora)] + crops
+
+
+def test_an_experiment_recipes_noise_and_room_folders_are_relative_to_the_recipe_file(tmp_path, emodb_sample):
+    for folder in ("rooms", "noise"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(REPO / "samples" / "PhilippeRemy" / "PhilippeRemy_001.wav", tmp_path / folder)
+    recipe = write_recipe(tmp_path, emodb_sample, train={"reverb_probability": 0.3, "rir_dir": "rooms"},
+                          **{"configurations.mtl_triplet.train": {"noise_probability": 0.5, "noise_dir": "noise"}})
+    config = load_experiment_config(recipe)  # Run from the repository, not beside the recipe: a folder read as given would be missing.
+    rooms, noise, nowhere = (str((tmp_path / name).resolve()) for name in ("rooms", "noise", "nowhere"))
+    assert {(p.rir_dir, p.noise_dir) for p in training_phases(config, "softmax_triplet", 0)} == {(rooms, None)}
+    assert [(p.rir_dir, p.noise_dir) for p in training_phases(config, "mtl_triplet", 0)] == [(rooms, noise)]
+    with pytest.raises(ExperimentConfigError, match=re.escape(f"{recipe}: 'configurations.softmax_triplet' cannot train its softmax phase: "
+                                                              f"--rir_dir {nowhere}: no such folder")):
+        load_experiment_config(write_recipe(tmp_path, emodb_sample, train={"reverb_probability": 0.3, "rir_dir": "nowhere"}))
+
+
 def test_the_windows_and_reverb_recipe_adds_variable_windows_reverberation_or_both_to_the_shipped_recipe():
     config = load_experiment_config(REPO / "recipes" / "windows_and_reverb.json")
+    assert config.durations == [1.0, 2.0]  # Short clips are what the comparison is about: every corpus also on 1 and 2 s crops.
     shipped = json.loads((REPO / "recipes" / "pretrained_small.json").read_text())
     assert config.train == {k: v for k, v in shipped.items() if k in config.train}
     assert [d.name for d in config.held_out_audio_dirs] == ["test-other", "dev-other", "VCTK", "FSDD"]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import keras
 import pytest
 
 import feature_cache
@@ -92,6 +93,16 @@ def test_softmax_run_writes_every_run_file_and_a_checkpoint_that_loads_by_name(s
     skipped = load_weights_by_name(embedder.m, run / "best.h5")
     assert skipped == []
     np.testing.assert_array_equal(embedder.m.get_layer("conv16-s").get_weights()[0], conv_kernel(run / "best.h5", "conv16-s"))
+
+
+def test_a_run_traces_its_training_step_once(samples_cache, tmp_path, monkeypatch):
+    """Keras on TensorFlow, without a strategy, creates the optimizer's slots and the metrics inside the first
+    trace, and TensorFlow then traces the step again; `build_training_state` creates them before `fit`."""
+    traced = []
+    train_step = keras.Model.train_step
+    monkeypatch.setattr(keras.Model, "train_step", lambda self, data: traced.append(data) or train_step(self, data))
+    train(fresh_copy(samples_cache, tmp_path), TrainConfig(mode="softmax", held_out_speakers=["1688"], **{**TINY, "epochs": 1}))
+    assert len(traced) == 1
 
 
 def test_reference_recipe_starts_triplet_training_from_the_softmax_checkpoint(samples_cache, tmp_path):
@@ -375,19 +386,22 @@ def test_training_runs_on_the_jax_backend_with_data_parallel(samples_cache, tmp_
 
 
 @pytest.mark.parametrize("precision", ["auto", "mixed"])
-def test_reduced_precision_training_keeps_float32_checkpoints_records_its_policy_and_restores_the_global_one(precision, samples_cache, tmp_path):
+def test_reduced_precision_training_keeps_float32_checkpoints_says_and_records_its_policy_and_restores_the_global_one(precision, samples_cache, tmp_path, caplog):
     """'auto' runs on every machine (float32 where nothing faster is native); its twin 'mixed'
     needs float16 or bfloat16 hardware, which a CPU without AVX512-BF16 or AMX cannot have."""
     import keras
 
-    from precision import training_policy
+    from precision import policy_reason, training_policy
 
     try:
         policy = training_policy(precision)
     except ValueError as error:
         pytest.skip(f"this machine cannot train in mixed precision: {error}")
     working_dir = fresh_copy(samples_cache, tmp_path)
-    run = train(working_dir, TrainConfig(mode="mtl", precision=precision, triplet_loss_weight=0.5, **{**TINY, "epochs": 1}))
+    with caplog.at_level(logging.INFO, logger="train"):
+        run = train(working_dir, TrainConfig(mode="mtl", precision=precision, triplet_loss_weight=0.5, **{**TINY, "epochs": 1}))
+    said = [r.getMessage() for r in caplog.records if r.name == "train" and r.getMessage().startswith("precision ")]
+    assert said == [f"precision {precision}: {policy} ({policy_reason(policy) if precision == 'auto' else 'as asked'})"]
     assert keras.mixed_precision.global_policy().name == "float32"
     assert json.loads((run / "config.json").read_text())["precision_policy"] == policy
     assert all(np.isfinite(float(value)) for value in metrics_rows(run)[0].values())
