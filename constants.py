@@ -127,6 +127,7 @@ CALIBRATION_CROP_SECONDS = (1.0, 2.0, 4.0)  # Centred crops the calibration tria
 CALIBRATION_REGULARISATION = 1e4  # Inverse L2 strength of the logistic regression: 4 weights on thousands of trials need almost none.
 COHORT_FILE_NAME = "cohort.npy"  # Beside a checkpoint: per-speaker mean embeddings of training speakers, float16 (score_norm.py).
 ASNORM_TOP_K = 50  # Cohort scores of each side that adaptive s-norm standardises by.
+ASNORM_STD_FLOOR = 1e-6  # Their spread's floor: a cohort of identical scores divides by this, not by zero.
 VERIFY_PRIOR = 0.5  # Prior of the same speaker that `verify` decides for by default (with DCF_COST_MISS and DCF_COST_FALSE_ALARM).
 
 # Plots (plots.py).

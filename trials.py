@@ -333,11 +333,11 @@ def read_trial_lists(paths: Sequence[PathLike], root: PathLike | None = None) ->
 # Scoring.
 
 
-def score_trials(trials: Sequence[Trial], embeddings: Mapping[PathLike, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(cosine scores, labels) of the trials: dot products of L2-normalised embeddings, vectorised.
+def trial_rows(trials: Sequence[Trial], embeddings: Mapping[PathLike, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(one L2-normalised float64 row per file of the trials, each trial's first-side row, its second-side row).
 
-    Each embedding is normalised once, as Keras 2 `l2_normalize` (x / sqrt(max(|x|^2, eps))), and
-    gathered by index, so an utterance in many trials costs one row.
+    Each embedding is normalised once, as Keras 2 `l2_normalize` (x / sqrt(max(|x|^2, eps))), so an
+    utterance in many trials costs one row (and one set of cohort statistics in `score_norm`).
     """
     if not trials:
         raise ValueError("no trials to score")
@@ -353,8 +353,16 @@ def score_trials(trials: Sequence[Trial], embeddings: Mapping[PathLike, np.ndarr
     sizes = {len(vector) for vector in vectors}
     if len(sizes) != 1:
         raise ValueError(f"embeddings must all have the same size, got sizes {sorted(sizes)}")
-    matrix = l2_normalize(np.stack(vectors), dtype=np.float64)
     first = np.fromiter((rows[t.path1] for t in trials), dtype=np.int64, count=len(trials))
     second = np.fromiter((rows[t.path2] for t in trials), dtype=np.int64, count=len(trials))
-    labels = np.fromiter((t.label for t in trials), dtype=np.int8, count=len(trials))
-    return np.einsum("ij,ij->i", matrix[first], matrix[second]), labels
+    return l2_normalize(np.stack(vectors), dtype=np.float64), first, second
+
+
+def trial_labels(trials: Sequence[Trial]) -> np.ndarray:
+    return np.fromiter((t.label for t in trials), dtype=np.int8, count=len(trials))
+
+
+def score_trials(trials: Sequence[Trial], embeddings: Mapping[PathLike, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(cosine scores, labels) of the trials: dot products of L2-normalised embeddings, vectorised (`trial_rows`)."""
+    matrix, first, second = trial_rows(trials, embeddings)
+    return np.einsum("ij,ij->i", matrix[first], matrix[second]), trial_labels(trials)

@@ -201,14 +201,12 @@ def trial_scores_and_seconds(trials: Sequence, embed: Callable[[list], np.ndarra
     """(cosine scores, normalised by `score_norm` against `cohort` (`score_norm.py`), labels, seconds of each first side,
     of each second side) of the trials; the seconds (of what `embed`, an `EmbeddingsOnce`, embedded of each file) are
     None without `with_seconds`."""
-    from trials import score_trials
+    from score_norm import normalised_trial_scores
+    from trials import trial_labels, trial_rows
 
     paths = sorted({str(p) for trial in trials for p in (trial.path1, trial.path2)})
-    scores, labels = score_trials(trials, dict(zip(paths, embed(paths))))
-    if score_norm != "none":
-        from score_norm import normalised_scores
-
-        scores = normalised_scores(*(embed([str(getattr(t, side)) for t in trials]) for side in ("path1", "path2")), score_norm, cohort)
+    rows, first, second = trial_rows(trials, dict(zip(paths, embed(paths))))
+    scores, labels = normalised_trial_scores(rows, first, second, score_norm, cohort), trial_labels(trials)
     if not with_seconds:
         return scores, labels, None, None
     return scores, labels, *(np.array([embed.seconds[str(getattr(t, side))] for t in trials]) for side in ("path1", "path2"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from score_norm import normalised_scores
+from score_norm import normalised_scores, normalised_trial_scores
 
 COHORT = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
 FIRST, SECOND = np.array([[1.0, 0.0]]), np.array([[0.6, 0.8]])
@@ -55,3 +55,12 @@ def test_build_cohort_writes_one_unit_float16_mean_embedding_per_speaker_beside_
     cohort = np.load(tmp_path / "cohort.npy")
     assert cohort.dtype == np.float16 and cohort.shape == (3, 512)  # Speakers 19, 26, 27.
     np.testing.assert_allclose(np.linalg.norm(cohort.astype(np.float32), axis=1), 1.0, atol=2e-3)
+
+
+def test_trials_given_as_rows_of_one_file_table_score_as_the_same_trials_given_side_by_side():
+    rng = np.random.default_rng(0)
+    files, cohort = rng.normal(size=(6, 8)), rng.normal(size=(20, 8))
+    first, second = np.array([0, 0, 1, 2, 5, 3]), np.array([1, 2, 3, 4, 0, 5])
+    for method in ("none", "mean", "asnorm"):
+        np.testing.assert_allclose(normalised_trial_scores(files, first, second, method, cohort, top_k=5),
+                                   normalised_scores(files[first], files[second], method, cohort, top_k=5), rtol=1e-12)
