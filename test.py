@@ -27,7 +27,7 @@ from tasks import entry_sources, gender_task
 from triplet_loss import batch_cosine_similarity  # noqa: F401  (the reference's example imports it from test)
 from verification import (
     EmbeddingsOnce, HeldOutCorpus, corpus_verification, crop_name, evaluation_corpora, held_out_homes, pooled_speakers, reference_protocol_scores,
-    trial_scores_and_seconds, verification_line,
+    trial_scores_and_seconds, trial_set_figures, verification_line,
 )
 
 logger = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ def evaluate_checkpoint(
     genders = {**genders, **trial_genders, **(extra_genders or {})}
     report.notes.extend(speaker_notes(corpora, trial_speakers, training_speakers))
     if trial_lists:
-        score_trial_lists(report, trial_lists, embed, window, plots_dir)
+        score_trial_lists(report, trial_lists, embed, window, plots_dir, calibration, score_norm, cohort)
     else:
         score_trials_of_unseen_speakers(report, corpora, trial_speakers, embed, num_trials, window, seed, plots_dir, trial_scores, calibration,
                                         score_norm, cohort)
@@ -229,21 +229,18 @@ def speaker_notes(corpora: Sequence[HeldOutCorpus], trial_speakers: dict[str, li
     return notes
 
 
-def score_trial_lists(report: EvaluationReport, trial_lists: dict[str, tuple[Path, list]], embed: EmbeddingsOnce, window: str, plots_dir) -> None:
-    """Each given list's figures in `report.trial_lists` (and `report.trials` when there is one list), every file embedded once."""
-    from eval_metrics import verification_metrics
-    from trials import score_trials
-
-    paths = sorted({str(p) for _, trials in trial_lists.values() for trial in trials for p in (trial.path1, trial.path2)})
-    embeddings = dict(zip(paths, embed(paths)))
+def score_trial_lists(report: EvaluationReport, trial_lists: dict[str, tuple[Path, list]], embed: EmbeddingsOnce, window: str, plots_dir,
+                      calibration=None, score_norm: str = "none", cohort: np.ndarray | None = None) -> None:
+    """Each given list's figures in `report.trial_lists` (and `report.trials` when there is one list), every file
+    embedded once, normalised and calibrated as a corpus's own trials are (`trial_set_figures`)."""
+    embed([str(p) for p in sorted({p for _, trials in trial_lists.values() for trial in trials for p in (trial.path1, trial.path2)})])
     for name, (list_file, trials) in trial_lists.items():
-        scores, labels = score_trials(trials, embeddings)
-        metrics = verification_metrics(scores, labels)
-        report.trial_lists[name] = {**metrics.__dict__, "num_trials": len(trials), "speakers": None, "window": window, "trials_file": str(list_file)}
+        figures, scores, labels = trial_set_figures(trials, embed, calibration, score_norm, cohort)
+        report.trial_lists[name] = {**figures, "speakers": None, "window": window, "trials_file": str(list_file)}
     if len(trial_lists) == 1:
         report.trials = report.trial_lists[name]
         if plots_dir:
-            write_score_plots(plots_dir, scores, labels, metrics.eer_threshold)
+            write_score_plots(plots_dir, scores, labels, report.trials["eer_threshold"])
 
 
 def score_trials_of_unseen_speakers(

@@ -167,7 +167,6 @@ def corpus_verification(
     what compares across models and with published results. `num_trials` applies to each corpus;
     a corpus with fewer pairs gets as many as it has, still half same-speaker.
     """
-    from eval_metrics import min_cllr, verification_metrics
     from trials import count_pairs, generate_trials
 
     figures: dict[str, dict] = {}
@@ -183,17 +182,26 @@ def corpus_verification(
             wanted = 2 * min(num_target, num_nontarget)
             notes.append(f"{corpus.name}: {wanted} trials instead of {num_trials}: it has {num_target} same-speaker and {num_nontarget} different-speaker pairs")
         trials = generate_trials(speakers, wanted, seed)
-        scores, labels, seconds_a, seconds_b = trial_scores_and_seconds(trials, embed, calibration is not None, score_norm, cohort)
+        found, scores, labels = trial_set_figures(trials, embed, calibration, score_norm, cohort)
         if trial_scores is not None:
             trial_scores[corpus.name] = (scores, labels)
-        metrics = verification_metrics(scores, labels)
-        figures[corpus.name] = {
-            **metrics.__dict__, "num_trials": len(trials), "num_target_trials": metrics.num_target, "min_cllr": min_cllr(scores, labels),
-            "speakers": sorted(speakers), "directory": corpus.directory,
-        }
-        if calibration is not None:
-            figures[corpus.name].update(calibrated_figures(calibration.llr(scores, seconds_a, seconds_b), labels))
+        figures[corpus.name] = {**found, "speakers": sorted(speakers), "directory": corpus.directory}
     return figures, notes
+
+
+def trial_set_figures(trials: Sequence, embed: Callable[[list], np.ndarray], calibration=None, score_norm: str = "none",
+                      cohort: np.ndarray | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
+    """(EER, minDCF, minCllr and trial counts of the trials, with a `calibration.Calibration` also the figures of
+    its LLRs (`calibrated_figures`); their scores; their labels). One path for a corpus's own trials and a
+    published list: the same normalisation and calibration."""
+    from eval_metrics import min_cllr, verification_metrics
+
+    scores, labels, seconds_a, seconds_b = trial_scores_and_seconds(trials, embed, calibration is not None, score_norm, cohort)
+    metrics = verification_metrics(scores, labels)
+    figures = {**metrics.__dict__, "num_trials": len(trials), "num_target_trials": metrics.num_target, "min_cllr": min_cllr(scores, labels)}
+    if calibration is not None:
+        figures.update(calibrated_figures(calibration.llr(scores, seconds_a, seconds_b), labels))
+    return figures, scores, labels
 
 
 def trial_scores_and_seconds(trials: Sequence, embed: Callable[[list], np.ndarray], with_seconds: bool = True, score_norm: str = "none",

@@ -299,7 +299,7 @@ def test_a_missing_file_is_named_with_its_trial_and_the_count_of_missing_files(t
         read_published_trials(tmp_path / "veri_test2.txt")
 
 
-def test_published_lists_are_scored_each_on_its_own_every_file_embedded_once_with_the_shipped_model(tmp_path, monkeypatch):
+def test_published_lists_are_scored_each_on_its_own_every_file_embedded_once_calibrated_and_normalised_as_corpora_are(tmp_path, monkeypatch):
     import inference
     from inference import pretrained_checkpoint
     from test import evaluate_checkpoint
@@ -317,6 +317,10 @@ def test_published_lists_are_scored_each_on_its_own_every_file_embedded_once_wit
     assert all(f["eer"] < 0.25 for f in figures.values())  # Chance is 50 %: labels read the other way round would give over 50 %.
     assert sorted(embedded) == sorted({str(tmp_path / "wav" / n) for names in speakers.values() for n in names})
     assert report.trials is None and [line.split("  ")[0] for line in report.verification_lines()] == ["trial list veri_test2.txt", "trial list list_test_hard2.txt"]
+    # Scored as a corpus's own trials are: the shipped calibration gives LLR figures; AS-norm against its cohort changes the scores.
+    assert all({"min_cllr", "cllr", "act_dcf_001", "half_total_error"} <= set(f) for f in figures.values())
+    normalised = evaluate_checkpoint(None, pretrained_checkpoint(), trials_file=[tmp_path / "veri_test2.txt"], score_norm="asnorm").trial_lists["veri_test2.txt"]
+    assert "cllr" not in normalised and figures["veri_test2.txt"]["eer_threshold"] < 1 < normalised["eer_threshold"]  # No cosine exceeds 1.
 
 
 def test_test_model_names_the_first_missing_file_before_loading_the_model(tmp_path, invoke_cli):
