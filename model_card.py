@@ -424,11 +424,14 @@ def duration_section(card: dict) -> str:
 
 def record_duration_figures(pretrained_dir: str | os.PathLike, results_file: str | os.PathLike, note: str) -> dict:
     """Put a test-model report's figures by duration (and the calibration it used) into the card of `pretrained_dir`,
-    and render its README again from the card."""
+    and render its README again from the card. A card that records the same calibration with its weights keeps them."""
     directory = Path(pretrained_dir)
     report = json.loads(Path(results_file).read_text())
     card = json.loads((directory / MODEL_CARD_FILE_NAME).read_text())
-    card.update({"by_duration": duration_figures(report), "calibration": report.get("calibration"), "by_duration_note": note})
+    calibration, recorded = report.get("calibration"), card.get("calibration") or {}
+    if calibration and {k: recorded.get(k) for k in calibration} == calibration:
+        calibration = recorded  # The calibration ship-model recorded, with its weights.
+    card.update({"by_duration": duration_figures(report), "calibration": calibration, "by_duration_note": note})
     write_json_atomically(directory / MODEL_CARD_FILE_NAME, card)
     card = json.loads((directory / MODEL_CARD_FILE_NAME).read_text())
     write_atomically(directory / "README.md", lambda handle: handle.write(render_model_card(card)), text=True)

@@ -19,7 +19,7 @@ from audio import AudioError
 from calibration import read_calibration
 from conv_models import DeepSpeakerModel
 from inference import FrontEnd
-from model_card import SHIPPED_FILES, learning_curve, render_model_card, ship_model
+from model_card import SHIPPED_FILES, learning_curve, record_duration_figures, render_model_card, ship_model
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_OTHER = str(REPO / "samples" / "LibriSpeech" / "test-other")
@@ -160,3 +160,18 @@ def test_calibrate_model_fits_on_the_speakers_the_run_set_aside(calibrated_run, 
     fitted_on = read_calibration(tmp_path / "best.h5").fitted_on
     assert fitted_on["speakers"] == ["1688", "1998"] and fitted_on["num_trials"] == 2 * 28 and fitted_on["crop_seconds"] == [2.0, "whole"]
     assert "fitted on 56 trials of 2 speakers (the run's calibration speakers)" in result.stdout
+
+
+def test_card_durations_keeps_the_weights_of_the_calibration_ship_model_recorded_and_replaces_another(tmp_path):
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    card = json.loads((REPO / "pretrained" / "model_card.json").read_text())
+    fitted_on = json.loads((REPO / "pretrained" / "calibration.json").read_text())["fitted_on"]
+    card["calibration"] = {**fitted_on, "bias": -0.9, "weights": {"score": 4.3, "log_shorter_seconds": 0.5, "log_longer_seconds": -0.7}}
+    (shipped / "model_card.json").write_text(json.dumps(card))
+    report = {"corpora": {"test-other": {"eer": 0.01, "num_trials": 28}}, "durations": {"test-other": {"1": {"eer": 0.1, "num_trials": 28}}}}
+    (tmp_path / "same.json").write_text(json.dumps({**report, "calibration": fitted_on}))
+    assert record_duration_figures(shipped, tmp_path / "same.json", "")["calibration"] == card["calibration"]
+    assert "LLR = -0.900" in (shipped / "README.md").read_text()
+    (tmp_path / "other.json").write_text(json.dumps({**report, "calibration": {**fitted_on, "seed": 1}}))
+    assert record_duration_figures(shipped, tmp_path / "other.json", "")["calibration"] == {**fitted_on, "seed": 1}
