@@ -135,7 +135,8 @@ def build_mfcc_cache(working_dir: str, audio_dir: str | None, data_dir: str | No
 @cli.command()
 @click.option("--working_dir", required=True, type=click.Path(file_okay=False), help="Folder with the feature cache; runs go to checkpoints-<mode>/ inside.")
 @click.option("--audio_dir", "audio_dirs", multiple=True, type=click.Path(file_okay=False),
-              help="Build (or complete) the feature cache from this corpus first (repeatable: several corpora train together).")
+              help="Build (or complete) the feature cache from this corpus first (repeatable: several corpora train together): "
+                   "LibriSpeech, VoxCeleb, CN-Celeb, <root>/<speaker>/**/<audio>, or a Kaldi data directory (wav.scp).")
 @click.option("--genders", "genders_file", type=click.Path(dir_okay=False), help="With --audio_dir: speaker table with 'speaker' and 'gender' columns.")
 @click.option("--mode", type=click.Choice(["reference", "softmax", "triplet", "mtl"]),
               help="reference (default): softmax pre-training then triplet training; softmax: speaker-classification pre-training alone "
