@@ -125,20 +125,28 @@ def jax_subprocess_env() -> dict[str, str]:
     return {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": pythonpath, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
-@pytest.fixture
-def invoke_cli(monkeypatch):
+def run_cli_in_process(*args: object):
     """Run a `cli.py` command in this process with click's CliRunner, from the repository root.
 
-    For commands that are refused before any work: a fresh Python would spend most of such a test
-    importing TensorFlow. Returns click's Result (exit_code, stdout, stderr, exception); a command
-    that exits with a message leaves a SystemExit there, one that crashed leaves its exception.
+    The same command function a user's `python cli.py ...` runs, without a fresh Python that would
+    spend most of a short test importing TensorFlow. Returns click's Result (exit_code, stdout,
+    stderr, exception); a command that exits with a message leaves a SystemExit there, one that
+    crashed leaves its exception.
     """
+    import contextlib
+
     from click.testing import CliRunner
 
     import cli
 
-    monkeypatch.chdir(REPO_ROOT)
-    return lambda *args: CliRunner().invoke(cli.cli, [str(arg) for arg in args])
+    with contextlib.chdir(REPO_ROOT):
+        return CliRunner().invoke(cli.cli, [str(arg) for arg in args])
+
+
+@pytest.fixture
+def invoke_cli():
+    """`run_cli_in_process`, as a fixture."""
+    return run_cli_in_process
 
 
 @pytest.fixture(scope="session")

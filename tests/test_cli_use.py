@@ -1,4 +1,8 @@
-"""cli.py embed, verify, enroll, identify: end to end as a user runs them, on the bundled samples."""
+"""cli.py embed, verify, enroll, identify: end to end as a user runs them, on the bundled samples.
+
+The commands run in the test's process (`run_cli_in_process`: the same click command, without a
+fresh Python importing TensorFlow); a fresh process where that is the point (bad input, JAX).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from conftest import run_cli_in_process
 from conv_models import DeepSpeakerModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,8 +50,8 @@ def files(tmp_path_factory) -> SimpleNamespace:
 def embedded(files) -> dict[str, np.ndarray]:
     """`embed` of Philippe's files and speaker 19's chapter 198: file name -> embedding."""
     output = files.dir / "embeddings.npz"
-    result = run_cli("embed", rel(PHILIPPE), rel(SPEAKER_19), "--checkpoint_file", files.checkpoint, "--output", output)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_cli_in_process("embed", rel(PHILIPPE), rel(SPEAKER_19), "--checkpoint_file", files.checkpoint, "--output", output)
+    assert result.exit_code == 0, result.stderr[-3000:]
     assert result.stdout.strip() == f"embedded 9 files (mean window, {files.checkpoint}) -> {output}"
     with np.load(output) as data:
         embeddings, paths = data["embeddings"], [str(p) for p in data["paths"]]
@@ -60,9 +65,9 @@ def embedded(files) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def enrolled(files) -> SimpleNamespace:
     """A profiles store: PhilippeRemy from files 001 and 002, then speaker 19 from a folder."""
-    philippe = run_cli("enroll", "PhilippeRemy", PHILIPPE / "PhilippeRemy_001.wav", PHILIPPE / "PhilippeRemy_002.wav",
+    philippe = run_cli_in_process("enroll", "PhilippeRemy", PHILIPPE / "PhilippeRemy_001.wav", PHILIPPE / "PhilippeRemy_002.wav",
                        "--checkpoint_file", files.checkpoint, "--profiles", files.profiles)
-    nineteen = run_cli("enroll", "19", SPEAKER_19, "--checkpoint_file", files.checkpoint, "--profiles", files.profiles)
+    nineteen = run_cli_in_process("enroll", "19", SPEAKER_19, "--checkpoint_file", files.checkpoint, "--profiles", files.profiles)
     return SimpleNamespace(philippe=philippe, nineteen=nineteen)
 
 
@@ -72,16 +77,16 @@ def test_embed_writes_unit_embeddings_and_their_paths(embedded):
 
 def test_embed_random_window_mode(files):
     output = files.dir / "random.npz"
-    result = run_cli("embed", PHILIPPE / "PhilippeRemy_001.wav", SPEAKER_19 / "19-198-0000.flac", "--checkpoint_file", files.checkpoint,
+    result = run_cli_in_process("embed", PHILIPPE / "PhilippeRemy_001.wav", SPEAKER_19 / "19-198-0000.flac", "--checkpoint_file", files.checkpoint,
                      "--output", output, "--window", "random", "--batch_size", "3")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.exit_code == 0, result.stderr[-3000:]
     with np.load(output) as data:
         assert data["embeddings"].shape == (2, 512) and str(data["window"]) == "random"
 
 
 def test_verify_prints_the_cosine_score_of_the_embeddings_and_the_decision(files, embedded):
-    result = run_cli("verify", PHILIPPE / "PhilippeRemy_001.wav", PHILIPPE / "PhilippeRemy_002.wav", "--checkpoint_file", files.checkpoint)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_cli_in_process("verify", PHILIPPE / "PhilippeRemy_001.wav", PHILIPPE / "PhilippeRemy_002.wav", "--checkpoint_file", files.checkpoint)
+    assert result.exit_code == 0, result.stderr[-3000:]
     match = re.fullmatch(r"score = (-?\d\.\d{3}) -> (same speaker|different speakers) \(threshold 0\.500\)", result.stdout.strip())
     assert match, result.stdout
     expected = float(embedded["PhilippeRemy_001.wav"] @ embedded["PhilippeRemy_002.wav"])
@@ -90,14 +95,14 @@ def test_verify_prints_the_cosine_score_of_the_embeddings_and_the_decision(files
 
 
 def test_verify_help_points_to_the_calibration_and_the_bayes_decision_that_threshold_overrides():
-    result = run_cli("verify", "--help")
+    result = run_cli_in_process("verify", "--help")
     text = " ".join(result.stdout.split())  # Click wraps lines at the terminal's width.
-    assert result.returncode == 0
+    assert result.exit_code == 0
     assert "calibration.json" in text and "calibrate-" in text and "Bayes threshold" in text and "--threshold FLOAT" in text
 
 
 def test_enroll_builds_profiles_from_the_embeddings_of_the_files(files, embedded, enrolled):
-    assert enrolled.philippe.returncode == 0, enrolled.philippe.stderr[-3000:]
+    assert enrolled.philippe.exit_code == 0, enrolled.philippe.stderr[-3000:]
     assert enrolled.philippe.stdout.strip() == f"PhilippeRemy: profile of 2 files (2 added) in {files.profiles} (1 speaker enrolled)"
     assert enrolled.nineteen.stdout.strip() == f"19: profile of 5 files (5 added) in {files.profiles} (2 speakers enrolled)"
     with np.load(files.profiles) as data:
@@ -109,8 +114,8 @@ def test_enroll_builds_profiles_from_the_embeddings_of_the_files(files, embedded
 
 
 def test_identify_ranks_the_profiles_by_their_cosine_with_the_file(files, embedded, enrolled):
-    result = run_cli("identify", PHILIPPE / "PhilippeRemy_003.wav", "--checkpoint_file", files.checkpoint, "--profiles", files.profiles, "--top", "5")
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_cli_in_process("identify", PHILIPPE / "PhilippeRemy_003.wav", "--checkpoint_file", files.checkpoint, "--profiles", files.profiles, "--top", "5")
+    assert result.exit_code == 0, result.stderr[-3000:]
     header, *lines = result.stdout.strip().splitlines()
     assert header.endswith("2 of 2 enrolled speakers, best first")
     ranking = [(m[2], float(m[3])) for m in map(RANK_LINE.match, lines)]
