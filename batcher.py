@@ -17,7 +17,7 @@ import numpy as np
 from audio import pad_mfcc
 from corpus import CorpusError, natural_key
 from feature_cache import cache_dir, cached_entries
-from augment import AugmentConfig, FolderSources, augmented_window_features, babble_speakers, random_segment
+from augment import AugmentConfig, FolderSources, augmented_window, augmented_windows_features, babble_speakers, random_segment
 from tasks import gender_task
 from constants import (
     EMBEDDING_SIZE,
@@ -337,7 +337,7 @@ class UtteranceSampler:
 class AugmentedBatches(_EpochSeededBatches):
     """(windows, class) batches cut from cached audio and augmented, for softmax and AAM training.
 
-    Features are computed per window after augmentation (augment.py). With speed perturbation,
+    Features are computed after augmentation (augment.py), batch-wide. With speed perturbation,
     speaker s at speed index k is class `s + k * len(speakers)`. Memory stays bounded: only the
     windows of one batch (and the babble it mixes in) are read, by `CachedWaveform` (one read of each stretch).
     """
@@ -381,11 +381,11 @@ class AugmentedBatches(_EpochSeededBatches):
 
     def windows(self, rows: np.ndarray, speed_index: np.ndarray, rng: np.random.Generator, num_frames: int = NUM_FRAMES) -> np.ndarray:
         """One augmented window of `num_frames` frames of each row's utterance, at speed `speeds[speed_index]`."""
+        augmented = [augmented_window(CachedWaveform(self.entries[row]), self.augment.speeds[k], self.augment, rng,
+                                      functools.partial(self.babble, speaker=int(self.labels[row])), num_frames, self.sources)
+                     for row, k in zip(rows, speed_index)]
         windows = np.empty((len(rows), num_frames, NUM_FBANKS, 1), dtype=np.float32)
-        for i, (row, k) in enumerate(zip(rows, speed_index)):
-            samples = CachedWaveform(self.entries[row])
-            babble = functools.partial(self.babble, speaker=int(self.labels[row]))
-            features = augmented_window_features(samples, self.augment.speeds[k], self.augment, rng, babble, num_frames, self.sources)
+        for i, features in enumerate(augmented_windows_features(augmented)):  # Batch-wide.
             windows[i, :, :, 0] = pad_mfcc(features[:num_frames], num_frames, self.pad)
         return windows
 
