@@ -236,6 +236,7 @@ def mel_blocks(sample_rate: int = SAMPLE_RATE) -> tuple[tuple[slice, slice, np.n
     return tuple(blocks)
 
 
+@lru_cache(maxsize=8)  # Called a few times per training window; NumPy scalar arithmetic costs microseconds.
 def frame_length_and_step(sample_rate: int = SAMPLE_RATE) -> tuple[int, int]:
     """Window and hop in samples, rounded half up as python_speech_features does."""
     return int(np.floor(WINDOW_LENGTH_S * sample_rate + 0.5)), int(np.floor(WINDOW_STEP_S * sample_rate + 0.5))
