@@ -101,11 +101,12 @@ def read_calibration(checkpoint_file: str | os.PathLike) -> Calibration | None:
 
 def calibrate_checkpoint(
     checkpoint_file: str | os.PathLike, speakers: dict[str, list[Path]], description: str, crop_seconds: Sequence[float] = CALIBRATION_CROP_SECONDS,
-    num_trials: int | None = None, seed: int = 0, precision: str = "float32",
+    num_trials: int | None = None, seed: int = 0, precision: str = "float32", corpora: Sequence[str] = (),
 ) -> Calibration:
     """Fit the checkpoint's calibration on trials among `speakers` (set aside for it: no figure may use them),
     scored whole and on centred crops of `crop_seconds`, every crop with the same seeded trials; write it beside
-    the checkpoint and return it. `description` says what the speakers are, for the file and the model card."""
+    the checkpoint and return it. `description` says what the speakers are, for the file and the model card;
+    `corpora`, where given, the corpora they come from (recorded as `fitted_on["corpora"]`)."""
     from inference import Embedder
     from trials import generate_trials
     from verification import EmbeddingsOnce, trial_scores_and_seconds
@@ -121,7 +122,7 @@ def calibrate_checkpoint(
     fitted_on = {
         "description": description, "speakers": sorted(speakers), "crop_seconds": list(crop_seconds) + ["whole"],
         "num_trials": int(len(scores)), "num_target_trials": int(labels.sum()), "seed": seed,
-    }
+    } | ({"corpora": list(corpora)} if corpora else {})
     calibration = fit_calibration(scores, labels, seconds_a, seconds_b, fitted_on)
     calibration.to_json(calibration_file(checkpoint_file))
     return calibration

@@ -135,7 +135,8 @@ def build_mfcc_cache(working_dir: str, audio_dir: str | None, data_dir: str | No
 @cli.command()
 @click.option("--working_dir", required=True, type=click.Path(file_okay=False), help="Folder with the feature cache; runs go to checkpoints-<mode>/ inside.")
 @click.option("--audio_dir", "audio_dirs", multiple=True, type=click.Path(file_okay=False),
-              help="Build (or complete) the feature cache from this corpus first (repeatable: several corpora train together).")
+              help="Build (or complete) the feature cache from this corpus first (repeatable: several corpora train together): "
+                   "LibriSpeech, VoxCeleb, CN-Celeb, <root>/<speaker>/**/<audio>, or a Kaldi data directory (wav.scp).")
 @click.option("--genders", "genders_file", type=click.Path(dir_okay=False), help="With --audio_dir: speaker table with 'speaker' and 'gender' columns.")
 @click.option("--mode", type=click.Choice(["reference", "softmax", "triplet", "mtl"]),
               help="reference (default): softmax pre-training then triplet training; softmax: speaker-classification pre-training alone "
@@ -539,7 +540,7 @@ def learning_curve_command(run_dir: str, eval_audio_dirs: tuple[str, ...], outpu
 @cli.command("ship-model")
 @click.option("--checkpoint_file", required=True, type=click.Path(exists=True, dir_okay=False), help="best.h5 of a run (its folder holds config.json).")
 @click.option("--eval_audio_dir", "eval_audio_dirs", multiple=True, required=True, type=click.Path(exists=True, file_okay=False),
-              help="Held-out corpus the card reports (repeatable).")
+              help="Held-out corpus the card reports (repeatable). Nothing shipped is chosen on it.")
 @click.option("--output_dir", default="pretrained", show_default=True, type=click.Path(file_okay=False), help="Folder of the shipped model.")
 @click.option("--training_corpus", "training_corpora", multiple=True, required=True, help="Name of a training corpus, for the card (repeatable).")
 @click.option("--command", "retrain_command", required=True, help="The one command that retrains the model, for the card.")
@@ -547,17 +548,33 @@ def learning_curve_command(run_dir: str, eval_audio_dirs: tuple[str, ...], outpu
 @click.option("--readme", type=click.Path(exists=True, dir_okay=False), help="Also put the figures table into this README between <!-- pretrained-model --> markers.")
 @click.option("--embedding_pad", type=click.Choice(["zeros", "repeat", "exact"]),
               help="Embed clips shorter than a window this way instead of the training padding; the card gives both figures.")
+@click.option("--working_dir", type=click.Path(exists=True, file_okay=False),
+              help="Feature cache the run trained from: its calibration speakers and its training speakers (the cohort). "
+                   "Default: the folder above the run's.")
+@click.option("--calibration_audio_dir", "calibration_audio_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Fit the calibration on the speakers of this folder (repeatable), for a run trained without --calibration_speakers: "
+                   "speakers neither trained on nor in any --eval_audio_dir. Default: the run's calibration speakers.")
+@click.option("--durations", default=",".join(f"{s:g}" for s in CALIBRATION_CROP_SECONDS), show_default=True,
+              help="The card's figures also on centred crops of every file of these seconds ('' for none).")
 def ship_model_command(checkpoint_file: str, eval_audio_dirs: tuple[str, ...], output_dir: str, training_corpora: tuple[str, ...],
-                       retrain_command: str, train_seconds: float | None, readme: str | None, embedding_pad: str | None) -> None:
-    """Package a run's checkpoint as the shipped model: model.h5, config.json, model_card.json, README.md."""
+                       retrain_command: str, train_seconds: float | None, readme: str | None, embedding_pad: str | None, working_dir: str | None,
+                       calibration_audio_dirs: tuple[str, ...], durations: str) -> None:
+    """Package a run's checkpoint as the shipped model: model.h5, config.json, calibration.json, cohort.npy, model_card.json, README.md.
+
+    The calibration is fitted on the speakers the run set aside for it (train --calibration_speakers), or on
+    --calibration_audio_dir; without either, shipping is refused: nothing is chosen on the corpora the card scores.
+    The cohort is the run's training speakers. The card's figures are measured on the shipped files.
+    """
     import json
 
     from constants import MODEL_CARD_FILE_NAME
     from experiment import replace_marked_section
     from model_card import figures_table, ship_model
 
+    crop_seconds = _seconds_list(durations, "--durations")
     try:
-        output = ship_model(checkpoint_file, list(eval_audio_dirs), output_dir, retrain_command, list(training_corpora), train_seconds, embedding_pad)
+        output = ship_model(checkpoint_file, list(eval_audio_dirs), output_dir, retrain_command, list(training_corpora), train_seconds, embedding_pad,
+                            working_dir, calibration_audio_dirs, crop_seconds)
         if readme:
             replace_marked_section(readme, "pretrained-model", figures_table(json.loads((output / MODEL_CARD_FILE_NAME).read_text())))
     except (OSError, ValueError) as error:
@@ -682,8 +699,8 @@ def embed_command(files_or_dirs: tuple[str, ...], checkpoint_file: str | None, o
 @click.option("--cost_fa", type=float, default=DCF_COST_FALSE_ALARM, show_default=True, help="Cost of accepting another speaker.")
 @click.option("--threshold", type=float,
               help="Same speaker when the cosine score is at least this, overriding the calibrated decision. Without a calibration.json "
-                   f"beside the checkpoint the default is the EER threshold of its model card, else {VERIFY_THRESHOLD}, which is tuned "
-                   "to no model: `python cli.py test-model` reports a model's EER threshold.")
+                   f"beside the checkpoint the default is {VERIFY_THRESHOLD}, which is tuned to no model: fit a calibration with "
+                   "`python cli.py calibrate-model` on speakers set aside for it.")
 @click.option("--score_norm", type=click.Choice(["none", "mean", "asnorm"]), default="none", show_default=True,
               help="Normalise the score against the cohort beside the checkpoint (cohort.npy); then give --threshold on the normalised score.")
 @_batch_size_option
@@ -702,7 +719,7 @@ def verify_command(file_a: str, file_b: str, checkpoint_file: str | None, prior:
     import numpy as np
 
     from calibration import decide, read_calibration
-    from inference import Embedder, audio_file, inspect_checkpoint, verification_threshold
+    from inference import Embedder, audio_file, inspect_checkpoint
     from score_norm import normalised_scores, read_cohort
     from verification import EmbeddingsOnce
 
@@ -718,7 +735,7 @@ def verify_command(file_a: str, file_b: str, checkpoint_file: str | None, prior:
         embeddings = embed(paths)
         score = float(normalised_scores(embeddings[:1], embeddings[1:], score_norm, cohort)[0])
         decision = decide(score, (embed.seconds[paths[0]], embed.seconds[paths[1]]), calibration, prior, cost_miss, cost_fa, threshold,
-                          verification_threshold(checkpoint_file))
+                          VERIFY_THRESHOLD)
     except (OSError, ValueError) as error:
         _fail(error)
     if calibration is None and score_norm == "none":

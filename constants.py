@@ -137,12 +137,12 @@ PLOT_DPI = 120
 INFERENCE_BATCH_SIZE = 32  # Windows per compiled inference call; the last batch of a call is zero-padded.
 INFERENCE_WINDOW_HOP = 80  # Frames between the sliding windows of a whole-utterance ('mean') embedding.
 INFERENCE_FILES_PER_CHUNK = 256  # Files whose features are held in memory at once by Embedder.embed_files.
-VERIFY_THRESHOLD = 0.5  # Cosine threshold of `verify` for a model without a model card; its EER threshold is better.
+VERIFY_THRESHOLD = 0.5  # Cosine threshold of `verify` for a model without a calibration.json, tuned to no model.
 
 # The model shipped in the repository: what every verb uses when no --checkpoint_file is given.
 PRETRAINED_DIR_NAME = "pretrained"
 PRETRAINED_CHECKPOINT_NAME = "model.h5"  # Embedding model only (legacy HDF5, reference layer names).
-MODEL_CARD_FILE_NAME = "model_card.json"  # Beside a checkpoint: its figures and EER threshold.
+MODEL_CARD_FILE_NAME = "model_card.json"  # Beside a shipped checkpoint: its data, recipe, calibration split and figures.
 IDENTIFY_TOP = 5  # Names `identify` prints by default.
 
 # Export (export.py): one TensorFlow graph from 16 kHz PCM to the whole-utterance embedding.

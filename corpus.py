@@ -250,23 +250,33 @@ def read_kaldi_dir(root: Path) -> tuple[list[Utterance], dict[str, str]]:
 
     `wav.scp` (recording -> audio file; plain paths only, relative ones from the current folder or
     else from `root`), `utt2spk` or `spk2utt`, optional `segments` (utterance -> recording, start,
-    end seconds; an end of -1 is the end of the recording) and optional `spk2gender` (m/f).
+    end seconds; an end of -1 is the end of the recording) and optional `spk2gender` (m/f). As
+    Kaldi's `utils/validate_data_dir.sh` does, refuses a directory whose speaker table and
+    utterances (`segments`, else `wav.scp`) list different utterances; and an audio file that
+    does not exist, naming its line, before any is read.
     """
     scp = root / KALDI_RECORDINGS
     recordings: dict[str, Path] = {}
+    scp_lines: dict[str, tuple[int, str]] = {}  # Recording -> its line number and path as written.
     for number, key, value in read_kaldi_table(scp):
         if value.endswith("|") or value.startswith("-"):
             raise CorpusError(f"{scp}, line {number}: '{key}' is read through a command ({value!r}); only plain audio paths are read: "
                               "write the audio to files and list their paths")
         path = Path(value)
         recordings[key] = path if path.is_absolute() or path.exists() else root / path
-    speaker_of = _kaldi_speakers(root)
+        scp_lines[key] = (number, value)
+    speakers_file, speaker_rows = _kaldi_speakers(root)
+    speaker_of = {utterance: speaker for utterance, (speaker, _) in speaker_rows.items()}
     spans: dict[str, tuple[str, tuple[float, float | None] | None]] = {key: (key, None) for key in recordings}
+    utterances_file = scp
     if (root / "segments").is_file():
-        spans = {utterance: (recording, segment) for utterance, recording, segment in _kaldi_segments(root / "segments", recordings)}
+        utterances_file = root / "segments"
+        spans = {utterance: (recording, segment) for utterance, recording, segment in _kaldi_segments(utterances_file, recordings)}
     missing = [key for key in spans if key not in speaker_of]
     if missing:
         raise CorpusError(f"{root}: {len(missing)} utterances have no speaker in utt2spk/spk2utt, e.g. '{missing[0]}'")
+    _refuse_utterances_without_audio(speakers_file, speaker_rows, utterances_file, set(spans))
+    _refuse_missing_audio(scp, scp_lines, {recording: recordings[recording] for recording, _ in spans.values()})
     utterances = [Utterance(speaker_of[key], key, recordings[recording], segment) for key, (recording, segment) in sorted(spans.items())]
     genders: dict[str, str] = {}
     if (root / "spk2gender").is_file():
@@ -277,12 +287,34 @@ def read_kaldi_dir(root: Path) -> tuple[list[Utterance], dict[str, str]]:
     return utterances, genders
 
 
-def _kaldi_speakers(root: Path) -> dict[str, str]:
-    """Utterance -> speaker from `utt2spk`, else from `spk2utt`."""
+def _refuse_utterances_without_audio(speakers_file: Path, speaker_rows: dict[str, tuple[str, int]], utterances_file: Path, utterances: set[str]) -> None:
+    """CorpusError naming the first line of utt2spk/spk2utt whose utterance `utterances_file` (segments, else wav.scp) lacks."""
+    unlisted = sorted((key for key in speaker_rows if key not in utterances), key=lambda key: speaker_rows[key][1])
+    if unlisted:
+        first = unlisted[0]
+        raise CorpusError(f"{speakers_file}, line {speaker_rows[first][1]}: utterance '{first}' is not in {utterances_file.name} "
+                          f"({len(unlisted)} of its {len(speaker_rows)} utterances are not): list the same utterances in both "
+                          "(Kaldi's utils/fix_data_dir.sh keeps those in both)")
+
+
+def _refuse_missing_audio(scp: Path, scp_lines: dict[str, tuple[int, str]], used: dict[str, Path]) -> None:
+    """CorpusError naming the first line of wav.scp whose audio file, among the recordings `used`, does not exist."""
+    absent = sorted((key for key, path in used.items() if not path.is_file()), key=lambda key: scp_lines[key][0])
+    if absent:
+        number, value = scp_lines[absent[0]]
+        where = "" if Path(value).is_absolute() else f" (a relative path is read from the current folder {Path.cwd()}, else from {scp.parent})"
+        raise CorpusError(f"{scp}, line {number}: the audio file of '{absent[0]}' does not exist: {value}{where} "
+                          f"({len(absent)} of the {len(used)} recordings are missing)")
+
+
+def _kaldi_speakers(root: Path) -> tuple[Path, dict[str, tuple[str, int]]]:
+    """The speaker table (`utt2spk`, else `spk2utt`) and utterance -> (speaker, its line there)."""
     if (root / "utt2spk").is_file():
-        return {utterance: speaker for _, utterance, speaker in read_kaldi_table(root / "utt2spk")}
+        path = root / "utt2spk"
+        return path, {utterance: (speaker, number) for number, utterance, speaker in read_kaldi_table(path)}
     if (root / "spk2utt").is_file():
-        return {utterance: speaker for _, speaker, utterances in read_kaldi_table(root / "spk2utt") for utterance in utterances.split()}
+        path = root / "spk2utt"
+        return path, {utterance: (speaker, number) for number, speaker, utterances in read_kaldi_table(path) for utterance in utterances.split()}
     raise CorpusError(f"{root}: a Kaldi data directory needs utt2spk or spk2utt beside {KALDI_RECORDINGS}")
 
 

@@ -48,13 +48,11 @@ from constants import (
     INFERENCE_FILES_PER_CHUNK,
     INFERENCE_WINDOW_HOP,
     L2_NORMALIZE_EPSILON,
-    MODEL_CARD_FILE_NAME,
     MODEL_FILTERS,
     NUM_FBANKS,
     NUM_FRAMES,
     PRETRAINED_CHECKPOINT_NAME,
     PRETRAINED_DIR_NAME,
-    VERIFY_THRESHOLD,
 )
 from fileio import save_npz_atomically
 from precision import resolve_precision
@@ -196,23 +194,6 @@ def pretrained_checkpoint() -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: the shipped model is missing from this checkout; pass --checkpoint_file")
     return path
-
-
-def model_card(checkpoint_file: str | os.PathLike) -> dict | None:
-    """The `model_card.json` beside a checkpoint (its figures and EER threshold), or None."""
-    path = Path(checkpoint_file).parent / MODEL_CARD_FILE_NAME
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError:
-        raise ValueError(f"{path}: not valid JSON; it should be the model card of {checkpoint_file}") from None
-
-
-def verification_threshold(checkpoint_file: str | os.PathLike) -> float:
-    """The EER threshold of the checkpoint's model card, else the untuned VERIFY_THRESHOLD."""
-    card = model_card(checkpoint_file)
-    return float(card["eer_threshold"]) if card and "eer_threshold" in card else VERIFY_THRESHOLD
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,21 @@
-"""Ship a trained model: the embedding checkpoint, its front end and a model card, in one folder.
+"""Ship a trained model: the embedding checkpoint, its front end, calibration, cohort and a model card, in one folder.
 
     pretrained/model.h5          embedding model only (legacy HDF5, reference layer names)
     pretrained/config.json       the training configuration; inference reads its front end
-    pretrained/model_card.json   data, recipe, budget, machine, per-corpus EER and minDCF, threshold
+    pretrained/calibration.json  scores to log-likelihood ratios, fitted on speakers set aside for it (calibration.py)
+    pretrained/cohort.npy        one mean embedding per training speaker, for --score_norm (score_norm.py)
+    pretrained/model_card.json   data, recipe, budget, machine, calibration split, per-corpus figures
     pretrained/README.md         the same card for people, rendered from model_card.json
 
 Every verb uses `pretrained/model.h5` when no `--checkpoint_file` is given, and `verify` then
-uses the card's EER threshold. Shipping is one transaction: the four files are written and the
-model evaluated in a new folder beside `pretrained/`, which then takes its place whole. The
-learning curve of a run (EER per held-out corpus against training windows, from the run's
-snapshots) is made here too, since the card quotes it.
+decides on the calibrated log-likelihood ratio at the Bayes threshold of its prior and costs.
+Nothing in the folder is chosen on the corpora the card scores: the calibration is fitted on the
+run's calibration speakers (`train --calibration_speakers`) or on a folder of speakers neither
+trained on nor tested (`--calibration_audio_dir`), and without either shipping is refused; the
+EER thresholds of the card are measurements, used by no verb. Shipping is one transaction: the
+files are written and the model evaluated in a new folder beside `pretrained/`, which then takes
+its place whole. The learning curve of a run (EER per held-out corpus against training windows,
+from the run's snapshots) is made here too, since the card quotes it.
 """
 
 from __future__ import annotations
@@ -20,16 +26,19 @@ import json
 import os
 import platform
 import shutil
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from fileio import replace_directory, save_model_atomically, write_atomically, write_json_atomically
-from constants import CALIBRATION_FILE_NAME, COHORT_FILE_NAME, MODEL_CARD_FILE_NAME, PRETRAINED_CHECKPOINT_NAME
+from constants import (
+    CALIBRATION_CROP_SECONDS, CALIBRATION_FILE_NAME, COHORT_FILE_NAME, DCF_COST_FALSE_ALARM, DCF_COST_MISS, MODEL_CARD_FILE_NAME,
+    PRETRAINED_CHECKPOINT_NAME, VERIFY_PRIOR, VERIFY_THRESHOLD,
+)
 
 LEARNING_CURVE_COLUMNS = ("epoch", "train_windows", "corpus", "eer", "min_dcf_001", "eer_threshold", "num_trials")
-# calibration.json and cohort.npy belong to the weights they were made with: a new shipment drops them until
-# `calibrate-model` and `build-cohort` make them for the new model.
+# calibration.json and cohort.npy belong to the weights they were made with: every shipment makes them again for its model.
 SHIPPED_FILES = (PRETRAINED_CHECKPOINT_NAME, "config.json", MODEL_CARD_FILE_NAME, "README.md", CALIBRATION_FILE_NAME, COHORT_FILE_NAME)
 DURATION_COLUMNS = ("eer", "min_dcf_001", "min_cllr", "cllr", "act_dcf_001", "half_total_error", "num_trials")
 
@@ -74,8 +83,9 @@ def run_budget(run_directory: Path) -> dict:
 
 
 def corpus_figures(report) -> dict[str, dict]:
-    """Per-corpus verification figures of an EvaluationReport, rounded for a card."""
-    keys = ("eer", "eer_threshold", "min_dcf_001", "min_dcf_005", "num_trials", "num_target_trials")
+    """Per-corpus verification figures of an EvaluationReport, for a card: with a calibration, also those of its LLRs
+    (Cllr, actual DCF at 0.01, the half total error of `verify`'s default decision). `eer_threshold` is a measurement."""
+    keys = ("eer", "eer_threshold", "min_dcf_001", "min_dcf_005", "min_cllr", "cllr", "act_dcf_001", "half_total_error", "num_trials", "num_target_trials")
     return {name: {k: figures[k] for k in keys if k in figures} | {"speakers": len(figures.get("speakers") or [])} for name, figures in report.corpora.items()}
 
 
@@ -87,28 +97,41 @@ def ship_model(
     training_corpora: list[str],
     train_seconds: float | None = None,
     embedding_pad: str | None = None,
+    working_dir: str | os.PathLike | None = None,
+    calibration_audio_dirs: Sequence[str | os.PathLike] = (),
+    crop_seconds: Sequence[float] = CALIBRATION_CROP_SECONDS,
 ) -> Path:
-    """Package `checkpoint_file` (a run's best.h5) as a shipped model in `output_dir` with its card.
+    """Package `checkpoint_file` (a run's best.h5) as a shipped model in `output_dir` with its calibration, cohort and card.
 
     The embedding model is saved without its speaker head and optimizer, so the folder stays
-    small; the card's figures are measured on `eval_audio_dirs` with the shipped file itself.
-    The EER threshold of the card is the mean of the per-corpus EER thresholds, so no single
-    corpus sets it. `embedding_pad` embeds clips shorter than a window otherwise than training
-    padded them (e.g. `exact`); the card then also gives the figures with the training padding.
+    small. Its calibration (`calibration.json`) is fitted on the speakers `calibration_split`
+    gives (the run's calibration speakers in the cache of `working_dir`, default the folder above
+    the run's, or those of `calibration_audio_dirs`), at calibrate-model's crops; its cohort
+    (`cohort.npy`) is the run's training speakers (`cohort_speakers`). The card's figures are
+    measured on `eval_audio_dirs` with the shipped files themselves, whole and on centred crops of
+    `crop_seconds` (none where empty). `embedding_pad` embeds clips shorter than a window otherwise
+    than training padded them (e.g. `exact`); the card then also gives the figures with the training padding.
 
-    One transaction: model, config, card and README are written, and the model evaluated, in a
-    new folder beside `output_dir`, which then replaces `output_dir` whole (`replace_directory`).
-    A failed or interrupted evaluation leaves the model that was shipped there with its own card.
+    Everything that can be refused is refused before any work: a folder that is not a shipped
+    model's, no calibration split, a calibration speaker that a figure scores or the model trained on.
+    One transaction: the files are written, and the model evaluated, in a new folder beside
+    `output_dir`, which then replaces `output_dir` whole (`replace_directory`). A failed or
+    interrupted shipment leaves the model that was shipped there with its own card.
     `output_dir` may hold only the files of a shipped model (`SHIPPED_FILES`): the swap would drop others.
     """
     output = Path(output_dir)
     check_shipped_folder(output)
+    checkpoint_file = Path(checkpoint_file)
+    working_dir = run_working_dir(checkpoint_file, working_dir)
+    split = calibration_split(checkpoint_file, working_dir, calibration_audio_dirs, eval_audio_dirs)
+    cohort = cohort_speakers(checkpoint_file, working_dir)
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = output.parent / f".{output.name}.shipping-{os.getpid()}"  # Same file system, ordinary folder permissions.
     shutil.rmtree(staging, ignore_errors=True)  # Left by an earlier, interrupted shipment.
     staging.mkdir()
     try:
-        write_shipped_model(Path(checkpoint_file), eval_audio_dirs, staging, command, training_corpora, train_seconds, embedding_pad)
+        write_shipped_model(checkpoint_file, eval_audio_dirs, staging, command, training_corpora, train_seconds, embedding_pad, split, cohort,
+                            tuple(crop_seconds))
         replace_directory(staging, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # After the swap: the folder that was shipped before.
@@ -125,10 +148,101 @@ def check_shipped_folder(output: Path) -> None:
                          "so move them or choose another --output_dir")
 
 
+def run_working_dir(checkpoint_file: Path, working_dir: str | os.PathLike | None) -> Path:
+    """The feature cache a run trained from: `working_dir`, else the folder above the run's (`W/checkpoints-<mode>/best.h5`)."""
+    from feature_cache import CORPUS_INDEX_FILE_NAME
+
+    directory = Path(working_dir) if working_dir is not None else checkpoint_file.parent.parent
+    if not (directory / CORPUS_INDEX_FILE_NAME).is_file():
+        raise ValueError(f"{directory}: no feature cache ({CORPUS_INDEX_FILE_NAME}); shipping builds the cohort and the calibration from "
+                         "the cache the run trained from: pass --working_dir")
+    return directory
+
+
+@dataclass(frozen=True)
+class CalibrationSplit:
+    """The speakers a shipped model's calibration is fitted on, the corpora they come from, and what they are."""
+
+    speakers: dict[str, list[Path]]
+    corpora: list[str]
+    description: str
+
+
+def calibration_split(checkpoint_file: Path, working_dir: Path, calibration_audio_dirs: Sequence[str | os.PathLike],
+                      eval_audio_dirs: Sequence[str | os.PathLike]) -> CalibrationSplit:
+    """The speakers to fit the shipped calibration on: those of `calibration_audio_dirs` where given, else the
+    run's calibration speakers (`train --calibration_speakers`, its speakers.json) in the cache of `working_dir`.
+
+    Never the speakers of a figure: a run without a calibration split and no folder given is refused (a
+    ValueError naming --calibration_audio_dir), and so is a calibration speaker found in `eval_audio_dirs`
+    or one the model trained on (`calibration.speakers_to_calibrate_on`).
+    """
+    from calibration import speakers_to_calibrate_on
+    from corpus import index_corpus
+    from verification import corpus_names, held_out_homes
+
+    run_file = checkpoint_file.parent / "speakers.json"
+    run = json.loads(run_file.read_text()) if run_file.is_file() else {}
+    if calibration_audio_dirs:
+        speakers = speakers_to_calibrate_on(checkpoint_file, None, calibration_audio_dirs, None)
+        corpora = sorted(set(corpus_names(calibration_audio_dirs)))
+        description = (f"{len(speakers)} speakers of {', '.join(corpora)} (ship-model --calibration_audio_dir), "
+                       "neither trained on nor scored by any figure of this card")
+    elif run.get("calibration_speakers"):
+        speakers = speakers_to_calibrate_on(checkpoint_file, working_dir, (), None)
+        missing = sorted(set(run["calibration_speakers"]) - set(speakers))
+        if missing:
+            raise ValueError(f"{working_dir}: the feature cache lacks the calibration speakers {', '.join(missing)} of {run_file}; "
+                             "pass the --working_dir the run trained from")
+        corpora = sorted(set(held_out_homes(working_dir, list(speakers)).values())) or ["the training corpora"]
+        description = (f"{len(speakers)} speakers of {', '.join(corpora)} the run set aside for calibration (train --calibration_speakers): "
+                       "never trained on, in no figure")
+    else:
+        raise ValueError(f"{run_file}: the run set no speakers aside for calibration, and shipping chooses nothing on the corpora it "
+                         "scores: train with --calibration_speakers, or pass --calibration_audio_dir with speakers neither trained on nor tested")
+    tested = sorted(set(speakers) & {s for d in eval_audio_dirs for s in index_corpus(d).utterances_by_speaker()})
+    if tested:
+        raise ValueError(f"calibration speakers {', '.join(tested[:10])} are also in an --eval_audio_dir: a calibration is never fitted on "
+                         "the speakers of a figure")
+    return CalibrationSplit(speakers, corpora, description)
+
+
+def cohort_speakers(checkpoint_file: Path, working_dir: Path) -> dict[str, list[Path]]:
+    """The run's training speakers (its speakers.json) and their cache entries in `working_dir`: one cohort row each."""
+    from feature_cache import cached_entries
+
+    run_file = checkpoint_file.parent / "speakers.json"
+    if not run_file.is_file():
+        raise ValueError(f"{run_file}: missing; ship-model packages a run's checkpoint, and the run's training speakers make its cohort")
+    training = json.loads(run_file.read_text())["speakers"]
+    entries = cached_entries(working_dir)[0]
+    missing = [s for s in training if s not in entries]
+    if missing:
+        raise ValueError(f"{working_dir}: the feature cache lacks the training speakers {', '.join(missing[:10])} of {run_file}; "
+                         "pass the --working_dir the run trained from")
+    return {s: entries[s] for s in training}
+
+
+def default_decision() -> dict:
+    """What `verify` decides on without options, for the card: the Bayes threshold of VERIFY_PRIOR and unit costs on the LLR."""
+    from eval_metrics import bayes_threshold
+
+    return {"on": "llr", "prior": VERIFY_PRIOR, "cost_miss": DCF_COST_MISS, "cost_false_alarm": DCF_COST_FALSE_ALARM,
+            "llr_threshold": bayes_threshold(VERIFY_PRIOR, DCF_COST_MISS, DCF_COST_FALSE_ALARM)}
+
+
+EER_THRESHOLD_NOTE = ("eer_threshold: the score at which a corpus's miss and false-alarm rates are equal, measured on its trials; "
+                      "a measurement, used by no verb")
+
+
 def write_shipped_model(checkpoint_file: Path, eval_audio_dirs: list[str], output: Path, command: str, training_corpora: list[str],
-                        train_seconds: float | None, embedding_pad: str | None) -> None:
-    """The files of `ship_model` in `output`, the card's figures measured on the model written there."""
+                        train_seconds: float | None, embedding_pad: str | None, split: CalibrationSplit, cohort: dict[str, list[Path]],
+                        crop_seconds: tuple[float, ...] = ()) -> None:
+    """The files of `ship_model` in `output`: model, config, calibration fitted on `split`, the cohort of `cohort`,
+    and the card, its figures measured on the files written there."""
+    from calibration import calibrate_checkpoint
     from inference import load_embedding_model
+    from score_norm import build_cohort
     from test import evaluate_checkpoint
 
     run_directory = checkpoint_file.parent
@@ -138,10 +252,12 @@ def write_shipped_model(checkpoint_file: Path, eval_audio_dirs: list[str], outpu
     config = json.loads((run_directory / "config.json").read_text())
     write_json_atomically(output / "config.json", config)
     training_pad_figures = None
-    if embedding_pad and embedding_pad != config["pad"]:
+    if embedding_pad and embedding_pad != config["pad"]:  # Before the calibration, which is fitted for the shipped front end.
         training_pad_figures = corpus_figures(evaluate_checkpoint(None, target, tuple(eval_audio_dirs)))
         write_json_atomically(output / "config.json", {**config, "embedding_pad": embedding_pad})
-    report = evaluate_checkpoint(None, target, tuple(eval_audio_dirs))
+    calibration = calibrate_checkpoint(target, split.speakers, split.description, CALIBRATION_CROP_SECONDS, corpora=split.corpora)
+    build_cohort(target, cohort)
+    report = evaluate_checkpoint(None, target, tuple(eval_audio_dirs), crop_seconds=crop_seconds)
     figures = corpus_figures(report)
     speakers = json.loads((run_directory / "speakers.json").read_text())
     budget = run_budget(run_directory)
@@ -162,31 +278,33 @@ def write_shipped_model(checkpoint_file: Path, eval_audio_dirs: list[str], outpu
             "machine": machine_description(),
             "command": command,
         },
-        "evaluation": {"window": "mean", "corpora": figures, "pooled": {k: report.trials[k] for k in ("eer", "eer_threshold", "min_dcf_001", "num_trials")} if report.trials else None},
-        "eer_threshold": float(np.mean([f["eer_threshold"] for f in figures.values()])),
+        "decision": default_decision(),
+        "calibration": {**calibration.fitted_on, "bias": calibration.bias, "weights": calibration.weights},
+        "cohort": {"file": COHORT_FILE_NAME, "speakers": len(cohort), "of": "the run's training speakers, every cached file of each"},
+        "evaluation": {"window": "mean", "corpora": figures, "eer_threshold_note": EER_THRESHOLD_NOTE,
+                       "pooled": {k: report.trials[k] for k in ("eer", "eer_threshold", "min_dcf_001", "num_trials")} if report.trials else None},
         "evaluation_with_training_pad": training_pad_figures,
         "notes": report.notes,
     }
+    if crop_seconds:
+        card.update({"by_duration": duration_figures(report.__dict__), "by_duration_note": "Measured on the shipped files by ship-model."})
     write_json_atomically(output / MODEL_CARD_FILE_NAME, card)
     card = json.loads((output / MODEL_CARD_FILE_NAME).read_text())  # Render what the file holds (sorted keys), so both agree.
     write_atomically(output / "README.md", lambda handle: handle.write(render_model_card(card)), text=True)
 
 
 def render_model_card(card: dict) -> str:
-    """The model card as Markdown, from `model_card.json`."""
+    """The model card as Markdown, from `model_card.json` (a card shipped before calibrations were part of shipping too)."""
     training, evaluation = card["training"], card["evaluation"]
     hours = f"{training['train_seconds'] / 3600:.2f} h" if training.get("train_seconds") else "not recorded"
-    rows = "\n".join(
-        f"| {name} | {f['speakers']} | {f['num_trials']:,} | {100 * f['eer']:.2f} % | {f['min_dcf_001']:.3f} | {f['eer_threshold']:.3f} |"
-        for name, f in evaluation["corpora"].items()
-    )
     recipe = ", ".join(f"{k} = {v}" for k, v in sorted(card["recipe"].items()))  # Sorted: the JSON is written with sorted keys.
     return f"""# Shipped model: {card['model_size']} ResCNN, {card['weights']:,} weights
 
 The model every verb of `cli.py` uses when no `--checkpoint_file` is given (`{card['checkpoint']}`,
 embedding model only, reference layer names: it also loads by name like any Deep Speaker
-checkpoint). `verify` uses its EER threshold, **{card['eer_threshold']:.3f}** (the mean of the
-per-corpus EER thresholds below), unless `--threshold` is given.
+checkpoint).
+
+{textwrap.fill(decision_sentence(card), 100)}
 
 This file is generated from `model_card.json` by `model_card.render_model_card`.
 
@@ -203,11 +321,12 @@ The shipped checkpoint is the best on the validation set (the training speakers'
 utterances): epoch {training['epochs']} of {training['epochs_run']}{stopped_early_note(training)}, {training['epochs']} x {training['steps_per_epoch']} steps x {training['batch_size']} windows = {training['train_windows']:,}
 training windows. The run took {hours} on {training['machine']}.
 
-## Figures (whole-utterance embeddings, all pairs within each corpus)
+{calibration_section(card)}## Figures (whole-utterance embeddings, all pairs within each corpus)
 
-| corpus | speakers | trials | EER | minDCF(0.01) | EER threshold |
-|---|---|---|---|---|---|
-{rows}
+{corpus_table(evaluation['corpora'])}
+
+The EER thresholds are measurements (the score at which a corpus's miss and false-alarm rates are
+equal), not settings: no verb uses them.
 
 {duration_section(card)}## Retrain it
 
@@ -215,6 +334,56 @@ training windows. The run took {hours} on {training['machine']}.
 {training['command']}
 ```
 """
+
+
+def decision_sentence(card: dict) -> str:
+    """How `verify` decides with this model when no option says otherwise."""
+    calibration = card.get("calibration")
+    if not calibration:
+        return (f"It has no calibration: `verify` decides on the cosine score at `--threshold`, default {VERIFY_THRESHOLD}, which is "
+                "tuned to no model.")
+    decision = card.get("decision") or default_decision()
+    return (f"`verify` decides on the log-likelihood ratio of `calibration.json` at the Bayes threshold of `--prior` "
+            f"(default {decision['prior']:g}) and the costs (default {decision['cost_miss']:g} for a miss, {decision['cost_false_alarm']:g} "
+            f"for a false alarm): same speaker when the LLR is at least {decision['llr_threshold']:.3f}, unless `--threshold` is given. "
+            "The calibration was fitted on speakers set aside for it: nothing `verify` does was chosen on the corpora below.")
+
+
+def calibration_section(card: dict) -> str:
+    """The calibration split and the fitted weights, for a card that records them (ship-model's)."""
+    calibration = card.get("calibration")
+    if not calibration or "weights" not in calibration:
+        return ""
+    weights = " ".join(f"{value:+.3f} {name}" for name, value in sorted(calibration["weights"].items()))
+    corpora = ", ".join(calibration.get("corpora", [])) or "not recorded"
+    cohort = card.get("cohort")
+    cohort_line = f"\n`{cohort['file']}` holds {cohort['speakers']} rows: {cohort['of']} (for `--score_norm`).\n" if cohort else ""
+    crops = ", ".join(f"{c:g} s" for c in calibration["crop_seconds"] if c != "whole")
+    return f"""## Calibration
+`calibration.json` maps a score and both sides' durations (log seconds) to a log-likelihood ratio (natural log):
+LLR = {calibration['bias']:+.3f} {weights}.
+It was fitted on {calibration['description']}.
+Corpus: {corpora}. Speakers: {', '.join(calibration['speakers'])}. Trials: {calibration['num_trials']:,} ({calibration['num_target_trials']:,} same speaker),
+all pairs of whole files and of their centred crops of {crops}.
+{cohort_line}
+"""
+
+
+def corpus_table(corpora: dict[str, dict]) -> str:
+    """One row per corpus: the card's figures, the calibrated ones where the card has them (a card of ship-model), and the
+    measured EER threshold."""
+    columns = [("EER", "eer", True), ("minDCF(0.01)", "min_dcf_001", False), ("minCllr", "min_cllr", False), ("Cllr", "cllr", False),
+               ("actDCF(0.01)", "act_dcf_001", False), ("verify's HTER", "half_total_error", True), ("EER threshold (measured)", "eer_threshold", False)]
+    columns = [c for c in columns if any(c[1] in f for f in corpora.values())]
+    lines = ["| corpus | speakers | trials | " + " | ".join(c[0] for c in columns) + " |", "|---|---:|---:|" + "---:|" * len(columns)]
+    for name, f in corpora.items():
+        lines.append(f"| {name} | {f['speakers']} | {f['num_trials']:,} | " + " | ".join(figure(f, key, percent) for _, key, percent in columns) + " |")
+    return "\n".join(lines)
+
+
+def figure(figures: dict, key: str, percent: bool = False) -> str:
+    """A figure of a table: a percentage or three decimals; '-' where the card has none."""
+    return "-" if key not in figures else f"{100 * figures[key]:.2f} %" if percent else f"{figures[key]:.3f}"
 
 
 def duration_figures(report: dict) -> dict[str, dict[str, dict]]:
@@ -229,14 +398,11 @@ def duration_figures(report: dict) -> dict[str, dict[str, dict]]:
 
 def duration_table(by_duration: dict[str, dict[str, dict]]) -> str:
     """One row per corpus and crop: EER, minDCF(0.01), minCllr and, where calibrated, Cllr, actDCF(0.01) and the half total error of `verify`'s decision."""
-    def value(f: dict, key: str, percent: bool = False) -> str:
-        return "-" if key not in f else f"{100 * f[key]:.2f} %" if percent else f"{f[key]:.3f}"
-
     lines = ["| corpus | crop | trials | EER | minDCF(0.01) | minCllr | Cllr | actDCF(0.01) | verify's HTER |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for corpus, crops in by_duration.items():
         for crop, f in crops.items():
-            lines.append(f"| {corpus} | {crop if crop == 'whole' else crop + ' s'} | {f['num_trials']:,} | {value(f, 'eer', True)} | {value(f, 'min_dcf_001')} | "
-                         f"{value(f, 'min_cllr')} | {value(f, 'cllr')} | {value(f, 'act_dcf_001')} | {value(f, 'half_total_error', True)} |")
+            lines.append(f"| {corpus} | {crop if crop == 'whole' else crop + ' s'} | {f['num_trials']:,} | {figure(f, 'eer', True)} | {figure(f, 'min_dcf_001')} | "
+                         f"{figure(f, 'min_cllr')} | {figure(f, 'cllr')} | {figure(f, 'act_dcf_001')} | {figure(f, 'half_total_error', True)} |")
     return "\n".join(lines)
 
 
@@ -258,11 +424,14 @@ def duration_section(card: dict) -> str:
 
 def record_duration_figures(pretrained_dir: str | os.PathLike, results_file: str | os.PathLike, note: str) -> dict:
     """Put a test-model report's figures by duration (and the calibration it used) into the card of `pretrained_dir`,
-    and render its README again from the card."""
+    and render its README again from the card. A card that records the same calibration with its weights keeps them."""
     directory = Path(pretrained_dir)
     report = json.loads(Path(results_file).read_text())
     card = json.loads((directory / MODEL_CARD_FILE_NAME).read_text())
-    card.update({"by_duration": duration_figures(report), "calibration": report.get("calibration"), "by_duration_note": note})
+    calibration, recorded = report.get("calibration"), card.get("calibration") or {}
+    if calibration and {k: recorded.get(k) for k in calibration} == calibration:
+        calibration = recorded  # The calibration ship-model recorded, with its weights.
+    card.update({"by_duration": duration_figures(report), "calibration": calibration, "by_duration_note": note})
     write_json_atomically(directory / MODEL_CARD_FILE_NAME, card)
     card = json.loads((directory / MODEL_CARD_FILE_NAME).read_text())
     write_atomically(directory / "README.md", lambda handle: handle.write(render_model_card(card)), text=True)
@@ -332,9 +501,15 @@ def figures_table(card: dict) -> str:
     training = card["training"]
     lines += ["", f"Small ResCNN ({card['weights']:,} weights), {training['train_windows']:,} training windows, "
                   f"{training['train_seconds'] / 3600:.1f} h on {training['machine']}; whole-utterance embeddings, all pairs "
-                  f"within each corpus; `verify` threshold {card['eer_threshold']:.3f}. From `pretrained/model_card.json`."]
+                  f"within each corpus; `verify` {verify_summary(card)}. From `pretrained/model_card.json`."]
     return "\n".join(lines)
 
+
+def verify_summary(card: dict) -> str:
+    """What `verify` decides on, in a few words, for the README's table."""
+    if not card.get("calibration"):
+        return f"decides on the score at {VERIFY_THRESHOLD} (no calibration)"
+    return f"decides on the LLR of `calibration.json` (Bayes threshold {(card.get('decision') or default_decision())['llr_threshold']:.3f})"
 
 
 SCORE_NORM_RESULTS = {"none": "pretrained_durations.json", "mean": "pretrained_score_norm_mean.json", "asnorm": "pretrained_score_norm_asnorm.json"}

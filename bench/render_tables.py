@@ -54,6 +54,7 @@ RESULT_FILES = {
                            "--output bench/results/training_steps_full.json",
     "cache_scale": "python bench/bench_cache_scale.py --entries 100000 --output bench/results/cache_scale.json",
     "cache_scale_waveforms": "python bench/bench_cache_scale.py --entries 2000 --waveforms energy --output bench/results/cache_scale_waveforms.json",
+    "recipe_learns": "python bench/bench_recipe_learns.py --output bench/results/recipe_learns.json",
 }
 LIBRARIES = ("numpy", "scipy", "soundfile", "soxr", "librosa", "python_speech_features", "tensorflow", "keras", "jax")
 
@@ -151,7 +152,10 @@ def result_name(record: dict) -> str:
         return "training_pipeline"
     if benchmark == "bench_cache_scale":
         return "cache_scale_waveforms" if record.get("waveforms") else "cache_scale"
-    raise ValueError(f"not a results file of bench_features, bench_inference, bench_training or bench_cache_scale (benchmark {benchmark!r}, mode {mode!r})")
+    if benchmark == "bench_recipe_learns":
+        return "recipe_learns"
+    raise ValueError(f"not a results file of bench_features, bench_inference, bench_training, bench_cache_scale or bench_recipe_learns "
+                     f"(benchmark {benchmark!r}, mode {mode!r})")
 
 
 def load_results(paths: list[Path]) -> dict[str, dict]:
@@ -401,9 +405,23 @@ def cache_scale_table(results: dict[str, dict]) -> str:
     return "\n".join(markdown_table(["figure", "measured"], "ll", rows) + ["", f"{settings}. {provenance(chosen(results, 'cache_scale', 'cache_scale_waveforms'))}"])
 
 
+def recipe_learns_table(results: dict[str, dict]) -> str:
+    """test-other EER of the shipped recipe's short run, epoch by epoch, against the untrained model's."""
+    if "recipe_learns" not in results:
+        return not_measured("recipe_learns")
+    record = results["recipe_learns"]
+    untrained = record["rows"][0]["eer_test_other"]
+    rows = [[row["path"], f"{row['windows']:,}", f"{100 * row['eer_test_other']:.2f} %", f"{row['eer_test_other'] / untrained:.2f}"] for row in record["rows"]]
+    verdict = (f"Claim (last epoch at most {record['claimed_ratio']:g} of the untrained model's EER): "
+               f"{'holds' if record['holds'] else 'fails'} at {record['ratio']:.2f}. Training: {figure(record['train_cpu_s'])} CPU-s "
+               f"({record['epochs'] * record['steps_per_epoch']} steps of {record['batch_size']} windows, {record['model_size']} model, {record['precision']}).")
+    return "\n".join(markdown_table(["after", "windows", "test-other EER", "of untrained"], "lrrr", rows)
+                     + ["", verdict, provenance(chosen(results, "recipe_learns"))])
+
+
 README_SECTIONS = {"bench-performance": performance_table}
 BENCH_README_SECTIONS = {"bench-windows": windows_table, "bench-end-to-end": end_to_end_table, "bench-accuracy": accuracy_table,
-                         "bench-cache-scale": cache_scale_table}
+                         "bench-cache-scale": cache_scale_table, "bench-recipe-learns": recipe_learns_table}
 
 
 def check_markers(path: Path, markers: list[str]) -> None:

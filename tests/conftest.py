@@ -35,10 +35,11 @@ def pytest_configure(config) -> None:
                     "repository (../shared/data, see README): clone the repository next to it.", returncode=4)
 
 
-# Test files of several minutes each, longest first, scheduled before all others: xdist (--dist
-# loadfile) hands files out in collection order, and one of these run last kept a worker busy alone
-# (the recipe test: 15 minutes in float32 on a 2-core AMD EPYC, when it came after test_cluster).
-LONG_TEST_FILES = ("test_recipe_learns.py", "test_cluster.py")
+# Test files of two minutes or more (CPU time on a 2-core AMD EPYC), longest first, scheduled before
+# all others: xdist (--dist loadfile) hands files out in collection order, and a long one handed out
+# last keeps one worker busy alone while the other has finished.
+LONG_TEST_FILES = ("test_train.py", "test_cluster.py", "test_conv_models.py", "test_distribution.py", "test_resume.py", "test_export.py",
+                   "test_experiment.py")
 
 
 def pytest_collection_modifyitems(items: list) -> None:

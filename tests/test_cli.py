@@ -41,12 +41,12 @@ def test_a_command_that_starts_tensorflow_prints_no_cuda_or_onednn_noise():
     assert any(_LIBRARY_NOISE.match(line) for line in verbose.stderr.splitlines()), verbose.stderr
 
 
-def test_build_mfcc_cache_on_the_bundled_samples(tmp_path):
-    result = run_cli("build-mfcc-cache", "--working_dir", str(tmp_path), "--audio_dir", "samples")
-    assert result.returncode == 0, result.stderr
+def test_build_mfcc_cache_on_the_bundled_samples(tmp_path, invoke_cli):
+    result = invoke_cli("build-mfcc-cache", "--working_dir", tmp_path, "--audio_dir", "samples")
+    assert result.exit_code == 0, result.stderr
     assert "49 written, 0 already cached, 0 failed" in result.stdout  # 37 FLAC and WAV files, 12 MP3.
     assert (tmp_path / "audio-fbanks" / "PhilippeRemy_PhilippeRemy_001.npy").is_file()
-    again = run_cli("build-mfcc-cache", "--working_dir", str(tmp_path), "--audio_dir", "samples")
+    again = invoke_cli("build-mfcc-cache", "--working_dir", tmp_path, "--audio_dir", "samples")
     assert "0 written, 49 already cached" in again.stdout
 
 
@@ -123,11 +123,11 @@ def test_a_clips_table_is_named_relative_to_the_tasks_file_or_recipe_that_declar
 # ---------------------------------------------------------------------------------------------- evaluation verbs
 
 
-def test_test_model_prints_the_reference_line_and_trial_figures_and_writes_json_and_plots(trained_mtl, tmp_path):
+def test_test_model_prints_the_reference_line_and_trial_figures_and_writes_json_and_plots(trained_mtl, tmp_path, invoke_cli):
     checkpoint = trained_mtl / "checkpoints-mtl" / "best.h5"
-    result = run_cli("test-model", "--working_dir", str(trained_mtl), "--checkpoint_file", str(checkpoint), "--plots", str(tmp_path / "plots"),
-                     "--output", str(tmp_path / "figures.json"))
-    assert result.returncode == 0, result.stderr
+    result = invoke_cli("test-model", "--working_dir", trained_mtl, "--checkpoint_file", checkpoint, "--plots", tmp_path / "plots",
+                        "--output", tmp_path / "figures.json")
+    assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
     assert re.fullmatch(r"f-measure = [\d.]+, true positive rate = [\d.]+, accuracy = [\d.]+, equal error rate = [\d.]+", lines[0])
     figure = r"speakers = 2, trials = 28 \(12 same speaker\), EER = [\d.]+%, threshold = -?[\d.]+, minDCF\(0.01\) = [\d.]+, minDCF\(0.05\) = [\d.]+"
@@ -145,9 +145,9 @@ def test_test_model_with_a_missing_checkpoint_fails_with_one_line(trained_mtl, i
     assert len(result.stderr.strip().splitlines()) == 1 and "absent.h5: no such checkpoint file" in result.stderr
 
 
-def test_export_writes_a_saved_model_from_a_run_checkpoint(trained_mtl, tmp_path):
-    result = run_cli("export", "--checkpoint_file", str(trained_mtl / "checkpoints-mtl" / "best.h5"), "--output_dir", str(tmp_path / "exported"), "--no-tflite")
-    assert result.returncode == 0, result.stderr
+def test_export_writes_a_saved_model_from_a_run_checkpoint(trained_mtl, tmp_path, invoke_cli):
+    result = invoke_cli("export", "--checkpoint_file", trained_mtl / "checkpoints-mtl" / "best.h5", "--output_dir", tmp_path / "exported", "--no-tflite")
+    assert result.exit_code == 0, result.stderr
     assert f"wrote {tmp_path / 'exported' / 'saved_model'}" in result.stdout
     assert (tmp_path / "exported" / "saved_model" / "saved_model.pb").is_file()
 
@@ -163,13 +163,13 @@ def test_experiment_refuses_a_bad_recipe_naming_the_key(tmp_path, invoke_cli):
     assert not (tmp_path / "work").exists()
 
 
-def test_results_table_averages_seeds_of_a_csv(tmp_path):
+def test_results_table_averages_seeds_of_a_csv(tmp_path, invoke_cli):
     csv_path = tmp_path / "results.csv"
     csv_path.write_text(
         "config,seed,model_size,backend,device,train_steps,eer,min_dcf,speaker_id_acc,gender_acc_head,gender_acc_probe\n"
         "mtl,0,small,tensorflow,cpu,100,0.2,0.9,0.5,0.8,0.7\n"
         "mtl,1,small,tensorflow,cpu,100,0.4,0.7,0.7,0.6,0.9\n"
     )
-    result = run_cli("results-table", "--csv", str(csv_path))
-    assert result.returncode == 0, result.stderr
+    result = invoke_cli("results-table", "--csv", csv_path)
+    assert result.exit_code == 0, result.stderr
     assert "| mtl | 2 | 0.300 ± 0.141 | 0.800 ± 0.141 | 0.600 ± 0.141 | 0.700 ± 0.141 | 0.800 ± 0.141 |" in result.stdout

@@ -202,8 +202,15 @@ def test_relative_wav_scp_paths_are_read_from_the_data_dir_when_not_from_the_cur
         ({"wav_scp": f"a {P225[0]}\n", "utt2spk": "a-1 p225\n", "segments": "a-1 x 0 1\n"}, r"segments, line 1: recording 'x' of 'a-1' is not in wav\.scp"),
         ({"wav_scp": f"a {P225[0]}\n", "utt2spk": "a-1 p225\n", "segments": "a-1 a 2 1\n"}, r"segments, line 1: 'a-1' spans 2 to 1 s"),
         ({"wav_scp": f"a {P225[0]}\n", "utt2spk": "a p225\n", "spk2gender": "p225 x\n"}, r"spk2gender, line 1 \(speaker p225\): gender 'x'"),
+        ({"wav_scp": f"a {P225[0]}\n", "utt2spk": "a p225\nb p225\n"}, r"utt2spk, line 2: utterance 'b' is not in wav\.scp \(1 of its 2 utterances are not\)"),
+        ({"wav_scp": f"a {P225[0]}\n", "spk2utt": "p225 a-1 a-2\n", "segments": "a-1 a 0 1\n"}, r"spk2utt, line 1: utterance 'a-2' is not in segments"),
+        ({"wav_scp": f"a {P225[0]}\nb /absent/b.wav\n", "utt2spk": "a p225\nb p225\n"},
+         r"wav\.scp, line 2: the audio file of 'b' does not exist: /absent/b\.wav \(1 of the 2 recordings are missing\)$"),
+        ({"wav_scp": "a audio/a.flac\n", "utt2spk": "a p225\n"},
+         r"wav\.scp, line 1: the audio file of 'a' does not exist: audio/a\.flac \(a relative path is read from the current folder .*, else from .*data\)"),
     ],
-    ids=["piped-command", "no-speakers", "utterance-without-speaker", "unknown-recording", "end-before-start", "bad-gender"],
+    ids=["piped-command", "no-speakers", "utterance-without-speaker", "unknown-recording", "end-before-start", "bad-gender",
+         "speaker-table-utterance-not-in-wav-scp", "speaker-table-utterance-not-in-segments", "missing-audio", "missing-relative-audio"],
 )
 def test_a_broken_kaldi_dir_is_refused_naming_the_file_and_the_problem(tmp_path, tables, problem):
     with pytest.raises(CorpusError, match=problem) as refused:
