@@ -236,9 +236,16 @@ def mel_blocks(sample_rate: int = SAMPLE_RATE) -> tuple[tuple[slice, slice, np.n
     return tuple(blocks)
 
 
+@lru_cache(maxsize=8)  # Called a few times per training window; NumPy scalar arithmetic costs microseconds.
 def frame_length_and_step(sample_rate: int = SAMPLE_RATE) -> tuple[int, int]:
     """Window and hop in samples, rounded half up as python_speech_features does."""
     return int(np.floor(WINDOW_LENGTH_S * sample_rate + 0.5)), int(np.floor(WINDOW_STEP_S * sample_rate + 0.5))
+
+
+def frame_count(length: int, sample_rate: int = SAMPLE_RATE) -> int:
+    """Frames python_speech_features makes of `length` samples: the last one zero padded, at least one."""
+    frame_length, frame_step = frame_length_and_step(sample_rate)
+    return 1 if length <= frame_length else 1 + int(np.ceil((length - frame_length) / frame_step))
 
 
 def filterbank_energies(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -246,29 +253,44 @@ def filterbank_energies(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> 
 
     The same pre-emphasis, framing and zero padding; the FFT and the filters in float32, so the
     energies differ from the reference's float64 ones by float32 rounding (under 2e-6 after
-    normalisation on every file of ../shared/data). Shape (frames, NUM_FBANKS).
+    normalisation on every file of ../shared/data). Shape (frames, NUM_FBANKS) of one signal
+    (length,); of windows of one length (count, length), (count, frames, NUM_FBANKS), each
+    window's frames those it would have alone, computed batch-wide: every window's pre-emphasised
+    samples lie in one buffer, `gap` frames apart, so that all frames are one strided view and one
+    FFT and one filter product a chunk serve many windows (the frames that straddle two windows
+    are computed and dropped: 2 in 162 for training windows).
     """
+    windows = samples[np.newaxis] if samples.ndim == 1 else samples
+    count, length = windows.shape
     frame_length, frame_step = frame_length_and_step(sample_rate)
-    num_frames = 1 if len(samples) <= frame_length else 1 + int(np.ceil((len(samples) - frame_length) / frame_step))
-    emphasised = np.zeros((num_frames - 1) * frame_step + frame_length, dtype=np.float32)  # Zero padded to whole frames.
-    emphasised[0] = samples[0]
-    np.subtract(samples[1:], PRE_EMPHASIS * samples[:-1], out=emphasised[1 : len(samples)])
-    frames = np.lib.stride_tricks.sliding_window_view(emphasised, frame_length)[::frame_step]
-    energies = np.empty((num_frames, NUM_FBANKS), dtype=np.float32)
-    for start in range(0, num_frames, FFT_CHUNK_FRAMES):  # A chunk's spectra stay in the CPU cache until filtered.
-        chunk = slice(start, start + FFT_CHUNK_FRAMES)
+    num_frames = frame_count(length, sample_rate)
+    gap = 0 if count == 1 else -(-(frame_length - frame_step) // frame_step)
+    pitch = (num_frames + gap) * frame_step  # Samples from one window's start to the next one's.
+    emphasised = np.zeros(count * pitch + frame_length, dtype=np.float32)  # Zero padded to whole frames.
+    starts = np.lib.stride_tricks.as_strided(emphasised, (count, length), (pitch * emphasised.itemsize, emphasised.itemsize))
+    starts[:, 0] = windows[:, 0]
+    np.subtract(windows[:, 1:], PRE_EMPHASIS * windows[:, :-1], out=starts[:, 1:])
+    used_frames = count * (num_frames + gap) - gap
+    frames = np.lib.stride_tricks.sliding_window_view(emphasised, frame_length)[::frame_step][:used_frames]
+    energies = np.empty((count * (num_frames + gap), NUM_FBANKS), dtype=np.float32)
+    # A chunk's spectra (0.5 MB) stay in the CPU cache until filtered, and each filter product (at most 256 x 162 x 8
+    # for 16 kHz) stays below OpenBLAS's size for a second thread: chunks of 512 frames sent the top bands' products to
+    # two threads, which on a busy machine spin for 10 to 20 times a product's CPU time (bench/README.md).
+    for start in range(0, used_frames, FFT_CHUNK_FRAMES):
+        chunk = slice(start, min(start + FFT_CHUNK_FRAMES, used_frames))
         squares = scipy.fft.rfft(frames[chunk], NFFT).view(np.float32)  # re, im of each bin side by side.
         np.square(squares, out=squares)
         for rows, filters, weights in mel_blocks(sample_rate):
             np.matmul(squares[:, rows], weights, out=energies[chunk, filters])
+    energies = energies.reshape(count, num_frames + gap, NUM_FBANKS)[:, :num_frames]
     energies[energies == 0] = np.finfo(np.float64).eps  # As the reference: no zero energies.
-    return energies
+    return energies[0] if samples.ndim == 1 else energies
 
 
 def normalize_frames(features: np.ndarray) -> np.ndarray:
-    """Per frame: subtract the mean, divide by max(std, 1e-12), in the features' dtype. Returns float32."""
-    centred = features - features.mean(axis=1, keepdims=True)
-    std = np.sqrt(np.mean(np.square(centred), axis=1, keepdims=True))  # np.std, without centring twice.
+    """Per frame (the last axis): subtract the mean, divide by max(std, 1e-12), in the features' dtype. Returns float32."""
+    centred = features - features.mean(axis=-1, keepdims=True)
+    std = np.sqrt(np.mean(np.square(centred), axis=-1, keepdims=True))  # np.std, without centring twice.
     centred /= np.maximum(std, NORMALISATION_STD_FLOOR)
     return centred.astype(np.float32, copy=False)
 
@@ -280,10 +302,11 @@ def mfcc_from_samples(samples: np.ndarray, sample_rate: int = SAMPLE_RATE, sourc
 
 
 def features_of_voiced(voiced: np.ndarray, sample_rate: int = SAMPLE_RATE, source: str | os.PathLike = "<audio>") -> np.ndarray:
-    """Filterbanks of audio already trimmed, each frame normalised: shape (frames, 64)."""
+    """Filterbanks of audio already trimmed, each frame normalised: shape (frames, 64), or (count, frames, 64) of
+    windows of one length (count, length), computed batch-wide (`filterbank_energies`)."""
     frame_length, _ = frame_length_and_step(sample_rate)
-    if len(voiced) < frame_length:
-        raise AudioError(source, f"too short: {len(voiced)} samples of speech after trimming, need at least {frame_length}")
+    if voiced.shape[-1] < frame_length:
+        raise AudioError(source, f"too short: {voiced.shape[-1]} samples of speech after trimming, need at least {frame_length}")
     return normalize_frames(filterbank_energies(voiced, sample_rate))
 
 

@@ -62,9 +62,17 @@ class Corpus:
         return {speaker: sorted(grouped[speaker], key=lambda u: natural_key(u.utterance)) for speaker in self.speakers}
 
 
+_DIGIT_RUNS = re.compile(r"(\d+)")
+
+
 def natural_key(text: str) -> list:
-    """Sort key that orders 'a2' before 'a10'."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+    """Sort key that orders 'a2' before 'a10': the text's runs of digits as numbers, between its other runs.
+
+    Splitting on a captured pattern puts the digit runs at the odd places, so only those are converted
+    (a run-start start training reads this for every utterance of the corpus)."""
+    parts = _DIGIT_RUNS.split(text)
+    parts[1::2] = map(int, parts[1::2])
+    return parts
 
 
 def utterance_from_path(path: Path, root: Path) -> Utterance | None:

@@ -112,6 +112,22 @@ def test_filterbank_energies_are_psf_fbank_to_float32_rounding(path):
     assert np.all(np.abs(energies - expected).max(axis=1) <= 1e-6 * expected.max(axis=1))  # Within 1e-6 of each frame's largest energy.
 
 
+def test_filterbanks_of_a_stack_of_windows_are_each_windows_own_and_psf_fbank_to_float32_rounding():
+    """Batch-wide (count, length) input, as the augmented reader computes a batch: each window's energies are those it
+    has alone and psf fbank's, within 1e-6 of each frame's largest energy; normalised, within 1e-5 of its own."""
+    samples = audio.read_audio(LIBRI_1255)
+    for length in (25_840, 25_839, 400, 1_000):
+        starts = np.random.default_rng(length).integers(0, len(samples) - length, 7)
+        windows = np.stack([samples[s : s + length] for s in starts])
+        energies = audio.filterbank_energies(windows)
+        alone = np.stack([audio.filterbank_energies(w) for w in windows])
+        expected = np.stack([fbank(w, samplerate=SAMPLE_RATE, nfilt=NUM_FBANKS)[0] for w in windows])
+        assert energies.dtype == np.float32 and energies.shape == expected.shape == (7, audio.frame_count(length), NUM_FBANKS)
+        for ours in (energies, alone):
+            assert np.all(np.abs(ours - expected).max(axis=2) <= 1e-6 * expected.max(axis=2))
+        np.testing.assert_allclose(audio.features_of_voiced(windows), np.stack([audio.features_of_voiced(w) for w in windows]), rtol=0, atol=1e-5)
+
+
 def test_pad_mfcc_appends_zero_frames_only_when_short():
     mfcc = np.ones((3, NUM_FBANKS), dtype=np.float32)
     padded = audio.pad_mfcc(mfcc, 5)

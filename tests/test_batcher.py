@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import json
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ from batcher import (
     sample_from_mfcc_file,
 )
 from corpus import CorpusError
-from constants import EMBEDDING_SIZE, NUM_FBANKS, NUM_FRAMES
+from constants import CACHE_DIR_NAME, EMBEDDING_SIZE, NUM_FBANKS, NUM_FRAMES
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 LIBRI_1255 = SAMPLES / "1255-90413-0001.flac"
@@ -34,6 +36,30 @@ def training_data(tmp_path_factory) -> TrainingData:
     working_dir = tmp_path_factory.mktemp("batcher_cache")
     feature_cache.build_feature_cache(SAMPLES / "LibriSpeech" / "train-clean-100", working_dir, workers=1, progress=False)
     return load_training_data(working_dir)
+
+
+def test_training_data_is_read_with_the_garbage_collector_paused_and_refuses_a_missing_entry_by_name(tmp_path):
+    """The index of a cache folder (empty entries: only their presence is read) splits 80/20 per speaker in natural
+    order; a listed entry that is gone is named; the collector is as it was afterwards, on or off."""
+    (tmp_path / CACHE_DIR_NAME).mkdir()
+    speakers = {f"id{s}": [f"v0-{u}" for u in range(1, 11)] for s in (2, 10, 1)}
+    for speaker, utterances in speakers.items():
+        for utterance in utterances:
+            (tmp_path / CACHE_DIR_NAME / f"{speaker}_{utterance}.npy").touch()
+    (tmp_path / "corpus.json").write_text(json.dumps({"audio_dirs": [], "genders": {}, "speakers": speakers}))
+    data = load_training_data(tmp_path)
+    assert data.speakers == ["id1", "id2", "id10"] and gc.isenabled()
+    assert [p.name for p in data.test["id2"]] == ["id2_v0-9.npy", "id2_v0-10.npy"]
+    gc.disable()
+    try:
+        load_training_data(tmp_path)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    (tmp_path / CACHE_DIR_NAME / "id10_v0-3.npy").unlink()
+    with pytest.raises(CorpusError, match="1 cache entries listed in corpus.json are missing .e.g. .*id10_v0-3.npy"):
+        load_training_data(tmp_path)
+    assert gc.isenabled()
 
 
 def test_long_utterance_gives_a_contiguous_window_of_160_frames():

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 
-from corpus import CorpusError, index_corpus, read_gender_labels
+from corpus import CorpusError, index_corpus, natural_key, read_gender_labels
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
@@ -215,3 +216,12 @@ def test_a_broken_kaldi_dir_is_refused_naming_the_file_and_the_problem(tmp_path,
     with pytest.raises(CorpusError, match=problem) as refused:
         index_corpus(kaldi_dir(tmp_path / "data", **tables))
     assert str(tmp_path / "data") in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_natural_key_is_the_written_out_formula_and_orders_numbers_by_value():
+    """Digit runs as numbers at the odd places of the split: the same key as converting every part that is digits."""
+    names = ["a10", "a2", "a02", "id10001_v00-00005.npy", "19-198-0001", "", "7", "x", "v1.2.10", "٣٤b", "a1-2", "a1", "b²"]
+    for name in names:
+        written_out = [int(part) if part.isdecimal() else part for part in re.split(r"(\d+)", name)]
+        assert natural_key(name) == written_out
+    assert sorted(["a10", "a9", "a1", "b"], key=natural_key) == ["a1", "a9", "a10", "b"]
