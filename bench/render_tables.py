@@ -313,7 +313,7 @@ def training_rows(results: dict[str, dict]) -> list[list[str]]:
 def performance_table(results: dict[str, dict]) -> str:
     rows = features_rows(results) + inference_rows(results) + training_rows(results)
     lines = markdown_table(["stage", "straightforward path", "this project", "ratio", "command"], "lrrrl", rows)
-    used = {name: record for name, record in results.items() if not name.startswith("cache_scale")}  # Its own table in bench/README.md.
+    used = {name: record for name, record in results.items() if not name.startswith("cache_scale") and name != "recipe_learns"}  # Own tables in bench/README.md.
     return "\n".join(lines + ["", provenance(used) if used else "Measured: no results file given."])
 
 
