@@ -4,13 +4,12 @@ the README's table say the same."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import run_cli_in_process
 from model_card import duration_figures, render_model_card
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,10 +22,6 @@ PHILIPPE = SAMPLES / "PhilippeRemy"
 @pytest.fixture(scope="module")
 def card() -> dict:
     return json.loads((PRETRAINED / "model_card.json").read_text())
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "cli.py", *args], cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
 def test_the_shipped_model_fits_in_10_mb_and_is_an_embedding_checkpoint(card):
@@ -115,19 +110,19 @@ def test_verify_without_a_checkpoint_uses_the_shipped_model_and_its_calibration(
     from inference import pretrained_checkpoint
 
     assert read_calibration(pretrained_checkpoint()) is not None
-    same = run_cli("verify", str(PHILIPPE / "PhilippeRemy_001.wav"), str(PHILIPPE / "PhilippeRemy_002.wav"))
-    assert same.returncode == 0, same.stderr
+    same = run_cli_in_process("verify", str(PHILIPPE / "PhilippeRemy_001.wav"), str(PHILIPPE / "PhilippeRemy_002.wav"))
+    assert same.exit_code == 0, same.stderr
     assert "LLR = " in same.stdout and "-> same speaker (Bayes threshold 0.000 on the LLR: prior 0.5," in same.stdout
-    different = run_cli("verify", str(PHILIPPE / "PhilippeRemy_001.wav"), str(SAMPLES / "1255-90413-0001.flac"))
-    assert different.returncode == 0, different.stderr
+    different = run_cli_in_process("verify", str(PHILIPPE / "PhilippeRemy_001.wav"), str(SAMPLES / "1255-90413-0001.flac"))
+    assert different.exit_code == 0, different.stderr
     assert "-> different speakers" in different.stdout
 
 
 def test_embed_and_test_model_without_a_checkpoint_use_the_shipped_model(tmp_path):
-    result = run_cli("embed", str(PHILIPPE), "--output", str(tmp_path / "e.npz"))
-    assert result.returncode == 0, result.stderr
+    result = run_cli_in_process("embed", str(PHILIPPE), "--output", str(tmp_path / "e.npz"))
+    assert result.exit_code == 0, result.stderr
     with np.load(tmp_path / "e.npz") as data:
         assert str(data["checkpoint"]).endswith("pretrained/model.h5") and data["embeddings"].shape == (4, 512)
-    scored = run_cli("test-model", "--eval_audio_dir", str(SAMPLES / "LibriSpeech" / "test-other"), "--output", str(tmp_path / "t.json"))
-    assert scored.returncode == 0, scored.stderr
+    scored = run_cli_in_process("test-model", "--eval_audio_dir", str(SAMPLES / "LibriSpeech" / "test-other"), "--output", str(tmp_path / "t.json"))
+    assert scored.exit_code == 0, scored.stderr
     assert json.loads((tmp_path / "t.json").read_text())["checkpoint"].endswith("pretrained/model.h5")
