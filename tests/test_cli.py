@@ -25,9 +25,9 @@ def test_help_lists_the_verbs():
     assert "build-mfcc-cache" in result.stdout and "version" in result.stdout
 
 
-def test_version_names_keras_backend():
-    result = run_cli("version")
-    assert result.returncode == 0
+def test_version_names_keras_backend(invoke_cli):
+    result = invoke_cli("version")
+    assert result.exit_code == 0
     assert result.stdout.startswith("hive-mtl ") and "backend" in result.stdout
 
 
