@@ -365,6 +365,8 @@ def test_the_windows_and_reverb_recipe_adds_variable_windows_reverberation_or_bo
     shipped = json.loads((REPO / "recipes" / "pretrained_small.json").read_text())
     assert config.train == {k: v for k, v in shipped.items() if k in config.train}
     assert [d.name for d in config.held_out_audio_dirs] == ["test-other", "dev-other", "VCTK", "FSDD"]
+    # What is kept is chosen on training-corpus speakers held out of training (their own column and crops), not on the test corpora.
+    assert "eer_commonvoice_fa_1s" in csv_columns(config) and len(config.held_out_training_speakers) == 6
     assert len(config.seeds) >= 3  # Differences come with their spread over seeds.
     phases = {name: training_phases(config, name, 0) for name in config.configurations}
     assert all(len(p) == 1 for p in phases.values())  # One softmax phase each: the same number of training windows.
