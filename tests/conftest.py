@@ -151,17 +151,11 @@ def invoke_cli():
 
 @pytest.fixture(scope="session")
 def trained_mtl(tmp_path_factory) -> Path:
-    """A working dir holding a Hive-MTL run of the small model, trained with `cli.py train` on the
+    """A working dir holding a Hive-MTL run of the small model, trained with `cli.py train` (in this process) on the
     bundled LibriSpeech samples with the test-other speakers 1688 and 1998 held out."""
-    import subprocess
-    import sys
-
     working_dir = tmp_path_factory.mktemp("trained_mtl")
-    result = subprocess.run(
-        [sys.executable, "cli.py", "train", "--audio_dir", "samples/LibriSpeech", "--working_dir", str(working_dir), "--mode", "mtl",
-         "--model_size", "small", "--epochs", "1", "--steps_per_epoch", "2", "--batch_size", "12", "--validation_steps", "1",
-         "--held_out_speakers", "1688,1998"],
-        cwd=SAMPLES_DIR.parent, capture_output=True, text=True, timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_cli_in_process(
+        "train", "--audio_dir", "samples/LibriSpeech", "--working_dir", working_dir, "--mode", "mtl", "--model_size", "small", "--epochs", "1",
+        "--steps_per_epoch", "2", "--batch_size", "12", "--validation_steps", "1", "--held_out_speakers", "1688,1998")
+    assert result.exit_code == 0, result.output[-3000:]
     return working_dir
