@@ -360,19 +360,8 @@ def test_a_run_directory_of_another_configuration_is_not_overwritten(samples_cac
         train(working_dir, TrainConfig(mode="softmax", **{**TINY, "batch_size": 6}))
 
 
-def test_mirrored_strategy_trains_on_two_replicas_on_the_tensorflow_backend(samples_cache, tmp_path):
-    """`cli.py train --distribution mirrored` with the CPU split into two logical devices (tests/cli_on_two_cpus.py:
-    devices must be set up before TensorFlow starts, so in a process of its own)."""
-    working_dir = fresh_copy(samples_cache, tmp_path)
-    result = subprocess.run(
-        [sys.executable, "tests/cli_on_two_cpus.py", "train", "--working_dir", str(working_dir), "--mode", "softmax", "--model_size", "small",
-         "--epochs", "1", "--steps_per_epoch", "1", "--batch_size", "12", "--validation_steps", "0", "--input_workers", "1", "--distribution", "mirrored"],
-        cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "MirroredStrategy over 2 replicas" in result.stderr
-    run = working_dir / "checkpoints-softmax"
-    assert len(metrics_rows(run)) == 1 and json.loads((run / "state.json").read_text())["finished"]
+# `cli.py train --distribution mirrored` on two logical CPUs: tests/test_cluster.py runs it (tests/cli_on_two_cpus.py),
+# stopped and resumed, and checks it trains what two workers train.
 
 
 def test_training_runs_on_the_jax_backend_with_data_parallel(samples_cache, tmp_path):
