@@ -270,18 +270,15 @@ gradients = {}
 for dtype, inputs in json.loads(sys.argv[1]).items():
     x = jnp.array(inputs, dtype=dtype)
     gradients[dtype] = jax.grad(lambda v: ClippedReLU()(v).astype("float32").sum())(x).astype("float32").tolist()
-print(json.dumps(gradients))
+with open(sys.argv[2], "w") as handle:
+    json.dump(gradients, handle)
 """
 
 
-def test_clipped_relu_gradient_at_the_kinks_is_the_same_on_jax(jax_subprocess_env):
+def test_clipped_relu_gradient_at_the_kinks_is_the_same_on_jax(on_jax):
     import json
 
-    inputs = {dtype: values for dtype, (values, _) in CLIPPED_RELU_BOUNDARIES.items()}
-    result = subprocess.run([sys.executable, "-c", JAX_CLIPPED_RELU_GRADIENT, json.dumps(inputs)], cwd=REPO_ROOT, env=jax_subprocess_env,
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == {dtype: expected for dtype, (_, expected) in CLIPPED_RELU_BOUNDARIES.items()}
+    assert json.loads(on_jax.output("clipped_relu.json").read_text()) == {dtype: expected for dtype, (_, expected) in CLIPPED_RELU_BOUNDARIES.items()}
 
 
 def test_l2_normalize_matches_keras2_epsilon_semantics():
@@ -646,10 +643,8 @@ np.save(sys.argv[3], keras.ops.convert_to_numpy(model.m.predict(np.load(sys.argv
 """
 
 
-def test_jax_backend_reproduces_the_reference_embeddings(reference, jax_subprocess_env, tmp_path):
-    output = tmp_path / "jax_embeddings.npy"
-    run_python(["-c", JAX_EMBED, str(reference.model), str(reference.features), str(output)], jax_subprocess_env)
-    assert np.abs(np.load(output) - reference.embeddings).max() < TOLERANCE
+def test_jax_backend_reproduces_the_reference_embeddings(reference, on_jax):
+    assert np.abs(np.load(on_jax.output("reference.npy")) - reference.embeddings).max() < TOLERANCE
 
 
 JAX_RELOAD_KERAS_FILE = """
@@ -663,14 +658,8 @@ np.save(sys.argv[3], keras.ops.convert_to_numpy(model.predict(np.load(sys.argv[2
 """
 
 
-def test_a_keras_file_saved_on_tensorflow_reloads_on_jax_without_custom_objects(real_features, jax_subprocess_env, tmp_path):
-    model = DeepSpeakerModel(model_size="small").m
-    set_random_weights(model, seed=4)
-    model.save(tmp_path / "rescnn.keras")
-    np.save(tmp_path / "features.npy", real_features)
-    output = tmp_path / "jax_embeddings.npy"
-    run_python(["-c", JAX_RELOAD_KERAS_FILE, str(tmp_path / "rescnn.keras"), str(tmp_path / "features.npy"), str(output)], jax_subprocess_env)
-    assert np.abs(np.load(output) - embed(model, real_features)).max() < TOLERANCE
+def test_a_keras_file_saved_on_tensorflow_reloads_on_jax_without_custom_objects(on_jax):
+    assert np.abs(np.load(on_jax.output("reloaded.npy")) - on_jax.reloaded_expected).max() < TOLERANCE
 
 
 # ---------------------------------------------------------------------------------------------- raw PCM input
@@ -855,10 +844,8 @@ np.save(sys.argv[3], keras.ops.convert_to_numpy(model.m.predict(np.load(sys.argv
 """
 
 
-def test_jax_backend_gives_the_reference_pcm_models_embeddings(pcm_reference, jax_subprocess_env, tmp_path):
-    output = tmp_path / "jax_embeddings.npy"
-    run_python(["-c", JAX_PCM_EMBED, str(pcm_reference.checkpoint), str(pcm_reference.pcm), str(output)], jax_subprocess_env)
-    assert np.abs(np.load(output) - pcm_reference.embeddings).max() < TOLERANCE
+def test_jax_backend_gives_the_reference_pcm_models_embeddings(pcm_reference, on_jax):
+    assert np.abs(np.load(on_jax.output("pcm.npy")) - pcm_reference.embeddings).max() < TOLERANCE
 
 
 JAX_GRADIENT_REVERSAL = """
@@ -877,10 +864,8 @@ np.save(sys.argv[1], np.stack([np.asarray(layer(x)), np.asarray(gradient)]))
 """
 
 
-def test_gradient_reversal_on_jax_negates_the_scaled_gradient(jax_subprocess_env, tmp_path):
-    output = tmp_path / "reversal.npy"
-    run_python(["-c", JAX_GRADIENT_REVERSAL, str(output)], jax_subprocess_env)
-    values, gradient = np.load(output)
+def test_gradient_reversal_on_jax_negates_the_scaled_gradient(on_jax):
+    values, gradient = np.load(on_jax.output("reversal.npy"))
     np.testing.assert_array_equal(values, [[-2.0, 0.0, 0.5, 3.0]])
     np.testing.assert_array_equal(gradient, [[-0.5, 1.0, -2.0, -0.125]])
 
@@ -914,3 +899,49 @@ def test_a_mixed_precision_model_gives_the_float32_models_embeddings(policy, rea
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     cosines = np.sum(got * expected, axis=1)
     assert cosines.min() > (0.999 if policy == "mixed_float16" else 0.99)
+
+
+# ---------------------------------------------------------------------------------------------- the JAX backend, in one child
+
+# Each job as `python -c SNIPPET ARGS...` runs it, one after another in one process (the backend is chosen when
+# Keras is imported, so JAX needs a process of its own; one for all spares importing JAX and Keras five times).
+# A job that fails is reported on stderr and the next one runs, so each test fails on its own.
+JAX_JOBS = """
+import json
+import sys
+import traceback
+for name, snippet, argv in json.loads(sys.argv[1]):
+    sys.argv = ["-c", *argv]
+    try:
+        exec(compile(snippet, name, "exec"), {"__name__": "__main__"})
+    except Exception:
+        print(f"job {name} failed:", traceback.format_exc(), file=sys.stderr)
+"""
+
+
+@pytest.fixture(scope="module")
+def on_jax(reference, pcm_reference, real_features, jax_subprocess_env, tmp_path_factory) -> SimpleNamespace:
+    """The module's checks on the JAX backend, run in one child: `output(name)` is the file a job wrote (a missing
+    one fails the test with the child's stderr); `reloaded_expected` the TensorFlow embeddings of the saved .keras model."""
+    import json
+
+    out = tmp_path_factory.mktemp("on_jax")
+    model = DeepSpeakerModel(model_size="small").m
+    set_random_weights(model, seed=4)
+    model.save(out / "rescnn.keras")
+    np.save(out / "features.npy", real_features)
+    gradient_inputs = {dtype: values for dtype, (values, _) in CLIPPED_RELU_BOUNDARIES.items()}
+    jobs = [
+        ("clipped_relu", JAX_CLIPPED_RELU_GRADIENT, [json.dumps(gradient_inputs), str(out / "clipped_relu.json")]),
+        ("reference", JAX_EMBED, [str(reference.model), str(reference.features), str(out / "reference.npy")]),
+        ("reload", JAX_RELOAD_KERAS_FILE, [str(out / "rescnn.keras"), str(out / "features.npy"), str(out / "reloaded.npy")]),
+        ("pcm", JAX_PCM_EMBED, [str(pcm_reference.checkpoint), str(pcm_reference.pcm), str(out / "pcm.npy")]),
+        ("reversal", JAX_GRADIENT_REVERSAL, [str(out / "reversal.npy")]),
+    ]
+    result = subprocess.run([sys.executable, "-c", JAX_JOBS, json.dumps(jobs)], cwd=REPO_ROOT, env=jax_subprocess_env, capture_output=True, text=True)
+
+    def output(name: str) -> Path:
+        assert result.returncode == 0 and (out / name).is_file(), f"the JAX job writing {name} failed:\n{result.stderr[-4000:]}"
+        return out / name
+
+    return SimpleNamespace(output=output, reloaded_expected=embed(model, real_features))
