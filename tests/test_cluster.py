@@ -128,7 +128,9 @@ def cluster(tmp_path_factory) -> dict:
     result: dict = {}
     with processes() as start:
         one_worker = ["tests/cli_on_two_cpus.py", "train", "--working_dir", str(one_worker_dir), "--distribution", "mirrored", *TRAIN_OPTIONS]
-        first_half = start([*one_worker, "--epochs", "1"], logs / "one-worker-1.log")
+        # One process at a time beside the cluster's two: more would only share the same two cores.
+        result["one_worker_first_half"] = finish(start([*one_worker, "--epochs", "1"], logs / "one-worker-1.log"), logs / "one-worker-1.log")
+        result["one_worker_second_half"] = finish(start([*one_worker, "--epochs", "2"], logs / "one-worker-2.log"), logs / "one-worker-2.log")
         chief, worker = start_cluster(start, cluster_dir, logs, "killed")
         wait_for_epoch(cluster_dir / RUN_DIR / "state.json", 1, chief)
         os.kill(worker.pid, signal.SIGKILL)
@@ -138,11 +140,8 @@ def cluster(tmp_path_factory) -> dict:
         result["killed_worker"] = finish(worker, logs / "killed-worker1.log")
         result["after_kill"] = listing(cluster_dir / RUN_DIR)
         chief, worker = start_cluster(start, cluster_dir, logs, "resumed")
-        result["one_worker_first_half"] = finish(first_half, logs / "one-worker-1.log")
-        second_half = start([*one_worker, "--epochs", "2"], logs / "one-worker-2.log")
         result["resumed_chief"] = finish(chief, logs / "resumed-worker0.log")
         result["resumed_worker"] = finish(worker, logs / "resumed-worker1.log")
-        result["one_worker_second_half"] = finish(second_half, logs / "one-worker-2.log")
     result.update(cluster_dir=cluster_dir / RUN_DIR, one_worker_dir=one_worker_dir / RUN_DIR, logs=logs, final=listing(cluster_dir / RUN_DIR))
     return result
 
