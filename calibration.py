@@ -166,8 +166,8 @@ def decide(score: float, seconds: tuple[float, float], calibration: Calibration 
 def speakers_to_calibrate_on(checkpoint_file: str | os.PathLike, working_dir: str | os.PathLike | None,
                              audio_dirs: Sequence[str | os.PathLike], only: Sequence[str] | None) -> dict[str, list[Path]]:
     """The speakers a calibration is fitted on: those of `audio_dirs` where given, else the run's calibration
-    speakers (its speakers.json) in the cache of `working_dir`; `only` keeps those named. A training speaker of
-    the run is refused: its scores are not those of the unseen speakers the calibration will serve."""
+    speakers (its speakers.json) in the cache of `working_dir`, every one of them; `only` keeps those named. A training
+    speaker of the run is refused: its scores are not those of the unseen speakers the calibration will serve."""
     from corpus import index_corpus
     from feature_cache import cached_entries
 
@@ -180,7 +180,11 @@ def speakers_to_calibrate_on(checkpoint_file: str | os.PathLike, working_dir: st
                 speakers.setdefault(speaker, []).extend(u.path for u in utterances)
     elif working_dir is not None and run.get("calibration_speakers"):
         entries = cached_entries(working_dir)[0]
-        speakers = {s: entries[s] for s in run["calibration_speakers"] if s in entries}
+        missing = [s for s in run["calibration_speakers"] if s not in entries]
+        if missing:
+            raise CalibrationError(f"{working_dir}: the feature cache lacks the calibration speakers {', '.join(missing)} of {run_file}; "
+                                   "pass the --working_dir the run trained from")
+        speakers = {s: entries[s] for s in run["calibration_speakers"]}
     else:
         raise CalibrationError(f"{run_file}: the run set no speakers aside for calibration (train with --calibration_speakers), "
                                "so pass --working_dir of such a run or --audio_dir of speakers no figure uses")

@@ -183,23 +183,18 @@ def calibration_split(checkpoint_file: Path, working_dir: Path, calibration_audi
 
     run_file = checkpoint_file.parent / "speakers.json"
     run = json.loads(run_file.read_text()) if run_file.is_file() else {}
+    if not calibration_audio_dirs and not run.get("calibration_speakers"):
+        raise ValueError(f"{run_file}: the run set no speakers aside for calibration, and shipping chooses nothing on the corpora it "
+                         "scores: train with --calibration_speakers, or pass --calibration_audio_dir with speakers neither trained on nor tested")
+    speakers = speakers_to_calibrate_on(checkpoint_file, working_dir, calibration_audio_dirs, None)
     if calibration_audio_dirs:
-        speakers = speakers_to_calibrate_on(checkpoint_file, None, calibration_audio_dirs, None)
         corpora = sorted(set(corpus_names(calibration_audio_dirs)))
         description = (f"{len(speakers)} speakers of {', '.join(corpora)} (ship-model --calibration_audio_dir), "
                        "neither trained on nor scored by any figure of this card")
-    elif run.get("calibration_speakers"):
-        speakers = speakers_to_calibrate_on(checkpoint_file, working_dir, (), None)
-        missing = sorted(set(run["calibration_speakers"]) - set(speakers))
-        if missing:
-            raise ValueError(f"{working_dir}: the feature cache lacks the calibration speakers {', '.join(missing)} of {run_file}; "
-                             "pass the --working_dir the run trained from")
+    else:
         corpora = sorted(set(held_out_homes(working_dir, list(speakers)).values())) or ["the training corpora"]
         description = (f"{len(speakers)} speakers of {', '.join(corpora)} the run set aside for calibration (train --calibration_speakers): "
                        "never trained on, in no figure")
-    else:
-        raise ValueError(f"{run_file}: the run set no speakers aside for calibration, and shipping chooses nothing on the corpora it "
-                         "scores: train with --calibration_speakers, or pass --calibration_audio_dir with speakers neither trained on nor tested")
     tested = sorted(set(speakers) & {s for d in eval_audio_dirs for s in index_corpus(d).utterances_by_speaker()})
     if tested:
         raise ValueError(f"calibration speakers {', '.join(tested[:10])} are also in an --eval_audio_dir: a calibration is never fitted on "

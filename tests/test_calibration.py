@@ -76,6 +76,18 @@ def test_speakers_the_model_trained_on_are_refused_for_calibration(tmp_path, emo
         speakers_to_calibrate_on(tmp_path / "best.h5", None, [], None)
 
 
+def test_a_run_whose_calibration_speakers_the_cache_lacks_is_refused_naming_them(tmp_path):
+    from feature_cache import build_feature_cache
+
+    build_feature_cache(Path(__file__).resolve().parents[1] / "samples" / "LibriSpeech" / "test-other", tmp_path, workers=1, progress=False)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "speakers.json").write_text(json.dumps({"speakers": ["19"], "held_out_speakers": [], "calibration_speakers": ["1688", "77"]}))
+    with pytest.raises(CalibrationError, match="the feature cache lacks the calibration speakers 77 of"):
+        speakers_to_calibrate_on(tmp_path / "run" / "best.h5", tmp_path, [], None)
+    (tmp_path / "run" / "speakers.json").write_text(json.dumps({"speakers": ["19"], "held_out_speakers": [], "calibration_speakers": ["1688"]}))
+    assert list(speakers_to_calibrate_on(tmp_path / "run" / "best.h5", tmp_path, [], None)) == ["1688"]
+
+
 def test_calibrate_model_fits_on_real_audio_and_verify_prints_the_llr_and_decides_at_the_bayes_threshold(tmp_path, emodb_sample, invoke_cli):
     for name in ("model.h5", "config.json"):
         shutil.copy(REPO / "pretrained" / name, tmp_path / name)
