@@ -62,6 +62,11 @@ def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "cli.py", *args], cwd=REPO, capture_output=True, text=True, timeout=900, **kwargs)
 
 
+def failure(result) -> str:
+    """What an in-process `cli.py` command (click's Result) printed, and the exception that stopped it."""
+    return f"{result.output[-3000:]}\n{result.exception!r}"
+
+
 def conv_kernel(checkpoint: Path, layer: str) -> np.ndarray:
     with h5py.File(checkpoint, "r") as f:
         group = f["model_weights"][layer]
@@ -260,10 +265,10 @@ def test_mtl_on_own_data_without_gender_labels_trains_the_speaker_head_only(tmp_
     assert "speaker_pred_accuracy" in columns and not any(c.startswith("gender") for c in columns)
 
 
-def test_one_shot_train_builds_the_cache_and_runs_the_reference_recipe_with_hard_negatives_in_its_triplet_phase(tmp_path):
-    result = run_cli("train", "--audio_dir", "samples", "--working_dir", str(tmp_path), "--model_size", "small",
-                     "--epochs", "1", "--steps_per_epoch", "1", "--batch_size", "12", "--validation_steps", "1", "--hard_negative")
-    assert result.returncode == 0, result.stderr
+def test_one_shot_train_builds_the_cache_and_runs_the_reference_recipe_with_hard_negatives_in_its_triplet_phase(tmp_path, invoke_cli):
+    result = invoke_cli("train", "--audio_dir", "samples", "--working_dir", tmp_path, "--model_size", "small",
+                        "--epochs", "1", "--steps_per_epoch", "1", "--batch_size", "12", "--validation_steps", "1", "--hard_negative")
+    assert result.exit_code == 0, failure(result)
     assert "49 written" in result.stdout  # 37 FLAC and WAV files, 12 MP3.
     for name in ("checkpoints-softmax", "checkpoints-triplets"):
         assert RUN_FILES <= {p.name for p in (tmp_path / name).iterdir()}
@@ -446,19 +451,15 @@ def test_best_checkpoint_follows_the_loss_when_the_monitored_metric_is_missing(t
     assert isinstance(model, keras.Model)
 
 
-def test_recipe_run_on_mp3_and_flac_with_aam_augmentation_and_snapshots(tmp_path):
+def test_recipe_run_on_mp3_and_flac_with_aam_augmentation_and_snapshots(tmp_path, invoke_cli):
     """The shipped model's recipe end to end on the bundled samples: MP3 with a speaker table and FLAC."""
     recipe = json.loads((REPO / "recipes" / "pretrained_small.json").read_text())
     recipe.update({"epochs": 2, "steps_per_epoch": 2, "batch_size": 12, "validation_steps": 1, "snapshot_every": 1, "audio_dirs": []})
     recipe_file = tmp_path / "recipe.json"
     recipe_file.write_text(json.dumps(recipe))
     working_dir = tmp_path / "work"
-    result = subprocess.run(
-        [sys.executable, "cli.py", "train", "--working_dir", str(working_dir), "--recipe", str(recipe_file),
-         "--audio_dir", "samples/LibriSpeech", "--audio_dir", "samples/CommonVoice-fa"],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = invoke_cli("train", "--working_dir", working_dir, "--recipe", recipe_file, "--audio_dir", "samples/LibriSpeech", "--audio_dir", "samples/CommonVoice-fa")
+    assert result.exit_code == 0, failure(result)
     run = working_dir / "checkpoints-softmax"
     assert RUN_FILES <= {p.name for p in run.iterdir()}
     assert sorted(p.name for p in (run / "snapshots").glob("*.h5")) == ["epoch_0001.h5", "epoch_0002.h5"]
@@ -480,7 +481,7 @@ def test_recipe_run_on_mp3_and_flac_with_aam_augmentation_and_snapshots(tmp_path
     assert load_weights_by_name(embedding, run / "best.h5") == []
 
 
-def test_mtl_with_the_shipped_recipe_trains_declared_tasks_on_augmented_triplets_and_validates_apart_from_test(tmp_path):
+def test_mtl_with_the_shipped_recipe_trains_declared_tasks_on_augmented_triplets_and_validates_apart_from_test(tmp_path, invoke_cli):
     """Hive-MTL with the AAM speaker head on `ln`, augmentation, a language task from folder labels,
     the triplet term, and a validation split taken from the training utterances."""
     recipe = json.loads((REPO / "recipes" / "pretrained_small.json").read_text())
@@ -491,12 +492,9 @@ def test_mtl_with_the_shipped_recipe_trains_declared_tasks_on_augmented_triplets
     recipe_file.write_text(json.dumps(recipe))
     tasks = {"language": {"labels": {"LibriSpeech": "en", "CommonVoice-fa": "fa"}, "loss": "binary", "weight": 0.5}}
     working_dir = tmp_path / "work"
-    result = subprocess.run(
-        [sys.executable, "cli.py", "train", "--working_dir", str(working_dir), "--recipe", str(recipe_file), "--tasks", json.dumps(tasks),
-         "--audio_dir", "samples/LibriSpeech", "--audio_dir", "samples/CommonVoice-fa"],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = invoke_cli("train", "--working_dir", working_dir, "--recipe", recipe_file, "--tasks", json.dumps(tasks),
+                        "--audio_dir", "samples/LibriSpeech", "--audio_dir", "samples/CommonVoice-fa")
+    assert result.exit_code == 0, failure(result)
     run = working_dir / "checkpoints-mtl"
     (row,) = metrics_rows(run)
     for column in ("speaker_pred_accuracy", "gender_pred_binary_accuracy", "language_pred_binary_accuracy", "ln_loss", "val_language_pred_loss"):
