@@ -7,6 +7,7 @@ checks the files the run must leave behind. One test kills a run mid-way and res
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -76,10 +78,25 @@ def conv_kernel(checkpoint: Path, layer: str) -> np.ndarray:
         return group[kernel][()]
 
 
-def test_softmax_run_writes_every_run_file_and_a_checkpoint_that_loads_by_name(samples_cache, tmp_path):
-    working_dir = fresh_copy(samples_cache, tmp_path)
-    run = train(working_dir, TrainConfig(mode="softmax", held_out_speakers=["1688"], **TINY))
-    assert run == working_dir / "checkpoints-softmax"
+SOFTMAX_RUN = TrainConfig(mode="softmax", held_out_speakers=["1688"], **TINY)
+
+
+@pytest.fixture(scope="module")
+def softmax_run(samples_cache, tmp_path_factory) -> SimpleNamespace:
+    """One softmax run of SOFTMAX_RUN on a copy of the samples cache, for the tests that read it (a test that trains
+    on it again works on a copy), and how many times `keras.Model.train_step` was traced while it trained."""
+    working_dir = fresh_copy(samples_cache, tmp_path_factory.mktemp("softmax_run"))
+    traced = []
+    train_step = keras.Model.train_step
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(keras.Model, "train_step", lambda self, data: traced.append(data) or train_step(self, data))
+        run = train(working_dir, SOFTMAX_RUN)
+    return SimpleNamespace(working_dir=working_dir, run=run, traces=len(traced))
+
+
+def test_softmax_run_writes_every_run_file_and_a_checkpoint_that_loads_by_name(softmax_run):
+    run = softmax_run.run
+    assert run == softmax_run.working_dir / "checkpoints-softmax"
     assert RUN_FILES <= {p.name for p in run.iterdir()}
     assert [row["epoch"] for row in metrics_rows(run)] == ["0", "1"]
     assert {"accuracy", "loss", "val_accuracy", "val_loss"} <= set(metrics_rows(run)[0])
@@ -100,14 +117,11 @@ def test_softmax_run_writes_every_run_file_and_a_checkpoint_that_loads_by_name(s
     np.testing.assert_array_equal(embedder.m.get_layer("conv16-s").get_weights()[0], conv_kernel(run / "best.h5", "conv16-s"))
 
 
-def test_a_run_traces_its_training_step_once(samples_cache, tmp_path, monkeypatch):
+def test_a_run_traces_its_training_step_once(softmax_run):
     """Keras on TensorFlow, without a strategy, creates the optimizer's slots and the metrics inside the first
-    trace, and TensorFlow then traces the step again; `build_training_state` creates them before `fit`."""
-    traced = []
-    train_step = keras.Model.train_step
-    monkeypatch.setattr(keras.Model, "train_step", lambda self, data: traced.append(data) or train_step(self, data))
-    train(fresh_copy(samples_cache, tmp_path), TrainConfig(mode="softmax", held_out_speakers=["1688"], **{**TINY, "epochs": 1}))
-    assert len(traced) == 1
+    trace, and TensorFlow then traces the step again; `build_training_state` creates them before `fit`. Once in
+    all: the shared run trains two epochs."""
+    assert softmax_run.traces == 1
 
 
 def test_reference_recipe_starts_triplet_training_from_the_softmax_checkpoint(samples_cache, tmp_path):
@@ -358,11 +372,12 @@ def test_triplets_from_speakers_with_one_utterance_each_are_refused(tmp_path):
         train(tmp_path / "work", TrainConfig(mode="triplet", **TINY))
 
 
-def test_a_run_directory_of_another_configuration_is_not_overwritten(samples_cache, tmp_path):
-    working_dir = fresh_copy(samples_cache, tmp_path)
-    train(working_dir, TrainConfig(mode="softmax", **{**TINY, "epochs": 1}))
-    with pytest.raises(TrainingError, match="another configuration .*batch_size"):
-        train(working_dir, TrainConfig(mode="softmax", **{**TINY, "batch_size": 6}))
+def test_a_run_directory_of_another_configuration_is_not_overwritten(softmax_run, tmp_path):
+    working_dir = Path(shutil.copytree(softmax_run.working_dir, tmp_path / "work"))
+    run_files = {path.name: path.read_bytes() for path in (working_dir / "checkpoints-softmax").iterdir() if path.is_file()}
+    with pytest.raises(TrainingError, match=r"another configuration \(batch_size differ\)"):
+        train(working_dir, dataclasses.replace(SOFTMAX_RUN, batch_size=6))
+    assert {path.name: path.read_bytes() for path in (working_dir / "checkpoints-softmax").iterdir() if path.is_file()} == run_files
 
 
 # `cli.py train --distribution mirrored` on two logical CPUs: tests/test_cluster.py runs it (tests/cli_on_two_cpus.py),
