@@ -126,7 +126,7 @@ def test_a_run_traces_its_training_step_once(softmax_run):
 
 def test_reference_recipe_starts_triplet_training_from_the_softmax_checkpoint(samples_cache, tmp_path):
     working_dir = fresh_copy(samples_cache, tmp_path)
-    runs = train_reference_recipe(working_dir, TrainConfig(learning_rate=1e-12, **TINY))
+    runs = train_reference_recipe(working_dir, TrainConfig(learning_rate=1e-12, **{**TINY, "epochs": 1}))  # One epoch of each phase.
     assert [r.name for r in runs] == ["checkpoints-softmax", "checkpoints-triplets"]
     softmax_best, triplet_best = runs[0] / "best.h5", runs[1] / "best.h5"
     # SGD at 1e-12 cannot move a kernel: equal kernels prove the triplet run started from the softmax weights.
