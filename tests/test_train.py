@@ -137,7 +137,7 @@ def test_reference_recipe_starts_triplet_training_from_the_softmax_checkpoint(sa
 def test_mtl_run_trains_speaker_and_gender_heads_and_the_triplet_term_on_shared_librispeech(tmp_path):
     working_dir = tmp_path / "work"
     feature_cache.build_feature_cache(SHARED_DATA / "LibriSpeech" / "test-other", working_dir, workers=2, progress=False)
-    run = train(working_dir, TrainConfig(mode="mtl", triplet_loss_weight=0.5, gender_loss_weight=0.3, held_out_speakers=["367", "533"], **TINY))
+    run = train(working_dir, TrainConfig(mode="mtl", triplet_loss_weight=0.5, gender_loss_weight=0.3, held_out_speakers=["367", "533"], **{**TINY, "epochs": 1}))
     assert RUN_FILES <= {p.name for p in run.iterdir()}
     row = metrics_rows(run)[-1]
     for column in ("speaker_pred_accuracy", "gender_pred_binary_accuracy", "ln_loss", "val_speaker_pred_accuracy"):
@@ -273,7 +273,7 @@ def test_mtl_on_own_data_without_gender_labels_trains_the_speaker_head_only(tmp_
     working_dir = tmp_path / "work"
     feature_cache.build_feature_cache(corpus, working_dir, workers=2, progress=False)
     with caplog.at_level(logging.WARNING):
-        run = train(working_dir, TrainConfig(mode="mtl", **TINY))
+        run = train(working_dir, TrainConfig(mode="mtl", **{**TINY, "epochs": 1}))
     assert "no training speaker has a gender label: Hive-MTL trains without the gender head" in caplog.text
     columns = set(metrics_rows(run)[0])
     assert "speaker_pred_accuracy" in columns and not any(c.startswith("gender") for c in columns)
