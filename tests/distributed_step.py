@@ -39,7 +39,7 @@ from batcher import FixedBatches, TrainingData, load_training_data  # noqa: E402
 from distribution import distribution_scope, loss_replicas  # noqa: E402
 from train_config import TrainConfig  # noqa: E402
 from training_batches import make_batches  # noqa: E402
-from training_models import build_model  # noqa: E402
+from training_models import build_model, build_training_state  # noqa: E402
 
 # Triplet mode's SGD gradient is read as the weights' change over the learning rate: at 1.0 (one step,
 # so the rate changes nothing else) float32 round-off of that change is not divided by the default 0.01.
@@ -114,7 +114,9 @@ def step(model: keras.Model, batches) -> dict:
 
 
 def steps_from(model: keras.Model, weights: list[np.ndarray], parts: list) -> list[dict]:
-    """One step on each of `parts`, each from `weights` (one model: its training function is traced once)."""
+    """One step on each of `parts`, each from `weights` (one model: its training function is traced once, its
+    optimizer slots and metrics built first as `train` builds them, or TensorFlow would trace it twice)."""
+    build_training_state(model, parts[0].batches[0])
     steps = []
     for part in parts:
         model.set_weights(weights)
