@@ -31,7 +31,6 @@ import logging
 import math
 import os
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -489,18 +488,13 @@ def run_experiment(config_path: str | os.PathLike, working_dir: str | os.PathLik
                 continue
             logger.info("%s seed %d: training (a finished run is only scored again)", name, seed)
             run_root.mkdir(parents=True, exist_ok=True)
-            start = time.monotonic()
             run = train_configuration(working_dir, run_root, config, name, seed)
-            timing = run_root / "training.json"  # Kept apart, so scoring a trained run again keeps its time.
-            if not timing.is_file():
-                write_json_atomically(timing, {"train_seconds": round(time.monotonic() - start, 1)})
-            seconds = json.loads(timing.read_text())["train_seconds"]
             trial_scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
             report = evaluate_checkpoint(working_dir, run / BEST_CHECKPOINT, eval_audio_dirs=held_out_dirs, num_trials=config.num_trials,
                                          seed=seed, extra_genders=config.speaker_genders, held_out_speakers=config.held_out_speakers,
                                          label_tasks=parse_tasks(config.tasks), trial_scores=trial_scores, crop_seconds=config.durations)
             save_trial_scores(run_root / TRIAL_SCORES_FILE, trial_scores)
-            steps, windows = train_progress(run_root)
+            steps, windows, seconds = train_progress(run_root)
             row = {
                 "config": name, "seed": seed, "model_size": config.model_size, "backend": keras.backend.backend(), "device": device_name(),
                 "train_steps": steps, "train_windows": windows, **verification_columns(report.__dict__, corpora, config.durations),
@@ -539,15 +533,20 @@ def save_trial_scores(path: Path, trial_scores: dict[str, tuple[np.ndarray, np.n
     save_npz_atomically(path, **arrays)
 
 
-def train_progress(run_root: Path) -> tuple[int, int]:
-    """Optimizer steps and training windows actually taken: epochs finished x steps per epoch (x batch size), over the run's phases."""
+def train_progress(run_root: Path) -> tuple[int, int, float]:
+    """Optimizer steps, training windows and training wall seconds actually taken, over the run's phases: epochs
+    finished x steps per epoch (x batch size), and the wall time of those epochs that each phase's state.json
+    adds up across resumes (a run trained over several sittings counts every one)."""
     steps = windows = 0
+    seconds = 0.0
     for state_file in run_root.glob("checkpoints-*/state.json"):
         config = json.loads((state_file.parent / "config.json").read_text())
-        phase_steps = json.loads(state_file.read_text())["epoch"] * (config["steps_per_epoch"] or 0)
+        state = json.loads(state_file.read_text())
+        phase_steps = state["epoch"] * (config["steps_per_epoch"] or 0)
         steps += phase_steps
         windows += phase_steps * config["batch_size"]
-    return steps, windows
+        seconds += float(state.get("train_seconds") or 0.0)
+    return steps, windows, round(seconds, 1)
 
 
 def verification_columns(report: dict, corpora: list[str], durations: list[float]) -> dict:
@@ -595,8 +594,9 @@ def write_results_csv(config: ExperimentConfig, working_dir: Path) -> Path:
             if result_file.is_file():
                 result = json.loads(result_file.read_text())
                 row = {**result["row"], **verification_columns(result["report"], corpora, config.durations), **speaker_count_columns(result["report"])}
-                if row.get("train_windows") is None:
-                    row["train_windows"] = train_progress(run_root)[1]
+                steps, windows, seconds = train_progress(run_root)
+                if steps:  # The run's own states, not the row of an older experiment code (which timed only the last sitting).
+                    row.update(train_steps=steps, train_windows=windows, train_seconds=seconds)
                 rows.append(row)
     config.output_dir.mkdir(parents=True, exist_ok=True)
     path = config.output_dir / f"{config.name}.csv"

@@ -90,6 +90,10 @@ def test_tiny_experiment_writes_one_csv_row_per_run_and_the_plot_and_resumes(tmp
         ("softmax_triplet", "0", "small", backend, device), ("mtl_triplet", "0", "small", backend, device), ("mtl_language_adversarial", "0", "small", backend, device)]
     assert [r["train_steps"] for r in rows] == ["2", "2", "2"]  # Same budget: one softmax + one triplet epoch against two MTL epochs.
     assert [r["train_windows"] for r in rows] == ["24", "24", "24"]
+    for row in rows:  # Training time: the epochs of every phase, as the states add them up across resumed sittings.
+        states = [json.loads(s.read_text()) for s in (tmp_path / "work" / "runs" / row["config"] / "seed0").glob("checkpoints-*/state.json")]
+        assert len(states) == (2 if row["config"] == "softmax_triplet" else 1)
+        assert float(row["train_seconds"]) == pytest.approx(sum(s["train_seconds"] for s in states), abs=0.05) and float(row["train_seconds"]) > 0
     for row in rows:
         for metric in ("eer_pooled", "min_dcf_pooled", *TEST_OTHER_COLUMNS, "eer_emodb", "speaker_id_acc", "gender_acc_probe", "language_acc_probe",
                        "gender_acc_probe_per_speaker", "language_acc_probe_per_speaker", "emotion_acc_probe"):
