@@ -149,13 +149,45 @@ def invoke_cli():
     return run_cli_in_process
 
 
-@pytest.fixture(scope="session")
-def trained_mtl(tmp_path_factory) -> Path:
-    """A working dir holding a Hive-MTL run of the small model, trained with `cli.py train` (in this process) on the
-    bundled LibriSpeech samples with the test-other speakers 1688 and 1998 held out."""
-    working_dir = tmp_path_factory.mktemp("trained_mtl")
+def built_once_per_run(tmp_path_factory, name: str, build) -> Path:
+    """A folder of this worker's own holding what `build(folder)` writes, built once for the whole test run.
+
+    Under pytest-xdist each worker has its own session, so a session fixture used by test files
+    that land on both workers would be built twice. Here the first worker to need it builds it in
+    the run's temporary folder (shared by the workers) under a file lock, while another waits for
+    it; each worker then copies it into a folder of its own, so tests that write into it still
+    see only their worker's writes. A failed build leaves nothing that another worker would take.
+    """
+    import fcntl
+    import shutil
+
+    own = tmp_path_factory.mktemp(name)
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        build(own)
+        return own
+    run_root = tmp_path_factory.getbasetemp().parent  # This run's folder, above every worker's basetemp.
+    shared = run_root / name
+    with open(run_root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # Released when the file is closed.
+        if not shared.is_dir():
+            staging = run_root / f"{name}.{worker}"
+            build(staging)
+            staging.rename(shared)
+    shutil.copytree(shared, own, dirs_exist_ok=True)
+    return own
+
+
+def _train_mtl(working_dir: Path) -> None:
     result = run_cli_in_process(
         "train", "--audio_dir", "samples/LibriSpeech", "--working_dir", working_dir, "--mode", "mtl", "--model_size", "small", "--epochs", "1",
         "--steps_per_epoch", "2", "--batch_size", "12", "--validation_steps", "1", "--held_out_speakers", "1688,1998")
     assert result.exit_code == 0, result.output[-3000:]
-    return working_dir
+
+
+@pytest.fixture(scope="session")
+def trained_mtl(tmp_path_factory) -> Path:
+    """A working dir holding a Hive-MTL run of the small model, trained with `cli.py train` (in this process) on the
+    bundled LibriSpeech samples with the test-other speakers 1688 and 1998 held out; trained once per test run and
+    copied for each pytest-xdist worker (`built_once_per_run`)."""
+    return built_once_per_run(tmp_path_factory, "trained_mtl", _train_mtl)
