@@ -4,8 +4,6 @@ gives `model.predict`'s embeddings, for windows, whole utterances and files, in 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -247,11 +245,10 @@ def test_from_checkpoint_is_float32_unless_told_otherwise(checkpoints):
     assert Embedder.from_checkpoint(checkpoints.dir / "small.h5", precision="bfloat16").precision == "bfloat16"
 
 
-def test_embed_with_precision_bfloat16_writes_it_beside_embeddings_close_to_float32s(shipped_embeddings, tmp_path):
+def test_embed_with_precision_bfloat16_writes_it_beside_embeddings_close_to_float32s(shipped_embeddings, tmp_path, invoke_cli):
     files = expand_audio_paths([SAMPLES])
-    result = subprocess.run([sys.executable, "cli.py", "embed", str(SAMPLES), "--precision", "bfloat16", "--output", str(tmp_path / "e.npz")],
-                            cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = invoke_cli("embed", SAMPLES, "--precision", "bfloat16", "--output", tmp_path / "e.npz")
+    assert result.exit_code == 0, f"{result.output[-3000:]}\n{result.exception!r}"
     with np.load(tmp_path / "e.npz") as data:
         assert str(data["precision"]) == "bfloat16" and [str(p) for p in data["paths"]] == [str(p) for p in files]
         assert np.sum(data["embeddings"] * shipped_embeddings["float32"], axis=1).min() > BFLOAT16_MIN_COSINE
