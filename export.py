@@ -408,8 +408,9 @@ def export_embedding_model(checkpoint_file: str | os.PathLike, output_dir: str |
         signatures = {EMBED_SIGNATURE: graph.embed, FEATURES_SIGNATURE: graph.features, FLOAT32_SIGNATURE: graph.embed_float32}
         tf.saved_model.save(graph, str(staged), signatures=signatures)
         conversions = [(target, int8_weights) for target, int8_weights in ((tflite_file, False), (int8_file, True)) if target is not None]
+        loaded = tf.saved_model.load(str(staged)) if conversions else None  # Loaded once for both files.
         for target, int8_weights in conversions:  # Both converted before either is moved into place.
-            (Path(scratch) / target.name).write_bytes(convert_to_tflite(staged, int8=int8_weights))
+            (Path(scratch) / target.name).write_bytes(_tflite_from_loaded(loaded, int8_weights))
         for target, _ in conversions:
             os.replace(Path(scratch) / target.name, target)
         os.replace(staged, saved_model_dir)
@@ -457,7 +458,11 @@ def convert_to_tflite(saved_model_dir: str | os.PathLike, int8: bool = False) ->
     `from_saved_model` leaves as resource variables the interpreter cannot read. The file's
     signature is `serving_default`: samples -> embedding, num_frames.
     """
-    loaded = tf.saved_model.load(os.fspath(saved_model_dir))
+    return _tflite_from_loaded(tf.saved_model.load(os.fspath(saved_model_dir)), int8)
+
+
+def _tflite_from_loaded(loaded, int8: bool) -> bytes:
+    """`convert_to_tflite` of a SavedModel already loaded (`tf.saved_model.load`)."""
     converter = tf.lite.TFLiteConverter.from_concrete_functions([loaded.signatures[FLOAT32_SIGNATURE]], loaded)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if int8:
