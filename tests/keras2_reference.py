@@ -28,12 +28,18 @@ layers (pre-emphasis, `tf.signal.stft`, `tf.signal.linear_to_mel_weight_matrix`,
 normalisation). The weighted layers are the same, so any checkpoint loads into it by name.
 
     python tests/keras2_reference.py --pcm --checkpoint weights.h5 --input pcm.npy --output emb.npy
+
+Several jobs separated by a lone `+` run one after the other in this process, each as a run of
+its own would (a new Keras session, its own seed), without starting TensorFlow again:
+
+    python tests/keras2_reference.py --input x.npy --output a.npy ... --seed 0 + --input x.npy --output b.npy ... --seed 1
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -146,6 +152,19 @@ def load_by_name(model: keras.Model, path: str) -> None:
 
 
 def main() -> None:
+    """Each job of the command line, in turn (see the module docstring)."""
+    jobs: list[list[str]] = [[]]
+    for argument in sys.argv[1:]:
+        if argument == "+":
+            jobs.append([])
+        else:
+            jobs[-1].append(argument)
+    for job in jobs:
+        K.clear_session()  # Layer names and seeds as in a process of its own.
+        run_job(job)
+
+
+def run_job(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", required=True, help=".npy of shape (N, frames, 64, 1); with --pcm (N, samples)")
     parser.add_argument("--output", required=True, help=".npy for the (N, 512) embeddings")
@@ -156,7 +175,7 @@ def main() -> None:
     parser.add_argument("--softmax", type=int, default=None, help="number of softmax speakers")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pcm", action="store_true", help="the reference's pcm_input=True graph: --input is raw 16 kHz PCM")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if (args.checkpoint is None) == (args.weights is None or args.model is None):
         parser.error("give either --weights and --model, or --checkpoint")
     if args.probabilities and not args.softmax:

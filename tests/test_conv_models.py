@@ -93,18 +93,10 @@ def reference(tmp_path_factory, real_features) -> SimpleNamespace:
         "embedding": ["--seed", "0"],
         "softmax": ["--seed", "1", "--softmax", str(SOFTMAX_SPEAKERS)],
     }
-    processes = {
-        kind: subprocess.Popen(
-            [sys.executable, str(TESTS_DIR / "keras2_reference.py"), "--input", str(features),
-             "--output", str(out / f"{kind}_embeddings.npy"), "--weights", str(out / f"{kind}_weights.h5"),
-             "--model", str(out / f"{kind}_model.h5"), *extra],
-            cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
-        for kind, extra in jobs.items()
-    }
-    for kind, process in processes.items():
-        _, stderr = process.communicate()
-        assert process.returncode == 0, f"keras2_reference.py ({kind}) failed:\n{stderr[-4000:]}"
+    embedding, softmax = ([
+        "--input", str(features), "--output", str(out / f"{kind}_embeddings.npy"), "--weights", str(out / f"{kind}_weights.h5"),
+        "--model", str(out / f"{kind}_model.h5"), *extra] for kind, extra in jobs.items())
+    run_python([str(TESTS_DIR / "keras2_reference.py"), *embedding, "+", *softmax], env)  # Both jobs in one process: TensorFlow starts once.
     return SimpleNamespace(
         features=features,
         weights=out / "embedding_weights.h5",
