@@ -370,7 +370,9 @@ def test_the_windows_and_reverb_recipe_adds_variable_windows_reverberation_or_bo
     assert config.train == {k: v for k, v in shipped.items() if k in config.train}
     assert [d.name for d in config.held_out_audio_dirs] == ["test-other", "dev-other", "VCTK", "FSDD"]
     # What is kept is chosen on training-corpus speakers held out of training (their own column and crops), not on the test corpora.
-    assert "eer_commonvoice_fa_1s" in csv_columns(config) and len(config.held_out_training_speakers) == 6
+    # Six Common Voice speakers and twelve English ones (two with many utterances for same-speaker trials), both genders.
+    assert {"eer_commonvoice_fa_1s", "eer_train_clean_100_1s"} <= set(csv_columns(config)) and len(config.held_out_training_speakers) == 18
+    assert {"19", "27"} <= set(config.held_out_training_speakers)
     assert len(config.seeds) >= 3  # Differences come with their spread over seeds.
     phases = {name: training_phases(config, name, 0) for name in config.configurations}
     assert all(len(p) == 1 for p in phases.values())  # One softmax phase each: the same number of training windows.
