@@ -306,7 +306,7 @@ def test_an_adversarial_head_learns_its_task_while_the_trunk_gets_minus_lambda_t
     model = build_mtl_model(4, label_heads={"gender_pred": 1, "language_pred": 3}, reversed_heads={"language_pred": 0.5},
                             speaker_head="aam", model_size="small")
     hidden, head = model.get_layer("language_pred_hidden"), model.get_layer("language_pred")
-    plain = keras.Model(model.inputs, head(hidden(model.get_layer("ln").output)))  # The same head without the reversal.
+    plain = keras.Model(model.inputs[0], head(hidden(model.get_layer("ln").output)))  # The same head without the reversal.
     labels = tf.constant([0, 2, 1, 1])
 
     def language_gradients(network: keras.Model) -> list[np.ndarray]:
