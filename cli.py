@@ -15,7 +15,10 @@ import threading
 
 import click
 
+from precision import use_onednn_kernels
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep TensorFlow's C++ start-up chatter out of the output.
+use_onednn_kernels()  # Before TensorFlow loads.
 
 # What TensorFlow's C++ side prints on every start regardless of TF_CPP_MIN_LOG_LEVEL (absl logs
 # before absl::InitializeLog): oneDNN and CUDA-stub notices, and on a machine without a GPU the

@@ -13,6 +13,7 @@ each other. Keras is imported only to list devices.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 # /proc/cpuinfo flags of CPUs that compute bfloat16 in hardware (Intel Cooper Lake and Sapphire
@@ -21,6 +22,17 @@ BFLOAT16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 TRAINING_PRECISIONS = ("auto", "float32", "mixed")
 INFERENCE_PRECISIONS = ("auto", "float32", "bfloat16")
 CPU_INFO = Path("/proc/cpuinfo")
+
+
+def use_onednn_kernels() -> None:
+    """Turn on TensorFlow's oneDNN CPU kernels unless TF_ENABLE_ONEDNN_OPTS is set already (the user's choice stays).
+
+    TensorFlow turns them on by itself only on CPUs with AVX-512 or AMX units; on the others (AMD
+    EPYC before Zen 4, most laptops) a training step of the small model costs 1.8 times as much CPU
+    time without them (bench/README.md, `bench_onednn.py`). TensorFlow reads the variable once,
+    when it loads: call this before anything imports it (cli.py and the test suite do).
+    """
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 
 def read_cpu_flags() -> str:

@@ -55,6 +55,7 @@ RESULT_FILES = {
     "cache_scale": "python bench/bench_cache_scale.py --entries 100000 --output bench/results/cache_scale.json",
     "cache_scale_waveforms": "python bench/bench_cache_scale.py --entries 2000 --waveforms energy --output bench/results/cache_scale_waveforms.json",
     "recipe_learns": "python bench/bench_recipe_learns.py --output bench/results/recipe_learns.json",
+    "onednn": "python bench/bench_onednn.py --steps 10 --output bench/results/onednn.json",
 }
 LIBRARIES = ("numpy", "scipy", "soundfile", "soxr", "librosa", "python_speech_features", "tensorflow", "keras", "jax")
 
@@ -154,7 +155,9 @@ def result_name(record: dict) -> str:
         return "cache_scale_waveforms" if record.get("waveforms") else "cache_scale"
     if benchmark == "bench_recipe_learns":
         return "recipe_learns"
-    raise ValueError(f"not a results file of bench_features, bench_inference, bench_training, bench_cache_scale or bench_recipe_learns "
+    if benchmark == "bench_onednn":
+        return "onednn"
+    raise ValueError(f"not a results file of bench_features, bench_inference, bench_training, bench_cache_scale, bench_recipe_learns or bench_onednn "
                      f"(benchmark {benchmark!r}, mode {mode!r})")
 
 
@@ -313,7 +316,7 @@ def training_rows(results: dict[str, dict]) -> list[list[str]]:
 def performance_table(results: dict[str, dict]) -> str:
     rows = features_rows(results) + inference_rows(results) + training_rows(results)
     lines = markdown_table(["stage", "straightforward path", "this project", "ratio", "command"], "lrrrl", rows)
-    used = {name: record for name, record in results.items() if not name.startswith("cache_scale") and name != "recipe_learns"}  # Own tables in bench/README.md.
+    used = {name: record for name, record in results.items() if not name.startswith("cache_scale") and name not in ("recipe_learns", "onednn")}  # Own tables in bench/README.md.
     return "\n".join(lines + ["", provenance(used) if used else "Measured: no results file given."])
 
 
@@ -419,9 +422,22 @@ def recipe_learns_table(results: dict[str, dict]) -> str:
                      + ["", verdict, provenance(chosen(results, "recipe_learns"))])
 
 
+def onednn_table(results: dict[str, dict]) -> str:
+    """Training steps of the small model with TensorFlow's oneDNN kernels off and on, same weights and batches."""
+    if "onednn" not in results:
+        return not_measured("onednn")
+    record = results["onednn"]
+    rows = [[f"{row['path']} (`TF_ENABLE_ONEDNN_OPTS={row['TF_ENABLE_ONEDNN_OPTS']}`)", f"{row['s_per_step']:.2f}", f"{row['cpu_s_per_step']:.2f}",
+             f"{row['windows_per_cpu_s']:.1f}", f"{row['losses'][-1]:.4f}"] for row in record["rows"]]
+    summary = (f"oneDNN on: {record['cpu_ratio']:.2f} times fewer CPU seconds a step; largest gap between the two loss curves "
+               f"{record['largest_loss_gap']:.4f} over {record['steps']} steps ({record['model_size']} model, batch {record['batch_size']}, float32).")
+    return "\n".join(markdown_table(["setting", "s a step", "CPU-s a step", "windows per CPU-s", "last loss"], "lrrrr", rows)
+                     + ["", summary, provenance(chosen(results, "onednn"))])
+
+
 README_SECTIONS = {"bench-performance": performance_table}
 BENCH_README_SECTIONS = {"bench-windows": windows_table, "bench-end-to-end": end_to_end_table, "bench-accuracy": accuracy_table,
-                         "bench-cache-scale": cache_scale_table, "bench-recipe-learns": recipe_learns_table}
+                         "bench-cache-scale": cache_scale_table, "bench-recipe-learns": recipe_learns_table, "bench-onednn": onednn_table}
 
 
 def check_markers(path: Path, markers: list[str]) -> None:

@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 
 from constants import NORMALISATION_STD_FLOOR, NUM_FBANKS, NUM_FRAMES, RESAMPLE_QUALITY, SAMPLE_RATE
+from precision import use_onednn_kernels
+
+use_onednn_kernels()  # As cli.py does, before any test imports TensorFlow, so tests compute as the verbs do.
 
 # Under pytest-xdist each worker gets its share of the cores for TensorFlow, oneDNN and XLA (and
 # the child processes tests start inherit it): with every library's default, two workers on two

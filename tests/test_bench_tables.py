@@ -121,7 +121,8 @@ def test_inference_json_holds_its_printed_rates_and_fills_the_windows_table(feat
         assert f"{row['path']}: max |difference| to batched predict {row['max_difference']:.1e}, cosine min {row['cosine_min']:.6f}" in result.stdout
     assert (record["mode"], record["model_size"], record["windows"], record["repeats"]) == ("windows", "small", 8, 1)
 
-    bench_readme = marked_file(tmp_path / "bench_README.md", "bench-windows", "bench-end-to-end", "bench-accuracy", "bench-cache-scale", "bench-recipe-learns")
+    bench_readme = marked_file(tmp_path / "bench_README.md", "bench-windows", "bench-end-to-end", "bench-accuracy", "bench-cache-scale", "bench-recipe-learns",
+                               "bench-onednn")
     run("bench/render_tables.py", "--bench_readme", str(bench_readme), str(output), str(features[2]))
     text = bench_readme.read_text()
     bfloat16 = next(line for line in section(text, "bench-windows").splitlines() if line.startswith("| Embedder, bfloat16 (folded) |"))

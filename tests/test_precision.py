@@ -64,3 +64,21 @@ def test_the_precision_rules_import_no_model_code():
     code = "import sys, precision; print(sorted(m for m in ('train', 'inference', 'conv_models', 'keras') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).parent.parent)
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("setting, on", [(None, True), ("0", False)])
+def test_the_cli_turns_on_tensorflows_onednn_kernels_unless_the_user_chose(setting, on):
+    """TensorFlow says on loading whether its oneDNN kernels are on (an INFO line); cli.py sets them before it loads."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"} | {"TF_CPP_MIN_LOG_LEVEL": "0"}
+    if setting is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = setting
+    child = subprocess.run([sys.executable, "-c", "import cli, os, tensorflow; print(os.environ['TF_ENABLE_ONEDNN_OPTS'])"],
+                           cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert child.stdout.split()[-1] == (setting or "1")
+    assert ("oneDNN custom operations are on" in child.stderr) == on
