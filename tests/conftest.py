@@ -146,6 +146,12 @@ def run_cli_in_process(*args: object):
         return CliRunner().invoke(cli.cli, [str(arg) for arg in args])
 
 
+def cli_failure(result) -> str:
+    """What an in-process `cli.py` command (click's Result) printed, and the exception that stopped it: the message of
+    an assertion on its exit code."""
+    return f"{result.output[-3000:]}\n{result.exception!r}"
+
+
 @pytest.fixture
 def invoke_cli():
     """`run_cli_in_process`, as a fixture."""

@@ -14,6 +14,7 @@ import pytest
 
 from audio import AudioError, pad_mfcc, read_mfcc
 from batcher import sample_from_mfcc
+from conftest import cli_failure
 from constants import EMBEDDING_SIZE, INFERENCE_WINDOW_HOP, NUM_FBANKS, NUM_FRAMES
 from conv_models import DeepSpeakerModel, build_mtl_model, embedding_model
 from inference import (
@@ -248,7 +249,7 @@ def test_from_checkpoint_is_float32_unless_told_otherwise(checkpoints):
 def test_embed_with_precision_bfloat16_writes_it_beside_embeddings_close_to_float32s(shipped_embeddings, tmp_path, invoke_cli):
     files = expand_audio_paths([SAMPLES])
     result = invoke_cli("embed", SAMPLES, "--precision", "bfloat16", "--output", tmp_path / "e.npz")
-    assert result.exit_code == 0, f"{result.output[-3000:]}\n{result.exception!r}"
+    assert result.exit_code == 0, cli_failure(result)
     with np.load(tmp_path / "e.npz") as data:
         assert str(data["precision"]) == "bfloat16" and [str(p) for p in data["paths"]] == [str(p) for p in files]
         assert np.sum(data["embeddings"] * shipped_embeddings["float32"], axis=1).min() > BFLOAT16_MIN_COSINE

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import feature_cache
+from conftest import cli_failure
 from conv_models import DeepSpeakerModel
 from test_train import (  # noqa: F401  (samples_cache is a fixture: imported, it serves this module's tests too)
     REPO,
@@ -222,7 +223,7 @@ def test_killed_run_resumes_after_its_last_finished_epoch(samples_cache, tmp_pat
     assert 1 <= killed_at < 3, "the run must be killed mid-way for this test to mean anything"
     with caplog.at_level(logging.INFO, logger="train"):
         resumed = invoke_cli(*command)
-    assert resumed.exit_code == 0, f"{resumed.output[-3000:]}\n{resumed.exception!r}"
+    assert resumed.exit_code == 0, cli_failure(resumed)
     assert f"resuming {working_dir / 'checkpoints-softmax'} after epoch {killed_at} (optimizer step {2 * killed_at})" in caplog.text
     epochs = [int(row["epoch"]) for row in metrics_rows(working_dir / "checkpoints-softmax")]
     assert epochs == [0, 1, 2]

@@ -23,6 +23,7 @@ import keras
 import pytest
 
 import feature_cache
+from conftest import cli_failure
 from corpus import CorpusError
 from conv_models import DeepSpeakerModel, load_weights_by_name
 from train import train, train_reference_recipe
@@ -62,11 +63,6 @@ def latest_weights(run: Path) -> list[str]:
 
 def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "cli.py", *args], cwd=REPO, capture_output=True, text=True, timeout=900, **kwargs)
-
-
-def failure(result) -> str:
-    """What an in-process `cli.py` command (click's Result) printed, and the exception that stopped it."""
-    return f"{result.output[-3000:]}\n{result.exception!r}"
 
 
 def conv_kernel(checkpoint: Path, layer: str) -> np.ndarray:
@@ -282,7 +278,7 @@ def test_mtl_on_own_data_without_gender_labels_trains_the_speaker_head_only(tmp_
 def test_one_shot_train_builds_the_cache_and_runs_the_reference_recipe_with_hard_negatives_in_its_triplet_phase(tmp_path, invoke_cli):
     result = invoke_cli("train", "--audio_dir", "samples", "--working_dir", tmp_path, "--model_size", "small",
                         "--epochs", "1", "--steps_per_epoch", "1", "--batch_size", "12", "--validation_steps", "1", "--hard_negative")
-    assert result.exit_code == 0, failure(result)
+    assert result.exit_code == 0, cli_failure(result)
     assert "49 written" in result.stdout  # 37 FLAC and WAV files, 12 MP3.
     for name in ("checkpoints-softmax", "checkpoints-triplets"):
         assert RUN_FILES <= {p.name for p in (tmp_path / name).iterdir()}
@@ -474,7 +470,7 @@ def test_recipe_run_on_mp3_and_flac_with_aam_augmentation_and_snapshots(tmp_path
     recipe_file.write_text(json.dumps(recipe))
     working_dir = tmp_path / "work"
     result = invoke_cli("train", "--working_dir", working_dir, "--recipe", recipe_file, "--audio_dir", "samples/LibriSpeech", "--audio_dir", "samples/CommonVoice-fa")
-    assert result.exit_code == 0, failure(result)
+    assert result.exit_code == 0, cli_failure(result)
     run = working_dir / "checkpoints-softmax"
     assert RUN_FILES <= {p.name for p in run.iterdir()}
     assert sorted(p.name for p in (run / "snapshots").glob("*.h5")) == ["epoch_0001.h5", "epoch_0002.h5"]
@@ -509,7 +505,7 @@ def test_mtl_with_the_shipped_recipe_trains_declared_tasks_on_augmented_triplets
     working_dir = tmp_path / "work"
     result = invoke_cli("train", "--working_dir", working_dir, "--recipe", recipe_file, "--tasks", json.dumps(tasks),
                         "--audio_dir", "samples/LibriSpeech", "--audio_dir", "samples/CommonVoice-fa")
-    assert result.exit_code == 0, failure(result)
+    assert result.exit_code == 0, cli_failure(result)
     run = working_dir / "checkpoints-mtl"
     (row,) = metrics_rows(run)
     for column in ("speaker_pred_accuracy", "gender_pred_binary_accuracy", "language_pred_binary_accuracy", "ln_loss", "val_language_pred_loss"):
