@@ -12,12 +12,17 @@ configuration with each of its seeds, scores each model with the code paths `tes
 and writes one CSV row per run (EER and minDCF per held-out corpus and pooled; with the recipe's
 `durations`, also per corpus on centred crops of every file, as `test-model --durations`) plus, if the
 recipe asks for them, a plot and the answer (Hive-MTL against single-task training, figure by
-figure, with a verdict; rewritten after every run, as the CSV is). Finished runs are skipped when the command runs
-again, so an interrupted experiment resumes.
+figure, with a verdict; rewritten after every run, as the CSV is).
+
+Each scored run leaves a record beside the results (its evaluation.json and trial scores), committed
+with them: the CSV, the answer and its bootstraps are rebuilt from the records alone, and a run with
+a record is skipped when the command runs again, on this machine or on a fresh clone. The working
+directory is scratch: within it, an interrupted training resumes after its last finished epoch.
 
     <working_dir>/audio-fbanks/, corpus.json     the training speakers' feature cache
     <working_dir>/audio-waveforms-<trim>/        trimmed audio, for configurations that augment
-    <working_dir>/runs/<configuration>/seed<k>/  run directories and evaluation.json
+    <working_dir>/runs/<configuration>/seed<k>/  run directories (checkpoints, states, logs)
+    results/<name>_runs/<configuration>/seed<k>/ each scored run's evaluation.json and trial_scores.npz
     results/<name>.csv, results/<name>_answer.csv, results/<name>_gender_weight.png
 """
 
@@ -482,7 +487,8 @@ def run_experiment(config_path: str | os.PathLike, working_dir: str | os.PathLik
             if seed not in configuration_seeds(config, name):
                 continue
             run_root = working_dir / "runs" / name / f"seed{seed}"
-            result_file = run_root / "evaluation.json"
+            record = run_record_dir(config, name, seed)
+            result_file = record / EVALUATION_FILE
             if scored_already(result_file, config.durations):
                 logger.info("%s seed %d: scored already, skipped", name, seed)
                 continue
@@ -493,7 +499,8 @@ def run_experiment(config_path: str | os.PathLike, working_dir: str | os.PathLik
             report = evaluate_checkpoint(working_dir, run / BEST_CHECKPOINT, eval_audio_dirs=held_out_dirs, num_trials=config.num_trials,
                                          seed=seed, extra_genders=config.speaker_genders, held_out_speakers=config.held_out_speakers,
                                          label_tasks=parse_tasks(config.tasks), trial_scores=trial_scores, crop_seconds=config.durations)
-            save_trial_scores(run_root / TRIAL_SCORES_FILE, trial_scores)
+            record.mkdir(parents=True, exist_ok=True)
+            save_trial_scores(record / TRIAL_SCORES_FILE, trial_scores)
             steps, windows, seconds = train_progress(run_root)
             row = {
                 "config": name, "seed": seed, "model_size": config.model_size, "backend": keras.backend.backend(), "device": device_name(),
@@ -505,16 +512,23 @@ def run_experiment(config_path: str | os.PathLike, working_dir: str | os.PathLik
             write_json_atomically(result_file, {"row": row, "report": report.__dict__, "durations": config.durations})
             write_results_csv(config, working_dir)  # After every run: an experiment stopped part-way has its rows so far,
             if config.answer:  # and the answer says which figures the seeds so far decide (the bootstrap over trials comes at the end).
-                write_answer_csv(config, working_dir, bootstrap_trials=False)
+                write_answer_csv(config, bootstrap_trials=False)
     csv_path = write_results_csv(config, working_dir)
     if config.answer:
-        write_answer_csv(config, working_dir)
+        write_answer_csv(config)
     if config.gender_weight_plot:
         plot_gender_weight(read_results(csv_path), config.gender_weight_plot, config.output_dir / f"{config.name}_gender_weight.png")
     return csv_path
 
 
+EVALUATION_FILE = "evaluation.json"
 TRIAL_SCORES_FILE = "trial_scores.npz"
+
+
+def run_record_dir(config: ExperimentConfig, name: str, seed: int) -> Path:
+    """Where one scored run's evaluation.json and trial scores are kept: beside the results and committed with them, so
+    the tables and their bootstraps can be rebuilt, and the experiment continued, from a fresh clone."""
+    return config.output_dir / f"{config.name}_runs" / name / f"seed{seed}"
 
 
 def scored_already(result_file: Path, durations: list[float]) -> bool:
@@ -526,11 +540,13 @@ def scored_already(result_file: Path, durations: list[float]) -> bool:
 
 
 def save_trial_scores(path: Path, trial_scores: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
-    """Each corpus's trial scores and labels, in trial order, for paired bootstraps over trials (`mtl_answer`)."""
-    from fileio import save_npz_atomically
-
-    arrays = {f"{kind}_{corpus_column(corpus)}": array for corpus, pair in trial_scores.items() for kind, array in zip(("scores", "labels"), pair)}
-    save_npz_atomically(path, **arrays)
+    """Each corpus's trial scores and labels, in trial order, for paired bootstraps over trials (`mtl_answer`); float32
+    scores and boolean labels, compressed: a record is committed, so it is kept small (about 0.3 MB a run)."""
+    arrays = {}
+    for corpus, (scores, labels) in trial_scores.items():
+        arrays[f"scores_{corpus_column(corpus)}"] = np.asarray(scores, dtype=np.float32)
+        arrays[f"labels_{corpus_column(corpus)}"] = np.asarray(labels).astype(bool)
+    write_atomically(path, lambda handle: np.savez_compressed(handle, **arrays))
 
 
 def train_progress(run_root: Path) -> tuple[int, int, float]:
@@ -579,22 +595,22 @@ def speaker_count_columns(report: dict) -> dict:
     return columns
 
 
-def write_results_csv(config: ExperimentConfig, working_dir: Path) -> Path:
-    """One row per scored run, in the recipe's order, written atomically.
+def write_results_csv(config: ExperimentConfig, working_dir: Path | None = None) -> Path:
+    """One row per scored run, in the recipe's order, written atomically, from the runs' records (`run_record_dir`).
 
     The verification columns come from each run's stored report, so runs scored before a column
-    existed still fill it.
+    existed still fill it; where `working_dir` still holds a run's training states, its training
+    steps and time are counted from them.
     """
     corpora, columns = held_out_corpora(config), csv_columns(config)
     rows = []
     for name in config.configurations:
         for seed in configuration_seeds(config, name):  # The CSV groups rows by configuration, whatever order they were trained in.
-            run_root = working_dir / "runs" / name / f"seed{seed}"
-            result_file = run_root / "evaluation.json"
+            result_file = run_record_dir(config, name, seed) / EVALUATION_FILE
             if result_file.is_file():
                 result = json.loads(result_file.read_text())
                 row = {**result["row"], **verification_columns(result["report"], corpora, config.durations), **speaker_count_columns(result["report"])}
-                steps, windows, seconds = train_progress(run_root)
+                steps, windows, seconds = train_progress(working_dir / "runs" / name / f"seed{seed}") if working_dir else (0, 0, 0.0)
                 if steps:  # The run's own states, not the row of an older experiment code (which timed only the last sitting).
                     row.update(train_steps=steps, train_windows=windows, train_seconds=seconds)
                 rows.append(row)
@@ -775,7 +791,7 @@ def answer_figures(config: ExperimentConfig) -> list[tuple[str, str, str, str, b
     return figures
 
 
-def mtl_answer(config: ExperimentConfig, working_dir: Path, seed: int = 0, bootstrap_trials: bool = True) -> list[dict]:
+def mtl_answer(config: ExperimentConfig, seed: int = 0, bootstrap_trials: bool = True) -> list[dict]:
     """One row per (Hive-MTL configuration, figure): its difference from the best single-task configuration.
 
     The best single-task configuration is the one with the best mean over seeds for that figure.
@@ -813,11 +829,11 @@ def mtl_answer(config: ExperimentConfig, working_dir: Path, seed: int = 0, boots
             over_seeds = paired_t_interval(differences)
             over_trials = over_speakers = None
             if bootstrap_trials and mtl_column.startswith("eer_") and mtl_column == single_column:
-                pairs = [trial_pair(working_dir, single_name, mtl_name, s, mtl_column.removeprefix("eer_")) for s in seeds]
+                pairs = [trial_pair(config, single_name, mtl_name, s, mtl_column.removeprefix("eer_")) for s in seeds]
                 if all(p is not None for p in pairs):
                     over_trials = paired_bootstrap_eer_difference(pairs, rng)
             if mtl_column.endswith("_per_speaker"):
-                pairs = [speaker_pair(working_dir, (single_name, single_column), (mtl_name, mtl_column), s) for s in seeds]
+                pairs = [speaker_pair(config, (single_name, single_column), (mtl_name, mtl_column), s) for s in seeds]
                 if all(p is not None for p in pairs):
                     over_speakers = paired_bootstrap_accuracy_difference(pairs, rng)
             decided = over_seeds.excludes_zero()
@@ -835,11 +851,11 @@ def mtl_answer(config: ExperimentConfig, working_dir: Path, seed: int = 0, boots
     return answers
 
 
-def trial_pair(working_dir: Path, single_name: str, mtl_name: str, seed: int, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def trial_pair(config: ExperimentConfig, single_name: str, mtl_name: str, seed: int, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(labels, single-task scores, Hive-MTL scores) of one corpus's trials for one seed; None where either run lacks them."""
     arrays = []
     for name in (single_name, mtl_name):
-        path = working_dir / "runs" / name / f"seed{seed}" / TRIAL_SCORES_FILE
+        path = run_record_dir(config, name, seed) / TRIAL_SCORES_FILE
         if not path.is_file():
             return None
         with np.load(path) as stored:
@@ -850,13 +866,13 @@ def trial_pair(working_dir: Path, single_name: str, mtl_name: str, seed: int, co
     return (labels, single, mtl) if np.array_equal(labels, mtl_labels) else None
 
 
-def speaker_pair(working_dir: Path, single: tuple[str, str], mtl: tuple[str, str], seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def speaker_pair(config: ExperimentConfig, single: tuple[str, str], mtl: tuple[str, str], seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(labels, single-task predictions, Hive-MTL predictions) of one label task's unseen speakers for one seed, from
     each run's evaluation.json; `single` and `mtl` are (configuration, `<task>_acc_<probe|head>_per_speaker` column).
     None where either run lacks them or the two runs scored other speakers."""
     found = []
     for name, column in (single, mtl):
-        path = working_dir / "runs" / name / f"seed{seed}" / "evaluation.json"
+        path = run_record_dir(config, name, seed) / EVALUATION_FILE
         task, kind = re.fullmatch(r"(.+)_acc_(probe|head)_per_speaker", column).groups()
         predictions = (json.loads(path.read_text())["report"].get("speaker_predictions") or {}).get(task) if path.is_file() else None
         if not predictions or kind not in predictions:
@@ -868,13 +884,13 @@ def speaker_pair(working_dir: Path, single: tuple[str, str], mtl: tuple[str, str
     return np.array(labels), np.array(single_predicted), np.array(mtl_predicted)
 
 
-def write_answer_csv(config: ExperimentConfig, working_dir: Path, bootstrap_trials: bool = True) -> Path:
+def write_answer_csv(config: ExperimentConfig, bootstrap_trials: bool = True) -> Path:
     """`<output_dir>/<name>_answer.csv`: the rows of `mtl_answer`, written atomically."""
     path = config.output_dir / f"{config.name}_answer.csv"
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, ANSWER_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows({k: ("" if row[k] is None else row[k]) for k in ANSWER_COLUMNS} for row in mtl_answer(config, working_dir, bootstrap_trials=bootstrap_trials))
+    writer.writerows({k: ("" if row[k] is None else row[k]) for k in ANSWER_COLUMNS} for row in mtl_answer(config, bootstrap_trials=bootstrap_trials))
     write_atomically(path, lambda handle: handle.write(buffer.getvalue()), text=True)
     return path
 

@@ -104,7 +104,8 @@ def test_tiny_experiment_writes_one_csv_row_per_run_and_the_plot_and_resumes(tmp
         assert (row["emotion_clips"], row["emotion_speakers"]) == ("2 anger, 2 boredom, 2 disgust, 2 fear, 2 happiness, 2 neutral, 2 sadness", "2")
     for head in ("gender_acc_head", "language_acc_head", "gender_acc_head_per_speaker", "language_acc_head_per_speaker", "emotion_acc_head"):  # Only Hive-MTL has the heads.
         assert rows[0][head] == "" and 0.0 <= float(rows[1][head]) <= 1.0 and 0.0 <= float(rows[2][head]) <= 1.0
-    report = json.loads((tmp_path / "work" / "runs" / "softmax_triplet" / "seed0" / "evaluation.json").read_text())["report"]
+    records = tmp_path / "results" / "tiny_runs"  # Each scored run's record, beside the results.
+    report = json.loads((records / "softmax_triplet" / "seed0" / "evaluation.json").read_text())["report"]
     assert report["unseen_labels"]["language"] == {"de": 2, "en": 2, "fa": 1}  # test-other's two speakers, two EmoDB actors, the held-out Common Voice one.
     assert sorted(report["corpora"]) == ["EmoDB", "test-other"]  # The held-out EmoDB actors are a corpus of their own.
     assert sorted(Path(clip).stem for clip in report["clip_predictions"]["emotion"]["clips"]) == sorted(  # Cache entries of both actors' clips.
@@ -129,7 +130,7 @@ def test_tiny_experiment_writes_one_csv_row_per_run_and_the_plot_and_resumes(tmp
     assert float(eer["difference"]) == pytest.approx(float(rows[1]["eer_test_other"]) - float(rows[0]["eer_test_other"]))
     assert eer["seeds_low"] == "" and float(eer["trials_low"]) <= float(eer["difference"]) <= float(eer["trials_high"])  # One seed: only the bootstrap.
     assert eer["speakers_low"] == ""
-    quick = next(r for r in mtl_answer(load_experiment_config(recipe), tmp_path / "work", bootstrap_trials=False) if r["figure"] == "EER test-other")
+    quick = next(r for r in mtl_answer(load_experiment_config(recipe), bootstrap_trials=False) if r["figure"] == "EER test-other")
     assert quick["trials_low"] is None and quick["difference"] == pytest.approx(float(eer["difference"]))  # As written after each run: no bootstrap over trials.
     assert any(r["figure"] == "EER EmoDB" for r in answer)
     language = next(r for r in answer if r["figure"] == "probe balanced accuracy per unseen speaker" and r["task"] == "language")
@@ -139,10 +140,19 @@ def test_tiny_experiment_writes_one_csv_row_per_run_and_the_plot_and_resumes(tmp
     assert float(emotion["difference"]) == pytest.approx(float(rows[2]["emotion_acc_head"]) - float(rows[0]["emotion_acc_probe"]))
     plot = tmp_path / "results" / "tiny_gender_weight.png"
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    evaluation = runs / "mtl_triplet" / "seed0" / "evaluation.json"
+    evaluation = records / "mtl_triplet" / "seed0" / "evaluation.json"
     before = evaluation.stat().st_mtime_ns
     run_experiment(recipe, tmp_path / "work")  # A rerun skips what is scored already.
     assert evaluation.stat().st_mtime_ns == before
+    # A fresh clone has the committed records and no working directory: nothing is trained again, and the CSV and the
+    # answer (with its bootstraps over trials and speakers) are rebuilt from the records alone.
+    shutil.rmtree(tmp_path / "work")
+    answer_csv = tmp_path / "results" / "tiny_answer.csv"
+    written = csv_path.read_text(), answer_csv.read_text()
+    csv_path.unlink(), answer_csv.unlink()
+    run_experiment(recipe, tmp_path / "work")
+    assert not (tmp_path / "work" / "runs").exists() and evaluation.stat().st_mtime_ns == before
+    assert (csv_path.read_text(), answer_csv.read_text()) == written
     table = results_table(csv_path)
     assert "| mtl_triplet | 1 |" in table and "| eer_test_other | eer_commonvoice_fa | eer_emodb | eer_pooled | min_dcf_pooled |" in table.splitlines()[0]
     assert "| gender_acc_probe | gender_acc_head_per_speaker | gender_acc_probe_per_speaker | language_acc_head |" in table.splitlines()[0]
@@ -234,10 +244,10 @@ def test_each_configuration_runs_its_own_seeds_and_the_csv_keeps_only_those(tmp_
     assert configuration_seeds(config, "softmax_triplet") == [2, 0] and configuration_seeds(config, "mtl_triplet") == [0, 1]
     assert experiment_seeds(config) == [0, 1, 2]
     for name, seed in (("softmax_triplet", 0), ("softmax_triplet", 1), ("softmax_triplet", 2), ("mtl_triplet", 2)):  # Scored runs, as run_experiment leaves them.
-        result = tmp_path / "work" / "runs" / name / f"seed{seed}" / "evaluation.json"
+        result = tmp_path / "results" / "tiny_runs" / name / f"seed{seed}" / "evaluation.json"
         result.parent.mkdir(parents=True)
         result.write_text(json.dumps({"row": {"config": name, "seed": seed, "train_windows": 24, "eer_pooled": 0.25}, "report": {}}))
-    with open(write_results_csv(config, tmp_path / "work"), newline="") as handle:
+    with open(write_results_csv(config), newline="") as handle:
         rows = [(r["config"], r["seed"]) for r in csv.DictReader(handle)]
     assert rows == [("softmax_triplet", "2"), ("softmax_triplet", "0")]  # Seed 1 is not softmax_triplet's, seed 2 not mtl_triplet's.
 
@@ -250,7 +260,7 @@ def test_the_answer_says_how_many_seeds_would_decide_an_undecided_figure(tmp_pat
         writer = csv.DictWriter(handle, ["config", "seed", "eer_test_other"])
         writer.writeheader()
         writer.writerows({"config": name, "seed": seed, "eer_test_other": eer} for name, values in eers.items() for seed, eer in enumerate(values))
-    answer = {row["mtl_config"]: row for row in mtl_answer(config, tmp_path / "work")}
+    answer = {row["mtl_config"]: row for row in mtl_answer(config)}
     # Differences -0.010, +0.001, -0.009: mean -0.006, SD 0.006; the t interval over 3 seeds spans zero, and would exclude it at 7 seeds.
     assert (answer["mtl_triplet"]["verdict"], answer["mtl_triplet"]["seeds_needed"]) == ("undecided", 7)
     assert answer["mtl_triplet"]["seeds_low"] < 0 < answer["mtl_triplet"]["seeds_high"]
@@ -318,7 +328,7 @@ def test_tiny_ablation_trains_each_configuration_with_its_train_settings_on_the_
     assert checkpoint.stat().st_mtime_ns == trained and [r["train_seconds"] for r in scored] == [r["train_seconds"] for r in rows]
     for before, after in zip(rows, scored):
         assert (after["config"], after["eer_test_other"], after["eer_pooled"]) == (before["config"], before["eer_test_other"], before["eer_pooled"])
-        report = json.loads((work / "runs" / after["config"] / "seed0" / "evaluation.json").read_text())["report"]
+        report = json.loads((tmp_path / "results" / "tiny_ablation_runs" / after["config"] / "seed0" / "evaluation.json").read_text())["report"]
         assert sorted(report["durations"]["test-other"]) == ["0.5", "1"]
         for seconds, column in (("1", "test_other_1s"), ("0.5", "test_other_0_5s")):
             figures = report["durations"]["test-other"][seconds]
@@ -327,7 +337,7 @@ def test_tiny_ablation_trains_each_configuration_with_its_train_settings_on_the_
     table = results_table(csv_path)
     assert table.splitlines()[0].startswith("| configuration | seeds | eer_test_other | eer_test_other_1s | eer_test_other_0_5s | eer_pooled |")
     assert "eer_<corpus>_<s>s: the same corpus's trials on centred crops of s seconds of every file" in table
-    evaluation = work / "runs" / "plain" / "seed0" / "evaluation.json"
+    evaluation = tmp_path / "results" / "tiny_ablation_runs" / "plain" / "seed0" / "evaluation.json"
     scored_at = evaluation.stat().st_mtime_ns
     run_experiment(write_ablation_recipe(tmp_path, durations=[1]), work)  # Every duration asked for is scored already: skipped.
     assert evaluation.stat().st_mtime_ns == scored_at
