@@ -6,7 +6,8 @@ that ran, the machine, the library versions and the date (`results_record` below
 keys). This script reads such files and rewrites the tables between markers:
 
   README.md (`--readme`)              <!-- bench-performance --> ... <!-- /bench-performance -->
-  bench/README.md (`--bench_readme`)  <!-- bench-windows -->, <!-- bench-end-to-end -->, <!-- bench-accuracy -->
+  bench/README.md (`--bench_readme`)  <!-- bench-windows -->, <!-- bench-end-to-end -->, <!-- bench-accuracy -->, ...,
+                                      <!-- bench-device --> (the GPU run, from bench_device.json)
 
 Each table is followed by one line naming the machine(s), the load average and the date of the
 files it came from. A row is made only from a results file given on the command line: a row
@@ -56,6 +57,7 @@ RESULT_FILES = {
     "cache_scale_waveforms": "python bench/bench_cache_scale.py --entries 2000 --waveforms energy --output bench/results/cache_scale_waveforms.json",
     "recipe_learns": "python bench/bench_recipe_learns.py --output bench/results/recipe_learns.json",
     "onednn": "python bench/bench_onednn.py --steps 10 --output bench/results/onednn.json",
+    "bench_device": "bash bench/device_run.sh (on the lent GPU machine; then copy its $OUT/bench_device.json to bench/results/)",
 }
 LIBRARIES = ("numpy", "scipy", "soundfile", "soxr", "librosa", "python_speech_features", "tensorflow", "keras", "jax")
 
@@ -157,7 +159,10 @@ def result_name(record: dict) -> str:
         return "recipe_learns"
     if benchmark == "bench_onednn":
         return "onednn"
-    raise ValueError(f"not a results file of bench_features, bench_inference, bench_training, bench_cache_scale, bench_recipe_learns or bench_onednn "
+    if benchmark == "bench_device":
+        return "bench_device"
+    raise ValueError(f"not a results file of bench_features, bench_inference, bench_training, bench_cache_scale, bench_recipe_learns, bench_onednn "
+                     f"or bench_device "
                      f"(benchmark {benchmark!r}, mode {mode!r})")
 
 
@@ -316,7 +321,7 @@ def training_rows(results: dict[str, dict]) -> list[list[str]]:
 def performance_table(results: dict[str, dict]) -> str:
     rows = features_rows(results) + inference_rows(results) + training_rows(results)
     lines = markdown_table(["stage", "straightforward path", "this project", "ratio", "command"], "lrrrl", rows)
-    used = {name: record for name, record in results.items() if not name.startswith("cache_scale") and name not in ("recipe_learns", "onednn")}  # Own tables in bench/README.md.
+    used = {name: record for name, record in results.items() if not name.startswith("cache_scale") and name not in ("recipe_learns", "onednn", "bench_device")}  # Own tables in bench/README.md.
     return "\n".join(lines + ["", provenance(used) if used else "Measured: no results file given."])
 
 
@@ -435,9 +440,20 @@ def onednn_table(results: dict[str, dict]) -> str:
                      + ["", summary, provenance(chosen(results, "onednn"))])
 
 
+def device_table(results: dict[str, dict]) -> str:
+    """The GPU benchmark's figures, as `bench_device.py --table` prints them (its record names the device, not the CPU)."""
+    if "bench_device" not in results:
+        return not_measured("bench_device")
+    from bench_device import markdown_table as device_markdown_table  # bench/ is on the path: this script's own folder.
+
+    record = results["bench_device"]
+    return device_markdown_table(record) + f"\n\nMeasured: `bench_device.json` ({record['environment']['cpu_count']} CPU cores beside the GPU)."
+
+
 README_SECTIONS = {"bench-performance": performance_table}
 BENCH_README_SECTIONS = {"bench-windows": windows_table, "bench-end-to-end": end_to_end_table, "bench-accuracy": accuracy_table,
-                         "bench-cache-scale": cache_scale_table, "bench-recipe-learns": recipe_learns_table, "bench-onednn": onednn_table}
+                         "bench-cache-scale": cache_scale_table, "bench-recipe-learns": recipe_learns_table, "bench-onednn": onednn_table,
+                         "bench-device": device_table}
 
 
 def check_markers(path: Path, markers: list[str]) -> None:
