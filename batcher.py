@@ -446,7 +446,10 @@ class AugmentedTripletBatches(AugmentedBatches):
     label task in `task_values` (output name -> (labels, whether the task is binary), the labels
     per speaker or per clip as `task_values_by_row` reads them; see `masked_task_targets`).
     Without `outputs`, a triplet-mode batch: (x, dummy, ones).
-    Rows are ordered in `replicas` stacked blocks as `TripletBatches` orders them.
+    Rows are ordered in `replicas` stacked blocks as `TripletBatches` orders them. With `triplets`
+    False (Hive-MTL without a triplet loss) each row and its speed are drawn on their own, with the
+    same draws as `AugmentedBatches`: the same seed gives single-task training's batches, so the
+    two differ only in their heads.
     """
 
     def __init__(
@@ -463,17 +466,22 @@ class AugmentedTripletBatches(AugmentedBatches):
         outputs: tuple[str, ...] = (),
         task_values: dict[str, tuple[np.ndarray | dict[str, float], bool]] | None = None,
         replicas: int = 1,
+        triplets: bool = True,
         **kwargs,
     ):
         super().__init__(waveforms, speakers, batch_size, steps_per_epoch, augment, seed, first_epoch, balanced, pad, **kwargs)
-        check_triplet_batch_size(batch_size, replicas)
-        self.sampler.check_triplets()
-        self.row_order = replica_order(batch_size // 3, replicas)
+        self.triplets = triplets
+        if triplets:
+            check_triplet_batch_size(batch_size, replicas)
+            self.sampler.check_triplets()
+        self.row_order = replica_order(batch_size // 3, replicas) if triplets else np.arange(batch_size)
         self.outputs = tuple(outputs)
         self.task_rows = task_values_by_row(task_values or {}, self.entries, self.labels)
 
     def stacked_rows(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Rows (positions in `entries`) of one batch in the replicas' order, and each row's speed index."""
+        if not self.triplets:  # As AugmentedBatches draws them.
+            return self.sampler.draw(self.batch_size, rng), rng.integers(0, len(self.augment.speeds), self.batch_size)
         num_triplets = self.batch_size // 3
         rows = np.concatenate(self.sampler.draw_triplets(num_triplets, rng))
         speeds = rng.integers(0, len(self.augment.speeds), (2, num_triplets))
@@ -622,7 +630,9 @@ class TripletBatches(_EpochSeededBatches):
 
     With `replicas` > 1 (tf.distribute), the rows of a batch (windows, targets and weights alike)
     are `replicas` consecutive stacked blocks of batch_size / replicas / 3 triplets each, so the
-    loss is the same as on one device; see `replica_order`.
+    loss is the same as on one device; see `replica_order`. With `triplets` False (Hive-MTL
+    without a triplet loss) each row is drawn on its own, with the same draws as
+    `SpeakerClassBatches`: the same seed gives single-task training's windows.
     """
 
     def __init__(
@@ -638,19 +648,23 @@ class TripletBatches(_EpochSeededBatches):
         replicas: int = 1,
         balanced: bool = False,
         pad: str = "zeros",
+        triplets: bool = True,
         **kwargs,
     ):
         super().__init__(steps_per_epoch, seed, first_epoch, **kwargs)
-        check_triplet_batch_size(batch_size, replicas)
+        if triplets:
+            check_triplet_batch_size(batch_size, replicas)
         self.utterances = utterances
         self.speaker_names = list(utterances)
         self.entries, self.row_speakers = flat_entries_and_labels(utterances, self.speaker_names)
         self.sampler = UtteranceSampler(utterances, balanced)
-        self.sampler.check_triplets()
+        self.triplets = triplets
+        if triplets:
+            self.sampler.check_triplets()
         self.pad = pad
         self.batch_size = batch_size
         self.replicas = replicas
-        self.row_order = replica_order(batch_size // 3, replicas)
+        self.row_order = replica_order(batch_size // 3, replicas) if triplets else np.arange(batch_size)
         self.outputs = tuple(outputs)
         if self.outputs:
             class_of = {speaker: i for i, speaker in enumerate(speakers or self.speaker_names)}
@@ -666,6 +680,9 @@ class TripletBatches(_EpochSeededBatches):
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Rows (positions in `entries`) of one stacked batch and the speaker (position in `speaker_names`) of each."""
+        if not self.triplets:
+            rows = self.sampler.draw(self.batch_size, rng)
+            return rows, self.row_speakers[rows]
         rows = np.concatenate(self.sampler.draw_triplets(self.batch_size // 3, rng))
         return rows, self.row_speakers[rows]
 

@@ -153,13 +153,13 @@ class TrainConfig:
 
     @property
     def uses_triplets(self) -> bool:
-        """Triplet mode and Hive-MTL both draw stacked triplet batches."""
-        return self.mode in ("triplet", "mtl")
+        """Whether batches are stacked triplets: for a triplet loss (triplet mode, Hive-MTL with one). Hive-MTL without
+        it draws each row on its own, as single-task training does, so a comparison of the two differs only in heads."""
+        return self.mode == "triplet" or (self.mode == "mtl" and self.triplet_loss_weight > 0)
 
     @property
     def optimizer_learning_rate(self) -> float:
         return self.learning_rate or DEFAULT_LEARNING_RATES[self.mode]
-
 
 
 def upgraded_config(saved: dict) -> dict:

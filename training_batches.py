@@ -66,7 +66,7 @@ def make_batches(config: TrainConfig, data: TrainingData, model: keras.Model, fi
             replicas = loss_replicas()  # Triplet batches are stacked per replica, so each replica's loss pairs its own rows.
             outputs = model_outputs(model)
             batches = functools.partial(AugmentedTripletBatches, balanced=config.balanced_sampling, pad=config.pad, outputs=outputs,
-                                        task_values=task_values if outputs else None, replicas=replicas, **loader)
+                                        task_values=task_values if outputs else None, replicas=replicas, triplets=config.uses_triplets, **loader)
             has_validation = len(validation_pool) >= 2
         speakers = data.speakers if config.mode != "triplet" else list(data.speakers) + [s for s in validation_pool if s not in data.train]
         train_batches = batches(audio(data.train), speakers, config.batch_size, steps, config.augment, seed, first_epoch, window_frames=config.window_frames)
@@ -78,7 +78,7 @@ def make_batches(config: TrainConfig, data: TrainingData, model: keras.Model, fi
         validation = SpeakerClassBatches(validation_pool, data.speakers, config.batch_size, config.validation_steps, seed + 1, 0, config.balanced_sampling, config.pad, **loader) if validation_pool else None
         return train_batches, validation if config.validation_steps else None
     # Triplet batches are stacked per replica, so each replica's loss pairs its own rows; every triplet batch has the run's sampling options.
-    triplets = {"replicas": loss_replicas(), "balanced": config.balanced_sampling, "pad": config.pad}
+    triplets = {"replicas": loss_replicas(), "balanced": config.balanced_sampling, "pad": config.pad, "triplets": config.uses_triplets}
     pool = triplet_pool(validation_pool) or (triplet_pool(data.test) if config.mode == "triplet" and not config.validation_split else None)
     if config.mode == "triplet":
         if config.hard_negative:

@@ -244,20 +244,53 @@ def test_every_mtl_batch_gives_each_row_its_own_clips_label_and_masks_clips_with
     np.testing.assert_array_equal(targets["gender_pred"][:, 0], [genders[name.split("_")[0]] for name in names])
 
 
-@pytest.mark.parametrize("mode", ["triplet", "mtl"])
-def test_every_triplet_batch_draws_speakers_as_the_run_samples(short_clips_cache, mode):
-    """Balanced: anchors and negatives of every speaker alike; else as many as its share of the training utterances (george 8 of 12)."""
+@pytest.mark.parametrize("mode, extra", [("triplet", {}), ("mtl", {"triplet_loss_weight": 1.0}), ("mtl", {})], ids=["triplet", "mtl_triplet", "mtl"])
+def test_every_triplet_and_hive_mtl_batch_draws_speakers_as_the_run_samples(short_clips_cache, mode, extra):
+    """Balanced: anchors (the first third's rows) of every speaker alike; else as many as its share of the training
+    utterances (george 8 of 12)."""
     from batcher import load_training_data
     from training_batches import make_batches
     from training_models import build_model
 
     data = load_training_data(short_clips_cache)
-    model = build_model(TrainConfig(mode=mode, **TINY), len(data.speakers))
+    model = build_model(TrainConfig(mode=mode, **extra, **TINY), len(data.speakers))
     for balanced, george_share in ((True, 1 / 3), (False, 8 / 12)):
-        batches, _ = make_batches(TrainConfig(mode=mode, balanced_sampling=balanced, **TINY), data, model, 0)
+        batches, _ = make_batches(TrainConfig(mode=mode, balanced_sampling=balanced, **extra, **TINY), data, model, 0)
         rng = np.random.default_rng(0)
         anchors = np.concatenate([np.split(batches.sample(rng)[1], 3)[0] for _ in range(500)])  # 2,000 anchors.
         assert np.mean(np.array(batches.speaker_names)[anchors] == "george") == pytest.approx(george_share, abs=0.05), balanced
+
+
+@pytest.mark.parametrize("trim", ["reference", "energy"], ids=["cached_features", "cached_audio"])
+def test_hive_mtl_draws_stacked_triplets_only_for_a_triplet_loss_and_else_the_single_task_batches(samples_cache, tmp_path, trim):
+    """With a triplet loss, each batch is [anchors; positives; negatives] (a positive shares its anchor's class, a negative
+    never does); without one, Hive-MTL's batches are single-task training's: the same windows and speaker classes for
+    the same seed, so the comparison of the two differs only in their heads."""
+    from batcher import load_training_data
+    from training_batches import make_batches
+    from training_models import build_model
+
+    working_dir = fresh_copy(samples_cache, tmp_path)
+    if trim == "energy":  # Adds the cached audio.
+        feature_cache.build_feature_cache(SAMPLES / "LibriSpeech", working_dir, workers=1, progress=False, waveform_trim="energy")
+    data = load_training_data(working_dir)
+    settings = {**TINY, "trim": trim, "balanced_sampling": True, "pad": "repeat"}
+
+    def first_batch(mode: str, **extra):
+        config = TrainConfig(mode=mode, **extra, **settings)
+        batches, _ = make_batches(config, data, build_model(config, len(data.speakers)), 0, working_dir)
+        windows, targets = batches[0][:2]
+        return windows, targets["speaker_pred"] if isinstance(targets, dict) else targets
+
+    windows, classes = first_batch("mtl", triplet_loss_weight=1.0)
+    anchors, positives, negatives = np.split(classes, 3)
+    np.testing.assert_array_equal(anchors, positives)
+    assert np.all(anchors != negatives)
+    single_windows, single_classes = first_batch("softmax")
+    mtl_windows, mtl_classes = first_batch("mtl")
+    np.testing.assert_array_equal(mtl_classes, single_classes)
+    np.testing.assert_array_equal(mtl_windows, single_windows)
+    assert not np.array_equal(np.split(mtl_classes, 3)[0], np.split(mtl_classes, 3)[1])  # Not anchors and positives.
 
 
 def test_mtl_on_own_data_without_gender_labels_trains_the_speaker_head_only(tmp_path, caplog):
