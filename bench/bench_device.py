@@ -262,8 +262,9 @@ def measure_inference(model, batch_size: int, min_seconds: float, flops: int) ->
             "tflops": rate * flops / 1e12}
 
 
-def measure_pipeline(working_dir: str, batch_size: int, windows: int, input_workers: int) -> dict:
-    """Windows/s of `SpeakerClassBatches` through Keras's PyDataset machinery, no model (as bench_training.py)."""
+def measure_pipeline(working_dir: str, batch_size: int, windows: int, input_workers: int, processes: bool = False) -> dict:
+    """Windows/s of `SpeakerClassBatches` through Keras's PyDataset machinery, no model (as bench_training.py):
+    `input_workers` threads, or with `processes` that many worker processes (PyDataset's use_multiprocessing)."""
     from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
     from batcher import SpeakerClassBatches, load_training_data
@@ -271,7 +272,7 @@ def measure_pipeline(working_dir: str, batch_size: int, windows: int, input_work
     data = load_training_data(working_dir)
     steps = max(2, math.ceil(windows / batch_size))
     batches = SpeakerClassBatches(data.train, data.speakers, batch_size, steps, seed=3, workers=input_workers,
-                             use_multiprocessing=False, max_queue_size=2 * input_workers)
+                                  use_multiprocessing=processes, max_queue_size=2 * input_workers)
     adapter = PyDatasetAdapter(batches, shuffle=False)
     drawn, start = 0, time.perf_counter()
     for batch in adapter.get_numpy_iterator():
@@ -313,6 +314,9 @@ def run_worker(spec: dict) -> int:
         for workers in spec["pipeline_workers"]:
             run_measure({"measure": "pipeline", "batch_size": spec["batch_size"], "input_workers": workers},
                         lambda workers=workers: measure_pipeline(spec["working_dir"], spec["batch_size"], spec["pipeline_windows"], workers))
+        for workers in spec.get("pipeline_processes", []):
+            run_measure({"measure": "pipeline", "batch_size": spec["batch_size"], "input_workers": workers, "processes": True},
+                        lambda workers=workers: measure_pipeline(spec["working_dir"], spec["batch_size"], spec["pipeline_windows"], workers, True))
         return 0
     env = environment()
     emit({**env, "policy": spec["policy"]})
@@ -399,7 +403,10 @@ def summarise(records: list[dict], config: dict, notes: list[str]) -> dict:
     train, infer = table("training"), table("inference")
     best_train = max(train.get(TARGET_POLICY, {}).values(), default=None)
     best_infer = max(infer.get(TARGET_POLICY, {}).values(), default=None)
-    pipeline = {str(r["input_workers"]): round(r["windows_per_s"], 1) for r in records if r.get("measure") == "pipeline" and "windows_per_s" in r}
+    pipeline = {str(r["input_workers"]): round(r["windows_per_s"], 1) for r in records
+                if r.get("measure") == "pipeline" and "windows_per_s" in r and not r.get("processes")}
+    pipeline_processes = {str(r["input_workers"]): round(r["windows_per_s"], 1) for r in records
+                          if r.get("measure") == "pipeline" and "windows_per_s" in r and r.get("processes")}
     e2e = [r for r in records if r.get("measure") == "end_to_end" and "windows_per_s" in r]
     keeps_up = None
     if e2e:
@@ -415,7 +422,8 @@ def summarise(records: list[dict], config: dict, notes: list[str]) -> dict:
         "targets": {**TARGETS, "policy": TARGET_POLICY},
         "train_windows_per_s": train, "inference_windows_per_s": infer, "inference_host_io_windows_per_s": table("inference", "host_io_windows_per_s"),
         "train_tflops": table("training", "tflops"), "inference_tflops": table("inference", "tflops"),
-        "end_to_end_windows_per_s": table("end_to_end"), "pipeline_windows_per_s": pipeline, "peak_gpu_bytes": peaks,
+        "end_to_end_windows_per_s": table("end_to_end"), "pipeline_windows_per_s": pipeline,
+        **({"pipeline_processes_windows_per_s": pipeline_processes} if pipeline_processes else {}), "peak_gpu_bytes": peaks,
         "meets_train_target": None if best_train is None else best_train >= TARGETS["train_windows_per_s"],
         "meets_inference_target": None if best_infer is None else best_infer >= TARGETS["inference_windows_per_s"],
         "pipeline_keeps_up": keeps_up,
@@ -440,7 +448,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     cache = build_synthetic_cache(working_dir, args.speakers, args.utterances, args.pool_size)
     cache["seconds"] = round(time.monotonic() - started, 2)
     note(f"cache ready: {cache}")
-    policies = args.policies.split(",")
+    policies = [p for p in args.policies.split(",") if p]  # None: the input pipeline alone.
     train_batches = [int(b) for b in args.train_batch_sizes.split(",")]
     common = {"working_dir": str(working_dir), "model_size": args.model_size, "num_classes": cache["speakers"],
               "train_batch_sizes": train_batches, "infer_batch_sizes": [int(b) for b in args.infer_batch_sizes.split(",")],
@@ -448,7 +456,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
               "input_workers": args.input_workers, "require_gpu": args.require_gpu,
               "block_modules": [m for m in args.block_modules.split(",") if m]}
     children = [({**common, "kind": "pipeline", "batch_size": train_batches[0], "pipeline_windows": args.pipeline_windows,
-                  "pipeline_workers": [int(w) for w in args.pipeline_workers.split(",")]}, True)]
+                  "pipeline_workers": [int(w) for w in args.pipeline_workers.split(",") if w],
+                  "pipeline_processes": [int(w) for w in args.pipeline_processes.split(",") if w]}, True)]
     children += [({**common, "kind": "policy", "policy": p, "end_to_end": i == 0}, False) for i, p in enumerate(policies)]
     config = {k: v for k, v in vars(args).items() if k not in ("worker", "table", "out")} | {"cache": cache}
     records: list[dict] = []
@@ -496,7 +505,8 @@ def markdown_table(summary: dict) -> str:
         tflops, compile_s, peak = r.get("tflops"), r.get("compile_s"), r.get("peak_gpu_bytes")
         lines.append(f"| {r['measure']} | {r['policy']} | {r['batch_size']} | {rate} | {'' if tflops is None else f'{tflops:.3g}'} | "
                      f"{'' if compile_s is None else f'{compile_s:.1f}'} | {'' if peak is None else f'{peak / 2**30:.1f}'} |")
-    pipeline = ", ".join(f"{w} threads {v:,.0f}" for w, v in summary["pipeline_windows_per_s"].items())
+    pipeline = ", ".join([f"{w} threads {v:,.0f}" for w, v in summary["pipeline_windows_per_s"].items()]
+                         + [f"{w} processes {v:,.0f}" for w, v in summary.get("pipeline_processes_windows_per_s", {}).items()])
     lines += ["", f"Input pipeline alone (windows/s): {pipeline or 'not measured'}. Keeps up in training: {summary['pipeline_keeps_up']}.",
               f"Targets ({TARGET_POLICY}): training {TARGETS['train_windows_per_s']:,} windows/s: {summary['meets_train_target']}; "
               f"inference {TARGETS['inference_windows_per_s']:,} windows/s: {summary['meets_inference_target']}."]
@@ -512,13 +522,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--speakers", type=int, default=500, help="Speakers of the cache, and classes of the softmax model.")
     parser.add_argument("--utterances", type=int, default=40, help="Utterances per speaker.")
     parser.add_argument("--pool_size", type=int, default=1000, help="Distinct random feature files behind the entries.")
-    parser.add_argument("--policies", default="mixed_bfloat16,float32,mixed_float16", help="Keras dtype policies, in order of importance.")
+    parser.add_argument("--policies", default="mixed_bfloat16,float32,mixed_float16", help="Keras dtype policies, in order of importance; empty: the input pipeline alone.")
     parser.add_argument("--train_batch_sizes", default="1024,256,96", help="Training batch sizes; the first is also the end-to-end and pipeline batch.")
     parser.add_argument("--infer_batch_sizes", default="1024,256")
     parser.add_argument("--train_windows", type=int, default=16_384, help="Windows per timed training epoch.")
     parser.add_argument("--e2e_windows", type=int, default=16_384, help="Windows of the end-to-end epoch.")
     parser.add_argument("--pipeline_windows", type=int, default=16_384)
     parser.add_argument("--pipeline_workers", default="4,16", help="Reader threads of the pipeline-alone measure.")
+    parser.add_argument("--pipeline_processes", default="", help="Reader processes of the pipeline-alone measure (PyDataset's use_multiprocessing), e.g. 4,16; none by default.")
     parser.add_argument("--input_workers", type=int, default=4, help="Reader threads end to end (TrainConfig.input_workers).")
     parser.add_argument("--infer_seconds", type=float, default=2.0, help="Timed inference seconds per batch size (at least 3 calls).")
     parser.add_argument("--budget_s", type=float, default=400, help="Wall-clock seconds for everything; workers still running then are stopped.")
