@@ -122,7 +122,7 @@ def test_inference_json_holds_its_printed_rates_and_fills_the_windows_table(feat
     assert (record["mode"], record["model_size"], record["windows"], record["repeats"]) == ("windows", "small", 8, 1)
 
     bench_readme = marked_file(tmp_path / "bench_README.md", "bench-windows", "bench-end-to-end", "bench-accuracy", "bench-cache-scale", "bench-recipe-learns",
-                               "bench-onednn")
+                               "bench-onednn", "bench-device")
     run("bench/render_tables.py", "--bench_readme", str(bench_readme), str(output), str(features[2]))
     text = bench_readme.read_text()
     bfloat16 = next(line for line in section(text, "bench-windows").splitlines() if line.startswith("| Embedder, bfloat16 (folded) |"))
@@ -132,4 +132,5 @@ def test_inference_json_holds_its_printed_rates_and_fills_the_windows_table(feat
     assert bfloat16.endswith(f" | {cpu} |")
     assert "no `inference_end_to_end.json` among the results given" in section(text, "bench-end-to-end")
     assert "no `inference_accuracy.json`" in section(text, "bench-accuracy")
+    assert "no `bench_device.json` among the results given (`bash bench/device_run.sh" in section(text, "bench-device")
     assert text.startswith(OUTSIDE_BEFORE) and text.endswith(OUTSIDE_AFTER)
