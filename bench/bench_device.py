@@ -403,10 +403,12 @@ def summarise(records: list[dict], config: dict, notes: list[str]) -> dict:
     train, infer = table("training"), table("inference")
     best_train = max(train.get(TARGET_POLICY, {}).values(), default=None)
     best_infer = max(infer.get(TARGET_POLICY, {}).values(), default=None)
-    pipeline = {str(r["input_workers"]): round(r["windows_per_s"], 1) for r in records
-                if r.get("measure") == "pipeline" and "windows_per_s" in r and not r.get("processes")}
-    pipeline_processes = {str(r["input_workers"]): round(r["windows_per_s"], 1) for r in records
-                          if r.get("measure") == "pipeline" and "windows_per_s" in r and r.get("processes")}
+    def pipeline_rates(processes: bool) -> dict:
+        """Reader workers -> windows/s of the pipeline-alone measures with threads, or with worker processes."""
+        return {str(r["input_workers"]): round(r["windows_per_s"], 1) for r in records
+                if r.get("measure") == "pipeline" and "windows_per_s" in r and bool(r.get("processes")) == processes}
+
+    pipeline, pipeline_processes = pipeline_rates(False), pipeline_rates(True)
     e2e = [r for r in records if r.get("measure") == "end_to_end" and "windows_per_s" in r]
     keeps_up = None
     if e2e:
