@@ -17,7 +17,7 @@ from tasks import LabelTask, gender_task, parse_tasks
 MODES = ("softmax", "triplet", "mtl")
 DISTRIBUTIONS = ("none", "mirrored", "multi_worker", "data_parallel")
 DEFAULT_LEARNING_RATES = {"softmax": 1e-3, "triplet": 1e-2, "mtl": 1e-3}
-RESUMABLE_CHANGES = {"epochs", "input_workers", "learning_rate", "precision"}  # May differ when a run is resumed.
+RESUMABLE_CHANGES = {"epochs", "input_workers", "input_processes", "learning_rate", "precision"}  # May differ when a run is resumed.
 RECIPE_FOLDERS = ("rir_dir", "noise_dir")  # Folder settings a recipe file names relative to itself.
 
 
@@ -47,7 +47,8 @@ class TrainConfig:
     early_stopping_patience: int = 20
     reduce_lr_patience: int = 10
     min_learning_rate: float = 1e-4
-    input_workers: int = 4  # Threads that read batches from the cache ahead of the model.
+    input_workers: int = 4  # Threads (or, with input_processes, processes) that read batches ahead of the model.
+    input_processes: bool = False  # Read in worker processes: threads share one interpreter lock, which bounds a GPU's input.
     precision: str = "float32"  # auto: the fastest this machine does well; mixed: float16 (GPU) or bfloat16 (CPU), refused where neither is native (precision.py).
     distribution: str = "none"
     # The recipe beyond the reference (softmax mode); defaults are the reference's behaviour.

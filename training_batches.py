@@ -42,7 +42,7 @@ def make_batches(config: TrainConfig, data: TrainingData, model: keras.Model, fi
     Training that augments, or reads another trim, cuts its windows from the cached audio. Training
     windows have `window_seconds`' lengths when it is set, validation's the fixed NUM_FRAMES.
     """
-    loader = {"workers": config.input_workers, "use_multiprocessing": False, "max_queue_size": 2 * config.input_workers}
+    loader = {"workers": config.input_workers, "use_multiprocessing": config.input_processes, "max_queue_size": 2 * config.input_workers}
     num_utterances = sum(len(entries) for entries in data.train.values())
     steps = config.steps_per_epoch or (TRIPLET_STEPS_PER_EPOCH if config.mode == "triplet" else max(1, num_utterances // config.batch_size))
     if config.window_frames is not None and steps < 2:  # Keras would type the frame axis from one batch's length.

@@ -128,20 +128,26 @@ def test_summary_judges_targets_and_pipeline_and_renders_a_table():
         {"measure": "training", "policy": "mixed_bfloat16", "batch_size": 1024, "windows_per_s": 12_000.0, "tflops": 190.0, "compile_s": 40.0, "peak_gpu_bytes": 9 * 2**30},
         {"measure": "training", "policy": "mixed_bfloat16", "batch_size": 96, "windows_per_s": 4_000.0, "tflops": 64.0, "compile_s": 30.0, "peak_gpu_bytes": 10 * 2**30},
         {"measure": "inference", "policy": "mixed_bfloat16", "batch_size": 1024, "windows_per_s": 25_000.0, "host_io_windows_per_s": 20_000.0, "tflops": 133.0, "compile_s": 9.0},
-        {"measure": "end_to_end", "policy": "mixed_bfloat16", "batch_size": 1024, "windows_per_s": 6_000.0},
+        {"measure": "end_to_end", "policy": "mixed_bfloat16", "batch_size": 1024, "windows_per_s": 6_000.0, "input_workers": 4, "processes": False},
+        {"measure": "end_to_end", "policy": "mixed_bfloat16", "batch_size": 1024, "windows_per_s": 9_000.0, "input_workers": 8, "processes": True},
         {"measure": "pipeline", "batch_size": 1024, "input_workers": 4, "windows_per_s": 6_500.0},
         {"measure": "training", "policy": "float32", "batch_size": 1024, "error": "XlaRuntimeError: RESOURCE_EXHAUSTED"},
     ]
     config = {"model_size": "full", "cache": {"speakers": 500}}
     summary = bench_device.summarise(records, config, notes=[])
     assert summary["meets_train_target"] is True and summary["meets_inference_target"] is False
-    assert summary["pipeline_keeps_up"] is False  # 6,000 fed against 12,000 from RAM.
+    assert summary["pipeline_keeps_up"] is False  # At best 9,000 fed (8 reader processes) against 12,000 from RAM.
+    assert summary["end_to_end_windows_per_s"] == {"mixed_bfloat16": {"1024": 6_000.0}}  # Threads, as train's default reads.
+    assert summary["end_to_end_processes_windows_per_s"] == {"8": 9_000.0}
+    assert bench_device.summarise([r | {"windows_per_s": 11_000.0} if r.get("processes") else r for r in records], config, [])["pipeline_keeps_up"] is True
     assert summary["peak_gpu_bytes"] == {"mixed_bfloat16": 10 * 2**30}
     assert summary["errors"] == ["training float32 1024: XlaRuntimeError: RESOURCE_EXHAUSTED"]
     table = bench_device.markdown_table(summary)
     assert "| training | mixed_bfloat16 | 1024 | 12,000 | 190 | 40.0 | 9.0 |" in table
     assert "| inference | mixed_bfloat16 | 1024 | 25,000 (20,000 NumPy in/out) |" in table
     assert "| training | float32 | 1024 | error: XlaRuntimeError: RESOURCE_EXHAUSTED |" in table
+    assert "| end_to_end | mixed_bfloat16 | 1024 | 6,000 |" in table
+    assert "| end_to_end (8 processes) | mixed_bfloat16 | 1024 | 9,000 |" in table
     assert "Device: NVIDIA H200 (gpu)" in table
 
 

@@ -293,6 +293,40 @@ def test_hive_mtl_draws_stacked_triplets_only_for_a_triplet_loss_and_else_the_si
     assert not np.array_equal(np.split(mtl_classes, 3)[0], np.split(mtl_classes, 3)[1])  # Not anchors and positives.
 
 
+@pytest.mark.parametrize("trim", ["reference", "energy"])
+def test_batches_read_in_worker_processes_are_the_batches_reader_threads_give(samples_cache, tmp_path, trim):
+    """--input_processes changes who reads, not what: through Keras's reader (the path `fit` takes), worker processes
+    give the windows and classes that threads give, batch for batch (each batch is seeded by its epoch and index)."""
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+    from batcher import load_training_data
+    from training_batches import make_batches
+    from training_models import build_model
+
+    working_dir = fresh_copy(samples_cache, tmp_path)
+    augment = {}
+    if trim == "energy":  # Augmented windows cut from the cached audio.
+        feature_cache.build_feature_cache(SAMPLES / "LibriSpeech", working_dir, workers=1, progress=False, waveform_trim="energy")
+        augment = {"speed_perturb": True, "noise_probability": 0.5, "spec_mask_probability": 0.5}
+    data = load_training_data(working_dir)
+
+    def one_epoch(processes: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+        config = TrainConfig(mode="softmax", trim=trim, input_processes=processes, **augment, **{**TINY, "steps_per_epoch": 4})
+        batches, _ = make_batches(config, data, build_model(config, len(data.speakers)), 0, working_dir)
+        assert batches.use_multiprocessing is processes and batches.workers == 2
+        adapter = PyDatasetAdapter(batches, shuffle=False)
+        drawn = [(np.array(x), np.array(y)) for x, y, *_ in adapter.get_numpy_iterator()]
+        adapter.on_epoch_end()
+        return drawn
+
+    threads, processes = one_epoch(False), one_epoch(True)
+    assert len(processes) == len(threads) == 4
+    for (x_threads, y_threads), (x_processes, y_processes) in zip(threads, processes):
+        np.testing.assert_array_equal(x_processes, x_threads)
+        np.testing.assert_array_equal(y_processes, y_threads)
+    assert not np.array_equal(threads[0][0], threads[1][0])  # Distinct batches, so the order is checked too.
+
+
 def test_mtl_on_own_data_without_gender_labels_trains_the_speaker_head_only(tmp_path, caplog):
     corpus = tmp_path / "my_speakers"
     for speaker in ("george", "jackson", "lucas"):

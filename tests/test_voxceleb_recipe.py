@@ -62,8 +62,8 @@ def test_voxceleb2_recipe_dry_run_trains_from_the_dev_folder_and_scores_voxceleb
     assert RUN_FILES <= {p.name for p in run.iterdir()}
     assert json.loads((run / "speakers.json").read_text())["speakers"] == ["id00012", "id00015"]
     config = json.loads((run / "config.json").read_text())
-    assert {k: config[k] for k in ("head", "trim", "pad", "speed_perturb", "balanced_sampling", "reverb_probability")} == {
-        k: recipe[k] for k in ("head", "trim", "pad", "speed_perturb", "balanced_sampling", "reverb_probability")}
+    assert {k: config[k] for k in ("head", "trim", "pad", "speed_perturb", "balanced_sampling", "reverb_probability", "input_processes")} == {
+        k: recipe[k] for k in ("head", "trim", "pad", "speed_perturb", "balanced_sampling", "reverb_probability", "input_processes")}
     assert (config["noise_dir"], config["rir_dir"]) == (str((tmp_path / "musan").resolve()), str((tmp_path / "RIRS_NOISES" / "simulated_rirs").resolve()))
     assert sorted(p.name for p in (working_dir / "audio-waveforms-energy").iterdir())[0] == "id00012_video0-00001.npy"
 
