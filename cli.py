@@ -209,7 +209,7 @@ def train(working_dir: str, audio_dirs: tuple[str, ...], genders_file: str | Non
     """Train on the feature cache of WORKING_DIR; rerun the same command to resume.
 
     Each run directory (checkpoints-softmax/, checkpoints-triplets/, checkpoints-mtl/) holds
-    config.json, speakers.json, split.json, best.h5 (loads by layer name), latest-<epoch>.weights.h5,
+    config.json, speakers.json, split.json, best.h5 (loads by layer name), final.h5 (after the last epoch), latest-<epoch>.weights.h5,
     state.json, metrics.csv and TensorBoard logs.
     """
     from corpus import CorpusError

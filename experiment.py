@@ -397,7 +397,7 @@ def train_settings(config: ExperimentConfig, name: str) -> dict:
 
 def training_phases(config: ExperimentConfig, name: str, seed: int) -> list:
     """The TrainConfig of each phase a configuration trains, in order; softmax_triplet's triplet phase
-    starts from the softmax phase's best checkpoint (`train_configuration` fills in the path)."""
+    starts from the softmax phase's final model (`train_configuration` fills in the path)."""
     from train_config import TrainConfig
 
     settings = config.configurations[name]
@@ -454,14 +454,14 @@ def device_name() -> str:
 
 
 def train_configuration(working_dir: Path, run_root: Path, config: ExperimentConfig, name: str, seed: int) -> Path:
-    """Train one configuration with one seed, phase after phase; returns the run directory whose best.h5 is scored."""
-    from run_directory import BEST_CHECKPOINT
+    """Train one configuration with one seed, phase after phase; returns the run directory whose final.h5 is scored."""
+    from run_directory import FINAL_CHECKPOINT
     from train import train
 
     run = None
     for phase in training_phases(config, name, seed):
-        if run is not None:  # A later phase starts from the previous phase's best model.
-            phase = dataclasses.replace(phase, initial_checkpoint=str(run / BEST_CHECKPOINT))
+        if run is not None:  # A later phase starts from the previous phase's final model: the budget, all of it.
+            phase = dataclasses.replace(phase, initial_checkpoint=str(run / FINAL_CHECKPOINT))
         run = train(working_dir, phase, run_root)
     return run
 
@@ -472,7 +472,7 @@ def run_experiment(config_path: str | os.PathLike, working_dir: str | os.PathLik
 
     from feature_cache import build_feature_cache
     from test import evaluate_checkpoint
-    from run_directory import BEST_CHECKPOINT
+    from run_directory import FINAL_CHECKPOINT
 
     config = load_experiment_config(config_path)
     working_dir = Path(working_dir)
@@ -496,7 +496,7 @@ def run_experiment(config_path: str | os.PathLike, working_dir: str | os.PathLik
             run_root.mkdir(parents=True, exist_ok=True)
             run = train_configuration(working_dir, run_root, config, name, seed)
             trial_scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-            report = evaluate_checkpoint(working_dir, run / BEST_CHECKPOINT, eval_audio_dirs=held_out_dirs, num_trials=config.num_trials,
+            report = evaluate_checkpoint(working_dir, run / FINAL_CHECKPOINT, eval_audio_dirs=held_out_dirs, num_trials=config.num_trials,
                                          seed=seed, extra_genders=config.speaker_genders, held_out_speakers=config.held_out_speakers,
                                          label_tasks=parse_tasks(config.tasks), trial_scores=trial_scores, crop_seconds=config.durations)
             record.mkdir(parents=True, exist_ok=True)
@@ -509,7 +509,7 @@ def run_experiment(config_path: str | os.PathLike, working_dir: str | os.PathLik
                 "gender_loss_weight": settings.get("gender_loss_weight", 1.0) if settings["recipe"].startswith("mtl") else 0.0,
                 "triplet_loss_weight": settings.get("triplet_loss_weight", 1.0 if settings["recipe"] == "mtl_triplet" else 0.0), "train_seconds": seconds,
             }
-            write_json_atomically(result_file, {"row": row, "report": report.__dict__, "durations": config.durations})
+            write_json_atomically(result_file, {"row": row, "report": report.__dict__, "durations": config.durations, "checkpoint": FINAL_CHECKPOINT})
             write_results_csv(config, working_dir)  # After every run: an experiment stopped part-way has its rows so far,
             if config.answer:  # and the answer says which figures the seeds so far decide (the bootstrap over trials comes at the end).
                 write_answer_csv(config, bootstrap_trials=False)
@@ -532,11 +532,16 @@ def run_record_dir(config: ExperimentConfig, name: str, seed: int) -> Path:
 
 
 def scored_already(result_file: Path, durations: list[float]) -> bool:
-    """Whether a run's evaluation.json holds every duration the recipe asks for: a recipe given `durations` after its runs
-    were scored scores them again (the finished training is kept), so no duration column is left empty for them."""
+    """Whether a run's evaluation.json scored its final model with every duration the recipe asks for. Otherwise the
+    finished training is kept and scored again: a recipe given `durations` after its runs were scored leaves no duration
+    column empty, and a run scored at its best validation epoch (before final.h5) is scored at the end of its budget, as
+    every other run is: a validation set too small to rank epochs must not shorten one configuration's training."""
+    from run_directory import FINAL_CHECKPOINT
+
     if not result_file.is_file():
         return False
-    return set(durations) <= set(json.loads(result_file.read_text()).get("durations", []))
+    record = json.loads(result_file.read_text())
+    return record.get("checkpoint") == FINAL_CHECKPOINT and set(durations) <= set(record.get("durations", []))
 
 
 def save_trial_scores(path: Path, trial_scores: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:

@@ -11,6 +11,8 @@ understand and resume it:
                               and its epoch, learning rate, early-stopping and learning-rate-schedule
                               counters, whether the run is finished
     best.h5                   the best model so far (legacy HDF5: loads by layer name, like the reference)
+    final.h5                  the model after the last epoch, written when the run finishes (experiments score it:
+                              the whole budget, not an epoch chosen on the validation set)
     metrics.csv               one row of losses and metrics per finished epoch
     tensorboard/              TensorBoard logs (TensorFlow backend)
 
@@ -48,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 RUN_DIRS = {"softmax": CHECKPOINTS_SOFTMAX_DIR, "triplet": CHECKPOINTS_TRIPLET_DIR, "mtl": CHECKPOINTS_MTL_DIR}
 BEST_CHECKPOINT = "best.h5"
+FINAL_CHECKPOINT = "final.h5"
 SNAPSHOTS_DIR = "snapshots"
 LATEST_CHECKPOINT = "latest.weights.h5"  # Runs written before state.json named its weights file.
 STATE_FILE = "state.json"

@@ -20,9 +20,11 @@ import keras
 
 from batcher import FixedBatches, load_training_data
 from distribution import check_workers_agree, distribution_scope, is_cluster_chief
+from fileio import save_model_atomically
 from precision import policy_reason, training_policy
 from run_directory import (
     BEST_CHECKPOINT,
+    FINAL_CHECKPOINT,
     RunCheckpoint,
     copy_for_resume,
     latest_checkpoint,
@@ -63,7 +65,8 @@ def train(working_dir: str | os.PathLike, config: TrainConfig, run_root: str | o
     task_values = label_task_values(config, data, working_dir)
     label_tasks = [task for task in config.label_tasks if task.output in task_values]
     state, saved_config = prepare_run_directory(directory, config, data, label_tasks, policy)
-    if state and state["finished"]:
+    finished = bool(state and state["finished"])
+    if finished and (directory / FINAL_CHECKPOINT).is_file():
         logger.info("%s: this run has finished already; nothing to do", directory)
         return directory
     if state:
@@ -85,6 +88,9 @@ def train(working_dir: str | os.PathLike, config: TrainConfig, run_root: str | o
                     model.optimizer.learning_rate.assign(config.optimizer_learning_rate)
             elif config.mode == "triplet":
                 load_initial_checkpoint(model, config, working_dir)
+            if finished:  # Finished before runs kept their final model: write it from the last epoch's weights.
+                save_model_atomically(model, directory / FINAL_CHECKPOINT)
+                return directory
             train_batches, validation_batches = make_batches(config, data, model, first_epoch, working_dir, task_values)
             if validation_batches is not None and config.fixed_validation:
                 validation_batches = FixedBatches.draw(validation_batches, len(validation_batches))
@@ -109,6 +115,7 @@ def train(working_dir: str | os.PathLike, config: TrainConfig, run_root: str | o
             f"the loss became NaN or infinite in epoch {checkpoint.stopped_on_nan_epoch}; training stopped and {kept}. "
             "Run again with a lower --learning_rate to continue from there."
         )
+    save_model_atomically(model, directory / FINAL_CHECKPOINT)  # The model at the end of its budget, before the run is called finished.
     last_state = read_state(directory) or {"epoch": first_epoch, "monitor": monitor, "best": None}
     write_state(directory, {**last_state, "finished": True})
     return directory

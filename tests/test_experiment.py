@@ -144,6 +144,21 @@ def test_tiny_experiment_writes_one_csv_row_per_run_and_the_plot_and_resumes(tmp
     before = evaluation.stat().st_mtime_ns
     run_experiment(recipe, tmp_path / "work")  # A rerun skips what is scored already.
     assert evaluation.stat().st_mtime_ns == before
+    assert json.loads(evaluation.read_text())["checkpoint"] == "final.h5"  # The model after its whole budget, whichever epoch validated best.
+    # A run an earlier version scored at its best validation epoch, before runs kept final.h5: scored again at the end of its
+    # budget, from its last weights, and not trained again (the model the first scoring read, so the same figures).
+    final = runs / "mtl_triplet" / "seed0" / "checkpoints-mtl" / "final.h5"
+    metrics = (final.parent / "metrics.csv").read_text()
+    final.unlink()
+    earlier = json.loads(evaluation.read_text())
+    del earlier["checkpoint"]
+    evaluation.write_text(json.dumps(earlier))
+    run_experiment(recipe, tmp_path / "work")
+    assert final.is_file() and (final.parent / "metrics.csv").read_text() == metrics
+    assert json.loads(evaluation.read_text())["checkpoint"] == "final.h5" and evaluation.stat().st_mtime_ns != before
+    with open(csv_path, newline="") as handle:
+        assert list(csv.DictReader(handle)) == rows
+    before = evaluation.stat().st_mtime_ns
     # A fresh clone has the committed records and no working directory: nothing is trained again, and the CSV and the
     # answer (with its bootstraps over trials and speakers) are rebuilt from the records alone.
     shutil.rmtree(tmp_path / "work")

@@ -32,7 +32,7 @@ from train_config import TrainConfig, TrainingError
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
 SHARED_DATA = REPO.parent / "shared" / "data"
-RUN_FILES = {"config.json", "speakers.json", "split.json", "best.h5", "state.json", "metrics.csv", "tensorboard"}
+RUN_FILES = {"config.json", "speakers.json", "split.json", "best.h5", "final.h5", "state.json", "metrics.csv", "tensorboard"}
 TINY = {"model_size": "small", "epochs": 2, "steps_per_epoch": 2, "validation_steps": 1, "batch_size": 12, "input_workers": 2}
 
 
@@ -111,6 +111,30 @@ def test_softmax_run_writes_every_run_file_and_a_checkpoint_that_loads_by_name(s
     skipped = load_weights_by_name(embedder.m, run / "best.h5")
     assert skipped == []
     np.testing.assert_array_equal(embedder.m.get_layer("conv16-s").get_weights()[0], conv_kernel(run / "best.h5", "conv16-s"))
+
+
+def test_a_finished_run_keeps_its_last_epochs_model_and_a_run_finished_without_one_gets_it_without_training(softmax_run, tmp_path):
+    """final.h5 is the model after the last epoch (what an experiment scores: its whole budget), whichever epoch best.h5
+    holds; a run finished by a version without final.h5 gets it from its last weights when its command is run again."""
+    from training_models import build_model
+
+    run = softmax_run.run
+    state = json.loads((run / "state.json").read_text())
+    last_epoch = build_model(SOFTMAX_RUN, 4)
+    last_epoch.optimizer.build(last_epoch.trainable_variables)
+    last_epoch.load_weights(run / state["latest"])
+    np.testing.assert_array_equal(conv_kernel(run / "final.h5", "conv16-s"), last_epoch.get_layer("conv16-s").get_weights()[0])
+    np.testing.assert_array_equal(conv_kernel(run / "final.h5", "softmax"), last_epoch.get_layer("softmax").get_weights()[0])  # The head too.
+
+    working_dir = tmp_path / "earlier"
+    shutil.copytree(softmax_run.working_dir, working_dir)
+    earlier = working_dir / "checkpoints-softmax"
+    (earlier / "final.h5").unlink()
+    metrics, best = (earlier / "metrics.csv").read_text(), (earlier / "best.h5").stat().st_mtime_ns
+    assert train(working_dir, SOFTMAX_RUN) == earlier
+    np.testing.assert_array_equal(conv_kernel(earlier / "final.h5", "conv16-s"), conv_kernel(run / "final.h5", "conv16-s"))
+    assert (earlier / "metrics.csv").read_text() == metrics and (earlier / "best.h5").stat().st_mtime_ns == best  # Not trained again.
+    assert json.loads((earlier / "state.json").read_text()) == state
 
 
 def test_a_run_traces_its_training_step_once(softmax_run):
