@@ -42,7 +42,7 @@ TRAIN_CLEAN = REPO / "samples" / "LibriSpeech" / "train-clean-100"
 TRAIN_OPTIONS = ["--mode", "softmax", "--model_size", "small", "--steps_per_epoch", "2", "--batch_size", "6",
                  "--validation_steps", "1", "--input_workers", "1"]
 RUN_DIR = "checkpoints-softmax"
-FINISHED_RUN = {"best.h5", "config.json", "latest-0002.weights.h5", "metrics.csv", "speakers.json", "split.json", "state.json", "tensorboard"}
+FINISHED_RUN = {"best.h5", "config.json", "final.h5", "latest-0002.weights.h5", "metrics.csv", "speakers.json", "split.json", "state.json", "tensorboard"}
 TOLERANCE = 1e-5  # Measured: equal to the last bit (same slices, same order of sums).
 TIMEOUT = 300  # Seconds any one process may take.
 
@@ -167,7 +167,7 @@ def test_a_killed_worker_stops_the_chief_with_one_clear_error_and_the_run_direct
     assert "Traceback (most recent call last)" not in cluster["killed_chief"]["log"]  # One message, not a stack from inside TensorFlow.
     after = cluster["after_kill"]
     assert (after["state"]["epoch"], after["state"]["finished"], after["state"]["latest"]) == (1, False, "latest-0001.weights.h5")
-    assert after["files"] == sorted(FINISHED_RUN - {"latest-0002.weights.h5"} | {"latest-0001.weights.h5"})
+    assert after["files"] == sorted(FINISHED_RUN - {"latest-0002.weights.h5", "final.h5"} | {"latest-0001.weights.h5"})
     left = [path.name for path in (cluster["logs"] / "killed-tmp1").iterdir()]
     assert len(left) == 1 and left[0].startswith("hive-mtl-worker-"), "killed outright, the worker leaves its private copy in its $TMPDIR"
 
