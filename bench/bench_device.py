@@ -18,8 +18,10 @@ What it measures, for each dtype policy (mixed_bfloat16, float32, mixed_float16)
   * end to end (first policy only): `fit` fed by `batcher.SpeakerClassBatches` reading windows
     through memory maps from a synthetic feature cache, with the training default of 4 reader
     threads: it shows whether the input pipeline keeps the GPU busy;
-  * the input pipeline alone (4 and 16 reader threads, no model), and peak GPU memory
-    (`memory_stats()['peak_bytes_in_use']`, the highest so far in that policy's process).
+  * the input pipeline alone (4 and 16 reader threads, no model; worker processes with
+    --pipeline_processes; the augmented reader on synthetic cached audio with --augmented_workers
+    and --augmented_processes), and peak GPU memory (`memory_stats()['peak_bytes_in_use']`, the
+    highest so far in that policy's process).
 
 The parent process never imports Keras or JAX, so it never holds the GPU: it builds the cache
 and runs one worker process per policy (and one for the pipeline, on the CPU), one after
@@ -55,8 +57,11 @@ from constants import (  # noqa: E402  (constants.py imports nothing: safe witho
     NUM_FRAMES,
     NUM_RES_BLOCKS,
     RES_CONV_KERNEL,
+    SAMPLE_RATE,
     STAGE_CONV_KERNEL,
     STAGE_CONV_STRIDES,
+    WAVEFORM_CACHE_DIR_NAME,
+    WINDOW_STEP_S,
 )
 
 TARGETS = {"train_windows_per_s": 10_000, "inference_windows_per_s": 30_000}  # bf16, one H100/H200-class GPU.
@@ -134,6 +139,27 @@ def build_synthetic_cache(working_dir: Path, speakers: int, utterances: int, poo
     index_path.write_text(json.dumps(index))
     return {"speakers": speakers, "entries": speakers * utterances, "reused": False,
             "pool_files": pool_size, "mean_frames": float(lengths.mean()), "pool_mb": float(lengths.sum() * NUM_FBANKS * 4 / 2**20)}
+
+
+def build_synthetic_waveforms(working_dir: Path, pool_size: int, seed: int = 1) -> dict:
+    """The synthetic cache's audio as a run with `--trim energy` keeps it (`audio-waveforms-energy/<entry>.npy`, float16
+    at 16 kHz), for the augmented reader: hard links to `pool_size` random waveforms of LibriSpeech-like lengths (the
+    reader's cost does not depend on what the samples say). Reused when there."""
+    folder = working_dir / f"{WAVEFORM_CACHE_DIR_NAME}-energy"
+    if folder.is_dir():
+        return {"reused": True}
+    pool = working_dir / "waveform_pool"
+    pool.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    samples = librispeech_like_frames(rng, pool_size) * round(SAMPLE_RATE * WINDOW_STEP_S)
+    for i, count in enumerate(samples):
+        np.save(pool / f"{i}.npy", (0.1 * rng.standard_normal(int(count), dtype=np.float32)).astype(np.float16))
+    staging = working_dir / f".{folder.name}"
+    staging.mkdir(exist_ok=True)
+    for i, entry in enumerate(sorted((working_dir / CACHE_DIR_NAME).glob("*.npy"))):
+        os.link(pool / f"{i % pool_size}.npy", staging / entry.name)
+    staging.rename(folder)
+    return {"reused": False, "pool_files": pool_size, "pool_mb": float(samples.sum() * 2 / 2**20)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -264,17 +290,29 @@ def measure_inference(model, batch_size: int, min_seconds: float, flops: int) ->
             "tflops": rate * flops / 1e12}
 
 
-def measure_pipeline(working_dir: str, batch_size: int, windows: int, input_workers: int, processes: bool = False) -> dict:
-    """Windows/s of `SpeakerClassBatches` through Keras's PyDataset machinery, no model (as bench_training.py):
-    `input_workers` threads, or with `processes` that many worker processes (PyDataset's use_multiprocessing)."""
+# The augmentation of recipes/voxceleb2_resnet.json without its folders: babble in place of MUSAN, no rooms (simulating
+# them needs pyroomacoustics, which the GPU machine lacks; bench_augment.py measures what rooms and MUSAN add).
+VOXCELEB_AUGMENTATION = {"speed_perturb": True, "noise_probability": 0.6, "band_limit_probability": 0.1, "spec_mask_probability": 0.5}
+
+
+def measure_pipeline(working_dir: str, batch_size: int, windows: int, input_workers: int, processes: bool = False, augmented: bool = False) -> dict:
+    """Windows/s of the plain reader `SpeakerClassBatches` (or with `augmented`, of `AugmentedBatches` on the cached audio,
+    with VOXCELEB_AUGMENTATION) through Keras's PyDataset machinery, no model (as bench_training.py): `input_workers`
+    threads, or with `processes` that many worker processes (PyDataset's use_multiprocessing; train --input_processes)."""
     from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
-    from batcher import SpeakerClassBatches, load_training_data
+    from batcher import AugmentedBatches, SpeakerClassBatches, load_training_data
+    from train_config import TrainConfig
 
     data = load_training_data(working_dir)
     steps = max(2, math.ceil(windows / batch_size))
-    batches = SpeakerClassBatches(data.train, data.speakers, batch_size, steps, seed=3, workers=input_workers,
-                                  use_multiprocessing=processes, max_queue_size=2 * input_workers)
+    loader = {"workers": input_workers, "use_multiprocessing": processes, "max_queue_size": 2 * input_workers}
+    if augmented:
+        folder = Path(working_dir) / f"{WAVEFORM_CACHE_DIR_NAME}-energy"
+        waveforms = {s: [folder / entry.name for entry in entries] for s, entries in data.train.items()}
+        batches = AugmentedBatches(waveforms, data.speakers, batch_size, steps, TrainConfig(**VOXCELEB_AUGMENTATION).augment, seed=4, **loader)
+    else:
+        batches = SpeakerClassBatches(data.train, data.speakers, batch_size, steps, seed=3, **loader)
     adapter = PyDatasetAdapter(batches, shuffle=False)
     drawn, start = 0, time.perf_counter()
     for batch in adapter.get_numpy_iterator():
@@ -319,6 +357,11 @@ def run_worker(spec: dict) -> int:
         for workers in spec.get("pipeline_processes", []):
             run_measure({"measure": "pipeline", "batch_size": spec["batch_size"], "input_workers": workers, "processes": True},
                         lambda workers=workers: measure_pipeline(spec["working_dir"], spec["batch_size"], spec["pipeline_windows"], workers, True))
+        augmented = [(w, False) for w in spec.get("augmented_workers", [])] + [(w, True) for w in spec.get("augmented_processes", [])]
+        for workers, processes in augmented:
+            run_measure({"measure": "augmented_pipeline", "batch_size": spec["batch_size"], "input_workers": workers, "processes": processes},
+                        lambda workers=workers, processes=processes: measure_pipeline(
+                            spec["working_dir"], spec["batch_size"], spec["augmented_windows"], workers, processes, augmented=True))
         return 0
     env = environment()
     emit({**env, "policy": spec["policy"]})
@@ -414,6 +457,8 @@ def summarise(records: list[dict], config: dict, notes: list[str]) -> dict:
                 if r.get("measure") == "pipeline" and "windows_per_s" in r and bool(r.get("processes")) == processes}
 
     pipeline, pipeline_processes = pipeline_rates(False), pipeline_rates(True)
+    augmented = {f"{r['input_workers']} {'processes' if r['processes'] else 'threads'}": round(r["windows_per_s"], 1)
+                 for r in records if r.get("measure") == "augmented_pipeline" and "windows_per_s" in r}
     e2e = [r for r in records if r.get("measure") == "end_to_end" and "windows_per_s" in r]
     e2e_processes = {str(r["input_workers"]): round(r["windows_per_s"], 1) for r in e2e if r.get("processes")}
     keeps_up = None
@@ -433,7 +478,8 @@ def summarise(records: list[dict], config: dict, notes: list[str]) -> dict:
         "train_tflops": table("training", "tflops"), "inference_tflops": table("inference", "tflops"),
         "end_to_end_windows_per_s": table("end_to_end"), **({"end_to_end_processes_windows_per_s": e2e_processes} if e2e_processes else {}),
         "pipeline_windows_per_s": pipeline,
-        **({"pipeline_processes_windows_per_s": pipeline_processes} if pipeline_processes else {}), "peak_gpu_bytes": peaks,
+        **({"pipeline_processes_windows_per_s": pipeline_processes} if pipeline_processes else {}),
+        **({"augmented_pipeline_windows_per_s": augmented} if augmented else {}), "peak_gpu_bytes": peaks,
         "meets_train_target": None if best_train is None else best_train >= TARGETS["train_windows_per_s"],
         "meets_inference_target": None if best_infer is None else best_infer >= TARGETS["inference_windows_per_s"],
         "pipeline_keeps_up": keeps_up,
@@ -456,6 +502,10 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     working_dir = Path(args.working_dir)
     note(f"synthetic cache in {working_dir}: {args.speakers} speakers x {args.utterances} utterances")
     cache = build_synthetic_cache(working_dir, args.speakers, args.utterances, args.pool_size)
+    augmented_workers = [int(w) for w in args.augmented_workers.split(",") if w]
+    augmented_processes = [int(w) for w in args.augmented_processes.split(",") if w]
+    if augmented_workers or augmented_processes:
+        cache["waveforms"] = build_synthetic_waveforms(working_dir, min(args.pool_size, 200))
     cache["seconds"] = round(time.monotonic() - started, 2)
     note(f"cache ready: {cache}")
     policies = [p for p in args.policies.split(",") if p]  # None: the input pipeline alone.
@@ -467,7 +517,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
               "block_modules": [m for m in args.block_modules.split(",") if m]}
     children = [({**common, "kind": "pipeline", "batch_size": train_batches[0], "pipeline_windows": args.pipeline_windows,
                   "pipeline_workers": [int(w) for w in args.pipeline_workers.split(",") if w],
-                  "pipeline_processes": [int(w) for w in args.pipeline_processes.split(",") if w]}, True)]
+                  "pipeline_processes": [int(w) for w in args.pipeline_processes.split(",") if w],
+                  "augmented_windows": args.augmented_windows, "augmented_workers": augmented_workers, "augmented_processes": augmented_processes}, True)]
     children += [({**common, "kind": "policy", "policy": p, "end_to_end": i == 0}, False) for i, p in enumerate(policies)]
     config = {k: v for k, v in vars(args).items() if k not in ("worker", "table", "out")} | {"cache": cache}
     records: list[dict] = []
@@ -518,7 +569,10 @@ def markdown_table(summary: dict) -> str:
                      f"{'' if compile_s is None else f'{compile_s:.1f}'} | {'' if peak is None else f'{peak / 2**30:.1f}'} |")
     pipeline = ", ".join([f"{w} threads {v:,.0f}" for w, v in summary["pipeline_windows_per_s"].items()]
                          + [f"{w} processes {v:,.0f}" for w, v in summary.get("pipeline_processes_windows_per_s", {}).items()])
+    augmented = ", ".join(f"{readers} {v:,.0f}" for readers, v in summary.get("augmented_pipeline_windows_per_s", {}).items())
     lines += ["", f"Input pipeline alone (windows/s): {pipeline or 'not measured'}. Keeps up in training: {summary['pipeline_keeps_up']}.",
+              *([f"Augmented reader alone (windows/s, speed, babble, band limit and masks as recipes/voxceleb2_resnet.json, no rooms): {augmented}."]
+                if augmented else []),
               f"Targets ({TARGET_POLICY}): training {TARGETS['train_windows_per_s']:,} windows/s: {summary['meets_train_target']}; "
               f"inference {TARGETS['inference_windows_per_s']:,} windows/s: {summary['meets_inference_target']}."]
     return "\n".join(lines)
@@ -540,6 +594,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--e2e_windows", type=int, default=16_384, help="Windows of the end-to-end epoch.")
     parser.add_argument("--pipeline_windows", type=int, default=16_384)
     parser.add_argument("--pipeline_workers", default="4,16", help="Reader threads of the pipeline-alone measure.")
+    parser.add_argument("--augmented_workers", default="", help="Reader threads of the augmented-reader measure (synthetic cached audio), e.g. 1; none by default.")
+    parser.add_argument("--augmented_processes", default="", help="Reader processes of the augmented-reader measure, e.g. 4,16; none by default.")
+    parser.add_argument("--augmented_windows", type=int, default=8_192, help="Windows of each augmented-reader measure.")
     parser.add_argument("--pipeline_processes", default="", help="Reader processes of the pipeline-alone measure (PyDataset's use_multiprocessing), e.g. 4,16; none by default.")
     parser.add_argument("--input_workers", type=int, default=4, help="Reader threads end to end (TrainConfig.input_workers).")
     parser.add_argument("--e2e_processes", default="", help="Reader processes of further end-to-end measures (train --input_processes), e.g. 8,16; none by default.")

@@ -49,15 +49,22 @@ def test_dry_run_measures_every_figure_on_the_cpu(jax_subprocess_env):
 
 
 def test_the_reader_alone_is_measured_with_threads_and_with_worker_processes(jax_subprocess_env, tmp_path):
-    """`--policies ""` measures the input pipeline alone: threads and PyDataset worker processes, reported apart."""
+    """`--policies ""` measures the input pipeline alone: threads and PyDataset worker processes, reported apart, for the
+    plain reader and for the augmented one (on synthetic cached audio, one hard link per feature entry)."""
     result = subprocess.run([sys.executable, "bench/bench_device.py", "--tiny", "--working_dir", str(tmp_path / "cache"), "--out", str(tmp_path / "r.json"),
-                             "--policies", "", "--pipeline_workers", "1", "--pipeline_processes", "2", "--pipeline_windows", "60"],
+                             "--policies", "", "--pipeline_workers", "1", "--pipeline_processes", "2", "--pipeline_windows", "60",
+                             "--augmented_workers", "1", "--augmented_processes", "2", "--augmented_windows", "12"],
                             cwd=REPO, capture_output=True, text=True, timeout=300, env=jax_subprocess_env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((tmp_path / "r.json").read_text())
     assert summary["errors"] == [] and summary["train_windows_per_s"] == {}
     assert summary["pipeline_windows_per_s"]["1"] > 0 and summary["pipeline_processes_windows_per_s"]["2"] > 0
     assert "1 threads" in bench_device.markdown_table(summary) and "2 processes" in bench_device.markdown_table(summary)
+    assert set(summary["augmented_pipeline_windows_per_s"]) == {"1 threads", "2 processes"} and min(summary["augmented_pipeline_windows_per_s"].values()) > 0
+    assert "Augmented reader alone (windows/s" in bench_device.markdown_table(summary)
+    features, audio = tmp_path / "cache" / "audio-fbanks", tmp_path / "cache" / "audio-waveforms-energy"
+    assert sorted(p.name for p in audio.iterdir()) == sorted(p.name for p in features.iterdir())
+    assert np.load(next(audio.iterdir())).dtype == np.float16  # As the cache keeps audio.
 
 
 def test_wheel_check_names_missing_and_stray_wheels(tmp_path):
