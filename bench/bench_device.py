@@ -17,7 +17,9 @@ What it measures, for each dtype policy (mixed_bfloat16, float32, mixed_float16)
     out (what `Embedder` pays);
   * end to end (first policy only): `fit` fed by `batcher.SpeakerClassBatches` reading windows
     through memory maps from a synthetic feature cache, with the training default of 4 reader
-    threads: it shows whether the input pipeline keeps the GPU busy;
+    threads, then with 4 reader processes (train --input_processes), then `AugmentedBatches` on
+    synthetic cached audio with 16 processes (recipes/voxceleb2_resnet.json's augmentation, less
+    MUSAN and rooms): whether the input keeps the GPU busy;
   * the input pipeline alone (4 and 16 reader threads, no model; worker processes with
     --pipeline_processes; the augmented reader on synthetic cached audio with --augmented_workers
     and --augmented_processes), and peak GPU memory (`memory_stats()['peak_bytes_in_use']`, the
@@ -71,7 +73,8 @@ CORPUS_INDEX_FILE_NAME = "corpus.json"  # feature_cache.CORPUS_INDEX_FILE_NAME; 
 TINY = {
     "model_size": "small", "speakers": 6, "utterances": 4, "pool_size": 6, "policies": "mixed_bfloat16,float32",
     "train_batch_sizes": "6", "infer_batch_sizes": "8", "train_windows": 12, "e2e_windows": 12,
-    "pipeline_windows": 24, "pipeline_workers": "2", "infer_seconds": 0.2, "budget_s": 300, "min_worker_s": 0,
+    "pipeline_windows": 24, "pipeline_workers": "2", "e2e_processes": "2", "e2e_augmented_processes": "2", "infer_seconds": 0.2, "budget_s": 300,
+    "min_worker_s": 0,
 }
 
 
@@ -244,17 +247,39 @@ def measure_training(model, batch_size: int, windows: int, num_classes: int, flo
             "tflops": rate * 3 * flops / 1e12}
 
 
-def measure_end_to_end(model, batch_size: int, windows: int, working_dir: str, input_workers: int, processes: bool = False) -> dict:
-    """`fit` windows/s fed by `batcher.SpeakerClassBatches` from the cache, as `training_batches.make_batches` sets it up:
-    `input_workers` reader threads, or with `processes` that many reader processes (train --input_processes)."""
-    from batcher import SpeakerClassBatches, load_training_data
+# The augmentation of recipes/voxceleb2_resnet.json without its folders: babble in place of MUSAN, no rooms (simulating
+# them needs pyroomacoustics, which the GPU machine lacks; bench_augment.py measures what rooms and MUSAN add).
+VOXCELEB_AUGMENTATION = {"speed_perturb": True, "noise_probability": 0.6, "band_limit_probability": 0.1, "spec_mask_probability": 0.5}
+
+
+def reader(working_dir: str, batch_size: int, windows: int, input_workers: int, processes: bool, augmented: bool, seed: int):
+    """The plain reader `SpeakerClassBatches` on the synthetic cache, or with `augmented` `AugmentedBatches` on its audio
+    with VOXCELEB_AUGMENTATION, as `training_batches.make_batches` sets them up: `input_workers` reader threads, or with
+    `processes` that many reader processes (PyDataset's use_multiprocessing; train --input_processes)."""
+    from batcher import AugmentedBatches, SpeakerClassBatches, load_training_data
+    from train_config import TrainConfig
 
     data = load_training_data(working_dir)
     steps = max(2, math.ceil(windows / batch_size))
     loader = {"workers": input_workers, "use_multiprocessing": processes, "max_queue_size": 2 * input_workers}
-    seconds, loss = timed_fit(model, SpeakerClassBatches(data.train, data.speakers, batch_size, steps, seed=2, **loader))
+    if not augmented:
+        return SpeakerClassBatches(data.train, data.speakers, batch_size, steps, seed=seed, **loader)
+    folder = Path(working_dir) / f"{WAVEFORM_CACHE_DIR_NAME}-energy"
+    waveforms = {s: [folder / entry.name for entry in entries] for s, entries in data.train.items()}
+    return AugmentedBatches(waveforms, data.speakers, batch_size, steps, TrainConfig(**VOXCELEB_AUGMENTATION).augment, seed=seed, **loader)
+
+
+def measure_end_to_end(model, batch_size: int, windows: int, working_dir: str, input_workers: int, processes: bool = False,
+                       augmented: bool = False) -> dict:
+    """`fit` windows/s fed by `reader`. The model's classes are the cache's speakers, so an augmented reader's speed
+    classes (speaker x 3) are folded back onto them: the cost measured is the reader's and the model's, not the labels'."""
+    batches = reader(working_dir, batch_size, windows, input_workers, processes, augmented, seed=2)
+    if augmented:
+        batches.num_speakers = 0  # Class = speaker + speed index x num_speakers: 0 keeps each row's speaker.
+    seconds, loss = timed_fit(model, batches)
+    steps = len(batches)
     return {"windows_per_s": steps * batch_size / seconds, "steps": steps, "seconds": seconds, "loss": loss,
-            "input_workers": input_workers, "processes": processes}
+            "input_workers": input_workers, "processes": processes, "augmented": augmented}
 
 
 def measure_inference(model, batch_size: int, min_seconds: float, flops: int) -> dict:
@@ -290,29 +315,11 @@ def measure_inference(model, batch_size: int, min_seconds: float, flops: int) ->
             "tflops": rate * flops / 1e12}
 
 
-# The augmentation of recipes/voxceleb2_resnet.json without its folders: babble in place of MUSAN, no rooms (simulating
-# them needs pyroomacoustics, which the GPU machine lacks; bench_augment.py measures what rooms and MUSAN add).
-VOXCELEB_AUGMENTATION = {"speed_perturb": True, "noise_probability": 0.6, "band_limit_probability": 0.1, "spec_mask_probability": 0.5}
-
-
 def measure_pipeline(working_dir: str, batch_size: int, windows: int, input_workers: int, processes: bool = False, augmented: bool = False) -> dict:
-    """Windows/s of the plain reader `SpeakerClassBatches` (or with `augmented`, of `AugmentedBatches` on the cached audio,
-    with VOXCELEB_AUGMENTATION) through Keras's PyDataset machinery, no model (as bench_training.py): `input_workers`
-    threads, or with `processes` that many worker processes (PyDataset's use_multiprocessing; train --input_processes)."""
+    """Windows/s of `reader` through Keras's PyDataset machinery, no model (as bench_training.py)."""
     from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
-    from batcher import AugmentedBatches, SpeakerClassBatches, load_training_data
-    from train_config import TrainConfig
-
-    data = load_training_data(working_dir)
-    steps = max(2, math.ceil(windows / batch_size))
-    loader = {"workers": input_workers, "use_multiprocessing": processes, "max_queue_size": 2 * input_workers}
-    if augmented:
-        folder = Path(working_dir) / f"{WAVEFORM_CACHE_DIR_NAME}-energy"
-        waveforms = {s: [folder / entry.name for entry in entries] for s, entries in data.train.items()}
-        batches = AugmentedBatches(waveforms, data.speakers, batch_size, steps, TrainConfig(**VOXCELEB_AUGMENTATION).augment, seed=4, **loader)
-    else:
-        batches = SpeakerClassBatches(data.train, data.speakers, batch_size, steps, seed=3, **loader)
+    batches = reader(working_dir, batch_size, windows, input_workers, processes, augmented, seed=4 if augmented else 3)
     adapter = PyDatasetAdapter(batches, shuffle=False)
     drawn, start = 0, time.perf_counter()
     for batch in adapter.get_numpy_iterator():
@@ -390,10 +397,12 @@ def run_worker(spec: dict) -> int:
         if measure == "training":
             run_measure(base, lambda: measure_training(models["softmax"], batch_size, spec["train_windows"], classes, forward_flops(size, classes)))
         else:
-            for workers, processes in [(spec["input_workers"], False)] + [(w, True) for w in spec.get("e2e_processes", [])]:
-                run_measure({**base, "input_workers": workers, "processes": processes},
-                            lambda workers=workers, processes=processes: measure_end_to_end(
-                                models["softmax"], batch_size, spec["e2e_windows"], spec["working_dir"], workers, processes))
+            readers = ([(spec["input_workers"], False, False)] + [(w, True, False) for w in spec.get("e2e_processes", [])]
+                       + [(w, True, True) for w in spec.get("e2e_augmented_processes", [])])
+            for workers, processes, augmented in readers:
+                run_measure({**base, "input_workers": workers, "processes": processes, "augmented": augmented},
+                            lambda workers=workers, processes=processes, augmented=augmented: measure_end_to_end(
+                                models["softmax"], batch_size, spec["e2e_windows"], spec["working_dir"], workers, processes, augmented))
     return 0
 
 
@@ -460,7 +469,8 @@ def summarise(records: list[dict], config: dict, notes: list[str]) -> dict:
     augmented = {f"{r['input_workers']} {'processes' if r['processes'] else 'threads'}": round(r["windows_per_s"], 1)
                  for r in records if r.get("measure") == "augmented_pipeline" and "windows_per_s" in r}
     e2e = [r for r in records if r.get("measure") == "end_to_end" and "windows_per_s" in r]
-    e2e_processes = {str(r["input_workers"]): round(r["windows_per_s"], 1) for r in e2e if r.get("processes")}
+    e2e_processes = {str(r["input_workers"]): round(r["windows_per_s"], 1) for r in e2e if r.get("processes") and not r.get("augmented")}
+    e2e_augmented = {str(r["input_workers"]): round(r["windows_per_s"], 1) for r in e2e if r.get("augmented")}
     keeps_up = None
     if e2e:
         fastest = max(e2e, key=lambda r: r["windows_per_s"])  # With the readers that did best.
@@ -477,6 +487,7 @@ def summarise(records: list[dict], config: dict, notes: list[str]) -> dict:
         "train_windows_per_s": train, "inference_windows_per_s": infer, "inference_host_io_windows_per_s": table("inference", "host_io_windows_per_s"),
         "train_tflops": table("training", "tflops"), "inference_tflops": table("inference", "tflops"),
         "end_to_end_windows_per_s": table("end_to_end"), **({"end_to_end_processes_windows_per_s": e2e_processes} if e2e_processes else {}),
+        **({"end_to_end_augmented_processes_windows_per_s": e2e_augmented} if e2e_augmented else {}),
         "pipeline_windows_per_s": pipeline,
         **({"pipeline_processes_windows_per_s": pipeline_processes} if pipeline_processes else {}),
         **({"augmented_pipeline_windows_per_s": augmented} if augmented else {}), "peak_gpu_bytes": peaks,
@@ -504,7 +515,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     cache = build_synthetic_cache(working_dir, args.speakers, args.utterances, args.pool_size)
     augmented_workers = [int(w) for w in args.augmented_workers.split(",") if w]
     augmented_processes = [int(w) for w in args.augmented_processes.split(",") if w]
-    if augmented_workers or augmented_processes:
+    e2e_augmented_processes = [int(w) for w in args.e2e_augmented_processes.split(",") if w]
+    if augmented_workers or augmented_processes or e2e_augmented_processes:
         cache["waveforms"] = build_synthetic_waveforms(working_dir, min(args.pool_size, 200))
     cache["seconds"] = round(time.monotonic() - started, 2)
     note(f"cache ready: {cache}")
@@ -513,7 +525,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     common = {"working_dir": str(working_dir), "model_size": args.model_size, "num_classes": cache["speakers"],
               "train_batch_sizes": train_batches, "infer_batch_sizes": [int(b) for b in args.infer_batch_sizes.split(",")],
               "train_windows": args.train_windows, "e2e_windows": args.e2e_windows, "infer_seconds": args.infer_seconds,
-              "input_workers": args.input_workers, "e2e_processes": [int(w) for w in args.e2e_processes.split(",") if w], "require_gpu": args.require_gpu,
+              "input_workers": args.input_workers, "e2e_processes": [int(w) for w in args.e2e_processes.split(",") if w],
+              "e2e_augmented_processes": e2e_augmented_processes, "require_gpu": args.require_gpu,
               "block_modules": [m for m in args.block_modules.split(",") if m]}
     children = [({**common, "kind": "pipeline", "batch_size": train_batches[0], "pipeline_windows": args.pipeline_windows,
                   "pipeline_workers": [int(w) for w in args.pipeline_workers.split(",") if w],
@@ -559,7 +572,7 @@ def markdown_table(summary: dict) -> str:
     for r in summary["records"]:
         if r.get("measure") not in ("training", "end_to_end", "inference"):
             continue
-        measure = r["measure"] + (f" ({r['input_workers']} processes)" if r.get("processes") else "")
+        measure = r["measure"] + (f" ({'augmented, ' if r.get('augmented') else ''}{r['input_workers']} processes)" if r.get("processes") else "")
         if "error" in r:
             lines.append(f"| {measure} | {r['policy']} | {r['batch_size']} | error: {r['error'][:60]} | | | |")
             continue
@@ -599,7 +612,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--augmented_windows", type=int, default=8_192, help="Windows of each augmented-reader measure.")
     parser.add_argument("--pipeline_processes", default="", help="Reader processes of the pipeline-alone measure (PyDataset's use_multiprocessing), e.g. 4,16; none by default.")
     parser.add_argument("--input_workers", type=int, default=4, help="Reader threads end to end (TrainConfig.input_workers).")
-    parser.add_argument("--e2e_processes", default="", help="Reader processes of further end-to-end measures (train --input_processes), e.g. 8,16; none by default.")
+    parser.add_argument("--e2e_augmented_processes", default="16", help="Reader processes of end-to-end measures with the augmented reader (synthetic cached audio); empty: none.")
+    parser.add_argument("--e2e_processes", default="4", help="Reader processes of further end-to-end measures (train --input_processes); empty: none.")
     parser.add_argument("--infer_seconds", type=float, default=2.0, help="Timed inference seconds per batch size (at least 3 calls).")
     parser.add_argument("--budget_s", type=float, default=400, help="Wall-clock seconds for everything; workers still running then are stopped.")
     parser.add_argument("--reserve_s", type=float, default=45, help="Seconds kept for each worker still to come.")

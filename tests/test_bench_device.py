@@ -39,7 +39,10 @@ def test_dry_run_measures_every_figure_on_the_cpu(jax_subprocess_env):
         assert summary["train_windows_per_s"][policy]["6"] > 0
         assert summary["inference_windows_per_s"][policy]["8"] > 0
         assert summary["inference_host_io_windows_per_s"][policy]["8"] > 0
-    assert summary["end_to_end_windows_per_s"]["mixed_bfloat16"]["6"] > 0  # The batcher fed the model.
+    assert summary["end_to_end_windows_per_s"]["mixed_bfloat16"]["6"] > 0  # The batcher fed the model,
+    assert summary["end_to_end_processes_windows_per_s"]["2"] > 0  # and with reader processes,
+    assert summary["end_to_end_augmented_processes_windows_per_s"]["2"] > 0  # and the augmented one with processes.
+    assert "| end_to_end (augmented, 2 processes) | mixed_bfloat16 | 6 |" in result.stdout
     assert summary["pipeline_windows_per_s"]["2"] > 0
     assert summary["meets_train_target"] is False and summary["meets_inference_target"] is False  # A CPU, small model.
     assert all(np.isfinite(r["loss"]) for r in summary["records"] if "loss" in r)
