@@ -83,14 +83,15 @@ def train(working_dir: str | os.PathLike, config: TrainConfig, run_root: str | o
             if state:
                 model.optimizer.build(model.trainable_variables)  # So its saved state has somewhere to go.
                 model.load_weights(latest_checkpoint(directory, state))
+                if finished:  # Finished before runs kept their final model: write it from the last epoch's weights.
+                    save_model_atomically(model, directory / FINAL_CHECKPOINT)
+                    logger.info("%s finished before runs kept %s: written from the weights of epoch %d", directory, FINAL_CHECKPOINT, first_epoch)
+                    return directory
                 logger.info("resuming %s after epoch %d (optimizer step %d)", directory, first_epoch, int(keras.ops.convert_to_numpy(model.optimizer.iterations)))
                 if saved_config.get("learning_rate") != config.learning_rate:  # E.g. a lower rate after a NaN loss.
                     model.optimizer.learning_rate.assign(config.optimizer_learning_rate)
             elif config.mode == "triplet":
                 load_initial_checkpoint(model, config, working_dir)
-            if finished:  # Finished before runs kept their final model: write it from the last epoch's weights.
-                save_model_atomically(model, directory / FINAL_CHECKPOINT)
-                return directory
             train_batches, validation_batches = make_batches(config, data, model, first_epoch, working_dir, task_values)
             if validation_batches is not None and config.fixed_validation:
                 validation_batches = FixedBatches.draw(validation_batches, len(validation_batches))

@@ -460,17 +460,17 @@ def summarise(records: list[dict], config: dict, notes: list[str]) -> dict:
     train, infer = table("training"), table("inference")
     best_train = max(train.get(TARGET_POLICY, {}).values(), default=None)
     best_infer = max(infer.get(TARGET_POLICY, {}).values(), default=None)
-    def pipeline_rates(processes: bool) -> dict:
-        """Reader workers -> windows/s of the pipeline-alone measures with threads, or with worker processes."""
+    def reader_rates(measure: str, processes: bool, augmented: bool = False) -> dict:
+        """Reader workers -> windows/s of a measure's records read with threads or with worker processes, plain or augmented."""
         return {str(r["input_workers"]): round(r["windows_per_s"], 1) for r in records
-                if r.get("measure") == "pipeline" and "windows_per_s" in r and bool(r.get("processes")) == processes}
+                if r.get("measure") == measure and "windows_per_s" in r
+                and bool(r.get("processes")) == processes and bool(r.get("augmented")) == augmented}
 
-    pipeline, pipeline_processes = pipeline_rates(False), pipeline_rates(True)
-    augmented = {f"{r['input_workers']} {'processes' if r['processes'] else 'threads'}": round(r["windows_per_s"], 1)
-                 for r in records if r.get("measure") == "augmented_pipeline" and "windows_per_s" in r}
+    pipeline, pipeline_processes = reader_rates("pipeline", False), reader_rates("pipeline", True)
+    augmented = ({f"{w} threads": v for w, v in reader_rates("augmented_pipeline", False).items()}
+                 | {f"{w} processes": v for w, v in reader_rates("augmented_pipeline", True).items()})
+    e2e_processes, e2e_augmented = reader_rates("end_to_end", True), reader_rates("end_to_end", True, augmented=True)
     e2e = [r for r in records if r.get("measure") == "end_to_end" and "windows_per_s" in r]
-    e2e_processes = {str(r["input_workers"]): round(r["windows_per_s"], 1) for r in e2e if r.get("processes") and not r.get("augmented")}
-    e2e_augmented = {str(r["input_workers"]): round(r["windows_per_s"], 1) for r in e2e if r.get("augmented")}
     keeps_up = None
     if e2e:
         fastest = max(e2e, key=lambda r: r["windows_per_s"])  # With the readers that did best.
@@ -507,30 +507,33 @@ def write_summary(summary: dict, out: Path | None) -> None:
         os.replace(tmp, out)
 
 
+def int_list(text: str) -> list[int]:
+    """"4,16" -> [4, 16]; "" -> []."""
+    return [int(w) for w in text.split(",") if w]
+
+
 def run_benchmark(args: argparse.Namespace) -> dict:
     started = time.monotonic()
     deadline = started + args.budget_s
     working_dir = Path(args.working_dir)
     note(f"synthetic cache in {working_dir}: {args.speakers} speakers x {args.utterances} utterances")
     cache = build_synthetic_cache(working_dir, args.speakers, args.utterances, args.pool_size)
-    augmented_workers = [int(w) for w in args.augmented_workers.split(",") if w]
-    augmented_processes = [int(w) for w in args.augmented_processes.split(",") if w]
-    e2e_augmented_processes = [int(w) for w in args.e2e_augmented_processes.split(",") if w]
+    augmented_workers, augmented_processes = int_list(args.augmented_workers), int_list(args.augmented_processes)
+    e2e_augmented_processes = int_list(args.e2e_augmented_processes)
     if augmented_workers or augmented_processes or e2e_augmented_processes:
         cache["waveforms"] = build_synthetic_waveforms(working_dir, min(args.pool_size, 200))
     cache["seconds"] = round(time.monotonic() - started, 2)
     note(f"cache ready: {cache}")
     policies = [p for p in args.policies.split(",") if p]  # None: the input pipeline alone.
-    train_batches = [int(b) for b in args.train_batch_sizes.split(",")]
+    train_batches = int_list(args.train_batch_sizes)
     common = {"working_dir": str(working_dir), "model_size": args.model_size, "num_classes": cache["speakers"],
-              "train_batch_sizes": train_batches, "infer_batch_sizes": [int(b) for b in args.infer_batch_sizes.split(",")],
+              "train_batch_sizes": train_batches, "infer_batch_sizes": int_list(args.infer_batch_sizes),
               "train_windows": args.train_windows, "e2e_windows": args.e2e_windows, "infer_seconds": args.infer_seconds,
-              "input_workers": args.input_workers, "e2e_processes": [int(w) for w in args.e2e_processes.split(",") if w],
+              "input_workers": args.input_workers, "e2e_processes": int_list(args.e2e_processes),
               "e2e_augmented_processes": e2e_augmented_processes, "require_gpu": args.require_gpu,
               "block_modules": [m for m in args.block_modules.split(",") if m]}
     children = [({**common, "kind": "pipeline", "batch_size": train_batches[0], "pipeline_windows": args.pipeline_windows,
-                  "pipeline_workers": [int(w) for w in args.pipeline_workers.split(",") if w],
-                  "pipeline_processes": [int(w) for w in args.pipeline_processes.split(",") if w],
+                  "pipeline_workers": int_list(args.pipeline_workers), "pipeline_processes": int_list(args.pipeline_processes),
                   "augmented_windows": args.augmented_windows, "augmented_workers": augmented_workers, "augmented_processes": augmented_processes}, True)]
     children += [({**common, "kind": "policy", "policy": p, "end_to_end": i == 0}, False) for i, p in enumerate(policies)]
     config = {k: v for k, v in vars(args).items() if k not in ("worker", "table", "out")} | {"cache": cache}
