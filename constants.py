@@ -150,4 +150,7 @@ EXPORT_WINDOWS_PER_CALL = 32  # Windows per model call inside the exported graph
 
 # Uncertainty of experiment results (experiment.mtl_answer).
 CONFIDENCE_LEVEL = 0.95
+# Fewest seeds a verdict is read from: a t interval over two seeds (one degree of freedom) excludes zero
+# wherever the two differences agree in sign and size, however large the spread between seeds may be.
+MIN_SEEDS_FOR_VERDICT = 3
 BOOTSTRAP_RESAMPLES = 1000

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from constants import MIN_SEEDS_FOR_VERDICT
 from corpus import gender_label, index_corpus
 from fileio import write_atomically, write_json_atomically, write_text_atomically
 from tasks import gender_task, parse_tasks, resolve_clip_tables
@@ -804,13 +805,14 @@ def mtl_answer(config: ExperimentConfig, seed: int = 0, bootstrap_trials: bool =
     seeds; EERs also get a paired bootstrap over trials (`paired_bootstrap_eer_difference`), label
     tasks one over the unseen speakers (`paired_bootstrap_accuracy_difference`).
     The verdict comes from the interval over seeds: `supported` where it excludes zero in
-    Hive-MTL's favour, `refuted` where it excludes zero against it, else `undecided`, with
-    `seeds_needed`: how many seeds would decide it if the mean and spread of the differences
-    stayed as seen (`eval_metrics.seeds_to_exclude_zero`; none with one seed). `bootstrap_trials=False`
+    Hive-MTL's favour, `refuted` where it excludes zero against it, else `undecided`, and always
+    `undecided` below MIN_SEEDS_FOR_VERDICT seeds, with `seeds_needed`: how many seeds would
+    decide it if the mean and spread of the differences stayed as seen
+    (`eval_metrics.seeds_to_exclude_zero`, at least MIN_SEEDS_FOR_VERDICT; none with one seed). `bootstrap_trials=False`
     leaves out the bootstrap over trials (slow for FSDD's 44,850 trials at five seeds), as the
     answer written after every run does; the verdicts do not depend on it.
     """
-    from eval_metrics import paired_bootstrap_accuracy_difference, paired_bootstrap_eer_difference, paired_t_interval, seeds_to_exclude_zero
+    from eval_metrics import paired_bootstrap_accuracy_difference, paired_bootstrap_eer_difference, paired_t_interval
 
     csv_path = config.output_dir / f"{config.name}.csv"
     rows = read_results(csv_path)
@@ -841,7 +843,7 @@ def mtl_answer(config: ExperimentConfig, seed: int = 0, bootstrap_trials: bool =
                 pairs = [speaker_pair(config, (single_name, single_column), (mtl_name, mtl_column), s) for s in seeds]
                 if all(p is not None for p in pairs):
                     over_speakers = paired_bootstrap_accuracy_difference(pairs, rng)
-            decided = over_seeds.excludes_zero()
+            decided = over_seeds.excludes_zero() and len(seeds) >= MIN_SEEDS_FOR_VERDICT
             favours_mtl = decided and (over_seeds.high < 0 if lower_is_better else over_seeds.low > 0)
             better, worse = decided and favours_mtl, decided and not favours_mtl
             answers.append({
@@ -851,9 +853,17 @@ def mtl_answer(config: ExperimentConfig, seed: int = 0, bootstrap_trials: bool =
                 "trials_low": over_trials.low if over_trials else None, "trials_high": over_trials.high if over_trials else None,
                 "speakers_low": over_speakers.low if over_speakers else None, "speakers_high": over_speakers.high if over_speakers else None,
                 "verdict": "supported" if better else "refuted" if worse else "undecided",
-                "seeds_needed": None if decided else seeds_to_exclude_zero(differences),
+                "seeds_needed": None if decided else seeds_needed(differences),
             })
     return answers
+
+
+def seeds_needed(differences: np.ndarray) -> int | None:
+    """Seeds that would decide a figure at the spread seen: `seeds_to_exclude_zero`, never fewer than MIN_SEEDS_FOR_VERDICT."""
+    from eval_metrics import seeds_to_exclude_zero
+
+    needed = seeds_to_exclude_zero(differences)
+    return None if needed is None else max(needed, MIN_SEEDS_FOR_VERDICT)
 
 
 def trial_pair(config: ExperimentConfig, single_name: str, mtl_name: str, seed: int, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -925,7 +935,7 @@ def answer_table(answer_csv: str | os.PathLike) -> str:
     lines.append("Differences are Hive-MTL minus the single-task configuration with the best mean for that figure, paired by seed. "
                  "EER: lower is better; accuracies: higher is better. The verdict comes from the interval over seeds (Student's t): "
                  "supported where it excludes zero in Hive-MTL's favour, refuted where it excludes zero against it, undecided otherwise "
-                 "(always with one seed); for an undecided figure, about how many seeds would decide it if the mean and the spread of its "
+                 f"(always below {MIN_SEEDS_FOR_VERDICT} seeds: two seeds that agree give a narrow interval whatever the spread); for an undecided figure, about how many seeds would decide it if the mean and the spread of its "
                  "differences stayed as seen (an estimate). The interval over trials (paired bootstrap, 1,000 resamples) covers the choice of trials only; "
                  "the interval over speakers (paired bootstrap, 1,000 resamples of the unseen speakers within each label) the choice of speakers only. "
                  "Per-clip tasks (emotion) have neither: their clips come from a few speakers each.")

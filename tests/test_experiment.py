@@ -282,6 +282,19 @@ def test_the_answer_says_how_many_seeds_would_decide_an_undecided_figure(tmp_pat
     assert (answer["mtl_language_adversarial"]["verdict"], answer["mtl_language_adversarial"]["seeds_needed"]) == ("supported", None)  # -0.020 on every seed.
 
 
+def test_two_seeds_that_agree_decide_nothing(tmp_path, emodb_sample):
+    config = load_experiment_config(write_recipe(tmp_path, emodb_sample, seeds=[0, 1]))
+    eers = {"softmax_triplet": [0.030, 0.020], "mtl_triplet": [0.041, 0.030]}  # Differences +0.011 and +0.010: worse on both seeds.
+    (tmp_path / "results").mkdir()
+    with open(tmp_path / "results" / "tiny.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["config", "seed", "eer_test_other"])
+        writer.writeheader()
+        writer.writerows({"config": name, "seed": seed, "eer_test_other": eer} for name, values in eers.items() for seed, eer in enumerate(values))
+    (row,) = mtl_answer(config)
+    assert row["seeds_high"] > row["seeds_low"] > 0  # The one-degree-of-freedom interval excludes zero,
+    assert (row["verdict"], row["seeds_needed"]) == ("undecided", 3)  # yet two seeds decide nothing: a third is the fewest that may.
+
+
 def write_ablation_recipe(tmp_path: Path, **extra) -> Path:
     """A tiny ablation on the bundled samples: LibriSpeech and Common Voice (MP3) speakers train, test-other is held out;
     `extra` adds top-level keys (e.g. durations)."""
