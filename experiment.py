@@ -55,10 +55,11 @@ TASK_COLUMN_SUFFIXES = ("_acc_head", "_acc_probe", "_acc_head_per_speaker", "_ac
 # A per-clip task's (`probes.clip_task_accuracies`): balanced accuracies over the unseen speakers' labelled clips, then
 # `<task>_clips`, those clips per label ("49 anger, 31 boredom, ..."), and `<task>_speakers`, how many speakers they are of.
 CLIP_TASK_COLUMN_SUFFIXES = ("_acc_head", "_acc_probe", "_clips", "_speakers")
-# Every CSV starts with these; one `eer_<corpus>`, `min_dcf_<corpus>` pair per held-out corpus follows, each followed by
+# Every CSV starts with these (`precision`: the Keras policy the run's `precision` setting means on the machine that
+# finished it, mixed_bfloat16 or float32 on a CPU; empty for rows scored before it was recorded); one `eer_<corpus>`, `min_dcf_<corpus>` pair per held-out corpus follows, each followed by
 # an `eer_<corpus>_<s>s`, `min_dcf_<corpus>_<s>s` pair per duration of the recipe's `durations` (`csv_columns`).
 CSV_COLUMNS = (
-    "config", "seed", "model_size", "backend", "device", "train_steps", "train_windows", "eer_pooled", "min_dcf_pooled",
+    "config", "seed", "model_size", "backend", "device", "precision", "train_steps", "train_windows", "eer_pooled", "min_dcf_pooled",
     "speaker_id_acc", *(f"gender{suffix}" for suffix in TASK_COLUMN_SUFFIXES), "gender_loss_weight", "triplet_loss_weight", "train_seconds",
 )
 LEGACY_COLUMNS = {"eer": "eer_pooled", "min_dcf": "min_dcf_pooled"}  # CSVs written before per-corpus figures.
@@ -472,8 +473,10 @@ def run_experiment(config_path: str | os.PathLike, working_dir: str | os.PathLik
     import keras
 
     from feature_cache import build_feature_cache
+    from precision import training_policy
     from test import evaluate_checkpoint
     from run_directory import FINAL_CHECKPOINT
+    from train_config import TrainConfig
 
     config = load_experiment_config(config_path)
     working_dir = Path(working_dir)
@@ -505,6 +508,7 @@ def run_experiment(config_path: str | os.PathLike, working_dir: str | os.PathLik
             steps, windows, seconds = train_progress(run_root)
             row = {
                 "config": name, "seed": seed, "model_size": config.model_size, "backend": keras.backend.backend(), "device": device_name(),
+                "precision": training_policy(train_settings(config, name).get("precision", TrainConfig.precision)),
                 "train_steps": steps, "train_windows": windows, **verification_columns(report.__dict__, corpora, config.durations),
                 **{key: value for key, value in report.heads.items() if key == "speaker_id_acc" or key.endswith(ACCURACY_SUFFIXES)},
                 "gender_loss_weight": settings.get("gender_loss_weight", 1.0) if settings["recipe"].startswith("mtl") else 0.0,

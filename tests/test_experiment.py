@@ -86,8 +86,9 @@ def test_tiny_experiment_writes_one_csv_row_per_run_and_the_plot_and_resumes(tmp
         rows = list(csv.DictReader(handle))
     assert tuple(rows[0]) == TINY_COLUMNS  # The fixed columns, each task's, then each held-out corpus's (the held-out training speakers' homes last).
     backend, device = keras.backend.backend(), device_name()  # Recorded as found, whichever machine runs this.
-    assert [(r["config"], r["seed"], r["model_size"], r["backend"], r["device"]) for r in rows] == [
-        ("softmax_triplet", "0", "small", backend, device), ("mtl_triplet", "0", "small", backend, device), ("mtl_language_adversarial", "0", "small", backend, device)]
+    precision = "float32"  # The tiny recipe sets no `precision`: TrainConfig's float32, on every machine.
+    assert [(r["config"], r["seed"], r["model_size"], r["backend"], r["device"], r["precision"]) for r in rows] == [
+        (name, "0", "small", backend, device, precision) for name in ("softmax_triplet", "mtl_triplet", "mtl_language_adversarial")]
     assert [r["train_steps"] for r in rows] == ["2", "2", "2"]  # Same budget: one softmax + one triplet epoch against two MTL epochs.
     assert [r["train_windows"] for r in rows] == ["24", "24", "24"]
     for row in rows:  # Training time: the epochs of every phase, as the states add them up across resumed sittings.
