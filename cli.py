@@ -511,7 +511,7 @@ def experiment(config_file: str, working_dir: str, readme: str | None, marker: s
 @click.option("--readme", type=click.Path(exists=True, dir_okay=False), help="Replace the table between <!-- MARKER --> markers in this file.")
 @click.option("--marker", default="mtl-results", show_default=True, help="Name of the README markers around the table.")
 @click.option("--answer", "answer_csv", type=click.Path(exists=True, dir_okay=False),
-              help="Also the answer table (<name>_answer.csv: Hive-MTL minus the best single-task configuration, with intervals), "
+              help="Also the answer table (<name>_answer.csv: each configuration minus its baseline, with intervals and a verdict), "
                    "between <!-- MARKER-answer --> markers.")
 def results_table_command(csv_path: str, readme: str | None, marker: str, answer_csv: str | None) -> None:
     """Print the Markdown table (mean ± std over seeds) of an experiment's CSV, and its answer table if given."""

@@ -11,8 +11,9 @@ tasks for it alone (e.g. `{"language": {"adversarial": true}}`). `run_experiment
 configuration with each of its seeds, scores each model with the code paths `test-model` uses,
 and writes one CSV row per run (EER and minDCF per held-out corpus and pooled; with the recipe's
 `durations`, also per corpus on centred crops of every file, as `test-model --durations`) plus, if the
-recipe asks for them, a plot and the answer (Hive-MTL against single-task training, figure by
-figure, with a verdict; rewritten after every run, as the CSV is).
+recipe asks for them, a plot and the answer (each configuration against its baseline, figure by
+figure, with a verdict: Hive-MTL against single-task training, or a recipe with an addition against
+the recipe without it; rewritten after every run, as the CSV is).
 
 Each scored run leaves a record beside the results (its evaluation.json and trial scores), committed
 with them: the CSV, the answer and its bootstraps are rebuilt from the records alone, and a run with
@@ -101,7 +102,7 @@ class ExperimentConfig:
     train: dict = field(default_factory=dict)  # TrainConfig settings of every configuration; each may override them.
     tasks: dict = field(default_factory=dict)  # Label tasks besides gender: trained by Hive-MTL, scored (probe) for every configuration.
     held_out_training_speakers: list[str] = field(default_factory=list)  # Speakers of the training folders kept out of training and scored.
-    answer: dict = field(default_factory=dict)  # {"mtl": [configurations], "single": [configurations]}: what `mtl_answer` compares.
+    answer: dict = field(default_factory=dict)  # What `answer_rows` compares: {"mtl": [...], "single": [...]} or {"baseline": name}.
     durations: list[float] = field(default_factory=list)  # Seconds of the centred crops each corpus is also scored on.
 
 
@@ -234,10 +235,19 @@ def check_kept_out_speakers(path: Path, kept_out) -> list[str]:
 
 
 def check_answer(path: Path, answer: dict, configurations: dict) -> dict:
-    """`answer`: empty, or {"mtl": [...], "single": [...]} naming configurations."""
-    if answer and (set(answer) != {"mtl", "single"} or not all(isinstance(answer[k], list) and answer[k] for k in answer)):
-        raise ExperimentConfigError(f"{path}: 'answer' must be {{\"mtl\": [configurations], \"single\": [configurations]}}")
-    for name in [*answer.get("mtl", []), *answer.get("single", [])]:
+    """`answer`: empty; {"mtl": [...], "single": [...]} (each Hive-MTL configuration against the best single-task one,
+    task by task); or {"baseline": name} (every other configuration against that one, on each verification figure:
+    additions to a recipe, each measured against the recipe without it)."""
+    usage = "'answer' must be {\"mtl\": [configurations], \"single\": [configurations]} or {\"baseline\": configuration}"
+    if answer and set(answer) == {"baseline"}:
+        names = [answer["baseline"]] if isinstance(answer["baseline"], str) else None
+    elif answer and set(answer) == {"mtl", "single"}:
+        names = [*answer["mtl"], *answer["single"]] if all(isinstance(answer[k], list) and answer[k] for k in answer) else None
+    else:
+        names = [] if not answer else None
+    if names is None:
+        raise ExperimentConfigError(f"{path}: {usage}")
+    for name in names:
         if name not in configurations:
             raise ExperimentConfigError(f"{path}: 'answer' names an unknown configuration {name!r} (known: {', '.join(configurations)})")
     return answer
@@ -550,7 +560,7 @@ def scored_already(result_file: Path, durations: list[float]) -> bool:
 
 
 def save_trial_scores(path: Path, trial_scores: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
-    """Each corpus's trial scores and labels, in trial order, for paired bootstraps over trials (`mtl_answer`); float32
+    """Each corpus's trial scores and labels, in trial order, for paired bootstraps over trials (`compared`); float32
     scores and boolean labels, compressed: a record is committed, so it is kept small (about 0.3 MB a run)."""
     arrays = {}
     for corpus, (scores, labels) in trial_scores.items():
@@ -773,14 +783,16 @@ def plot_gender_weight(rows: list[dict], configurations: list[str], path: Path) 
 
 
 # ----------------------------------------------------------------------------------------------
-# The answer: Hive-MTL against the best single-task configuration, task by task, with intervals.
+# The answer: each configuration against its baseline, figure by figure, with intervals. For Hive-MTL
+# the baseline is the best single-task configuration of each figure; for additions to a recipe, the
+# recipe without them.
 
-ANSWER_COLUMNS = ("task", "figure", "mtl_config", "single_config", "seeds", "mtl_mean", "single_mean", "difference",
+ANSWER_COLUMNS = ("task", "figure", "config", "baseline", "seeds", "mean", "baseline_mean", "difference",
                   "seeds_low", "seeds_high", "trials_low", "trials_high", "speakers_low", "speakers_high", "verdict", "seeds_needed")
 
 
 def answer_figures(config: ExperimentConfig) -> list[tuple[str, str, str, str, bool]]:
-    """(task, figure, Hive-MTL column, single-task column, lower is better) for every comparison.
+    """(task, figure, Hive-MTL column, single-task column, lower is better) for every Hive-MTL comparison.
 
     Per-speaker label tasks are compared per speaker (each unseen speaker once), not per file;
     per-clip tasks (emotion) per clip. A label task's head exists only in Hive-MTL, so its head is
@@ -801,65 +813,109 @@ def answer_figures(config: ExperimentConfig) -> list[tuple[str, str, str, str, b
     return figures
 
 
+def verification_figures(config: ExperimentConfig) -> list[tuple[str, str, str, str, bool]]:
+    """(task, figure, column, column, lower is better) of every EER of the CSV: each held-out corpus on whole files,
+    then on the crops of each of the recipe's `durations` (what additions for short speech are meant to move)."""
+    figures = []
+    for corpus in held_out_corpora(config):
+        columns = [(f"EER {corpus}", corpus_column(corpus))]
+        columns += [(f"EER {corpus}, {seconds:g} s crops", duration_column(corpus, seconds)) for seconds in config.durations]
+        figures += [("speaker verification", figure, f"eer_{column}", f"eer_{column}", True) for figure, column in columns]
+    return figures
+
+
+def answer_rows(config: ExperimentConfig, seed: int = 0, bootstrap_trials: bool = True) -> list[dict]:
+    """The rows of the recipe's answer: `mtl_answer` for {"mtl", "single"}, `baseline_answer` for {"baseline"}."""
+    if "baseline" in config.answer:
+        return baseline_answer(config, seed, bootstrap_trials)
+    return mtl_answer(config, seed, bootstrap_trials)
+
+
 def mtl_answer(config: ExperimentConfig, seed: int = 0, bootstrap_trials: bool = True) -> list[dict]:
-    """One row per (Hive-MTL configuration, figure): its difference from the best single-task configuration.
-
-    The best single-task configuration is the one with the best mean over seeds for that figure.
-    Differences are Hive-MTL minus single, seed by seed (paired), with Student's t interval over
-    seeds; EERs also get a paired bootstrap over trials (`paired_bootstrap_eer_difference`), label
-    tasks one over the unseen speakers (`paired_bootstrap_accuracy_difference`).
-    The verdict comes from the interval over seeds: `supported` where it excludes zero in
-    Hive-MTL's favour, `refuted` where it excludes zero against it, else `undecided`, and always
-    `undecided` below MIN_SEEDS_FOR_VERDICT seeds, with `seeds_needed`: how many seeds would
-    decide it if the mean and spread of the differences stayed as seen
-    (`eval_metrics.seeds_to_exclude_zero`, at least MIN_SEEDS_FOR_VERDICT; none with one seed). `bootstrap_trials=False`
-    leaves out the bootstrap over trials (slow for FSDD's 44,850 trials at five seeds), as the
-    answer written after every run does; the verdicts do not depend on it.
-    """
-    from eval_metrics import paired_bootstrap_accuracy_difference, paired_bootstrap_eer_difference, paired_t_interval
-
-    csv_path = config.output_dir / f"{config.name}.csv"
-    rows = read_results(csv_path)
+    """One row per (Hive-MTL configuration, figure of `answer_figures`): its difference from the best single-task
+    configuration, the one with the best mean over seeds for that figure (`compared` says how it is read)."""
+    rows = read_results(config.output_dir / f"{config.name}.csv")
     rng = np.random.default_rng(seed)
-
-    def by_seed(name: str, column: str) -> dict[int, float]:
-        return {int(r["seed"]): float(r[column]) for r in rows if r["config"] == name and r.get(column) not in ("", None)}
-
     answers = []
     for mtl_name in config.answer.get("mtl", []):
         for task, figure, mtl_column, single_column, lower_is_better in answer_figures(config):
-            mtl_values = by_seed(mtl_name, mtl_column)
-            candidates = {name: by_seed(name, single_column) for name in config.answer["single"]}
+            mtl_values = values_by_seed(rows, mtl_name, mtl_column)
+            candidates = {name: values_by_seed(rows, name, single_column) for name in config.answer["single"]}
             candidates = {name: values for name, values in candidates.items() if set(values) & set(mtl_values)}
             if not mtl_values or not candidates:
                 continue
             sign = 1.0 if lower_is_better else -1.0
             single_name = min(candidates, key=lambda name: sign * np.mean(list(candidates[name].values())))
-            seeds = sorted(set(mtl_values) & set(candidates[single_name]))
-            differences = np.array([mtl_values[s] - candidates[single_name][s] for s in seeds])
-            over_seeds = paired_t_interval(differences)
-            over_trials = over_speakers = None
-            if bootstrap_trials and mtl_column.startswith("eer_") and mtl_column == single_column:
-                pairs = [trial_pair(config, single_name, mtl_name, s, mtl_column.removeprefix("eer_")) for s in seeds]
-                if all(p is not None for p in pairs):
-                    over_trials = paired_bootstrap_eer_difference(pairs, rng)
-            if mtl_column.endswith("_per_speaker"):
-                pairs = [speaker_pair(config, (single_name, single_column), (mtl_name, mtl_column), s) for s in seeds]
-                if all(p is not None for p in pairs):
-                    over_speakers = paired_bootstrap_accuracy_difference(pairs, rng)
-            decided = over_seeds.excludes_zero() and len(seeds) >= MIN_SEEDS_FOR_VERDICT
-            favours_mtl = decided and (over_seeds.high < 0 if lower_is_better else over_seeds.low > 0)
-            better, worse = decided and favours_mtl, decided and not favours_mtl
-            answers.append({
-                "task": task, "figure": figure, "mtl_config": mtl_name, "single_config": single_name, "seeds": len(seeds),
-                "mtl_mean": float(np.mean([mtl_values[s] for s in seeds])), "single_mean": float(np.mean([candidates[single_name][s] for s in seeds])),
-                "difference": over_seeds.difference, "seeds_low": over_seeds.low, "seeds_high": over_seeds.high,
-                "trials_low": over_trials.low if over_trials else None, "trials_high": over_trials.high if over_trials else None,
-                "speakers_low": over_speakers.low if over_speakers else None, "speakers_high": over_speakers.high if over_speakers else None,
-                "verdict": "supported" if better else "refuted" if worse else "undecided",
-                "seeds_needed": None if decided else seeds_needed(differences),
-            })
+            answers.append(compared(config, rng, bootstrap_trials, task, figure, (mtl_name, mtl_column, mtl_values),
+                                    (single_name, single_column, candidates[single_name]), lower_is_better))
     return answers
+
+
+def baseline_answer(config: ExperimentConfig, seed: int = 0, bootstrap_trials: bool = True) -> list[dict]:
+    """One row per (configuration other than the baseline, figure of `verification_figures`): its difference from the
+    baseline configuration (`compared` says how it is read): does an addition to a recipe help, corpus by corpus and
+    duration by duration?"""
+    rows = read_results(config.output_dir / f"{config.name}.csv")
+    rng = np.random.default_rng(seed)
+    baseline = config.answer["baseline"]
+    answers = []
+    for name in config.configurations:
+        if name == baseline:
+            continue
+        for task, figure, column, _, lower_is_better in verification_figures(config):
+            values, baseline_values = values_by_seed(rows, name, column), values_by_seed(rows, baseline, column)
+            if set(values) & set(baseline_values):
+                answers.append(compared(config, rng, bootstrap_trials, task, figure, (name, column, values),
+                                        (baseline, column, baseline_values), lower_is_better))
+    return answers
+
+
+def values_by_seed(rows: list[dict], name: str, column: str) -> dict[int, float]:
+    """{seed: value} of one configuration's column, over the rows that have it."""
+    return {int(r["seed"]): float(r[column]) for r in rows if r["config"] == name and r.get(column) not in ("", None)}
+
+
+def compared(config: ExperimentConfig, rng: np.random.Generator, bootstrap_trials: bool, task: str, figure: str,
+             candidate: tuple[str, str, dict[int, float]], baseline: tuple[str, str, dict[int, float]], lower_is_better: bool) -> dict:
+    """One answer row: candidate minus baseline, each given as (configuration, column, {seed: value}), over the seeds both have.
+
+    Differences are paired by seed, with Student's t interval over seeds; EERs also get a paired
+    bootstrap over trials (`paired_bootstrap_eer_difference`; whole files, where both runs kept their
+    trial scores), label tasks one over the unseen speakers (`paired_bootstrap_accuracy_difference`).
+    The verdict comes from the interval over seeds: `supported` where it excludes zero in the
+    candidate's favour, `refuted` where it excludes zero against it, else `undecided`, and always
+    `undecided` below MIN_SEEDS_FOR_VERDICT seeds, with `seeds_needed`: how many seeds would decide
+    it if the mean and spread of the differences stayed as seen (`eval_metrics.seeds_to_exclude_zero`,
+    at least MIN_SEEDS_FOR_VERDICT; none with one seed). `bootstrap_trials=False` leaves out the
+    bootstrap over trials (slow for FSDD's 44,850 trials at five seeds), as the answer written after
+    every run does; the verdicts do not depend on it.
+    """
+    from eval_metrics import paired_bootstrap_accuracy_difference, paired_bootstrap_eer_difference, paired_t_interval
+
+    (name, column, values), (baseline_name, baseline_column, baseline_values) = candidate, baseline
+    seeds = sorted(set(values) & set(baseline_values))
+    differences = np.array([values[s] - baseline_values[s] for s in seeds])
+    over_seeds = paired_t_interval(differences)
+    over_trials = over_speakers = None
+    if bootstrap_trials and column.startswith("eer_") and column == baseline_column:
+        pairs = [trial_pair(config, baseline_name, name, s, column.removeprefix("eer_")) for s in seeds]
+        if all(p is not None for p in pairs):
+            over_trials = paired_bootstrap_eer_difference(pairs, rng)
+    if column.endswith("_per_speaker"):
+        pairs = [speaker_pair(config, (baseline_name, baseline_column), (name, column), s) for s in seeds]
+        if all(p is not None for p in pairs):
+            over_speakers = paired_bootstrap_accuracy_difference(pairs, rng)
+    decided = over_seeds.excludes_zero() and len(seeds) >= MIN_SEEDS_FOR_VERDICT
+    favours_candidate = decided and (over_seeds.high < 0 if lower_is_better else over_seeds.low > 0)
+    return {
+        "task": task, "figure": figure, "config": name, "baseline": baseline_name, "seeds": len(seeds),
+        "mean": float(np.mean([values[s] for s in seeds])), "baseline_mean": float(np.mean([baseline_values[s] for s in seeds])),
+        "difference": over_seeds.difference, "seeds_low": over_seeds.low, "seeds_high": over_seeds.high,
+        "trials_low": over_trials.low if over_trials else None, "trials_high": over_trials.high if over_trials else None,
+        "speakers_low": over_speakers.low if over_speakers else None, "speakers_high": over_speakers.high if over_speakers else None,
+        "verdict": "supported" if favours_candidate else "refuted" if decided else "undecided",
+        "seeds_needed": None if decided else seeds_needed(differences),
+    }
 
 
 def seeds_needed(differences: np.ndarray) -> int | None:
@@ -870,77 +926,78 @@ def seeds_needed(differences: np.ndarray) -> int | None:
     return None if needed is None else max(needed, MIN_SEEDS_FOR_VERDICT)
 
 
-def trial_pair(config: ExperimentConfig, single_name: str, mtl_name: str, seed: int, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(labels, single-task scores, Hive-MTL scores) of one corpus's trials for one seed; None where either run lacks them."""
+def trial_pair(config: ExperimentConfig, baseline_name: str, name: str, seed: int, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(labels, baseline's scores, candidate's scores) of one corpus's trials for one seed; None where either run lacks them."""
     arrays = []
-    for name in (single_name, mtl_name):
-        path = run_record_dir(config, name, seed) / TRIAL_SCORES_FILE
+    for run_name in (baseline_name, name):
+        path = run_record_dir(config, run_name, seed) / TRIAL_SCORES_FILE
         if not path.is_file():
             return None
         with np.load(path) as stored:
             if f"scores_{column}" not in stored:
                 return None
             arrays.append((stored[f"labels_{column}"], stored[f"scores_{column}"]))
-    (labels, single), (mtl_labels, mtl) = arrays
-    return (labels, single, mtl) if np.array_equal(labels, mtl_labels) else None
+    (labels, baseline_scores), (candidate_labels, candidate_scores) = arrays
+    return (labels, baseline_scores, candidate_scores) if np.array_equal(labels, candidate_labels) else None
 
 
-def speaker_pair(config: ExperimentConfig, single: tuple[str, str], mtl: tuple[str, str], seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(labels, single-task predictions, Hive-MTL predictions) of one label task's unseen speakers for one seed, from
-    each run's evaluation.json; `single` and `mtl` are (configuration, `<task>_acc_<probe|head>_per_speaker` column).
-    None where either run lacks them or the two runs scored other speakers."""
+def speaker_pair(config: ExperimentConfig, baseline: tuple[str, str], candidate: tuple[str, str], seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(labels, baseline's predictions, candidate's predictions) of one label task's unseen speakers for one seed, from
+    each run's evaluation.json; `baseline` and `candidate` are (configuration, `<task>_acc_<probe|head>_per_speaker`
+    column). None where either run lacks them or the two runs scored other speakers."""
     found = []
-    for name, column in (single, mtl):
+    for name, column in (baseline, candidate):
         path = run_record_dir(config, name, seed) / EVALUATION_FILE
         task, kind = re.fullmatch(r"(.+)_acc_(probe|head)_per_speaker", column).groups()
         predictions = (json.loads(path.read_text())["report"].get("speaker_predictions") or {}).get(task) if path.is_file() else None
         if not predictions or kind not in predictions:
             return None
         found.append((predictions["speakers"], predictions["labels"], predictions[kind]))
-    (speakers, labels, single_predicted), (mtl_speakers, mtl_labels, mtl_predicted) = found
-    if (speakers, labels) != (mtl_speakers, mtl_labels):
+    (speakers, labels, baseline_predicted), (candidate_speakers, candidate_labels, candidate_predicted) = found
+    if (speakers, labels) != (candidate_speakers, candidate_labels):
         return None
-    return np.array(labels), np.array(single_predicted), np.array(mtl_predicted)
+    return np.array(labels), np.array(baseline_predicted), np.array(candidate_predicted)
 
 
 def write_answer_csv(config: ExperimentConfig, bootstrap_trials: bool = True) -> Path:
-    """`<output_dir>/<name>_answer.csv`: the rows of `mtl_answer`, written atomically."""
+    """`<output_dir>/<name>_answer.csv`: the rows of `answer_rows`, written atomically."""
     path = config.output_dir / f"{config.name}_answer.csv"
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, ANSWER_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows({k: ("" if row[k] is None else row[k]) for k in ANSWER_COLUMNS} for row in mtl_answer(config, bootstrap_trials=bootstrap_trials))
+    writer.writerows({k: ("" if row[k] is None else row[k]) for k in ANSWER_COLUMNS} for row in answer_rows(config, bootstrap_trials=bootstrap_trials))
     write_atomically(path, lambda handle: handle.write(buffer.getvalue()), text=True)
     return path
 
 
 def answer_table(answer_csv: str | os.PathLike) -> str:
-    """Markdown of an answer CSV: per task and figure, Hive-MTL minus the best single-task configuration."""
+    """Markdown of an answer CSV: per task and figure, each configuration minus its baseline."""
     with open(answer_csv, newline="") as handle:
         rows = list(csv.DictReader(handle))
 
     def interval(row: dict, kind: str) -> str:
-        low, high = row.get(f"{kind}_low", ""), row.get(f"{kind}_high", "")  # An answer CSV written before speaker intervals lacks them.
-        return "n/a" if low in ("", None) else f"[{float(low):+.3f}, {float(high):+.3f}]"
+        return "n/a" if row[f"{kind}_low"] == "" else f"[{float(row[f'{kind}_low']):+.3f}, {float(row[f'{kind}_high']):+.3f}]"
 
     def verdict(row: dict) -> str:
-        said = row.get("verdict") or row.get("reading")  # Answer CSVs written before the verdict column called it the reading.
-        return f"{said} (about {row['seeds_needed']} seeds in all)" if said == "undecided" and row.get("seeds_needed") else said
+        said = row["verdict"]
+        return f"{said} (about {row['seeds_needed']} seeds in all)" if said == "undecided" and row["seeds_needed"] else said
 
-    lines = ["| task | figure | Hive-MTL | best single-task | seeds | Hive-MTL − single | 95 % CI over seeds | 95 % CI over trials "
+    lines = ["| task | figure | configuration | baseline | seeds | configuration − baseline | 95 % CI over seeds | 95 % CI over trials "
              "| 95 % CI over speakers | verdict |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(
-            f"| {row['task']} | {row['figure']} | {row['mtl_config']} {float(row['mtl_mean']):.3f} | {row['single_config']} {float(row['single_mean']):.3f} | "
+            f"| {row['task']} | {row['figure']} | {row['config']} {float(row['mean']):.3f} | {row['baseline']} {float(row['baseline_mean']):.3f} | "
             f"{row['seeds']} | {float(row['difference']):+.3f} | {interval(row, 'seeds')} | {interval(row, 'trials')} | {interval(row, 'speakers')} | {verdict(row)} |"
         )
     lines.append("")
-    lines.append("Differences are Hive-MTL minus the single-task configuration with the best mean for that figure, paired by seed. "
+    lines.append("Differences are each configuration minus its baseline, paired by seed: for a Hive-MTL configuration, the single-task "
+                 "configuration with the best mean for that figure; for an addition to a recipe, the recipe without it. "
                  "EER: lower is better; accuracies: higher is better. The verdict comes from the interval over seeds (Student's t): "
-                 "supported where it excludes zero in Hive-MTL's favour, refuted where it excludes zero against it, undecided otherwise "
-                 f"(always below {MIN_SEEDS_FOR_VERDICT} seeds: two seeds that agree give a narrow interval whatever the spread); for an undecided figure, about how many seeds would decide it if the mean and the spread of its "
-                 "differences stayed as seen (an estimate). The interval over trials (paired bootstrap, 1,000 resamples) covers the choice of trials only; "
+                 "supported where it excludes zero in the configuration's favour, refuted where it excludes zero against it, undecided otherwise "
+                 f"(always below {MIN_SEEDS_FOR_VERDICT} seeds: two seeds that agree give a narrow interval whatever the spread); for an undecided figure, "
+                 "about how many seeds would decide it if the mean and the spread of its differences stayed as seen (an estimate). "
+                 "The interval over trials (paired bootstrap, 1,000 resamples; whole files) covers the choice of trials only; "
                  "the interval over speakers (paired bootstrap, 1,000 resamples of the unseen speakers within each label) the choice of speakers only. "
                  "Per-clip tasks (emotion) have neither: their clips come from a few speakers each.")
     return "\n".join(lines)

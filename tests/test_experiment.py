@@ -18,6 +18,8 @@ from experiment import (
     CSV_COLUMNS,
     RUNNER_KEYS,
     ExperimentConfigError,
+    answer_table,
+    baseline_answer,
     configuration_seeds,
     csv_columns,
     device_name,
@@ -124,7 +126,7 @@ def test_tiny_experiment_writes_one_csv_row_per_run_and_the_plot_and_resumes(tmp
     assert "language_pred_reversal" not in inspect_checkpoint(runs / "mtl_triplet" / "seed0" / "checkpoints-mtl" / "best.h5").layer_names  # Hive-MTL's not.
     with open(tmp_path / "results" / "tiny_answer.csv", newline="") as handle:
         answer = list(csv.DictReader(handle))
-    assert {(r["task"], r["mtl_config"], r["single_config"], r["seeds"], r["verdict"], r["seeds_needed"]) for r in answer} >= {
+    assert {(r["task"], r["config"], r["baseline"], r["seeds"], r["verdict"], r["seeds_needed"]) for r in answer} >= {
         ("speaker verification", "mtl_triplet", "softmax_triplet", "1", "undecided", ""), ("language", "mtl_triplet", "softmax_triplet", "1", "undecided", ""),
         ("emotion", "mtl_triplet", "softmax_triplet", "1", "undecided", ""), ("emotion", "mtl_language_adversarial", "softmax_triplet", "1", "undecided", "")}
     eer = next(r for r in answer if r["figure"] == "EER test-other")
@@ -137,7 +139,7 @@ def test_tiny_experiment_writes_one_csv_row_per_run_and_the_plot_and_resumes(tmp
     language = next(r for r in answer if r["figure"] == "probe balanced accuracy per unseen speaker" and r["task"] == "language")
     assert float(language["difference"]) == pytest.approx(float(rows[1]["language_acc_probe_per_speaker"]) - float(rows[0]["language_acc_probe_per_speaker"]))
     assert language["trials_low"] == "" and float(language["speakers_low"]) <= float(language["difference"]) <= float(language["speakers_high"])
-    emotion = next(r for r in answer if r["figure"] == "Hive-MTL head vs single-task probe, per clip" and r["mtl_config"] == "mtl_language_adversarial")
+    emotion = next(r for r in answer if r["figure"] == "Hive-MTL head vs single-task probe, per clip" and r["config"] == "mtl_language_adversarial")
     assert float(emotion["difference"]) == pytest.approx(float(rows[2]["emotion_acc_head"]) - float(rows[0]["emotion_acc_probe"]))
     plot = tmp_path / "results" / "tiny_gender_weight.png"
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -212,6 +214,9 @@ def test_tiny_experiment_writes_one_csv_row_per_run_and_the_plot_and_resumes(tmp
         ({"train": {"tasks": {}}}, "'train.tasks' is set by the experiment runner"),
         ({"splits.held_out_training_speakers": ["nobody"]}, "'splits.held_out_training_speakers' names speakers not found in the training folders: nobody"),
         ({"answer": {"mtl": ["mtl"], "single": ["softmax_triplet"]}}, "'answer' names an unknown configuration 'mtl'"),
+        ({"answer": {"baseline": "shipped"}}, "'answer' names an unknown configuration 'shipped'"),
+        ({"answer": {"baseline": ["softmax_triplet"]}}, "'answer' must be .* or {\"baseline\": configuration}"),
+        ({"answer": {"baseline": "softmax_triplet", "mtl": ["mtl_triplet"]}}, "'answer' must be"),
         ({"durations": [1, -2]}, "'durations' must be a list of distinct positive numbers of seconds"),
         ({"durations": [1, 1.0]}, "'durations' must be a list of distinct positive numbers of seconds"),
         ({"durations": "1,2"}, "'durations' must be a list of distinct positive numbers of seconds"),
@@ -276,7 +281,7 @@ def test_the_answer_says_how_many_seeds_would_decide_an_undecided_figure(tmp_pat
         writer = csv.DictWriter(handle, ["config", "seed", "eer_test_other"])
         writer.writeheader()
         writer.writerows({"config": name, "seed": seed, "eer_test_other": eer} for name, values in eers.items() for seed, eer in enumerate(values))
-    answer = {row["mtl_config"]: row for row in mtl_answer(config)}
+    answer = {row["config"]: row for row in mtl_answer(config)}
     # Differences -0.010, +0.001, -0.009: mean -0.006, SD 0.006; the t interval over 3 seeds spans zero, and would exclude it at 7 seeds.
     assert (answer["mtl_triplet"]["verdict"], answer["mtl_triplet"]["seeds_needed"]) == ("undecided", 7)
     assert answer["mtl_triplet"]["seeds_low"] < 0 < answer["mtl_triplet"]["seeds_high"]
@@ -294,6 +299,36 @@ def test_two_seeds_that_agree_decide_nothing(tmp_path, emodb_sample):
     (row,) = mtl_answer(config)
     assert row["seeds_high"] > row["seeds_low"] > 0  # The one-degree-of-freedom interval excludes zero,
     assert (row["verdict"], row["seeds_needed"]) == ("undecided", 3)  # yet two seeds decide nothing: a third is the fewest that may.
+
+
+def test_a_baseline_answer_compares_each_other_configuration_with_the_baseline_corpus_by_corpus_and_crop_by_crop(tmp_path, emodb_sample):
+    config = load_experiment_config(write_recipe(tmp_path, emodb_sample, seeds=[0, 1, 2], durations=[1, 2], answer={"baseline": "softmax_triplet"}))
+    eers = {  # (whole files, 1 s crops, 2 s crops) for seeds 0, 1, 2.
+        "softmax_triplet": [(0.020, 0.100, 0.060), (0.030, 0.120, 0.070), (0.020, 0.110, 0.050)],
+        "mtl_triplet": [(0.030, 0.080, 0.050), (0.040, 0.100, 0.060), (0.030, 0.090, 0.040)],  # Whole +0.010, 1 s -0.020, 2 s -0.010 on every seed.
+        "mtl_language_adversarial": [(0.030, 0.100, 0.060), (0.020, 0.120, 0.070), (0.020, 0.110, 0.050)],  # Whole +0.010, -0.010, 0: undecided.
+    }
+    (tmp_path / "results").mkdir()
+    with open(tmp_path / "results" / "tiny.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["config", "seed", "eer_test_other", "eer_test_other_1s", "eer_test_other_2s"])
+        writer.writeheader()
+        writer.writerows({"config": name, "seed": seed, "eer_test_other": whole, "eer_test_other_1s": one, "eer_test_other_2s": two}
+                         for name, values in eers.items() for seed, (whole, one, two) in enumerate(values))
+    answer = {(row["config"], row["figure"]): row for row in baseline_answer(config)}
+    assert set(answer) == {(name, figure) for name in ("mtl_triplet", "mtl_language_adversarial")
+                           for figure in ("EER test-other", "EER test-other, 1 s crops", "EER test-other, 2 s crops")}  # Corpora without figures: no row.
+    assert {row["baseline"] for row in answer.values()} == {"softmax_triplet"}
+    verdicts = {key: row["verdict"] for key, row in answer.items() if key[0] == "mtl_triplet"}
+    assert verdicts == {("mtl_triplet", "EER test-other"): "refuted", ("mtl_triplet", "EER test-other, 1 s crops"): "supported",
+                        ("mtl_triplet", "EER test-other, 2 s crops"): "supported"}
+    short = answer[("mtl_triplet", "EER test-other, 1 s crops")]
+    assert (short["mean"], short["baseline_mean"], short["difference"]) == pytest.approx((0.090, 0.110, -0.020))
+    assert answer[("mtl_language_adversarial", "EER test-other")]["verdict"] == "undecided"
+    with open(tmp_path / "results" / "tiny_answer.csv", "w", newline="") as handle:  # As write_answer_csv writes it.
+        writer = csv.DictWriter(handle, list(short))
+        writer.writeheader()
+        writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in answer.values())
+    assert "| speaker verification | EER test-other, 1 s crops | mtl_triplet 0.090 | softmax_triplet 0.110 | 3 | -0.020 |" in answer_table(tmp_path / "results" / "tiny_answer.csv")
 
 
 def write_ablation_recipe(tmp_path: Path, **extra) -> Path:
@@ -412,7 +447,8 @@ def test_the_windows_and_reverb_recipe_adds_variable_windows_reverberation_or_bo
     # Six Common Voice speakers and twelve English ones (two with many utterances for same-speaker trials), both genders.
     assert {"eer_commonvoice_fa_1s", "eer_train_clean_100_1s"} <= set(csv_columns(config)) and len(config.held_out_training_speakers) == 18
     assert {"19", "27"} <= set(config.held_out_training_speakers)
-    assert len(config.seeds) >= 3  # Differences come with their spread over seeds.
+    assert len(config.seeds) >= 3  # Differences come with their spread over seeds,
+    assert config.answer == {"baseline": "shipped_recipe"}  # each addition against the recipe without it.
     phases = {name: training_phases(config, name, 0) for name in config.configurations}
     assert all(len(p) == 1 for p in phases.values())  # One softmax phase each: the same number of training windows.
     base = dataclasses.asdict(phases["shipped_recipe"][0])
