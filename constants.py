@@ -153,4 +153,7 @@ CONFIDENCE_LEVEL = 0.95
 # Fewest seeds a verdict is read from: a t interval over two seeds (one degree of freedom) excludes zero
 # wherever the two differences agree in sign and size, however large the spread between seeds may be.
 MIN_SEEDS_FOR_VERDICT = 3
+# Beyond this many seeds an estimate of the seeds that would decide a figure says only that the difference is
+# too small for its spread: answer tables print "no difference at this spread" instead of a count in the thousands.
+MAX_SEEDS_ESTIMATED = 30
 BOOTSTRAP_RESAMPLES = 1000

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from constants import MIN_SEEDS_FOR_VERDICT
+from constants import MAX_SEEDS_ESTIMATED, MIN_SEEDS_FOR_VERDICT
 from corpus import gender_label, index_corpus
 from fileio import write_atomically, write_json_atomically, write_text_atomically
 from tasks import gender_task, parse_tasks, resolve_clip_tables
@@ -979,8 +979,12 @@ def answer_table(answer_csv: str | os.PathLike) -> str:
         return "n/a" if row[f"{kind}_low"] == "" else f"[{float(row[f'{kind}_low']):+.3f}, {float(row[f'{kind}_high']):+.3f}]"
 
     def verdict(row: dict) -> str:
-        said = row["verdict"]
-        return f"{said} (about {row['seeds_needed']} seeds in all)" if said == "undecided" and row["seeds_needed"] else said
+        said, needed = row["verdict"], row["seeds_needed"]
+        if said != "undecided" or not needed:
+            return said
+        if int(needed) > MAX_SEEDS_ESTIMATED:
+            return f"undecided (no difference at this spread: over {MAX_SEEDS_ESTIMATED} seeds)"
+        return f"undecided (about {needed} seeds in all)"
 
     lines = ["| task | figure | configuration | baseline | seeds | configuration − baseline | 95 % CI over seeds | 95 % CI over trials "
              "| 95 % CI over speakers | verdict |",
@@ -996,7 +1000,8 @@ def answer_table(answer_csv: str | os.PathLike) -> str:
                  "EER: lower is better; accuracies: higher is better. The verdict comes from the interval over seeds (Student's t): "
                  "supported where it excludes zero in the configuration's favour, refuted where it excludes zero against it, undecided otherwise "
                  f"(always below {MIN_SEEDS_FOR_VERDICT} seeds: two seeds that agree give a narrow interval whatever the spread); for an undecided figure, "
-                 "about how many seeds would decide it if the mean and the spread of its differences stayed as seen (an estimate). "
+                 "about how many seeds would decide it if the mean and the spread of its differences stayed as seen (an estimate; "
+                 f"beyond {MAX_SEEDS_ESTIMATED}, no difference at this spread). "
                  "The interval over trials (paired bootstrap, 1,000 resamples; whole files) covers the choice of trials only; "
                  "the interval over speakers (paired bootstrap, 1,000 resamples of the unseen speakers within each label) the choice of speakers only. "
                  "Per-clip tasks (emotion) have neither: their clips come from a few speakers each.")

@@ -14,7 +14,9 @@ import keras
 import pytest
 
 from feature_cache import cache_dir, waveform_cache_dir
+from constants import MAX_SEEDS_ESTIMATED
 from experiment import (
+    ANSWER_COLUMNS,
     CSV_COLUMNS,
     RUNNER_KEYS,
     ExperimentConfigError,
@@ -286,6 +288,21 @@ def test_the_answer_says_how_many_seeds_would_decide_an_undecided_figure(tmp_pat
     assert (answer["mtl_triplet"]["verdict"], answer["mtl_triplet"]["seeds_needed"]) == ("undecided", 7)
     assert answer["mtl_triplet"]["seeds_low"] < 0 < answer["mtl_triplet"]["seeds_high"]
     assert (answer["mtl_language_adversarial"]["verdict"], answer["mtl_language_adversarial"]["seeds_needed"]) == ("supported", None)  # -0.020 on every seed.
+
+
+def test_an_answer_table_says_no_difference_where_deciding_would_take_more_seeds_than_are_worth_estimating(tmp_path):
+    answer_csv = tmp_path / "answer.csv"
+    rows = [("EER VCTK", "0.012", "12"), ("emotion head", "0.001", str(MAX_SEEDS_ESTIMATED + 1))]
+    with open(answer_csv, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, ANSWER_COLUMNS)
+        writer.writeheader()
+        writer.writerows({**dict.fromkeys(ANSWER_COLUMNS, ""), "task": "t", "figure": figure, "config": "mtl", "baseline": "softmax", "seeds": "6",
+                          "mean": "0.5", "baseline_mean": "0.5", "difference": difference, "seeds_low": "-0.1", "seeds_high": "0.1",
+                          "verdict": "undecided", "seeds_needed": needed} for figure, difference, needed in rows)
+    table = answer_table(answer_csv)
+    assert "| undecided (about 12 seeds in all) |" in table
+    assert f"| undecided (no difference at this spread: over {MAX_SEEDS_ESTIMATED} seeds) |" in table
+    assert f"about {MAX_SEEDS_ESTIMATED + 1} seeds" not in table
 
 
 def test_two_seeds_that_agree_decide_nothing(tmp_path, emodb_sample):
