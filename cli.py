@@ -375,7 +375,8 @@ def build_keras_inputs(working_dir: str, counts_per_speaker: str) -> None:
 # checked before Keras starts, so bad input fails fast with one line.
 
 from constants import (  # noqa: E402
-    CALIBRATION_CROP_SECONDS, DCF_COST_FALSE_ALARM, DCF_COST_MISS, IDENTIFY_TOP, INFERENCE_BATCH_SIZE, VERIFY_PRIOR, VERIFY_THRESHOLD,
+    CALIBRATION_CROP_SECONDS, DCF_COST_FALSE_ALARM, DCF_COST_MISS, EMBEDDING_PAD_MODES, IDENTIFY_TOP, INFERENCE_BATCH_SIZE, VERIFY_PRIOR,
+    VERIFY_THRESHOLD,
 )
 
 _checkpoint_option = click.option(
@@ -553,8 +554,11 @@ def learning_curve_command(run_dir: str, eval_audio_dirs: tuple[str, ...], outpu
 @click.option("--command", "retrain_command", required=True, help="The one command that retrains the model, for the card.")
 @click.option("--train_seconds", type=float, help="Training wall time, when the run's state.json does not record it.")
 @click.option("--readme", type=click.Path(exists=True, dir_okay=False), help="Also put the figures table into this README between <!-- pretrained-model --> markers.")
-@click.option("--embedding_pad", type=click.Choice(["zeros", "repeat", "exact"]),
-              help="Embed clips shorter than a window this way instead of the training padding; the card gives both figures.")
+@click.option("--embedding_pad", type=click.Choice(["auto", *EMBEDDING_PAD_MODES]), default="auto", show_default=True,
+              help="How to embed clips shorter than a window: auto chooses the padding with the lowest mean EER on the calibration "
+                   f"split ({', '.join(f'{s:g}' for s in CALIBRATION_CROP_SECONDS)} s crops and whole files; the training padding on a tie); "
+                   "the card records the choice and, "
+                   "where it differs from the training padding, the figures with both.")
 @click.option("--working_dir", type=click.Path(exists=True, file_okay=False),
               help="Feature cache the run trained from: its calibration speakers and its training speakers (the cohort). "
                    "Default: the folder above the run's.")

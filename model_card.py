@@ -33,8 +33,8 @@ from pathlib import Path
 
 from fileio import replace_directory, save_model_atomically, write_atomically, write_json_atomically
 from constants import (
-    CALIBRATION_CROP_SECONDS, CALIBRATION_FILE_NAME, COHORT_FILE_NAME, DCF_COST_FALSE_ALARM, DCF_COST_MISS, MODEL_CARD_FILE_NAME,
-    PRETRAINED_CHECKPOINT_NAME, VERIFY_PRIOR, VERIFY_THRESHOLD,
+    CALIBRATION_CROP_SECONDS, CALIBRATION_FILE_NAME, COHORT_FILE_NAME, DCF_COST_FALSE_ALARM, DCF_COST_MISS, EMBEDDING_PAD_MODES,
+    MODEL_CARD_FILE_NAME, PRETRAINED_CHECKPOINT_NAME, VERIFY_PRIOR, VERIFY_THRESHOLD,
 )
 
 LEARNING_CURVE_COLUMNS = ("epoch", "train_windows", "corpus", "eer", "min_dcf_001", "eer_threshold", "num_trials")
@@ -96,7 +96,7 @@ def ship_model(
     command: str,
     training_corpora: list[str],
     train_seconds: float | None = None,
-    embedding_pad: str | None = None,
+    embedding_pad: str | None = "auto",
     working_dir: str | os.PathLike | None = None,
     calibration_audio_dirs: Sequence[str | os.PathLike] = (),
     crop_seconds: Sequence[float] = CALIBRATION_CROP_SECONDS,
@@ -110,7 +110,9 @@ def ship_model(
     (`cohort.npy`) is the run's training speakers (`cohort_speakers`). The card's figures are
     measured on `eval_audio_dirs` with the shipped files themselves, whole and on centred crops of
     `crop_seconds` (none where empty). `embedding_pad` embeds clips shorter than a window otherwise
-    than training padded them (e.g. `exact`); the card then also gives the figures with the training padding.
+    than training padded them (e.g. `exact`); `auto` chooses the padding on the calibration split
+    (`calibration.choose_embedding_pad`). Where it differs from the training padding, the card also gives
+    the figures with the training padding.
 
     Everything that can be refused is refused before any work: a folder that is not a shipped
     model's, no calibration split, a calibration speaker that a figure scores or the model trained on.
@@ -235,7 +237,7 @@ def write_shipped_model(checkpoint_file: Path, eval_audio_dirs: list[str], outpu
                         crop_seconds: tuple[float, ...] = ()) -> None:
     """The files of `ship_model` in `output`: model, config, calibration fitted on `split`, the cohort of `cohort`,
     and the card, its figures measured on the files written there."""
-    from calibration import calibrate_checkpoint
+    from calibration import calibrate_checkpoint, choose_embedding_pad
     from inference import load_embedding_model
     from score_norm import build_cohort
     from test import evaluate_checkpoint
@@ -246,6 +248,10 @@ def write_shipped_model(checkpoint_file: Path, eval_audio_dirs: list[str], outpu
     save_model_atomically(model, target)
     config = json.loads((run_directory / "config.json").read_text())
     write_json_atomically(output / "config.json", config)
+    pad_choice = None
+    if embedding_pad == "auto":  # Chosen, like the calibration, on the split set aside for it.
+        pad_choice = choose_embedding_pad(target, split.speakers, [config["pad"], *EMBEDDING_PAD_MODES], CALIBRATION_CROP_SECONDS)
+        embedding_pad = pad_choice.pad
     training_pad_figures = None
     if embedding_pad and embedding_pad != config["pad"]:  # Before the calibration, which is fitted for the shipped front end.
         training_pad_figures = corpus_figures(evaluate_checkpoint(None, target, tuple(eval_audio_dirs)))
@@ -262,7 +268,9 @@ def write_shipped_model(checkpoint_file: Path, eval_audio_dirs: list[str], outpu
         "checkpoint": PRETRAINED_CHECKPOINT_NAME,
         "model_size": config["model_size"],
         "weights": int(model.count_params()),
-        "frontend": {"trim": config["trim"], "pad": embedding_pad or config["pad"], "training_pad": config["pad"]},
+        "frontend": {"trim": config["trim"], "pad": embedding_pad or config["pad"], "training_pad": config["pad"]}
+                    | ({"pad_chosen_on": {"speakers": split.description, "crop_seconds": [*CALIBRATION_CROP_SECONDS, "whole"],
+                                          "mean_eer": pad_choice.mean_eer}} if pad_choice else {}),
         "recipe": {k: config[k] for k in ("mode", "head", "aam_margin", "aam_scale", "balanced_sampling", "speed_perturb", "noise_probability",
                                           "band_limit_probability", "spec_mask_probability", "learning_rate", "precision", "precision_policy", "mixed_precision", "seed") if k in config},
         "training": {
@@ -309,7 +317,7 @@ perturbation). Every evaluation speaker below is unseen in training.
 
 ## Recipe
 {recipe}. Front end: trim = {card['frontend']['trim']}; clips shorter than the 160-frame window were
-padded with pad = {card['frontend']['training_pad']} in training and are embedded with pad = {card['frontend']['pad']}.{training_pad_note(card)}
+padded with pad = {card['frontend']['training_pad']} in training and are embedded with pad = {card['frontend']['pad']}.{pad_choice_note(card)}{training_pad_note(card)}
 
 ## Budget
 The shipped checkpoint is the best on the validation set (the training speakers' held-out
@@ -431,6 +439,16 @@ def record_duration_figures(pretrained_dir: str | os.PathLike, results_file: str
     card = json.loads((directory / MODEL_CARD_FILE_NAME).read_text())
     write_atomically(directory / "README.md", lambda handle: handle.write(render_model_card(card)), text=True)
     return card
+
+
+def pad_choice_note(card: dict) -> str:
+    """A sentence saying how the embedding padding was chosen on the calibration split, where ship-model chose it."""
+    chosen = card["frontend"].get("pad_chosen_on")
+    if not chosen:
+        return ""
+    crops = ", ".join(f"{c:g} s" if isinstance(c, (int, float)) else "whole files" for c in chosen["crop_seconds"])
+    eers = ", ".join(f"{pad} {100 * eer:.2f} %" for pad, eer in chosen["mean_eer"].items())
+    return f" It was chosen on the calibration split, by the mean EER over {crops}: {eers}."
 
 
 def training_pad_note(card: dict) -> str:

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from audio import AudioError
-from calibration import read_calibration
+from calibration import choose_embedding_pad, read_calibration
 from conv_models import DeepSpeakerModel
+from corpus import index_corpus
 from inference import FrontEnd
 from model_card import SHIPPED_FILES, learning_curve, record_duration_figures, render_model_card, ship_model
 
@@ -125,6 +126,10 @@ def test_ship_model_fits_the_calibration_on_the_runs_calibration_speakers_and_ve
     assert cohort.dtype == np.float16 and cohort.shape == (3, 512) and card["cohort"]["speakers"] == 3  # One row per training speaker.
     np.testing.assert_allclose(np.linalg.norm(cohort.astype(np.float32), axis=1), 1.0, atol=2e-3)
     assert (shipped / "README.md").read_text() == render_model_card(card) and "Speakers: 1688, 1998." in result.stdout
+    frontend = card["frontend"]  # --embedding_pad auto: chosen on the calibration split, every padding tried.
+    assert set(frontend["pad_chosen_on"]["mean_eer"]) == {"zeros", "repeat", "exact"} and frontend["training_pad"] == "zeros"
+    assert frontend["pad_chosen_on"]["mean_eer"][frontend["pad"]] == min(frontend["pad_chosen_on"]["mean_eer"].values())
+    assert FrontEnd.of_checkpoint(shipped / "model.h5").pad == frontend["pad"] and "chosen on the calibration split" in render_model_card(card)
 
     verified = invoke_cli("verify", PHILIPPE / "PhilippeRemy_001.wav", PHILIPPE / "PhilippeRemy_002.wav", "--checkpoint_file", shipped / "model.h5")
     assert verified.exit_code == 0, verified.output
@@ -132,6 +137,18 @@ def test_ship_model_fits_the_calibration_on_the_runs_calibration_speakers_and_ve
                          verified.stdout.strip())
     assert match, verified.stdout
     assert match[2] == ("same speaker" if float(match[1]) >= 0 else "different speakers")
+
+
+def test_the_embedding_padding_is_chosen_by_the_calibration_splits_mean_eer_and_a_tie_keeps_the_first_candidate(calibrated_run):
+    checkpoint = calibrated_run / "checkpoints-softmax" / "best.h5"
+    speakers = {s: [u.path for u in us] for s, us in index_corpus(TEST_OTHER).utterances_by_speaker().items()}
+    # The whole test-other samples are all longer than a window after the trim: no padding changes an embedding.
+    whole = choose_embedding_pad(checkpoint, speakers, ["repeat", "zeros", "exact"], crop_seconds=())
+    assert len(set(whole.mean_eer.values())) == 1 and whole.pad == "repeat"
+    assert choose_embedding_pad(checkpoint, speakers, ["exact", "repeat"], crop_seconds=()).pad == "exact"
+    short = choose_embedding_pad(checkpoint, speakers, ["repeat", "zeros", "exact"], crop_seconds=(0.5,))  # Every crop padded.
+    assert list(short.mean_eer) == ["repeat", "zeros", "exact"] and all(0 <= eer <= 1 for eer in short.mean_eer.values())
+    assert short.pad == next(pad for pad, eer in short.mean_eer.items() if eer == min(short.mean_eer.values()))
 
 
 def test_ship_model_refuses_calibration_speakers_that_a_figure_scores_before_any_work(calibrated_run, tmp_path, invoke_cli):
