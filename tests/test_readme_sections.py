@@ -36,6 +36,8 @@ SECTIONS = {
     ("README.md", "ablation-results"): lambda: results_table(REPO / "results" / "ablation_small.csv"),
     ("README.md", "mtl-results"): lambda: results_table(REPO / "results" / "mtl_vs_single.csv"),
     ("README.md", "mtl-results-answer"): lambda: answer_table(REPO / "results" / "mtl_vs_single_answer.csv"),
+    ("README.md", "windows-results"): lambda: results_table(REPO / "results" / "windows_and_reverb.csv"),
+    ("README.md", "windows-results-answer"): lambda: answer_table(REPO / "results" / "windows_and_reverb_answer.csv"),
     **{("README.md", marker): (lambda build=build: build(bench_results())) for marker, build in render_tables.README_SECTIONS.items()},
     **{("bench/README.md", marker): (lambda build=build: build(bench_results())) for marker, build in render_tables.BENCH_README_SECTIONS.items()},
 }
