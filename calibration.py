@@ -99,6 +99,33 @@ def read_calibration(checkpoint_file: str | os.PathLike) -> Calibration | None:
         raise CalibrationError(f"{path}: not a calibration file ({error}); refit it with `cli.py calibrate-model`") from None
 
 
+TrialScores = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # Scores, labels, seconds of each first side, of each second side.
+
+
+def trial_scores_by_crop(embedder, trials: Sequence, crop_seconds: Sequence[float], seed: int, features: dict | None = None) -> list[TrialScores]:
+    """The `TrialScores` of `trials` on centred crops of each of `crop_seconds`, then on whole files, every crop
+    with its own generator seeded `seed`; `features` (file -> trimmed features), shared between calls, reads each file once."""
+    from verification import EmbeddingsOnce, trial_scores_and_seconds
+
+    features = {} if features is None else features
+    return [trial_scores_and_seconds(trials, EmbeddingsOnce(embedder, "mean", np.random.default_rng(seed), crop_seconds=seconds, features=features))
+            for seconds in [*crop_seconds, None]]
+
+
+def write_calibration(checkpoint_file: str | os.PathLike, by_crop: Sequence[TrialScores], speakers: Sequence[str], description: str,
+                      crop_seconds: Sequence[float], seed: int, corpora: Sequence[str] = ()) -> Calibration:
+    """Fit a calibration on the split's `trial_scores_by_crop` and write it beside the checkpoint; `fitted_on` records
+    the speakers (`description` says what they are), the crops, the trials and, where given, their corpora."""
+    scores, labels, seconds_a, seconds_b = (np.concatenate(column) for column in zip(*by_crop))
+    fitted_on = {
+        "description": description, "speakers": sorted(speakers), "crop_seconds": list(crop_seconds) + ["whole"],
+        "num_trials": int(len(scores)), "num_target_trials": int(labels.sum()), "seed": seed,
+    } | ({"corpora": list(corpora)} if corpora else {})
+    calibration = fit_calibration(scores, labels, seconds_a, seconds_b, fitted_on)
+    calibration.to_json(calibration_file(checkpoint_file))
+    return calibration
+
+
 def calibrate_checkpoint(
     checkpoint_file: str | os.PathLike, speakers: dict[str, list[Path]], description: str, crop_seconds: Sequence[float] = CALIBRATION_CROP_SECONDS,
     num_trials: int | None = None, seed: int = 0, precision: str = "float32", corpora: Sequence[str] = (),
@@ -109,31 +136,21 @@ def calibrate_checkpoint(
     `corpora`, where given, the corpora they come from (recorded as `fitted_on["corpora"]`)."""
     from inference import Embedder
     from trials import generate_trials
-    from verification import EmbeddingsOnce, trial_scores_and_seconds
 
     embedder = Embedder.from_checkpoint(checkpoint_file, precision=precision)
     trials = generate_trials({s: [str(p) for p in paths] for s, paths in speakers.items()}, num_trials, seed)
-    features: dict = {}
-    parts = []
-    for seconds in [*crop_seconds, None]:
-        embed = EmbeddingsOnce(embedder, "mean", np.random.default_rng(seed), crop_seconds=seconds, features=features)
-        parts.append(trial_scores_and_seconds(trials, embed))
-    scores, labels, seconds_a, seconds_b = (np.concatenate(column) for column in zip(*parts))
-    fitted_on = {
-        "description": description, "speakers": sorted(speakers), "crop_seconds": list(crop_seconds) + ["whole"],
-        "num_trials": int(len(scores)), "num_target_trials": int(labels.sum()), "seed": seed,
-    } | ({"corpora": list(corpora)} if corpora else {})
-    calibration = fit_calibration(scores, labels, seconds_a, seconds_b, fitted_on)
-    calibration.to_json(calibration_file(checkpoint_file))
-    return calibration
+    return write_calibration(checkpoint_file, trial_scores_by_crop(embedder, trials, crop_seconds, seed), list(speakers), description,
+                             crop_seconds, seed, corpora)
 
 
 @dataclass(frozen=True)
 class PadChoice:
-    """The padding of short clips a shipped model embeds with, and the calibration split's mean EER of every candidate."""
+    """The padding of short clips a shipped model embeds with, the calibration split's mean EER of every candidate,
+    and the chosen padding's `trial_scores_by_crop`, so the calibration is fitted without embedding them again."""
 
     pad: str
     mean_eer: dict[str, float]
+    by_crop: list[TrialScores] = field(default_factory=list, repr=False, compare=False)
 
 
 def choose_embedding_pad(
@@ -142,27 +159,22 @@ def choose_embedding_pad(
 ) -> PadChoice:
     """The candidate padding of clips shorter than a window with the lowest EER on trials among `speakers` (set aside
     for calibration: never the speakers of a figure), averaged over centred crops of `crop_seconds` and whole files,
-    every candidate on the same seeded trials. Padding only changes clips under a window (1.6 s), so the short crops
-    decide; on a tie the first candidate (the training padding) is kept."""
+    every candidate on the same seeded trials as `calibrate_checkpoint` draws. Padding only changes clips under a
+    window (1.6 s), so the short crops decide; on a tie the first candidate (the training padding) is kept."""
     from eval_metrics import equal_error_rate, operating_points
     from inference import Embedder, FrontEnd, load_embedding_model
     from trials import generate_trials
-    from verification import EmbeddingsOnce, trial_scores_and_seconds
 
     model = load_embedding_model(checkpoint_file)
     trim = FrontEnd.of_checkpoint(checkpoint_file).trim
     trials = generate_trials({s: [str(p) for p in paths] for s, paths in speakers.items()}, num_trials, seed)
     features: dict = {}  # The trimmed features of each file, read once for every candidate and crop.
-    mean_eer = {}
-    for pad in dict.fromkeys(candidates):
-        embedder = Embedder(model, frontend=FrontEnd(trim, pad), precision=precision)
-        eers = []
-        for seconds in [*crop_seconds, None]:
-            embed = EmbeddingsOnce(embedder, "mean", np.random.default_rng(seed), crop_seconds=seconds, features=features)
-            scores, labels, _, _ = trial_scores_and_seconds(trials, embed, with_seconds=False)
-            eers.append(equal_error_rate(operating_points(scores, labels))[0])
-        mean_eer[pad] = float(np.mean(eers))
-    return PadChoice(min(mean_eer, key=mean_eer.get), mean_eer)  # min keeps the first of equal values.
+    by_pad = {pad: trial_scores_by_crop(Embedder(model, frontend=FrontEnd(trim, pad), precision=precision), trials, crop_seconds, seed, features)
+              for pad in dict.fromkeys(candidates)}
+    mean_eer = {pad: float(np.mean([equal_error_rate(operating_points(scores, labels))[0] for scores, labels, _, _ in by_crop]))
+                for pad, by_crop in by_pad.items()}
+    chosen = min(mean_eer, key=mean_eer.get)  # min keeps the first of equal values.
+    return PadChoice(chosen, mean_eer, by_pad[chosen])
 
 
 @dataclass(frozen=True)

@@ -237,7 +237,7 @@ def write_shipped_model(checkpoint_file: Path, eval_audio_dirs: list[str], outpu
                         crop_seconds: tuple[float, ...] = ()) -> None:
     """The files of `ship_model` in `output`: model, config, calibration fitted on `split`, the cohort of `cohort`,
     and the card, its figures measured on the files written there."""
-    from calibration import calibrate_checkpoint, choose_embedding_pad
+    from calibration import calibrate_checkpoint, choose_embedding_pad, write_calibration
     from inference import load_embedding_model
     from score_norm import build_cohort
     from test import evaluate_checkpoint
@@ -256,7 +256,11 @@ def write_shipped_model(checkpoint_file: Path, eval_audio_dirs: list[str], outpu
     if embedding_pad and embedding_pad != config["pad"]:  # Before the calibration, which is fitted for the shipped front end.
         training_pad_figures = corpus_figures(evaluate_checkpoint(None, target, tuple(eval_audio_dirs)))
         write_json_atomically(output / "config.json", {**config, "embedding_pad": embedding_pad})
-    calibration = calibrate_checkpoint(target, split.speakers, split.description, CALIBRATION_CROP_SECONDS, corpora=split.corpora)
+    if pad_choice:  # The chosen padding's split trials are already scored, with the front end shipped.
+        calibration = write_calibration(target, pad_choice.by_crop, list(split.speakers), split.description, CALIBRATION_CROP_SECONDS, seed=0,
+                                        corpora=split.corpora)
+    else:
+        calibration = calibrate_checkpoint(target, split.speakers, split.description, CALIBRATION_CROP_SECONDS, corpora=split.corpora)
     build_cohort(target, cohort)
     report = evaluate_checkpoint(None, target, tuple(eval_audio_dirs), crop_seconds=crop_seconds)
     figures = corpus_figures(report)

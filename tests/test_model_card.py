@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from audio import AudioError
-from calibration import choose_embedding_pad, read_calibration
+from calibration import calibrate_checkpoint, choose_embedding_pad, read_calibration, write_calibration
 from conv_models import DeepSpeakerModel
 from corpus import index_corpus
 from inference import FrontEnd
@@ -149,6 +149,25 @@ def test_the_embedding_padding_is_chosen_by_the_calibration_splits_mean_eer_and_
     short = choose_embedding_pad(checkpoint, speakers, ["repeat", "zeros", "exact"], crop_seconds=(0.5,))  # Every crop padded.
     assert list(short.mean_eer) == ["repeat", "zeros", "exact"] and all(0 <= eer <= 1 for eer in short.mean_eer.values())
     assert short.pad == next(pad for pad, eer in short.mean_eer.items() if eer == min(short.mean_eer.values()))
+
+
+def test_the_calibration_fitted_from_the_pad_choosers_scores_is_the_one_calibrate_model_fits_with_that_padding(calibrated_run, tmp_path):
+    run = calibrated_run / "checkpoints-softmax"
+    speakers = {s: [u.path for u in us] for s, us in index_corpus(COMMON_VOICE).utterances_by_speaker().items()}
+    choice = choose_embedding_pad(run / "best.h5", speakers, ["repeat", "zeros", "exact"], crop_seconds=(1.0,))
+    assert [len(scores) for scores, *_ in choice.by_crop] == [len(choice.by_crop[0][0])] * 2  # A 1 s crop, then whole files, same trials.
+    reused, embedded_again = tmp_path / "reused", tmp_path / "embedded_again"
+    for folder in (reused, embedded_again):
+        folder.mkdir()
+        shutil.copy(run / "best.h5", folder / "model.h5")
+        config = json.loads((run / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "embedding_pad": choice.pad}))
+    from_choice = write_calibration(reused / "model.h5", choice.by_crop, list(speakers), "Common Voice samples", (1.0,), seed=0)
+    fitted = calibrate_checkpoint(embedded_again / "model.h5", speakers, "Common Voice samples", (1.0,))
+    assert read_calibration(reused / "model.h5") == from_choice
+    assert from_choice.fitted_on == fitted.fitted_on and from_choice.fitted_on["crop_seconds"] == [1.0, "whole"]
+    assert from_choice.bias == pytest.approx(fitted.bias, abs=1e-6)
+    assert from_choice.weights == pytest.approx(fitted.weights, abs=1e-6)
 
 
 def test_ship_model_refuses_calibration_speakers_that_a_figure_scores_before_any_work(calibrated_run, tmp_path, invoke_cli):
