@@ -556,7 +556,10 @@ def test_best_checkpoint_follows_the_loss_when_the_monitored_metric_is_missing(t
 def test_recipe_run_on_mp3_and_flac_with_aam_augmentation_and_snapshots(tmp_path, invoke_cli):
     """The shipped model's recipe end to end on the bundled samples: MP3 with a speaker table and FLAC."""
     recipe = json.loads((REPO / "recipes" / "pretrained_small.json").read_text())
-    recipe.update({"epochs": 2, "steps_per_epoch": 2, "batch_size": 12, "validation_steps": 1, "snapshot_every": 1, "audio_dirs": []})
+    recipe.update({"epochs": 2, "steps_per_epoch": 2, "batch_size": 12, "validation_steps": 1, "snapshot_every": 1, "audio_dirs": [],
+                   # The recipe's calibration split, as far as the samples hold it: one Common Voice and one LibriSpeech speaker.
+                   "calibration_speakers": [s for s in recipe["calibration_speakers"] if s in ("0874d76d", "19", "26", "27", "00243bfe", "fbc91278")]})
+    assert recipe["calibration_speakers"] == ["0874d76d", "19", "27"]
     recipe_file = tmp_path / "recipe.json"
     recipe_file.write_text(json.dumps(recipe))
     working_dir = tmp_path / "work"
@@ -568,8 +571,9 @@ def test_recipe_run_on_mp3_and_flac_with_aam_augmentation_and_snapshots(tmp_path
     config = json.loads((run / "config.json").read_text())
     assert (config["head"], config["trim"], config["pad"], config["balanced_sampling"]) == ("aam", "energy", "repeat", True)
     speakers = json.loads((run / "speakers.json").read_text())
-    assert {"fbc91278", "00243bfe", "0874d76d", "19"} <= set(speakers["speakers"])
-    assert speakers["genders"]["fbc91278"] == "F" and "0874d76d" not in speakers["genders"]
+    assert {"fbc91278", "00243bfe", "26"} <= set(speakers["speakers"]) and speakers["calibration_speakers"] == ["0874d76d", "19", "27"]
+    assert not {"0874d76d", "19", "27"} & set(speakers["speakers"])  # Set aside: no training window comes from them.
+    assert speakers["genders"]["fbc91278"] == "F"
     assert speakers["speeds"] == [1.0, 0.9, 1.1]
     with h5py.File(run / "best.h5", "r") as f:
         names = []
@@ -587,7 +591,7 @@ def test_mtl_with_the_shipped_recipe_trains_declared_tasks_on_augmented_triplets
     """Hive-MTL with the AAM speaker head on `ln`, augmentation, a language task from folder labels,
     the triplet term, and a validation split taken from the training utterances."""
     recipe = json.loads((REPO / "recipes" / "pretrained_small.json").read_text())
-    recipe.update({"mode": "mtl", "epochs": 1, "steps_per_epoch": 2, "batch_size": 12, "validation_steps": 1, "audio_dirs": [],
+    recipe.update({"mode": "mtl", "epochs": 1, "steps_per_epoch": 2, "batch_size": 12, "validation_steps": 1, "audio_dirs": [], "calibration_speakers": [],
                    "triplet_loss_weight": 1.0, "validation_split": 0.25,
                    "window_seconds": [0.5, 1.0], "reverb_probability": 0.5})  # Variable windows and simulated rooms, streamed by the workers.
     recipe_file = tmp_path / "recipe.json"
