@@ -228,6 +228,8 @@ def default_decision() -> dict:
             "llr_threshold": bayes_threshold(VERIFY_PRIOR, DCF_COST_MISS, DCF_COST_FALSE_ALARM)}
 
 
+CARD_RECIPE_KEYS = ("mode", "head", "aam_margin", "aam_scale", "balanced_sampling", "speed_perturb", "noise_probability", "band_limit_probability",
+                    "spec_mask_probability", "window_seconds", "reverb_probability", "learning_rate", "precision", "precision_policy", "mixed_precision", "seed")
 EER_THRESHOLD_NOTE = ("eer_threshold: the score at which a corpus's miss and false-alarm rates are equal, measured on its trials; "
                       "a measurement, used by no verb")
 
@@ -275,8 +277,7 @@ def write_shipped_model(checkpoint_file: Path, eval_audio_dirs: list[str], outpu
         "frontend": {"trim": config["trim"], "pad": embedding_pad or config["pad"], "training_pad": config["pad"]}
                     | ({"pad_chosen_on": {"speakers": split.description, "crop_seconds": [*CALIBRATION_CROP_SECONDS, "whole"],
                                           "mean_eer": pad_choice.mean_eer}} if pad_choice else {}),
-        "recipe": {k: config[k] for k in ("mode", "head", "aam_margin", "aam_scale", "balanced_sampling", "speed_perturb", "noise_probability",
-                                          "band_limit_probability", "spec_mask_probability", "learning_rate", "precision", "precision_policy", "mixed_precision", "seed") if k in config},
+        "recipe": {k: config[k] for k in CARD_RECIPE_KEYS if k in config},
         "training": {
             "corpora": training_corpora,
             "speakers": len(speakers["speakers"]),
